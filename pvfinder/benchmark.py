@@ -1,0 +1,164 @@
+"""Throughput benchmarks: events/s per stage and end to end, with the hardware named."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .backends import STAGES, get_backend
+from .pipeline import PVFinder
+
+__all__ = ["run_benchmark", "hardware_description"]
+
+DEFAULT_GPU_BATCHES = (1_000, 10_000, 100_000, 1_000_000)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_description(backend_name: str) -> dict[str, Any]:
+    """The machine, the library versions and, for CUDA, the GPU, driver and runtime."""
+    import numba
+
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+    }
+    if backend_name == "cuda":
+        from .kernels.cuda._module import device_properties
+
+        info.update(device_properties())
+    return info
+
+
+def _time_run(finder: PVFinder, tracks: Any, repeats: int) -> tuple[float, dict[str, float]]:
+    """Best-of-``repeats`` wall time of a whole run, and the per-stage split of one run."""
+    finder(tracks, to_host=False)  # warm-up: compilation and buffer allocation
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        finder(tracks, to_host=False)
+        finder.backend.synchronize()
+        best = min(best, time.perf_counter() - start)
+    stages: dict[str, float] = {}
+    finder.run(tracks, to_host=False, timings=stages)
+    return best, stages
+
+
+def _measurement(n_events: int, seconds: float, stages: dict[str, float]) -> dict[str, Any]:
+    return {
+        "events": n_events,
+        "seconds": seconds,
+        "events_per_s": n_events / seconds,
+        "us_per_event": 1e6 * seconds / n_events,
+        "stage_us_per_event": {s: 1e6 * stages.get(s, 0.0) / n_events for s in STAGES},
+    }
+
+
+def run_benchmark(
+    backend: str = "cpu",
+    n_events: int = 20_000,
+    nu_values: Sequence[float] = (2.0, 5.0, 7.6, 11.0, 15.0),
+    threads: Sequence[int] | None = None,
+    batch_sizes: Sequence[int] | None = None,
+    seed: int = 7,
+    repeats: int = 3,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Measure the finder on simulated events.
+
+    CPU: for each thread count (default 1 and all cores), ``n_events`` events at each ν.
+    CUDA: at ν = 7.6 for each batch size (data resident on the GPU, and including the
+    host-to-device copy), then the ν scan at 100 000 events.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable results with the date, the hardware and every measurement.
+    """
+    from .simulation import simulate
+
+    chosen = get_backend(backend)
+    result: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "backend": chosen.name,
+        "hardware": hardware_description(chosen.name),
+        "measurements": [],
+    }
+    finder = PVFinder(backend=chosen)
+    if chosen.name == "cpu":
+        import numba
+
+        for n_threads in threads or sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(n_threads)
+            for nu in nu_values:
+                tracks = simulate(n_events, seed=seed, nu=nu).tracks
+                seconds, stages = _time_run(finder, tracks, repeats)
+                row = {"threads": n_threads, "nu": nu, **_measurement(n_events, seconds, stages)}
+                result["measurements"].append(row)
+                progress(f"cpu threads={n_threads} nu={nu}: {row['events_per_s']:,.0f} events/s "
+                         f"({row['us_per_event']:.1f} µs/event)")
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        return result
+
+    largest = max(batch_sizes or DEFAULT_GPU_BATCHES)
+    pool = simulate(min(largest, 100_000), seed=seed, nu=7.6).tracks
+    for size in batch_sizes or DEFAULT_GPU_BATCHES:
+        tracks = _tile(pool, size)
+        resident = _on_device(tracks, chosen)
+        seconds, stages = _time_run(finder, resident, repeats)
+        row = {"nu": 7.6, "batch": size, "data": "on device", **_measurement(size, seconds, stages)}
+        result["measurements"].append(row)
+        progress(f"cuda batch={size} on device: {row['events_per_s']:,.0f} events/s")
+        seconds, stages = _time_run(finder, tracks, repeats)
+        row = {"nu": 7.6, "batch": size, "data": "host, copied in",
+               **_measurement(size, seconds, stages)}
+        result["measurements"].append(row)
+        progress(f"cuda batch={size} with host-to-device copy: {row['events_per_s']:,.0f} events/s")
+    for nu in nu_values:
+        tracks = _on_device(simulate(100_000, seed=seed, nu=nu).tracks, chosen)
+        seconds, stages = _time_run(finder, tracks, repeats)
+        row = {"nu": nu, "batch": 100_000, "data": "on device",
+               **_measurement(100_000, seconds, stages)}
+        result["measurements"].append(row)
+        progress(f"cuda nu={nu}: {row['events_per_s']:,.0f} events/s")
+    return result
+
+
+def _tile(tracks: Any, n_events: int) -> Any:
+    """``n_events`` events made by repeating ``tracks`` (to reach batch sizes beyond the pool)."""
+    from .events import TrackBatch
+
+    reps = -(-n_events // tracks.n_events)
+    counts = np.tile(tracks.counts, reps)[:n_events]
+    n_tracks = int(counts.sum())
+    fields = {name: np.tile(getattr(tracks, name), reps)[:n_tracks] for name in TrackBatch.FIELDS}
+    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    return TrackBatch(offsets=offsets, **fields)
+
+
+def _on_device(tracks: Any, backend: Any) -> Any:
+    from .events import TrackBatch
+
+    return TrackBatch(
+        offsets=backend.asarray(tracks.offsets, dtype=np.int64),
+        **{name: backend.asarray(getattr(tracks, name), dtype=np.float64)
+           for name in TrackBatch.FIELDS},
+    )

@@ -1,0 +1,491 @@
+"""Event data model: flat structure-of-arrays with per-event offsets.
+
+All containers hold one flat array per field plus an ``offsets`` array of length
+``n_events + 1`` (``int64``) so that the items of event ``e`` are
+``offsets[e]:offsets[e + 1]``. Arrays may live on the host (numpy) or on a GPU (cupy);
+validation and awkward conversion work on host arrays. Lengths are in mm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import awkward as ak
+import numpy as np
+
+__all__ = [
+    "TRACK_FIELDS",
+    "VERTEX_FIELDS",
+    "MC_VERTEX_FIELDS",
+    "TrackBatch",
+    "VertexBatch",
+    "MCVertices",
+    "MCTruth",
+]
+
+TRACK_FIELDS = (
+    "x", "y", "z", "tx", "ty",
+    "cov_xx", "cov_yy", "cov_xtx", "cov_yty", "cov_txtx", "cov_tyty",
+)
+VERTEX_FIELDS = (
+    "x", "y", "z",
+    "cov_xx", "cov_xy", "cov_yy", "cov_xz", "cov_yz", "cov_zz",
+    "chi2", "ndof", "n_tracks",
+)
+MC_VERTEX_FIELDS = ("x", "y", "z", "n_reconstructible")
+
+_VARIANCE_FIELDS = frozenset(
+    {"cov_xx", "cov_yy", "cov_txtx", "cov_tyty", "cov_zz"}
+)
+
+
+def _to_host(array: Any) -> np.ndarray:
+    """Return ``array`` as a numpy array, copying from the GPU when needed."""
+    if hasattr(array, "get") and not isinstance(array, np.ndarray):
+        return array.get()
+    return np.asarray(array)
+
+
+def _array_module(array: Any):
+    """numpy or cupy, whichever owns ``array``."""
+    if type(array).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def offsets_from_counts(counts: Any, what: str = "counts") -> np.ndarray:
+    """Turn per-event counts into ``int64`` offsets (``[0, c0, c0+c1, ...]``).
+
+    Raises
+    ------
+    ValueError
+        If a count is negative or not an integer.
+    """
+    counts = np.asarray(counts)
+    if counts.ndim != 1:
+        raise ValueError(f"{what} must be one-dimensional, got shape {counts.shape}")
+    if counts.size and not np.issubdtype(counts.dtype, np.integer):
+        if not np.all(np.mod(counts, 1) == 0):
+            raise ValueError(f"{what} must be integers")
+    bad = np.flatnonzero(counts < 0)
+    if bad.size:
+        raise ValueError(f"{what} of event {bad[0]} is negative ({counts[bad[0]]})")
+    offsets = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return offsets
+
+
+def _check_offsets(offsets: np.ndarray, length: int | None, what: str) -> None:
+    """Offsets start at 0, never decrease and (when ``length`` is given) end at ``length``."""
+    if offsets.ndim != 1 or offsets.size == 0:
+        raise ValueError(f"{what} offsets must be a non-empty 1-d array")
+    if not np.issubdtype(offsets.dtype, np.integer):
+        raise ValueError(f"{what} offsets must be integers, got {offsets.dtype}")
+    if offsets[0] != 0:
+        raise ValueError(f"{what} offsets must start at 0, got {offsets[0]}")
+    steps = np.diff(offsets)
+    bad = np.flatnonzero(steps < 0)
+    if bad.size:
+        raise ValueError(f"{what} offsets decrease at event {bad[0]}")
+    if length is not None and offsets[-1] != length:
+        raise ValueError(
+            f"{what} offsets end at {offsets[-1]} but the fields hold {length} entries"
+        )
+
+
+def _event_of(offsets: np.ndarray, index: int) -> int:
+    return int(np.searchsorted(offsets, index, side="right") - 1)
+
+
+class _Jagged:
+    """Shared behaviour of the offset-based containers (validation, awkward, slicing)."""
+
+    FIELDS: ClassVar[tuple[str, ...]]
+    FLOAT_FIELDS: ClassVar[frozenset[str]]
+    WHAT: ClassVar[str]
+
+    offsets: Any
+
+    @property
+    def n_events(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Number of items in each event."""
+        offsets = _to_host(self.offsets)
+        return np.diff(offsets)
+
+    def __len__(self) -> int:
+        return self.n_events
+
+    @classmethod
+    def _validated_fields(
+        cls, offsets: np.ndarray, fields: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
+        missing = [name for name in cls.FIELDS if name not in fields]
+        if missing:
+            raise ValueError(f"{cls.WHAT}: missing field(s) {', '.join(missing)}")
+        unknown = [name for name in fields if name not in cls.FIELDS]
+        if unknown:
+            raise ValueError(f"{cls.WHAT}: unknown field(s) {', '.join(unknown)}")
+        length = int(offsets[-1])
+        out = {}
+        for name in cls.FIELDS:
+            array = np.asarray(_to_host(fields[name]))
+            if array.ndim != 1:
+                raise ValueError(
+                    f"{cls.WHAT}: field {name!r} must be one-dimensional, got shape {array.shape}"
+                )
+            if array.size != length:
+                raise ValueError(
+                    f"{cls.WHAT}: field {name!r} has {array.size} entries but the counts add up to {length}"
+                )
+            if name in cls.FLOAT_FIELDS:
+                if array.dtype not in (np.float32, np.float64):
+                    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+                        raise ValueError(
+                            f"{cls.WHAT}: field {name!r} must be numeric, got {array.dtype}"
+                        )
+                    array = array.astype(np.float64)
+                bad = np.flatnonzero(~np.isfinite(array))
+                if bad.size:
+                    raise ValueError(
+                        f"{cls.WHAT}: field {name!r} is {array[bad[0]]} in event "
+                        f"{_event_of(offsets, bad[0])} (entry {bad[0]})"
+                    )
+                if name in _VARIANCE_FIELDS:
+                    bad = np.flatnonzero(array < 0)
+                    if bad.size:
+                        raise ValueError(
+                            f"{cls.WHAT}: variance {name!r} is negative ({array[bad[0]]}) in "
+                            f"event {_event_of(offsets, bad[0])} (entry {bad[0]})"
+                        )
+            else:
+                if not np.issubdtype(array.dtype, np.integer):
+                    raise ValueError(
+                        f"{cls.WHAT}: field {name!r} must be integers, got {array.dtype}"
+                    )
+            out[name] = array
+        dtypes = {out[n].dtype for n in cls.FIELDS if n in cls.FLOAT_FIELDS}
+        if len(dtypes) > 1:  # one precision per container keeps the kernels simple
+            for name in cls.FIELDS:
+                if name in cls.FLOAT_FIELDS:
+                    out[name] = out[name].astype(np.float64)
+        return out
+
+    @classmethod
+    def _offsets_from(cls, counts: Any, offsets: Any) -> np.ndarray:
+        if (counts is None) == (offsets is None):
+            raise ValueError(f"{cls.WHAT}: give exactly one of counts= or offsets=")
+        if counts is not None:
+            return offsets_from_counts(counts, f"{cls.WHAT} counts")
+        offsets = np.asarray(_to_host(offsets))
+        _check_offsets(offsets, None, cls.WHAT)
+        return offsets.astype(np.int64)
+
+    def _field_arrays(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def to_awkward(self) -> ak.Array:
+        """Jagged awkward array of records, one list per event (host memory)."""
+        offsets = ak.index.Index64(_to_host(self.offsets).astype(np.int64))
+        content = ak.contents.RecordArray(
+            [ak.contents.NumpyArray(_to_host(a)) for a in self._field_arrays().values()],
+            list(self.FIELDS),
+        )
+        return ak.Array(ak.contents.ListOffsetArray(offsets, content))
+
+    @classmethod
+    def _fields_from_awkward(cls, array: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        array = ak.Array(array)
+        if array.ndim != 2:
+            raise ValueError(
+                f"{cls.WHAT}: expected one list of records per event, got type {array.type}"
+            )
+        names = set(ak.fields(array))
+        missing = [name for name in cls.FIELDS if name not in names]
+        if missing:
+            raise ValueError(f"{cls.WHAT}: awkward array lacks field(s) {', '.join(missing)}")
+        counts = ak.to_numpy(ak.num(array, axis=1))
+        fields = {name: ak.to_numpy(ak.flatten(array[name], axis=1)) for name in cls.FIELDS}
+        return offsets_from_counts(counts), fields
+
+    def event_slice(self, start: int, stop: int) -> dict[str, Any]:
+        """Fields and offsets of events ``start:stop`` (views where possible)."""
+        lo, hi = int(self.offsets[start]), int(self.offsets[stop])
+        fields = {name: getattr(self, name)[lo:hi] for name in self.FIELDS}
+        return {"offsets": self.offsets[start : stop + 1] - lo, **fields}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrackBatch(_Jagged):
+    """VELO track states of many events.
+
+    Each track is a straight line: reference point ``(x, y, z)`` [mm], slopes ``tx = dx/dz``
+    and ``ty = dy/dz``, and the covariance of ``(x, y, tx, ty)`` at ``z`` (diagonal and the
+    ``x–tx``, ``y–ty`` correlations; mm², mm, dimensionless).
+
+    Build one with :meth:`from_arrays` or :meth:`from_awkward`, which validate the input.
+    """
+
+    FIELDS: ClassVar[tuple[str, ...]] = TRACK_FIELDS
+    FLOAT_FIELDS: ClassVar[frozenset[str]] = frozenset(TRACK_FIELDS)
+    WHAT: ClassVar[str] = "tracks"
+
+    offsets: Any
+    x: Any
+    y: Any
+    z: Any
+    tx: Any
+    ty: Any
+    cov_xx: Any
+    cov_yy: Any
+    cov_xtx: Any
+    cov_yty: Any
+    cov_txtx: Any
+    cov_tyty: Any
+
+    @property
+    def n_tracks(self) -> int:
+        return len(self.x)
+
+    @classmethod
+    def from_arrays(cls, *, counts: Any = None, offsets: Any = None, **fields: Any) -> TrackBatch:
+        """Validate flat per-track arrays and per-event ``counts`` (or ``offsets``).
+
+        Raises
+        ------
+        ValueError
+            Naming the field and event for a missing field, wrong shape or length, a
+            non-finite value or a negative variance.
+        """
+        offsets = cls._offsets_from(counts, offsets)
+        return cls(offsets=offsets, **cls._validated_fields(offsets, fields))
+
+    @classmethod
+    def from_awkward(cls, array: Any) -> TrackBatch:
+        """From a jagged awkward array of records with the fields of :data:`TRACK_FIELDS`."""
+        offsets, fields = cls._fields_from_awkward(array)
+        return cls.from_arrays(offsets=offsets, **fields)
+
+    def select_events(self, start: int, stop: int) -> TrackBatch:
+        """Events ``start:stop`` as a new batch (views of these arrays)."""
+        return TrackBatch(**self.event_slice(start, stop))
+
+    def to_host(self) -> TrackBatch:
+        return TrackBatch(
+            offsets=_to_host(self.offsets),
+            **{name: _to_host(a) for name, a in self._field_arrays().items()},
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MCVertices(_Jagged):
+    """True primary vertices of many events.
+
+    ``n_reconstructible`` counts the vertex's tracks that the detector model reconstructed
+    (the PV checker's notion of reconstructible tracks).
+    """
+
+    FIELDS: ClassVar[tuple[str, ...]] = MC_VERTEX_FIELDS
+    FLOAT_FIELDS: ClassVar[frozenset[str]] = frozenset({"x", "y", "z"})
+    WHAT: ClassVar[str] = "MC vertices"
+
+    offsets: Any
+    x: Any
+    y: Any
+    z: Any
+    n_reconstructible: Any
+
+    @property
+    def n_vertices(self) -> int:
+        return len(self.x)
+
+    @classmethod
+    def from_arrays(cls, *, counts: Any = None, offsets: Any = None, **fields: Any) -> MCVertices:
+        """Validate flat per-vertex arrays and per-event ``counts`` (or ``offsets``)."""
+        offsets = cls._offsets_from(counts, offsets)
+        return cls(offsets=offsets, **cls._validated_fields(offsets, fields))
+
+    @classmethod
+    def from_awkward(cls, array: Any) -> MCVertices:
+        offsets, fields = cls._fields_from_awkward(array)
+        return cls.from_arrays(offsets=offsets, **fields)
+
+    def select_events(self, start: int, stop: int) -> MCVertices:
+        return MCVertices(**self.event_slice(start, stop))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MCTruth:
+    """Monte Carlo truth of a sample.
+
+    Attributes
+    ----------
+    vertices : MCVertices
+        The true PVs of every event.
+    track_mc_pv : numpy.ndarray
+        For every track of the matching :class:`TrackBatch` (same flat order), the index
+        of its MC PV within the event, or −1 for ghosts and daughters of displaced decays.
+    """
+
+    vertices: MCVertices
+    track_mc_pv: np.ndarray
+
+    def __post_init__(self) -> None:
+        if np.asarray(self.track_mc_pv).ndim != 1:
+            raise ValueError("MC truth: track_mc_pv must be one-dimensional")
+
+    @property
+    def n_events(self) -> int:
+        return self.vertices.n_events
+
+    def check_matches(self, tracks: TrackBatch) -> None:
+        """Raise ``ValueError`` unless this truth describes ``tracks`` event by event."""
+        if tracks.n_events != self.n_events:
+            raise ValueError(
+                f"MC truth has {self.n_events} events but the tracks have {tracks.n_events}"
+            )
+        if len(self.track_mc_pv) != tracks.n_tracks:
+            raise ValueError(
+                f"MC truth labels {len(self.track_mc_pv)} tracks but the batch has {tracks.n_tracks}"
+            )
+        track_offsets = _to_host(tracks.offsets)
+        labels = np.asarray(self.track_mc_pv)
+        n_pvs = np.repeat(self.vertices.counts, np.diff(track_offsets))
+        bad = np.flatnonzero((labels < -1) | (labels >= n_pvs))
+        if bad.size:
+            raise ValueError(
+                f"MC truth: track {bad[0]} of event {_event_of(track_offsets, bad[0])} points to "
+                f"MC PV {labels[bad[0]]}, which does not exist"
+            )
+
+    def select_events(self, start: int, stop: int, tracks: TrackBatch) -> MCTruth:
+        lo, hi = int(tracks.offsets[start]), int(tracks.offsets[stop])
+        return MCTruth(self.vertices.select_events(start, stop), self.track_mc_pv[lo:hi])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class VertexBatch(_Jagged):
+    """Reconstructed primary vertices of many events.
+
+    Per vertex: position [mm], the six independent terms of its 3×3 covariance [mm²],
+    ``chi2``, ``ndof = 2 Σw − 3`` and the weighted number of tracks ``n_tracks = Σw``.
+
+    The track–vertex association is kept as weights: vertex ``v`` of event ``e`` has one
+    weight for each of the event's input tracks, ``weights[weight_offsets[v]:weight_offsets[v+1]]``
+    (in input track order; 0 for tracks it does not use). ``weights`` is ``None`` when the
+    batch was built without them.
+    """
+
+    FIELDS: ClassVar[tuple[str, ...]] = VERTEX_FIELDS
+    FLOAT_FIELDS: ClassVar[frozenset[str]] = frozenset(VERTEX_FIELDS)
+    WHAT: ClassVar[str] = "vertices"
+
+    offsets: Any
+    x: Any
+    y: Any
+    z: Any
+    cov_xx: Any
+    cov_xy: Any
+    cov_yy: Any
+    cov_xz: Any
+    cov_yz: Any
+    cov_zz: Any
+    chi2: Any
+    ndof: Any
+    n_tracks: Any
+    weights: Any = None
+    weight_offsets: Any = None
+
+    @property
+    def n_vertices(self) -> int:
+        return len(self.x)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        *,
+        counts: Any = None,
+        offsets: Any = None,
+        weights: Any = None,
+        weight_counts: Any = None,
+        **fields: Any,
+    ) -> VertexBatch:
+        """Validate flat per-vertex arrays; optionally weights with per-vertex ``weight_counts``."""
+        offsets = cls._offsets_from(counts, offsets)
+        checked = cls._validated_fields(offsets, fields)
+        weight_offsets = None
+        if (weights is None) != (weight_counts is None):
+            raise ValueError("vertices: give weights= and weight_counts= together")
+        if weights is not None:
+            weights = np.asarray(_to_host(weights), dtype=np.float64)
+            weight_offsets = offsets_from_counts(weight_counts, "vertices weight_counts")
+            if len(weight_offsets) != len(checked["x"]) + 1:
+                raise ValueError("vertices: weight_counts needs one entry per vertex")
+            _check_offsets(weight_offsets, weights.size, "vertices weight")
+        return cls(offsets=offsets, weights=weights, weight_offsets=weight_offsets, **checked)
+
+    def to_awkward(self) -> ak.Array:
+        """Jagged records per event; with weights, each vertex gets a ``weights`` list."""
+        array = super().to_awkward()
+        if self.weights is None:
+            return array
+        per_vertex = ak.unflatten(_to_host(self.weights), np.diff(_to_host(self.weight_offsets)))
+        per_event = ak.unflatten(per_vertex, self.counts)
+        return ak.with_field(array, per_event, "weights")
+
+    @classmethod
+    def from_awkward(cls, array: Any) -> VertexBatch:
+        offsets, fields = cls._fields_from_awkward(array)
+        array = ak.Array(array)
+        if "weights" in ak.fields(array):
+            flat = ak.flatten(array["weights"], axis=1)
+            return cls.from_arrays(
+                offsets=offsets,
+                weights=ak.to_numpy(ak.flatten(flat, axis=1)),
+                weight_counts=ak.to_numpy(ak.num(flat, axis=1)),
+                **fields,
+            )
+        return cls.from_arrays(offsets=offsets, **fields)
+
+    def to_host(self) -> VertexBatch:
+        return VertexBatch(
+            offsets=_to_host(self.offsets),
+            weights=None if self.weights is None else _to_host(self.weights),
+            weight_offsets=None if self.weight_offsets is None else _to_host(self.weight_offsets),
+            **{name: _to_host(a) for name, a in self._field_arrays().items()},
+        )
+
+    @classmethod
+    def concatenate(cls, batches: list[VertexBatch]) -> VertexBatch:
+        """Join batches of consecutive events into one (all with weights or all without)."""
+        if len(batches) == 1:
+            return batches[0]
+        if not batches:
+            raise ValueError("vertices: nothing to concatenate")
+        xp = _array_module(batches[0].x)
+
+        def stitched(offsets_list: list[Any]) -> Any:
+            shifts = np.cumsum([0] + [int(o[-1]) for o in offsets_list[:-1]])
+            return xp.concatenate(
+                [offsets_list[0][:1]] + [o[1:] + s for o, s in zip(offsets_list, shifts)]
+            )
+
+        fields = {name: xp.concatenate([getattr(b, name) for b in batches]) for name in cls.FIELDS}
+        with_weights = batches[0].weights is not None
+        return cls(
+            offsets=stitched([b.offsets for b in batches]),
+            weights=xp.concatenate([b.weights for b in batches]) if with_weights else None,
+            weight_offsets=stitched([b.weight_offsets for b in batches]) if with_weights else None,
+            **fields,
+        )
+
+    @property
+    def sigma_z(self) -> np.ndarray:
+        return np.sqrt(_to_host(self.cov_zz))

@@ -1,0 +1,44 @@
+"""PVFinderConfig: the spec's defaults and validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from pvfinder.config import PVFinderConfig
+
+
+def test_defaults_are_the_published_ones():
+    cfg = PVFinderConfig()
+    assert cfg.n_bins == 2400
+    assert cfg.seed_threshold == pytest.approx(0.25 / 15.0)
+    assert (cfg.max_chi2, cfg.chi2_cut, cfg.min_chi2_dist) == (12.0, 4.0, 25.0)
+    assert (cfg.min_fit_iter, cfg.max_fit_iter, cfg.max_vertices_per_event) == (3, 7, 64)
+
+
+def test_replace_and_mapping():
+    cfg = PVFinderConfig().replace(zmin=-200.0, zmax=200.0)
+    assert cfg.n_bins == 1600
+    assert PVFinderConfig.from_mapping({"chi2_cut": 9}).chi2_cut == 9.0
+    with pytest.raises(ValueError, match="unknown PVFinderConfig field"):
+        PVFinderConfig().replace(nonsense=1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"zmin": 10.0, "zmax": 0.0}, "must be greater than zmin"),
+        ({"bin_width": 0.7}, "integer number of bins"),
+        ({"bin_width": -1.0}, "bin_width must be positive"),
+        ({"max_vertices_per_event": 2.5}, "must be an integer"),
+        ({"max_vertices_per_event": 0}, "at least 1"),
+        ({"min_fit_iter": 8}, "min_fit_iter <= max_fit_iter"),
+        ({"max_chi2": 0.0}, "max_chi2 must be positive"),
+        ({"min_dip_density": -1.0}, "must not be negative"),
+        ({"zmax": float("inf")}, "must be finite"),
+        ({"beamline": (0.0, 0.0, 1.0)}, "beamline must be"),
+        ({"min_tracks_per_vertex": 1}, "at least 2"),
+    ],
+)
+def test_invalid_configs(changes, message):
+    with pytest.raises(ValueError, match=message):
+        PVFinderConfig(**changes)

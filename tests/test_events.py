@@ -1,0 +1,160 @@
+"""The event model: construction, awkward round trips and every validation error."""
+
+from __future__ import annotations
+
+import awkward as ak
+import numpy as np
+import pytest
+
+from pvfinder.events import (
+    TRACK_FIELDS,
+    VERTEX_FIELDS,
+    MCTruth,
+    MCVertices,
+    TrackBatch,
+    VertexBatch,
+    offsets_from_counts,
+)
+
+
+def track_fields(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    fields = {name: rng.normal(size=n) for name in TRACK_FIELDS}
+    for name in ("cov_xx", "cov_yy", "cov_txtx", "cov_tyty"):
+        fields[name] = rng.uniform(1e-4, 1e-2, size=n)
+    return fields
+
+
+def vertex_fields(n: int) -> dict[str, np.ndarray]:
+    return {name: np.arange(n, dtype=float) + 1 for name in VERTEX_FIELDS}
+
+
+def test_from_arrays_counts_and_offsets_agree():
+    fields = track_fields(6)
+    by_counts = TrackBatch.from_arrays(counts=[2, 0, 4], **fields)
+    by_offsets = TrackBatch.from_arrays(offsets=[0, 2, 2, 6], **fields)
+    assert by_counts.n_events == 3 and by_counts.n_tracks == 6
+    np.testing.assert_array_equal(by_counts.offsets, by_offsets.offsets)
+    np.testing.assert_array_equal(by_counts.counts, [2, 0, 4])
+
+
+def test_float32_is_kept_and_mixed_precision_promoted():
+    fields = {k: v.astype(np.float32) for k, v in track_fields(3).items()}
+    assert TrackBatch.from_arrays(counts=[3], **fields).x.dtype == np.float32
+    fields["x"] = fields["x"].astype(np.float64)
+    assert TrackBatch.from_arrays(counts=[3], **fields).y.dtype == np.float64
+
+
+def test_track_awkward_round_trip():
+    tracks = TrackBatch.from_arrays(counts=[1, 0, 3], **track_fields(4))
+    array = tracks.to_awkward()
+    assert ak.num(array, axis=1).tolist() == [1, 0, 3]
+    again = TrackBatch.from_awkward(array)
+    for name in TRACK_FIELDS:
+        np.testing.assert_array_equal(getattr(again, name), getattr(tracks, name))
+
+
+def test_select_events_views():
+    tracks = TrackBatch.from_arrays(counts=[1, 2, 3], **track_fields(6))
+    middle = tracks.select_events(1, 3)
+    assert middle.counts.tolist() == [2, 3]
+    np.testing.assert_array_equal(middle.x, tracks.x[1:])
+
+
+def test_vertex_awkward_round_trip_with_weights():
+    vertices = VertexBatch.from_arrays(
+        counts=[2, 0], weights=np.arange(6.0), weight_counts=[3, 3], **vertex_fields(2)
+    )
+    array = vertices.to_awkward()
+    assert array[0, 1, "weights"].tolist() == [3.0, 4.0, 5.0]
+    again = VertexBatch.from_awkward(array)
+    np.testing.assert_array_equal(again.weights, vertices.weights)
+    np.testing.assert_array_equal(again.weight_offsets, [0, 3, 6])
+
+
+def test_vertex_concatenate():
+    a = VertexBatch.from_arrays(counts=[1], weights=[0.5, 1.0], weight_counts=[2], **vertex_fields(1))
+    b = VertexBatch.from_arrays(counts=[0, 2], weights=[1.0, 0.0, 0.0, 1.0], weight_counts=[2, 2],
+                                **vertex_fields(2))
+    joined = VertexBatch.concatenate([a, b])
+    assert joined.counts.tolist() == [1, 0, 2]
+    assert joined.weight_offsets.tolist() == [0, 2, 4, 6]
+    assert joined.z.tolist() == [1.0, 1.0, 2.0]
+
+
+def test_truth_checks_labels():
+    pvs = MCVertices.from_arrays(counts=[2], x=[0.0, 0.0], y=[0.0, 0.0], z=[1.0, 2.0],
+                                 n_reconstructible=[5, 6])
+    tracks = TrackBatch.from_arrays(counts=[3], **track_fields(3))
+    MCTruth(pvs, np.array([0, 1, -1])).check_matches(tracks)
+    with pytest.raises(ValueError, match="MC PV 2, which does not exist"):
+        MCTruth(pvs, np.array([0, 2, -1])).check_matches(tracks)
+    with pytest.raises(ValueError, match="labels 2 tracks"):
+        MCTruth(pvs, np.array([0, 1])).check_matches(tracks)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.pop("cov_yty"), "missing field"),
+        (lambda f: f.update(bogus=np.zeros(4)), "unknown field"),
+        (lambda f: f.update(x=np.zeros((2, 2))), "one-dimensional"),
+        (lambda f: f.update(x=np.zeros(5)), "has 5 entries but the counts add up to 4"),
+        (lambda f: f.update(x=np.array(["a", "b", "c", "d"])), "must be numeric"),
+        (lambda f: f.update(z=np.array([0.0, 0.0, np.nan, 0.0])), "'z' is nan in event 1"),
+        (lambda f: f.update(tx=np.array([0.0, np.inf, 0.0, 0.0])), "'tx' is inf in event 1"),
+        (lambda f: f.update(cov_xx=np.array([1e-3, 1e-3, 1e-3, -1.0])), "negative .* event 2"),
+    ],
+)
+def test_track_validation_errors(change, message):
+    fields = track_fields(4)
+    change(fields)
+    with pytest.raises(ValueError, match=message):
+        TrackBatch.from_arrays(counts=[1, 2, 1], **fields)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"counts": [1, 2, 1], "offsets": [0, 1, 3, 4]}, "exactly one of"),
+        ({}, "exactly one of"),
+        ({"counts": [1, -1, 4]}, "event 1 is negative"),
+        ({"counts": [1.5, 2.5]}, "must be integers"),
+        ({"offsets": [1, 2, 4]}, "start at 0"),
+        ({"offsets": [0, 3, 1, 4]}, "decrease at event 1"),
+        ({"offsets": [0, 1, 3]}, "'x' has 4 entries but the counts add up to 3"),
+        ({"offsets": [0.0, 4.0]}, "must be integers"),
+    ],
+)
+def test_offset_validation_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrackBatch.from_arrays(**kwargs, **track_fields(4))
+
+
+def test_truth_and_vertex_validation_errors():
+    with pytest.raises(ValueError, match="'n_reconstructible' must be integers"):
+        MCVertices.from_arrays(counts=[1], x=[0.0], y=[0.0], z=[0.0], n_reconstructible=[1.5])
+    with pytest.raises(ValueError, match="weights= and weight_counts= together"):
+        VertexBatch.from_arrays(counts=[1], weights=[1.0], **vertex_fields(1))
+    with pytest.raises(ValueError, match="one entry per vertex"):
+        VertexBatch.from_arrays(counts=[1], weights=[1.0], weight_counts=[1, 0], **vertex_fields(1))
+    with pytest.raises(ValueError, match="offsets end at 2"):
+        VertexBatch.from_arrays(counts=[1], weights=[1.0], weight_counts=[2], **vertex_fields(1))
+    with pytest.raises(ValueError, match="MC truth: track_mc_pv must be one-dimensional"):
+        MCTruth(MCVertices.from_arrays(counts=[0], x=[], y=[], z=[], n_reconstructible=np.array([], int)),
+                np.zeros((1, 1)))
+
+
+def test_awkward_input_errors():
+    with pytest.raises(ValueError, match="lacks field"):
+        TrackBatch.from_awkward(ak.Array([[{"x": 1.0}]]))
+    with pytest.raises(ValueError, match="one list of records per event"):
+        TrackBatch.from_awkward(ak.Array([{"x": 1.0}]))
+
+
+def test_empty_batch():
+    tracks = TrackBatch.from_arrays(counts=np.array([], dtype=np.int64),
+                                    **{k: np.array([]) for k in TRACK_FIELDS})
+    assert tracks.n_events == 0 and tracks.n_tracks == 0
+    assert len(tracks.to_awkward()) == 0
+    assert offsets_from_counts([]).tolist() == [0]
