@@ -1,0 +1,319 @@
+"""The PV checker on hand-made cases whose answers are known."""
+
+from __future__ import annotations
+
+import json
+import sys
+import math
+
+import numpy as np
+import pytest
+
+from pvfinder.events import MCTruth, MCVertices, VertexBatch
+from pvfinder.validation import core_gaussian, validate
+
+
+def make_truth(counts, z, n_reconstructible=None, x=None, y=None) -> MCTruth:
+    """MC PVs at ``(x, y, z)`` (x, y default 0), 20 reconstructible tracks each by default."""
+    z = np.asarray(z, dtype=np.float64)
+    vertices = MCVertices.from_arrays(
+        counts=counts,
+        x=np.zeros_like(z) if x is None else x,
+        y=np.zeros_like(z) if y is None else y,
+        z=z,
+        n_reconstructible=np.full(z.size, 20) if n_reconstructible is None else np.asarray(n_reconstructible),
+    )
+    return MCTruth(vertices, np.zeros(0, dtype=np.int64))
+
+
+def make_vertices(counts, z, sigma_z=0.01, x=None, y=None, sigma_xy=0.01, n_tracks=None) -> VertexBatch:
+    """Reconstructed PVs with diagonal covariance (σ_x = σ_y = ``sigma_xy``, ``sigma_z``)."""
+    z = np.asarray(z, dtype=np.float64)
+    zeros = np.zeros_like(z)
+    return VertexBatch.from_arrays(
+        counts=counts,
+        x=zeros if x is None else x,
+        y=zeros if y is None else y,
+        z=z,
+        cov_xx=zeros + np.square(sigma_xy), cov_xy=zeros, cov_yy=zeros + np.square(sigma_xy),
+        cov_xz=zeros, cov_yz=zeros, cov_zz=zeros + np.square(sigma_z),
+        chi2=zeros, ndof=zeros + 1.0,
+        n_tracks=np.full(z.size, 20.0) if n_tracks is None else n_tracks,
+    )
+
+
+COUNTS = [2, 1, 3]
+MC_Z = [-40.0, 25.0, 3.0, -100.0, 0.0, 60.0]
+
+
+def test_perfect_reconstruction():
+    truth = make_truth(COUNTS, MC_Z)
+    report = validate(make_vertices(COUNTS, MC_Z), truth)
+    assert report.efficiency == 1.0
+    assert report.efficiency_error == 0.0
+    assert report.fake_rate == 0.0
+    assert report.clone_rate == 0.0
+    assert report.counts["reconstructible"] == 6
+    assert report.counts["found"] == 6
+    assert report.counts["matched"] == 6
+    for axis in "xyz":
+        assert report.resolution[axis] == 0.0
+        assert report.bias[axis] == 0.0
+        assert report.pulls[axis].rms == 0.0
+
+
+def test_shifted_vertices_give_bias_and_pull():
+    shifted = np.asarray(MC_Z) + 0.02
+    report = validate(make_vertices(COUNTS, shifted, sigma_z=0.01), make_truth(COUNTS, MC_Z))
+    assert report.efficiency == 1.0  # 2 σ is well inside the 5 σ window
+    assert report.bias["z"] == pytest.approx(0.02, abs=1e-9)
+    assert report.residuals["z"].mean == pytest.approx(0.02, abs=1e-9)
+    assert report.pull_mean["z"] == pytest.approx(2.0, abs=1e-6)
+    assert report.pull_mean["x"] == 0.0
+
+
+def test_match_window_is_five_sigma_z():
+    # 6 σ away: no match, so every MC PV is lost and every reconstructed PV is a fake.
+    far = validate(make_vertices(COUNTS, np.asarray(MC_Z) + 0.06, sigma_z=0.01), make_truth(COUNTS, MC_Z))
+    assert far.efficiency == 0.0
+    assert far.fake_rate == 1.0
+    # 4 σ away: matched.
+    near = validate(make_vertices(COUNTS, np.asarray(MC_Z) + 0.04, sigma_z=0.01), make_truth(COUNTS, MC_Z))
+    assert near.efficiency == 1.0
+    assert near.fake_rate == 0.0
+
+
+def test_duplicated_vertex_is_one_clone():
+    truth = make_truth([2], [0.0, 30.0])
+    # The MC PV at 0 is found twice; the exact copy is its best match.
+    vertices = make_vertices([3], [0.003, 0.0, 30.0])
+    report = validate(vertices, truth)
+    assert report.counts["clones"] == 1
+    assert report.clone_rate == pytest.approx(1 / 2)
+    assert report.clone_rate_error == pytest.approx(1 / 2)
+    assert report.fake_rate == 0.0
+    assert report.efficiency == 1.0
+    np.testing.assert_array_equal(report.residual_values["z"], [0.0, 0.0])
+
+
+def test_vertex_from_nowhere_is_one_fake():
+    truth = make_truth([2, 1], [0.0, 30.0, 10.0])
+    vertices = make_vertices([3, 1], [0.0, 30.0, 150.0, 10.0])
+    report = validate(vertices, truth)
+    assert report.counts["fakes"] == 1
+    assert report.fake_rate == pytest.approx(1 / 4)
+    assert report.fake_rate_error == pytest.approx(math.sqrt(0.25 * 0.75 / 4))
+    assert report.efficiency == 1.0
+
+
+def test_non_reconstructible_pv_is_not_counted_and_its_vertex_is_fake():
+    truth = make_truth([2], [0.0, 50.0], n_reconstructible=[20, 3])
+    report = validate(make_vertices([2], [0.0, 50.0]), truth)
+    assert report.counts["mc_pvs"] == 2
+    assert report.counts["reconstructible"] == 1
+    assert report.efficiency == 1.0
+    assert report.counts["fakes"] == 1  # matching only considers reconstructible MC PVs
+    assert report.fake_rate == pytest.approx(1 / 2)
+
+
+def test_vertex_matches_nearest_mc_pv_of_its_own_event():
+    # Event 1 has an MC PV at z = 10 but no vertex; event 0's vertex at 10 must not take it.
+    truth = make_truth([1, 1], [0.0, 10.0])
+    report = validate(make_vertices([1, 0], [10.0]), truth)
+    assert report.counts["found"] == 0
+    assert report.counts["fakes"] == 1
+
+
+def test_isolated_and_close_split():
+    # Event 0: two PVs 5 mm apart (close); event 1: a lone PV; event 2: two PVs 8 mm apart
+    # in z but 7 mm apart transversely, 10.6 mm in 3D (isolated); event 3: 30 mm apart.
+    truth = make_truth(
+        [2, 1, 2, 2],
+        [0.0, 5.0, 20.0, 0.0, 8.0, -50.0, -20.0],
+        x=[0.0, 0.0, 0.0, 0.0, 7.0, 0.0, 0.0],
+    )
+    # One of the close pair is lost; everything else is found.
+    vertices = make_vertices(
+        [1, 1, 2, 2],
+        [0.0, 20.0, 0.0, 8.0, -50.0, -20.0],
+        x=[0.0, 0.0, 0.0, 7.0, 0.0, 0.0],
+    )
+    report = validate(vertices, truth)
+    assert report.counts["close"] == 2
+    assert report.counts["isolated"] == 5
+    assert report.efficiency_close == pytest.approx(1 / 2)
+    assert report.efficiency_isolated == 1.0
+    assert report.efficiency == pytest.approx(6 / 7)
+    np.testing.assert_array_equal(report.mc_isolated, [False, False, True, True, True, True, True])
+
+
+def test_isolation_distance_is_configurable():
+    truth = make_truth([2], [0.0, 5.0])
+    report = validate(make_vertices([2], [0.0, 5.0]), truth, isolation_distance=4.0)
+    assert report.counts["isolated"] == 2
+
+
+@pytest.mark.parametrize("width", [0.01, 0.05])
+def test_gaussian_residuals_give_core_width(width):
+    rng = np.random.default_rng(7)
+    n = 4000
+    mc_z = rng.normal(0.0, 45.0, n)
+    rec_z = mc_z + rng.normal(0.0, width, n)
+    report = validate(make_vertices(np.ones(n, int), rec_z, sigma_z=width),
+                      make_truth(np.ones(n, int), mc_z))
+    assert report.efficiency > 0.999
+    assert report.resolution["z"] == pytest.approx(width, rel=0.05)
+    assert report.resolution_rms["z"] == pytest.approx(width, rel=0.05)
+    assert report.pull_width["z"] == pytest.approx(1.0, rel=0.05)
+    assert abs(report.pull_mean["z"]) < 0.05
+
+
+def test_core_width_ignores_tails():
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(0.0, 1.0, 19000), rng.normal(0.0, 6.0, 1000)])
+    mean, sigma, n_core = core_gaussian(values)
+    assert sigma == pytest.approx(1.0, rel=0.05)
+    assert abs(mean) < 0.05
+    assert values.std() > 1.5
+    assert 0.9 * values.size < n_core < values.size
+
+
+def test_efficiency_vs_multiplicity_binning():
+    multiplicity = [3, 4, 9, 10, 19, 20, 150, 150]
+    found = [True, True, False, True, True, False, True, False]
+    z = np.arange(len(multiplicity)) * 30.0 - 100.0
+    truth = make_truth([len(z)], z, n_reconstructible=multiplicity)
+    vertices = make_vertices([sum(found)], z[np.asarray(found)], n_tracks=[2.5, 5.0, 12.0, 30.0, 200.0])
+    report = validate(vertices, truth, multiplicity_bins=(4, 10, 20, np.inf))
+    curve = report.efficiency_vs_multiplicity
+    np.testing.assert_array_equal(curve.total, [2, 2, 3])
+    np.testing.assert_array_equal(curve.passed, [1, 2, 1])
+    np.testing.assert_allclose(curve.value, [1 / 2, 1, 1 / 3])
+    np.testing.assert_allclose(curve.error, [math.sqrt(0.25 / 2), 0.0, math.sqrt(2 / 9 / 3)])
+    # The 3-track PV's vertex (2.5 weighted tracks) is a fake; the fake rate's lowest bin
+    # opens to 0 tracks.
+    fake_curve = report.fake_rate_vs_multiplicity
+    np.testing.assert_array_equal(fake_curve.edges, [0, 10, 20, np.inf])
+    np.testing.assert_array_equal(fake_curve.total, [2, 1, 2])
+    np.testing.assert_array_equal(fake_curve.passed, [1, 0, 0])
+    assert report.efficiency_where(min_multiplicity=20) == pytest.approx((1 / 3, math.sqrt(2 / 9 / 3)))
+
+
+def test_efficiency_vs_z():
+    truth = make_truth([3], [-150.0, -5.0, 5.0])
+    report = validate(make_vertices([1], [-5.0]), truth, z_bins=(-200.0, -100.0, 0.0, 100.0))
+    np.testing.assert_array_equal(report.efficiency_vs_z.total, [1, 1, 1])
+    np.testing.assert_array_equal(report.efficiency_vs_z.passed, [0, 1, 0])
+
+
+def test_resolution_in_bins_of_multiplicity():
+    # Bin [4, 10): residuals all +10 µm; bin [10, inf): ±30 µm.
+    mc_z = np.array([-60.0, -30.0, 0.0, 30.0, 60.0, 90.0])
+    residual = np.array([0.01, 0.01, 0.03, -0.03, 0.03, -0.03])
+    truth = make_truth([6], mc_z, n_reconstructible=[5, 5, 40, 40, 40, 40])
+    report = validate(make_vertices([6], mc_z + residual, sigma_z=0.01), truth,
+                      multiplicity_bins=(4, 10, np.inf))
+    z = report.residuals_vs_multiplicity["z"]
+    np.testing.assert_array_equal(z.n, [2, 4])
+    np.testing.assert_allclose(z.mean, [0.01, 0.0], atol=1e-9)
+    np.testing.assert_allclose(z.rms, [0.0, 0.03], atol=1e-9)
+    np.testing.assert_allclose(report.pulls_vs_multiplicity["z"].mean, [1.0, 0.0], atol=1e-6)
+
+
+def test_agrees_with_event_by_event_reference():
+    """Random events against a plain per-event loop written from the rules."""
+    rng = np.random.default_rng(5)
+    n_events = 200
+    mc_counts = rng.poisson(5, n_events)
+    mc_z = rng.uniform(-30, 30, mc_counts.sum())
+    mc_mult = rng.integers(0, 30, mc_counts.sum())
+    rec_counts = rng.poisson(5, n_events)
+    rec_z = rng.uniform(-30, 30, rec_counts.sum())
+    sigma_z = rng.uniform(0.05, 2.0, rec_z.size)
+    report = validate(make_vertices(rec_counts, rec_z, sigma_z=sigma_z),
+                      make_truth(mc_counts, mc_z, n_reconstructible=mc_mult))
+
+    found = clones = fakes = isolated = 0
+    mc_off = np.concatenate([[0], np.cumsum(mc_counts)])
+    rec_off = np.concatenate([[0], np.cumsum(rec_counts)])
+    for e in range(n_events):
+        zs = mc_z[mc_off[e]:mc_off[e + 1]][mc_mult[mc_off[e]:mc_off[e + 1]] >= 4]
+        hits = np.zeros(zs.size, dtype=int)
+        for z, s in zip(rec_z[rec_off[e]:rec_off[e + 1]], sigma_z[rec_off[e]:rec_off[e + 1]]):
+            if zs.size and np.abs(zs - z).min() < 5 * s:
+                hits[np.argmin(np.abs(zs - z))] += 1
+            else:
+                fakes += 1
+        found += np.count_nonzero(hits)
+        clones += np.sum(np.maximum(hits - 1, 0))
+        isolated += sum(np.sum(np.abs(zs - z) <= 10.0) == 1 for z in zs)
+    assert report.counts["found"] == found
+    assert report.counts["clones"] == clones
+    assert report.counts["fakes"] == fakes
+    assert report.counts["isolated"] == isolated
+
+
+def test_mismatched_event_counts():
+    with pytest.raises(ValueError, match="3 events.*2"):
+        validate(make_vertices([1, 0, 1], [0.0, 1.0]), make_truth([1, 1], [0.0, 1.0]))
+
+
+def test_empty_input():
+    report = validate(make_vertices([], []), make_truth([], []))
+    assert report.n_events == 0
+    assert math.isnan(report.efficiency)
+    assert math.isnan(report.fake_rate)
+    assert math.isnan(report.resolution["z"])
+    assert report.efficiency_vs_multiplicity.total.sum() == 0
+    assert "All" in report.table()
+    json.loads(report.to_json())
+
+
+def test_no_reconstructed_vertices():
+    report = validate(make_vertices([0, 0], []), make_truth([1, 2], [0.0, 1.0, 40.0]))
+    assert report.efficiency == 0.0
+    assert report.counts["reconstructible"] == 3
+    assert math.isnan(report.fake_rate)
+    assert math.isnan(report.clone_rate)
+
+
+def test_no_reconstructible_pvs():
+    report = validate(make_vertices([1], [0.0]), make_truth([1], [0.0], n_reconstructible=[2]))
+    assert math.isnan(report.efficiency)
+    assert math.isnan(report.efficiency_isolated_20)
+    assert report.fake_rate == 1.0
+
+
+def test_report_outputs():
+    report = validate(make_vertices(COUNTS, MC_Z), make_truth(COUNTS, MC_Z))
+    data = json.loads(report.to_json())
+    assert data["efficiency"] == 1.0
+    assert data["counts"]["found"] == 6
+    assert data["efficiency_vs_multiplicity"]["edges"][-1] is None  # inf in strict JSON
+    assert data["residuals"]["z"]["core_sigma"] == 0.0
+    assert str(report) == report.table()
+    assert "1.0000 +- 0.0000   (6 / 6)" in report.table()
+
+
+def test_plot_writes_pngs(tmp_path):
+    pytest.importorskip("mplhep")
+    rng = np.random.default_rng(1)
+    mc_z = rng.normal(0, 45, 300)
+    truth = make_truth(np.ones(300, int), mc_z, n_reconstructible=rng.integers(4, 100, 300))
+    report = validate(make_vertices(np.ones(300, int), mc_z + rng.normal(0, 0.05, 300), sigma_z=0.05), truth)
+    paths = report.plot(tmp_path / "plots")
+    assert {p.name for p in paths} == {
+        "efficiency_vs_multiplicity.png", "efficiency_vs_z.png", "fake_rate_vs_multiplicity.png",
+        "residual_x.png", "residual_y.png", "residual_z.png", "pull_x.png", "pull_y.png", "pull_z.png",
+    }
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.stat().st_size > 10_000
+
+
+def test_plot_without_mplhep_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mplhep", None)  # makes `import mplhep` fail
+    report = validate(make_vertices(COUNTS, MC_Z), make_truth(COUNTS, MC_Z))
+    with pytest.raises(ImportError, match=r"pip install pvfinder\[plot\]"):
+        report.plot(tmp_path)
+    assert list(tmp_path.iterdir()) == []
