@@ -1,0 +1,289 @@
+"""Stage 4 on the CPU: adaptive multi-vertex fit of every seed.
+
+Lengths in mm. The contract is ``kernels/README.md`` section 4.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+__all__ = ["fit_vertices"]
+
+# exp(-χ²/2) underflows to exactly 0.0 in float64 once χ²/2 > 745.13, so skipping the exp beyond
+# this χ² changes no result; it spares the exp for the (many) tracks far from a seed.
+_UNDERFLOW_CHI2 = 1500.0
+# A 3×3 positive semi-definite matrix has 0 ≤ det ≤ product of its diagonal (Hadamard); below
+# this fraction of that product the half-Hessian is treated as singular.
+_SINGULAR_DET_FRACTION = 1e-12
+# Candidate list (speed only, never the result): a seed's fit loops over the tracks that can
+# reach χ² < max_chi2 while the vertex stays within _CANDIDATE_DZ (mm) in z of where the list
+# was built and within the list's ρ (≥ _CANDIDATE_RHO mm) of the beamline; the list is rebuilt
+# when the vertex leaves that box.
+_CANDIDATE_DZ = 0.5
+_CANDIDATE_RHO = 0.05
+# Relative slack on the candidate bound, far above float64 rounding of the χ² arithmetic.
+_CANDIDATE_SLACK = 1.0 + 1e-6
+
+# Rows of the per-event track scratch array.
+_DENSITY, _SLOPE, _REACH = 0, 1, 2
+
+
+@numba.njit(cache=True, fastmath=False)
+def _track_chi2(x, y, z, tx, ty, wx, wy, vx, vy, vz):
+    """Transverse χ² of a straight track, moved to z = vz, with respect to (vx, vy)."""
+    dz = vz - z
+    rx = vx - (x + tx * dz)
+    ry = vy - (y + ty * dz)
+    return rx * rx * wx + ry * ry * wy
+
+
+@numba.njit(cache=True, fastmath=False)
+def _seed_term(chi2):
+    """exp(-χ²/2), the Gaussian term of a track–seed pair (exactly 0 once it underflows)."""
+    return math.exp(-0.5 * chi2) if chi2 < _UNDERFLOW_CHI2 else 0.0
+
+
+@numba.njit(cache=True, fastmath=False)
+def _inverse_sym3(a_xx, a_xy, a_yy, a_xz, a_yz, a_zz):
+    """Closed-form (cofactor) inverse of a symmetric 3×3 matrix.
+
+    Returns ``(singular, i_xx, i_xy, i_yy, i_xz, i_yz, i_zz)``; ``singular`` is true when the
+    determinant is at most ``_SINGULAR_DET_FRACTION`` of the diagonal's product (or not finite),
+    and then the inverse is not computed (zeros).
+    """
+    c_xx = a_yy * a_zz - a_yz * a_yz
+    c_xy = a_xz * a_yz - a_xy * a_zz
+    c_xz = a_xy * a_yz - a_yy * a_xz
+    det = a_xx * c_xx + a_xy * c_xy + a_xz * c_xz
+    if not (det > _SINGULAR_DET_FRACTION * a_xx * a_yy * a_zz and math.isfinite(det)):
+        return True, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    inv = 1.0 / det
+    return (False, c_xx * inv, c_xy * inv, (a_xx * a_zz - a_xz * a_xz) * inv, c_xz * inv,
+            (a_xy * a_xz - a_xx * a_yz) * inv, (a_xx * a_yy - a_xy * a_xy) * inv)
+
+
+@numba.njit(cache=True, fastmath=False)
+def _may_reach(slope, reach, z, centre_z, rho):
+    """Whether a track can have χ² < max_chi2 with some vertex at most ``_CANDIDATE_DZ`` from
+    ``centre_z`` in z and ``rho`` from the beamline.
+
+    Why it is exact: with ``W_min = min(W_x, W_y)``, ``χ² ≥ W_min·|r|²`` and
+    ``|r| ≥ |t|·|v_z - z_t| - ρ_v - ρ_t``, so ``χ² < max_chi2`` implies
+    ``|t|·(|z_t - centre_z| - _CANDIDATE_DZ) < sqrt(max_chi2/W_min) + ρ_t + ρ_v``, and
+    ``reach`` is ``sqrt(max_chi2/W_min) + ρ_t`` (with slack). A NaN bound keeps the track.
+    """
+    return not slope * (abs(z - centre_z) - _CANDIDATE_DZ) > reach + rho
+
+
+@numba.njit(cache=True, fastmath=False)
+def _collect_candidates(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others,
+                        beam_x, beam_y, seed_z, centre_z, rho):
+    """Fill ``candidates`` with the usable tracks that :func:`_may_reach` a vertex in the box
+    around ``centre_z``, and ``others`` with their ``D_t`` minus their own term for the seed
+    at ``seed_z``; return how many."""
+    n = 0
+    for t in range(len(x)):
+        if usable[t] == 0 or not _may_reach(scratch[_SLOPE, t], scratch[_REACH, t], z[t],
+                                            centre_z, rho):
+            continue
+        own = _seed_term(_track_chi2(x[t], y[t], z[t], tx[t], ty[t], wx[t], wy[t],
+                                     beam_x, beam_y, seed_z))
+        candidates[n] = t
+        others[n] = scratch[_DENSITY, t] - own
+        n += 1
+    return n
+
+
+@numba.njit(cache=True, fastmath=False, error_model="numpy")
+def _fit_seed(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others, n_candidates,
+              seed_z, beam_x, beam_y, max_chi2, chi2_cut, min_weight, min_iter, max_iter,
+              max_delta_z, min_tracks, max_rho2, pos, cov, weights):
+    """Fit one seed: write its position, covariance and track weights; return
+    ``(chi2, n_tracks, valid)``.
+
+    ``candidates[:n_candidates]`` (with ``others``) is the seed's candidate list for the box
+    around ``seed_z`` and ``_CANDIDATE_RHO``, as :func:`_collect_candidates` makes it.
+    """
+    exp_cut = math.exp(-0.5 * chi2_cut)
+    vx, vy, vz = beam_x, beam_y, seed_z
+    centre_z, rho_box = seed_z, _CANDIDATE_RHO
+    weights[:] = 0.0
+    singular = True
+    n_pass, sum_w, sum_chi2 = 0, 0.0, 0.0
+    inverse = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    for iteration in range(max_iter):
+        rho = math.sqrt((vx - beam_x) ** 2 + (vy - beam_y) ** 2)
+        if abs(vz - centre_z) > _CANDIDATE_DZ or rho > rho_box:
+            centre_z, rho_box = vz, max(_CANDIDATE_RHO, 2.0 * rho)
+            weights[:] = 0.0
+            n_candidates = _collect_candidates(x, y, z, tx, ty, wx, wy, usable, scratch,
+                                               candidates, others, beam_x, beam_y, seed_z,
+                                               centre_z, rho_box)
+        n_pass, sum_w, sum_chi2 = 0, 0.0, 0.0
+        a_xx = a_yy = a_xz = a_yz = a_zz = 0.0
+        g_x = g_y = g_z = 0.0
+        for k in range(n_candidates):
+            t = candidates[k]
+            txt, tyt, wxt, wyt = tx[t], ty[t], wx[t], wy[t]
+            dz = vz - z[t]
+            rx = vx - (x[t] + txt * dz)
+            ry = vy - (y[t] + tyt * dz)
+            chi2 = rx * rx * wxt + ry * ry * wyt
+            w = 0.0
+            if chi2 < max_chi2:
+                term = math.exp(-0.5 * chi2)
+                w = term / (exp_cut + term + others[k])
+            if w > min_weight and chi2 < max_chi2:
+                n_pass += 1
+                sum_w += w
+                sum_chi2 += w * chi2
+                # Half-Hessian Σ w·H W Hᵀ and half-gradient Σ w·H W r, H = [[1,0],[0,1],[-tx,-ty]].
+                wwx, wwy = w * wxt, w * wyt
+                a_xx += wwx
+                a_yy += wwy
+                a_xz -= wwx * txt
+                a_yz -= wwy * tyt
+                a_zz += wwx * txt * txt + wwy * tyt * tyt
+                g_x += wwx * rx
+                g_y += wwy * ry
+                g_z -= wwx * txt * rx + wwy * tyt * ry
+            else:
+                w = 0.0
+            weights[t] = w
+        result = _inverse_sym3(a_xx, 0.0, a_yy, a_xz, a_yz, a_zz)
+        singular, inverse = result[0], result[1:]
+        if singular:
+            break
+        i_xx, i_xy, i_yy, i_xz, i_yz, i_zz = inverse
+        step_z = -(i_xz * g_x + i_yz * g_y + i_zz * g_z)
+        vx -= i_xx * g_x + i_xy * g_y + i_xz * g_z
+        vy -= i_xy * g_x + i_yy * g_y + i_yz * g_z
+        vz += step_z
+        if iteration + 1 >= min_iter and abs(step_z) < max_delta_z:
+            break
+    pos[0], pos[1], pos[2] = vx, vy, vz
+    for j in range(6):
+        cov[j] = inverse[j]
+    valid = (not singular and n_pass >= min_tracks
+             and (vx - beam_x) ** 2 + (vy - beam_y) ** 2 < max_rho2)
+    if not valid:
+        weights[:] = 0.0
+    return sum_chi2, sum_w, valid
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def fit_vertices(
+    offsets: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray, tx: np.ndarray,
+    ty: np.ndarray, wx: np.ndarray, wy: np.ndarray, usable: np.ndarray,
+    seeds: np.ndarray, n_seeds: np.ndarray, weight_offsets: np.ndarray,
+    beam_x: float, beam_y: float, max_chi2: float, chi2_cut: float, min_weight: float,
+    min_iter: int, max_iter: int, max_delta_z: float, min_tracks: int, max_rho2: float,
+    out_pos: np.ndarray, out_cov: np.ndarray, out_chi2: np.ndarray, out_ndof: np.ndarray,
+    out_n_tracks: np.ndarray, out_valid: np.ndarray, out_weights: np.ndarray,
+) -> None:
+    """Adaptive multi-vertex fit of the first ``m_e = min(n_seeds[e], max_seeds)`` seeds of
+    every event.
+
+    Each seed starts at ``(beam_x, beam_y, seed)``; the seeds are fitted independently but
+    share tracks through ``D_t = Σ_seeds exp(-χ²(t, seed)/2)``, computed once per event from
+    the seed positions. ``χ²(t, v)`` is the transverse χ² of track ``t`` moved along its line
+    to ``v_z``: ``r = v_xy - (x_t + t·(v_z - z_t))``, ``χ² = r_x² W_x + r_y² W_y`` with the
+    state and weights from ``extrapolate``. In every iteration a usable track with
+    ``χ² < max_chi2`` gets ::
+
+        w = exp(-χ²/2) / (exp(-chi2_cut/2) + exp(-χ²/2) + D_t - exp(-χ²(t, seed)/2))
+
+    and, when ``w > min_weight``, enters the Newton step ``Δ = -A⁻¹ g`` with the half-Hessian
+    ``A = Σ w·H W Hᵀ`` and half-gradient ``g = Σ w·H W r``, ``H = [[1,0],[0,1],[-tx,-ty]]``,
+    ``W = diag(W_x, W_y)``. Iteration stops after ``min_iter`` iterations once
+    ``|Δz| < max_delta_z``, or after ``max_iter``.
+
+    The outputs come from the last iteration's accumulation (evaluated at the position that
+    entered it; its step is applied to the position): ``out_cov = A⁻¹`` (xx, xy, yy, xz, yz,
+    zz), ``out_chi2 = Σ w·χ²``, ``out_n_tracks = Σ w``, ``out_ndof = 2Σw - 3`` and the weights.
+    A vertex is invalid when fewer than ``min_tracks`` tracks have ``χ² < max_chi2`` and
+    ``w > min_weight``, when ``(v_x - beam_x)² + (v_y - beam_y)² ≥ max_rho2``, or when ``A``
+    is singular (then the fit stops there and ``out_cov`` is zero); an invalid vertex's
+    weights are all 0 while its other outputs keep the fit's values.
+
+    Parameters
+    ----------
+    offsets : ndarray of int64, shape (n_events + 1,)
+        Event boundaries in the track arrays.
+    x, y, z, tx, ty, wx, wy : ndarray of float64, shape (n_tracks,)
+        Track states at the beamline and their weights 1/C_xx', 1/C_yy' (1/mm²).
+    usable : ndarray of uint8, shape (n_tracks,)
+        Only usable tracks take part.
+    seeds : ndarray of float64, shape (n_events, max_seeds)
+        Seed z (mm).
+    n_seeds : ndarray of int32, shape (n_events,)
+        Clusters found per event (may exceed ``max_seeds``).
+    weight_offsets : ndarray of int64, shape (n_events + 1,)
+        Start of each event's ``m_e × n_e`` block of weights; slot ``s``, track ``t`` is at
+        ``weight_offsets[e] + s·n_e + t``.
+    beam_x, beam_y : float
+        Beamline position (mm).
+    max_chi2, chi2_cut, min_weight : float
+        Track χ² cut, the adaptive-weight χ² cut-off and the smallest weight kept.
+    min_iter, max_iter : int
+        Bounds on the number of Newton iterations.
+    max_delta_z : float
+        Convergence threshold on the z step (mm).
+    min_tracks : int
+        Minimal number of contributing tracks of a valid vertex.
+    max_rho2 : float
+        Bound (mm²) on the vertex's squared transverse distance to the beamline.
+    out_pos, out_cov, out_chi2, out_ndof, out_n_tracks, out_valid, out_weights : ndarray
+        Written for slots ``s < m_e``; other slots are left untouched.
+    """
+    max_seeds = seeds.shape[1]
+    for e in numba.prange(len(offsets) - 1):
+        first, stop = offsets[e], offsets[e + 1]
+        n_slots = min(n_seeds[e], max_seeds)
+        if n_slots <= 0:
+            continue
+        n_tracks = stop - first
+        ex, ey, ez = x[first:stop], y[first:stop], z[first:stop]
+        etx, ety, ewx, ewy = tx[first:stop], ty[first:stop], wx[first:stop], wy[first:stop]
+        eusable = usable[first:stop]
+        seed_row = seeds[e]
+        scratch = np.empty((3, n_tracks))
+        # Per seed: its candidate tracks and their D_t minus the own term, built together with
+        # D_t in one pass over the track–seed pairs.
+        candidates = np.empty((n_slots, n_tracks), dtype=np.int64)
+        others = np.empty((n_slots, n_tracks))
+        n_candidates = np.zeros(n_slots, dtype=np.int64)
+        for t in range(n_tracks):
+            density = 0.0
+            if eusable[t] != 0:
+                slope = math.sqrt(etx[t] * etx[t] + ety[t] * ety[t])
+                reach = math.sqrt(max_chi2 / min(ewx[t], ewy[t]))
+                reach += math.sqrt((ex[t] - beam_x) ** 2 + (ey[t] - beam_y) ** 2)
+                reach *= _CANDIDATE_SLACK
+                scratch[_SLOPE, t], scratch[_REACH, t] = slope, reach
+                for s in range(n_slots):
+                    own = _seed_term(_track_chi2(ex[t], ey[t], ez[t], etx[t], ety[t],
+                                                 ewx[t], ewy[t], beam_x, beam_y, seed_row[s]))
+                    density += own
+                    if _may_reach(slope, reach, ez[t], seed_row[s], _CANDIDATE_RHO):
+                        k = n_candidates[s]
+                        candidates[s, k] = t
+                        others[s, k] = own
+                        n_candidates[s] = k + 1
+            scratch[_DENSITY, t] = density
+        for s in range(n_slots):
+            for k in range(n_candidates[s]):
+                others[s, k] = scratch[_DENSITY, candidates[s, k]] - others[s, k]
+            start = weight_offsets[e] + s * n_tracks
+            chi2, sum_w, valid = _fit_seed(
+                ex, ey, ez, etx, ety, ewx, ewy, eusable, scratch, candidates[s], others[s],
+                n_candidates[s], seed_row[s], beam_x, beam_y, max_chi2, chi2_cut, min_weight,
+                min_iter, max_iter, max_delta_z, min_tracks, max_rho2, out_pos[e, s],
+                out_cov[e, s], out_weights[start:start + n_tracks])
+            out_chi2[e, s] = chi2
+            out_n_tracks[e, s] = sum_w
+            out_ndof[e, s] = 2.0 * sum_w - 3.0
+            out_valid[e, s] = 1 if valid else 0

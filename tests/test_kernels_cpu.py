@@ -1,0 +1,476 @@
+"""The five Numba stage kernels (``kernels/cpu``) on hand-computable inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pvfinder.kernels.cpu.cleanup import cleanup
+from pvfinder.kernels.cpu.extrapolate import extrapolate
+from pvfinder.kernels.cpu.find_peaks import find_peaks
+from pvfinder.kernels.cpu.fit_vertices import fit_vertices
+from pvfinder.kernels.cpu.histogram import HALF_WIDTH, histogram, poly_cdf
+
+# Published defaults (algorithm.md), spelled out so each test reads on its own.
+ZMIN, ZMAX, BIN_WIDTH, N_BINS = -300.0, 300.0, 0.25, 2400
+MAX_BL_CHI2, MAX_Z0_ERR = 10.0, 1.5
+THRESHOLD = BIN_WIDTH / (10 * MAX_Z0_ERR)
+MIN_TRACKS_IN_SEED, MIN_DIP_DENSITY, MIN_DENSITY = 2.5, 3.0, 0.0
+FIT_DEFAULTS = dict(max_chi2=12.0, chi2_cut=4.0, min_weight=0.0, min_iter=3, max_iter=7,
+                    max_delta_z=0.0005, min_tracks=4, max_rho2=0.3)
+MIN_CHI2_DIST = 25.0
+
+
+# -- stage runners: allocate the outputs, call the kernel, return the outputs ---------------
+
+def run_extrapolate(beam=(0.0, 0.0), zrange=(ZMIN, ZMAX), **track):
+    """``track``: x, y, z, tx, ty and the six covariance terms (scalars or arrays)."""
+    names = ("x", "y", "z", "tx", "ty", "cov_xx", "cov_yy", "cov_xtx", "cov_yty", "cov_txtx",
+             "cov_tyty")
+    defaults = dict(cov_xx=1e-4, cov_yy=1e-4, cov_xtx=0.0, cov_yty=0.0, cov_txtx=0.0,
+                    cov_tyty=0.0)
+    n = len(np.atleast_1d(track["x"]))
+    inputs = [np.broadcast_to(np.asarray(track.get(k, defaults.get(k)), np.float64), (n,)).copy()
+              for k in names]
+    out = {k: np.full(n, np.nan) for k in ("x", "y", "z", "wx", "wy", "sigma_z")}
+    out["usable"] = np.full(n, 7, np.uint8)
+    extrapolate(*inputs, beam[0], beam[1], zrange[0], zrange[1], MAX_BL_CHI2, MAX_Z0_ERR,
+                out["x"], out["y"], out["z"], out["wx"], out["wy"], out["sigma_z"], out["usable"])
+    return out
+
+
+def run_histogram(offsets, z, sigma, usable=None, n_bins=N_BINS):
+    offsets = np.asarray(offsets, np.int64)
+    z, sigma = np.asarray(z, np.float64), np.asarray(sigma, np.float64)
+    usable = np.ones(len(z), np.uint8) if usable is None else np.asarray(usable, np.uint8)
+    hist = np.full((len(offsets) - 1, n_bins), np.nan)  # the kernel must zero it
+    histogram(offsets, z, sigma, usable, ZMIN, BIN_WIDTH, hist)
+    return hist
+
+
+def run_find_peaks(hist, max_seeds=64):
+    hist = np.atleast_2d(np.asarray(hist, np.float64))
+    seeds = np.full((len(hist), max_seeds), np.nan)
+    n_seeds = np.full(len(hist), -1, np.int32)
+    find_peaks(hist, ZMIN, BIN_WIDTH, THRESHOLD, MIN_TRACKS_IN_SEED, MIN_DIP_DENSITY,
+               MIN_DENSITY, seeds, n_seeds)
+    return seeds, n_seeds
+
+
+def run_fit(offsets, tracks, seeds, n_seeds, beam=(0.0, 0.0), **options):
+    """``tracks``: dict of x, y, z, tx, ty, wx, wy, usable; ``seeds``: (n_events, max_seeds)."""
+    params = {**FIT_DEFAULTS, **options}
+    offsets = np.asarray(offsets, np.int64)
+    seeds = np.atleast_2d(np.asarray(seeds, np.float64))
+    n_seeds = np.asarray(n_seeds, np.int32)
+    n_events, max_seeds = seeds.shape
+    slots = np.minimum(n_seeds, max_seeds).astype(np.int64)
+    weight_offsets = np.concatenate(([0], np.cumsum(slots * np.diff(offsets)))).astype(np.int64)
+    out = dict(pos=np.full((n_events, max_seeds, 3), np.nan),
+               cov=np.full((n_events, max_seeds, 6), np.nan),
+               chi2=np.full((n_events, max_seeds), np.nan),
+               ndof=np.full((n_events, max_seeds), np.nan),
+               n_tracks=np.full((n_events, max_seeds), np.nan),
+               valid=np.full((n_events, max_seeds), 7, np.uint8),
+               weights=np.full(weight_offsets[-1], np.nan))
+    fit_vertices(offsets, *(np.asarray(tracks[k], np.float64) for k in "x y z tx ty wx wy".split()),
+                 np.asarray(tracks["usable"], np.uint8), seeds, n_seeds, weight_offsets,
+                 beam[0], beam[1], params["max_chi2"], params["chi2_cut"], params["min_weight"],
+                 params["min_iter"], params["max_iter"], params["max_delta_z"],
+                 params["min_tracks"], params["max_rho2"],
+                 out["pos"], out["cov"], out["chi2"], out["ndof"], out["n_tracks"], out["valid"],
+                 out["weights"])
+    out["weight_offsets"] = weight_offsets
+    return out
+
+
+def run_cleanup(pos_z, var_z, n_tracks, valid, n_seeds):
+    pos_z = np.atleast_2d(np.asarray(pos_z, np.float64))
+    n_events, max_seeds = pos_z.shape
+    pos = np.zeros((n_events, max_seeds, 3))
+    pos[:, :, 2] = pos_z
+    cov = np.zeros((n_events, max_seeds, 6))
+    cov[:, :, 5] = var_z
+    order = np.full((n_events, max_seeds), 99, np.int32)
+    n_kept = np.full(n_events, -1, np.int32)
+    cleanup(pos, cov, np.atleast_2d(np.asarray(n_tracks, np.float64)),
+            np.atleast_2d(np.asarray(valid, np.uint8)), np.asarray(n_seeds, np.int32),
+            MIN_CHI2_DIST, order, n_kept)
+    return order, n_kept
+
+
+def toy_tracks(rng, vertex, n_tracks, sigma=0.02, slope=(0.05, 0.3)):
+    """Straight tracks from ``vertex`` whose states at z (near the vertex) carry Gaussian
+    position errors ``sigma`` (mm) in x and y, with W_x = W_y = 1/sigma²."""
+    magnitude = rng.uniform(*slope, n_tracks)
+    phi = rng.uniform(0.0, 2.0 * np.pi, n_tracks)
+    tx, ty = magnitude * np.cos(phi), magnitude * np.sin(phi)
+    z = vertex[2] + rng.normal(0.0, 1.0, n_tracks)
+    x = vertex[0] + tx * (z - vertex[2]) + rng.normal(0.0, sigma, n_tracks)
+    y = vertex[1] + ty * (z - vertex[2]) + rng.normal(0.0, sigma, n_tracks)
+    weight = np.full(n_tracks, 1.0 / sigma**2)
+    return dict(x=x, y=y, z=z, tx=tx, ty=ty, wx=weight, wy=weight.copy(),
+                usable=np.ones(n_tracks, np.uint8))
+
+
+def concat_tracks(*parts):
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+# -- extrapolate ------------------------------------------------------------------------------
+
+def test_extrapolate_moves_track_to_the_beamline():
+    # Crosses x = 1 at z = 10 with tx = 0.1: reaches x = 0.3 (the beam) 7 mm earlier.
+    out = run_extrapolate(beam=(0.3, 0.0), x=1.0, y=0.0, z=10.0, tx=0.1, ty=0.0,
+                          cov_xx=1e-4, cov_yy=2e-4, cov_xtx=1e-6, cov_yty=0.0,
+                          cov_txtx=1e-6, cov_tyty=1e-6)
+    assert out["z"][0] == pytest.approx(3.0, abs=1e-12)
+    assert out["x"][0] == pytest.approx(0.3, abs=1e-12)
+    assert out["y"][0] == pytest.approx(0.0, abs=1e-12)
+    # Δz = -7: C_xx' = 1e-4 - 14e-6 + 49e-6 = 1.35e-4, C_yy' = 2e-4 + 49e-6 = 2.49e-4.
+    assert out["wx"][0] == pytest.approx(1 / 1.35e-4, rel=1e-12)
+    assert out["wy"][0] == pytest.approx(1 / 2.49e-4, rel=1e-12)
+    assert out["sigma_z"][0] == pytest.approx(1 / math.sqrt(0.01 / 1.35e-4), rel=1e-12)
+    assert out["usable"][0] == 1
+
+
+@pytest.mark.parametrize(
+    ("track", "z_beam", "usable"),
+    [
+        (dict(x=0.0, y=0.0, z=299.0, tx=0.1, ty=0.0), 299.0, 1),
+        (dict(x=0.0, y=0.0, z=301.0, tx=0.1, ty=0.0), 301.0, 0),     # beyond zmax
+        (dict(x=0.1, y=0.0, z=-299.0, tx=0.1, ty=0.0), -300.0, 0),   # exactly at zmin: open range
+        # Misses the beam by 0.03 in y: χ²_bl = 0.03²/1e-4 = 9 (kept), 0.04 → 16 (cut).
+        (dict(x=0.0, y=0.03, z=5.0, tx=0.1, ty=0.0), 5.0, 1),
+        (dict(x=0.0, y=0.04, z=5.0, tx=0.1, ty=0.0), 5.0, 0),
+        # σ_z = 1/sqrt(tx²·1e4): tx = 0.01 → 1.0 (kept), tx = 0.005 → 2.0 (cut).
+        (dict(x=0.0, y=0.0, z=5.0, tx=0.01, ty=0.0), 5.0, 1),
+        (dict(x=0.0, y=0.0, z=5.0, tx=0.005, ty=0.0), 5.0, 0),
+    ],
+)
+def test_extrapolate_cuts(track, z_beam, usable):
+    out = run_extrapolate(**track)
+    assert out["z"][0] == pytest.approx(z_beam, abs=1e-9)
+    assert out["usable"][0] == usable
+
+
+def test_extrapolate_sigma_z_cut_values():
+    out = run_extrapolate(x=[0.0, 0.0], y=[0.0, 0.0], z=[5.0, 5.0], tx=[0.01, 0.005],
+                          ty=[0.0, 0.0])
+    np.testing.assert_allclose(out["sigma_z"], [1.0, 2.0], rtol=1e-12)
+
+
+def test_extrapolate_track_parallel_to_beam_is_unusable_without_nan():
+    out = run_extrapolate(x=[0.01, 0.0], y=[0.02, 0.0], z=[7.0, 1.0], tx=[0.0, 3e-7],
+                          ty=[0.0, 0.0])
+    for name, values in out.items():
+        assert not np.isnan(values).any(), name
+    np.testing.assert_array_equal(out["usable"], [0, 0])
+    np.testing.assert_array_equal(out["z"], [7.0, 1.0])
+    assert out["wx"][0] == pytest.approx(1e4)
+
+
+def test_extrapolate_empty():
+    out = run_extrapolate(x=np.zeros(0), y=np.zeros(0), z=np.zeros(0), tx=np.zeros(0),
+                          ty=np.zeros(0))
+    assert all(len(v) == 0 for v in out.values())
+
+
+# -- histogram --------------------------------------------------------------------------------
+
+def test_poly_cdf_is_a_monotonic_unit_variance_cdf():
+    u = np.linspace(-4.0, 4.0, 80001)
+    f = np.array([poly_cdf(v) for v in u])
+    assert np.all(np.diff(f) >= 0.0)
+    assert poly_cdf(-HALF_WIDTH) == 0.0 and poly_cdf(HALF_WIDTH) == 1.0
+    assert poly_cdf(0.0) == 0.5
+    assert poly_cdf(-5.0) == 0.0 and poly_cdf(5.0) == 1.0
+    # The density is (15/16a)(1 - (u/a)²)²; a = sqrt(7) gives it unit variance.
+    mid = 0.5 * (u[1:] + u[:-1])
+    assert np.sum(np.diff(f) * mid**2) == pytest.approx(1.0, abs=1e-6)
+    assert (poly_cdf(1e-4) - poly_cdf(-1e-4)) / 2e-4 == pytest.approx(15 / (16 * HALF_WIDTH))
+
+
+def test_histogram_one_track_sums_to_one_around_its_z():
+    z0, sigma = 12.34, 0.5
+    hist = run_histogram([0, 1], [z0], [sigma])[0]
+    assert hist.sum() == pytest.approx(1.0, abs=1e-9)
+    centres = ZMIN + (np.arange(N_BINS) + 0.5) * BIN_WIDTH
+    assert np.sum(hist * centres) == pytest.approx(z0, abs=1e-3)
+    # The bin holding z0 gets F(u_hi) - F(u_lo); only the window's bins are filled.
+    b = int((z0 - ZMIN) // BIN_WIDTH)
+    u_lo, u_hi = (ZMIN + b * BIN_WIDTH - z0) / sigma, (ZMIN + (b + 1) * BIN_WIDTH - z0) / sigma
+    assert hist[b] == pytest.approx(poly_cdf(u_hi) - poly_cdf(u_lo), rel=1e-12)
+    filled = np.flatnonzero(hist)
+    assert centres[filled].min() > z0 - HALF_WIDTH * sigma - BIN_WIDTH
+    assert centres[filled].max() < z0 + HALF_WIDTH * sigma + BIN_WIDTH
+
+
+def test_histogram_counts_tracks_and_skips_unusable_ones():
+    hist = run_histogram([0, 3, 3], [-50.0, 80.0, 0.0], [0.1, 1.2, 0.3], usable=[1, 1, 0])
+    assert hist[0].sum() == pytest.approx(2.0, abs=1e-9)
+    assert hist[0, int((0.0 - ZMIN) // BIN_WIDTH)] == 0.0  # the unusable track
+    assert not hist[1].any()  # an event without tracks is zeroed
+
+
+def test_histogram_drops_what_falls_in_the_edge_bins():
+    # Event 1 holds tracks at both ends; a write outside its row would land in events 0 or 2.
+    sigma = 0.5
+    hist = run_histogram([0, 0, 3, 3], [ZMIN + 0.1, ZMAX - 0.2, ZMIN - 5.0], [sigma] * 3)
+    assert not hist[0].any() and not hist[2].any()
+    row = hist[1]
+    assert row[0] == 0.0 and row[-1] == 0.0
+    # Kept: the part of each window beyond the first (last) bin.
+    kept_low = 1.0 - poly_cdf((ZMIN + BIN_WIDTH - (ZMIN + 0.1)) / sigma)
+    kept_high = poly_cdf((ZMAX - BIN_WIDTH - (ZMAX - 0.2)) / sigma)
+    assert row.sum() == pytest.approx(kept_low + kept_high, abs=1e-12)
+    assert row[: N_BINS // 2].sum() == pytest.approx(kept_low, abs=1e-12)
+
+
+def test_histogram_empty_batch():
+    assert run_histogram([0], [], []).shape == (0, N_BINS)
+
+
+# -- find_peaks -------------------------------------------------------------------------------
+
+def gaussian_hist(centres_and_counts, sigma=0.3):
+    """Bin contents of Gaussian peaks of ``count`` tracks (exact bin integrals)."""
+    edges = ZMIN + np.arange(N_BINS + 1) * BIN_WIDTH
+    hist = np.zeros(N_BINS)
+    for centre, count in centres_and_counts:
+        cdf = np.array([0.5 * (1 + math.erf((e - centre) / (sigma * math.sqrt(2)))) for e in edges])
+        hist += count * np.diff(cdf)
+    return hist
+
+
+def hist_with(values, start=1000):
+    hist = np.zeros(N_BINS)
+    hist[start : start + len(values)] = values
+    return hist
+
+
+def test_find_peaks_two_separated_gaussians():
+    seeds, n_seeds = run_find_peaks(gaussian_hist([(-10.13, 20), (12.31, 20)]))
+    assert n_seeds[0] == 2
+    np.testing.assert_allclose(seeds[0, :2], [-10.13, 12.31], atol=0.05)
+
+
+def test_find_peaks_significant_dip_splits_and_parabola_refines():
+    # Maxima 5 and 6 both exceed the minimum 3 by more than 3/mm · 0.25 mm = 0.75.
+    start = 1000
+    seeds, n_seeds = run_find_peaks(hist_with([1, 3, 5, 3, 4.5, 6, 3, 1], start))
+    assert n_seeds[0] == 2
+    # Parabola through (3, 5, 3) peaks at the bin centre; through (4.5, 6, 3):
+    # shift = 0.5·(3 - 4.5)/(12 - 4.5 - 3) = -1/6 bin.
+    expected = ZMIN + BIN_WIDTH * (start + np.array([2 + 0.5, 5 + 0.5 - 1 / 6]))
+    np.testing.assert_allclose(seeds[0, :2], expected, rtol=0, atol=1e-12)
+
+
+def test_find_peaks_shallow_dip_gives_one_seed_at_the_higher_maximum():
+    # Dips of 0.4 and 0.3 < 0.75: one cluster around the maximum 5.
+    start = 1000
+    seeds, n_seeds = run_find_peaks(hist_with([1, 3, 5, 4.6, 4.9, 3, 1], start))
+    assert n_seeds[0] == 1
+    # Parabola through (3, 5, 4.6): shift = 0.5·(4.6 - 3)/(10 - 3 - 4.6) = 1/3 bin.
+    assert seeds[0, 0] == pytest.approx(ZMIN + BIN_WIDTH * (start + 2.5 + 1 / 3), abs=1e-12)
+
+
+def test_find_peaks_shallow_gaussian_pair_merges():
+    hist = gaussian_hist([(0.0, 20), (0.75, 20)])
+    core = hist[hist > THRESHOLD]
+    is_max = (core[1:-1] > core[:-2]) & (core[1:-1] >= core[2:])
+    assert is_max.sum() == 2  # two maxima, but the dip between them is too shallow
+    _, n_seeds = run_find_peaks(hist)
+    assert n_seeds[0] == 1
+
+
+def test_find_peaks_small_subcluster_is_dropped_or_merged():
+    # The dip 0.2 is significant (1.2 - 0.2 > 0.75) but the right bump holds only
+    # 0.1 + 1.2 + 0.3 = 1.6 tracks: only the left cluster; parabola through (3, 5, 1).
+    seeds, n_seeds = run_find_peaks(hist_with([1, 3, 5, 1, 0.2, 1.2, 0.3]))
+    assert n_seeds[0] == 1
+    assert seeds[0, 0] == pytest.approx(ZMIN + BIN_WIDTH * (1002.5 - 1 / 6), abs=1e-12)
+    # Neither side holds more than 2.5, the run (4.2) does: one cluster at its highest bin.
+    seeds, n_seeds = run_find_peaks(hist_with([0.5, 1.8, 0.1, 1.2, 0.6]))
+    assert n_seeds[0] == 1
+    shift = 0.5 * (0.1 - 0.5) / (3.6 - 0.5 - 0.1)
+    assert seeds[0, 0] == pytest.approx(ZMIN + BIN_WIDTH * (1001.5 + shift), abs=1e-12)
+
+
+def test_find_peaks_small_peak_gives_no_seed():
+    _, n_seeds = run_find_peaks(hist_with([0.5, 1.0, 0.5]))  # integral 2 ≤ 2.5
+    assert n_seeds[0] == 0
+    # A gap below threshold splits a run: two runs of 2 are not one of 4.
+    _, n_seeds = run_find_peaks(hist_with([0.5, 1.0, 0.5, 0.0, 0.5, 1.0, 0.5]))
+    assert n_seeds[0] == 0
+
+
+def test_find_peaks_counts_beyond_max_seeds():
+    centres = [-100.0, -40.0, 3.0, 50.0, 120.0]
+    seeds, n_seeds = run_find_peaks(gaussian_hist([(c, 10) for c in centres]), max_seeds=3)
+    assert n_seeds[0] == 5
+    np.testing.assert_allclose(seeds[0], centres[:3], atol=0.05)
+
+
+def test_find_peaks_empty_inputs():
+    seeds, n_seeds = run_find_peaks(np.zeros((2, N_BINS)))
+    np.testing.assert_array_equal(n_seeds, [0, 0])
+    seeds, n_seeds = run_find_peaks(np.zeros((0, N_BINS)))
+    assert n_seeds.shape == (0,)
+
+
+# -- fit_vertices -----------------------------------------------------------------------------
+
+def test_fit_recovers_toy_vertices_with_matching_pulls():
+    rng = np.random.default_rng(3)
+    n_events, n_per_vertex = 2000, 20
+    truth = np.column_stack([rng.normal(0, 0.02, n_events), rng.normal(0, 0.02, n_events),
+                             rng.normal(0, 40, n_events)])
+    tracks = concat_tracks(*(toy_tracks(rng, v, n_per_vertex) for v in truth))
+    offsets = np.arange(n_events + 1) * n_per_vertex
+    seeds = (truth[:, 2] + rng.normal(0, 0.1, n_events))[:, None]
+    out = run_fit(offsets, tracks, seeds, np.ones(n_events))
+    assert out["valid"].all()
+    cov = out["cov"][:, 0]
+    sigma = np.sqrt(cov[:, [0, 2, 5]])
+    pulls = (out["pos"][:, 0] - truth) / sigma
+    np.testing.assert_allclose(pulls.mean(axis=0), 0.0, atol=0.1)
+    np.testing.assert_allclose(pulls.std(axis=0), 1.0, atol=0.1)
+    # Resolution of order σ/sqrt(n) transverse and σ/(slope·sqrt(n)) in z.
+    assert np.all(sigma[:, :2] < 0.02) and np.all(sigma[:, 2] < 0.1)
+
+
+def test_fit_outputs_are_consistent_with_the_weights():
+    rng = np.random.default_rng(5)
+    tracks = toy_tracks(rng, (0.01, -0.01, 7.0), 25)
+    out = run_fit([0, 25], tracks, [[7.2]], [1])
+    w = out["weights"]
+    assert out["valid"][0, 0] == 1 and np.all((w > 0) & (w < 1))
+    assert out["n_tracks"][0, 0] == pytest.approx(w.sum(), rel=1e-12)
+    assert out["ndof"][0, 0] == pytest.approx(2 * w.sum() - 3, rel=1e-12)
+    # The covariance is the inverse of Σ w·H W Hᵀ with the returned weights.
+    half_hessian = np.zeros((3, 3))
+    for t in range(25):
+        h = np.array([[1.0, 0.0], [0.0, 1.0], [-tracks["tx"][t], -tracks["ty"][t]]])
+        half_hessian += w[t] * h @ np.diag([tracks["wx"][t], tracks["wy"][t]]) @ h.T
+    c = out["cov"][0, 0]
+    fitted = np.array([[c[0], c[1], c[3]], [c[1], c[2], c[4]], [c[3], c[4], c[5]]])
+    np.testing.assert_allclose(fitted, np.linalg.inv(half_hessian), rtol=1e-9)
+    # With a single seed D_t is the own term: w = e/(e_cut + e). The outputs come from the last
+    # iteration, before its step: converge tightly so that the step does not matter.
+    out = run_fit([0, 25], tracks, [[7.2]], [1], max_delta_z=1e-12, max_iter=100)
+    w, pos = out["weights"], out["pos"][0, 0]
+    dz = pos[2] - tracks["z"]
+    chi2 = ((pos[0] - tracks["x"] - tracks["tx"] * dz) ** 2 * tracks["wx"]
+            + (pos[1] - tracks["y"] - tracks["ty"] * dz) ** 2 * tracks["wy"])
+    e = np.exp(-0.5 * chi2)
+    np.testing.assert_allclose(w, e / (math.exp(-2.0) + e), rtol=1e-9)
+    assert out["chi2"][0, 0] == pytest.approx(np.sum(w * chi2), rel=1e-9)
+
+
+def test_fit_shares_tracks_between_separated_vertices():
+    rng = np.random.default_rng(7)
+    near = toy_tracks(rng, (0.0, 0.0, -20.0), 15)
+    far = toy_tracks(rng, (0.0, 0.0, 25.0), 12)
+    # Two events with different track counts exercise the weight layout.
+    tracks = concat_tracks(far, near, far)
+    offsets = [0, 12, 39]
+    out = run_fit(offsets, tracks, [[25.1, np.nan], [-20.1, 25.1]], [1, 2])
+    assert out["valid"][0, 0] == 1 and out["valid"][1].all()
+    np.testing.assert_array_equal(out["weight_offsets"], [0, 12, 12 + 2 * 27])
+    event1 = out["weights"][12:].reshape(2, 27)
+    own = np.r_[np.zeros(15, int), np.ones(12, int)]
+    np.testing.assert_array_equal(event1[1 - own, np.arange(27)], 0.0)
+    assert np.all(event1[own, np.arange(27)] > 0.5)
+    np.testing.assert_allclose(out["pos"][1, :, 2], [-20.0, 25.0], atol=0.1)
+    np.testing.assert_allclose(out["pos"][0, 0], out["pos"][1, 1], atol=1e-12)
+
+
+def test_fit_rejects_too_few_tracks():
+    rng = np.random.default_rng(9)
+    tracks = toy_tracks(rng, (0.0, 0.0, 3.0), 3)
+    out = run_fit([0, 3], tracks, [[3.0]], [1])
+    assert out["valid"][0, 0] == 0
+    np.testing.assert_array_equal(out["weights"], 0.0)
+    out = run_fit([0, 3], tracks, [[3.0]], [1], min_tracks=3)
+    assert out["valid"][0, 0] == 1
+
+
+def test_fit_rejects_vertex_far_from_beamline():
+    # Large errors let the tracks pull the vertex from the beamline out to ρ = 0.8 mm.
+    rng = np.random.default_rng(11)
+    tracks = toy_tracks(rng, (0.8, 0.0, 0.0), 40, sigma=0.35)
+    out = run_fit([0, 40], tracks, [[0.0]], [1])
+    assert (out["pos"][0, 0, 0] - 0.8) ** 2 < 0.04
+    assert out["valid"][0, 0] == 0
+    np.testing.assert_array_equal(out["weights"], 0.0)
+    assert run_fit([0, 40], tracks, [[0.0]], [1], max_rho2=1.0)["valid"][0, 0] == 1
+
+
+def test_fit_singular_when_all_slopes_equal():
+    rng = np.random.default_rng(13)
+    tracks = toy_tracks(rng, (0.0, 0.0, 0.0), 10)
+    tracks["tx"][:], tracks["ty"][:] = 0.1, 0.2
+    out = run_fit([0, 10], tracks, [[0.0]], [1])
+    assert out["valid"][0, 0] == 0
+    assert np.isfinite(out["pos"][0, 0]).all()
+    np.testing.assert_array_equal(out["cov"][0, 0], 0.0)
+    np.testing.assert_array_equal(out["weights"], 0.0)
+
+
+def test_fit_ignores_unusable_tracks():
+    rng = np.random.default_rng(15)
+    tracks = toy_tracks(rng, (0.0, 0.0, 0.0), 10)
+    tracks["usable"][:7] = 0
+    out = run_fit([0, 10], tracks, [[0.0]], [1])
+    assert out["valid"][0, 0] == 0  # 3 usable tracks < 4
+    np.testing.assert_array_equal(out["weights"], 0.0)
+
+
+def test_fit_empty_inputs():
+    none = {k: np.zeros(0) for k in "x y z tx ty wx wy".split()}
+    none["usable"] = np.zeros(0, np.uint8)
+    out = run_fit([0], none, np.zeros((0, 4)), np.zeros(0))
+    assert out["pos"].shape == (0, 4, 3)
+    # Events without tracks: no seed leaves the slots untouched; a seed gives an invalid one.
+    out = run_fit([0, 0, 0], none, [[1.0], [2.0]], [0, 1])
+    assert np.isnan(out["pos"][0]).all()
+    assert out["valid"][1, 0] == 0 and out["n_tracks"][1, 0] == 0.0
+
+
+# -- cleanup ----------------------------------------------------------------------------------
+
+def test_cleanup_keeps_the_larger_of_two_close_vertices():
+    # (0.05)²/(0.01 + 0.01) = 0.125 < 25: duplicates; slot 1 has more tracks.
+    order, n_kept = run_cleanup([[0.0, 0.05]], [[0.01, 0.01]], [[10.0, 12.0]], [[1, 1]], [2])
+    assert n_kept[0] == 1 and order[0, 0] == 1
+    # Equal track counts: the lower slot wins.
+    order, n_kept = run_cleanup([[0.0, 0.05]], [[0.01, 0.01]], [[10.0, 10.0]], [[1, 1]], [2])
+    assert n_kept[0] == 1 and order[0, 0] == 0
+
+
+def test_cleanup_keeps_separated_vertices_sorted_by_z():
+    # (1.2)²/(0.03 + 0.03) = 24 < 25 is a duplicate; (1.3)²/0.06 = 28.2 is not.
+    order, n_kept = run_cleanup([[10.0, 0.0, 1.2, -5.0, 1.3]], 0.03,
+                                [[5.0, 9.0, 4.0, 6.0, 3.0]], [[1, 1, 1, 0, 1]], [5])
+    assert n_kept[0] == 3
+    np.testing.assert_array_equal(order[0, :3], [1, 4, 0])
+    np.testing.assert_array_equal(order[0, 3:], -1)
+
+
+def test_cleanup_only_looks_at_fitted_slots():
+    order, n_kept = run_cleanup([[3.0, -1.0, 0.0]], 0.01, [[5.0, 5.0, 5.0]], [[1, 1, 1]], [2])
+    assert n_kept[0] == 2
+    np.testing.assert_array_equal(order[0], [1, 0, -1])
+
+
+def test_cleanup_empty_inputs():
+    order, n_kept = run_cleanup(np.zeros((0, 4)), 0.01, np.zeros((0, 4)), np.zeros((0, 4)),
+                                np.zeros(0))
+    assert n_kept.shape == (0,)
+    order, n_kept = run_cleanup(np.zeros((2, 4)), 0.01, np.zeros((2, 4)), np.zeros((2, 4)),
+                                [0, 4])
+    np.testing.assert_array_equal(n_kept, [0, 0])
+    np.testing.assert_array_equal(order, -1)
