@@ -1,0 +1,139 @@
+"""The whole pipeline: physics on simulated events, input forms, edge cases and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pvfinder import find_vertices
+from pvfinder.backends import get_backend
+from pvfinder.config import PVFinderConfig
+from pvfinder.events import TRACK_FIELDS, TrackBatch
+from pvfinder.pipeline import PVFinder, SeedOverflowWarning
+from pvfinder.validation import validate
+
+
+def one_vertex_event(n_tracks: int, z0: float = 10.0, seed: int = 0) -> dict[str, np.ndarray]:
+    """Flat arrays of ``n_tracks`` straight tracks from (0, 0, z0) with 20 µm errors."""
+    rng = np.random.default_rng(seed)
+    tx, ty = rng.uniform(-0.25, 0.25, n_tracks), rng.uniform(-0.25, 0.25, n_tracks)
+    z = z0 + rng.uniform(10, 50, n_tracks)
+    sigma = 0.02
+    return {
+        "x": tx * (z - z0) + rng.normal(0, sigma, n_tracks),
+        "y": ty * (z - z0) + rng.normal(0, sigma, n_tracks),
+        "z": z, "tx": tx, "ty": ty,
+        "cov_xx": np.full(n_tracks, sigma**2), "cov_yy": np.full(n_tracks, sigma**2),
+        "cov_xtx": np.zeros(n_tracks), "cov_yty": np.zeros(n_tracks),
+        "cov_txtx": np.full(n_tracks, 1e-12), "cov_tyty": np.full(n_tracks, 1e-12),
+    }
+
+
+def test_physics_on_simulated_sample(sample, backend_name):
+    vertices = find_vertices(sample.tracks, backend=backend_name)
+    report = validate(vertices, sample.truth)
+    # 1000 events hold ~7000 reconstructible PVs: these bounds are several σ inside the
+    # targets measured on 100 000 events by the benchmark.
+    assert report.efficiency_isolated_20 >= 0.97
+    assert report.fake_rate <= 0.02
+    assert report.clone_rate <= 0.01
+    for axis in "xyz":
+        assert abs(report.pull_mean[axis]) < 0.15
+        assert 0.8 < report.pull_width[axis] < 1.3
+
+
+def test_input_forms_agree(sample):
+    tracks = sample.tracks.select_events(0, 50)
+    finder = PVFinder(backend="cpu")
+    reference = finder(tracks)
+    from_awkward = finder(tracks.to_awkward())
+    from_mapping = finder({"counts": tracks.counts, **{f: getattr(tracks, f) for f in TRACK_FIELDS}})
+    for other in (from_awkward, from_mapping):
+        np.testing.assert_array_equal(other.offsets, reference.offsets)
+        np.testing.assert_array_equal(other.z, reference.z)
+
+
+def test_chunking_does_not_change_results(sample):
+    tracks = sample.tracks.select_events(0, 60)
+    whole = PVFinder(backend="cpu")(tracks)
+    small_chunks = dataclasses.replace(get_backend("cpu"), events_per_chunk=7)
+    chunked = PVFinder(backend=small_chunks)(tracks)
+    np.testing.assert_array_equal(chunked.offsets, whole.offsets)
+    np.testing.assert_array_equal(chunked.z, whole.z)
+    np.testing.assert_array_equal(chunked.weights, whole.weights)
+
+
+def test_weights_describe_the_event_tracks(sample, backend_name):
+    tracks = sample.tracks.select_events(0, 40)
+    vertices = find_vertices(tracks, backend=backend_name)
+    per_vertex = np.diff(vertices.weight_offsets)
+    np.testing.assert_array_equal(per_vertex, np.repeat(tracks.counts, vertices.counts))
+    assert vertices.weights.min() >= 0 and vertices.weights.max() <= 1
+    sums = np.add.reduceat(vertices.weights, vertices.weight_offsets[:-1]) if len(per_vertex) else []
+    np.testing.assert_allclose(sums, vertices.n_tracks, rtol=1e-9)
+    assert np.all(np.diff(vertices.z)[np.diff(np.repeat(np.arange(40), vertices.counts)) == 0] > 0)
+
+
+def test_one_clean_vertex_is_found_where_it_is(backend_name):
+    arrays = one_vertex_event(40, z0=12.5)
+    vertices = find_vertices({"counts": [40], **arrays}, backend=backend_name)
+    assert vertices.counts.tolist() == [1]
+    assert vertices.z[0] == pytest.approx(12.5, abs=5 * np.sqrt(vertices.cov_zz[0]))
+    # Adaptive weights of clean tracks average ~0.7 (w = e^(-χ²/2) / (e^(-χ²_cut/2) + e^(-χ²/2))
+    # cannot exceed 1/(1 + e^-2) ≈ 0.88 for an isolated vertex), so Σw is below the track count.
+    assert 0.6 * 40 < vertices.n_tracks[0] < 0.88 * 40
+    assert vertices.ndof[0] == pytest.approx(2 * vertices.n_tracks[0] - 3)
+
+
+def test_empty_and_degenerate_events(backend_name):
+    arrays = one_vertex_event(40)
+    single = {k: v[:1] for k, v in arrays.items()}
+    parallel = dict(single, tx=np.zeros(1), ty=np.zeros(1))  # never reaches the beam: unusable
+    events = [arrays, {k: v[:0] for k, v in arrays.items()}, single, parallel]
+    flat = {k: np.concatenate([e[k] for e in events]) for k in arrays}
+    vertices = find_vertices({"counts": [40, 0, 1, 1], **flat}, backend=backend_name)
+    assert vertices.counts.tolist() == [1, 0, 0, 0]
+    nothing = find_vertices({"counts": np.zeros(0, int), **{k: v[:0] for k, v in arrays.items()}},
+                            backend=backend_name)
+    assert nothing.n_events == 0 and nothing.n_vertices == 0
+
+
+def test_five_thousand_tracks_in_one_event(backend_name):
+    events = [one_vertex_event(500, z0=z, seed=i) for i, z in enumerate(np.linspace(-200, 200, 10))]
+    flat = {k: np.concatenate([e[k] for e in events]) for k in events[0]}
+    vertices = find_vertices({"counts": [5000], **flat}, backend=backend_name)
+    assert vertices.counts.tolist() == [10]
+    np.testing.assert_allclose(vertices.z, np.linspace(-200, 200, 10), atol=0.05)
+
+
+def test_seed_overflow_is_reported():
+    events = [one_vertex_event(30, z0=z, seed=i) for i, z in enumerate((-50.0, 0.0, 50.0))]
+    flat = {k: np.concatenate([e[k] for e in events]) for k in events[0]}
+    finder = PVFinder(PVFinderConfig(max_vertices_per_event=2), backend="cpu")
+    with pytest.warns(SeedOverflowWarning, match="event 0: 3"):
+        vertices = finder({"counts": [90], **flat})
+    assert vertices.counts.tolist() == [2]
+
+
+def test_bad_input_is_a_clear_error():
+    arrays = one_vertex_event(5)
+    with pytest.raises(ValueError, match="'ty' is nan in event 1"):
+        find_vertices({"counts": [2, 3], **dict(arrays, ty=np.array([0.1, 0.1, 0.1, np.nan, 0.1]))},
+                      backend="cpu")
+    with pytest.raises(ValueError, match="counts add up to 6"):
+        find_vertices({"counts": [2, 4], **arrays}, backend="cpu")
+    with pytest.raises(TypeError, match="TrackBatch, an awkward array"):
+        find_vertices([1, 2, 3], backend="cpu")
+    with pytest.raises(ValueError, match="unknown backend"):
+        PVFinder(backend="tpu")
+
+
+def test_float32_tracks_give_the_same_vertices(sample):
+    tracks = sample.tracks.select_events(0, 30)
+    as32 = TrackBatch.from_arrays(offsets=tracks.offsets,
+                                  **{f: getattr(tracks, f).astype(np.float32) for f in TRACK_FIELDS})
+    a, b = find_vertices(tracks, backend="cpu"), find_vertices(as32, backend="cpu")
+    np.testing.assert_array_equal(a.counts, b.counts)
+    np.testing.assert_allclose(a.z, b.z, atol=1e-3)
