@@ -131,7 +131,7 @@ def write_sample(path: str | os.PathLike, tracks: TrackBatch, truth: MCTruth | N
                  *, precision: Any = np.float32) -> None:
     """Write tracks (and truth) in the layout of this module; floats stored as ``precision``."""
     event_number = np.arange(tracks.n_events, dtype=np.uint64)
-    with uproot.recreate(path, compression=uproot.ZLIB(6)) as file:
+    with uproot.recreate(path, compression=uproot.LZMA(6)) as file:
         jagged = _jagged(tracks, TRACK_FIELDS, precision)
         if truth is not None:
             truth.check_matches(tracks)
