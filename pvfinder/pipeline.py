@@ -185,10 +185,10 @@ class PVFinder:
         order = buffers.get("order", (n_events, max_seeds), np.int32)
         n_kept = buffers.get("n_kept", (n_events,), np.int32)
         backend.cleanup(pos, cov, n_vtx_tracks, valid, n_seeds, cfg.min_chi2_dist, order, n_kept)
-        clock.tick("cleanup")
-
-        return _gather(xp, offsets, weight_offsets, order, n_kept,
-                       pos, cov, chi2, ndof, n_vtx_tracks, weights)
+        vertices = _gather(xp, offsets, weight_offsets, order, n_kept,
+                           pos, cov, chi2, ndof, n_vtx_tracks, weights)
+        clock.tick("cleanup")  # the compaction into flat arrays counts as part of clean-up
+        return vertices
 
 
 class _StageClock:
@@ -236,9 +236,13 @@ def _gather(xp, track_offsets, weight_offsets, order, n_kept, pos, cov, chi2, nd
     start = weight_offsets[:-1][event] + slot * length
     out_offsets = xp.zeros(len(slot) + 1, dtype=np.int64)
     xp.cumsum(length, out=out_offsets[1:])
-    element = xp.arange(int(out_offsets[-1]), dtype=np.int64)
-    owner = xp.searchsorted(out_offsets[1:], element, side="right")
-    out_weights = weights[start[owner] + element - out_offsets[owner]]
+    # Every kept vertex owns at least min_tracks_per_vertex ≥ 2 weights, so its first element
+    # is a distinct mark and a running sum of marks names the owner of each element.
+    total = int(out_offsets[-1])
+    owner = xp.zeros(total, dtype=np.int64)
+    owner[out_offsets[1:-1]] = 1
+    xp.cumsum(owner, out=owner)
+    out_weights = weights[xp.arange(total, dtype=np.int64) + (start - out_offsets[:-1])[owner]]
 
     vertex_offsets = xp.zeros(n_events + 1, dtype=np.int64)
     xp.cumsum(n_kept, out=vertex_offsets[1:])
