@@ -1,0 +1,36 @@
+"""Launcher of ``pvf_extrapolate`` (stage 1); same signature as the Numba twin."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._launch import THREADS, blocks_for, device_array
+from ._module import get_kernel
+
+__all__ = ["extrapolate"]
+
+_INPUTS = ("x", "y", "z", "tx", "ty", "cov_xx", "cov_yy", "cov_xtx", "cov_yty", "cov_txtx",
+           "cov_tyty")
+_OUTPUTS = ("out_x", "out_y", "out_z", "out_wx", "out_wy", "out_sigma_z")
+
+
+def extrapolate(x, y, z, tx, ty, cov_xx, cov_yy, cov_xtx, cov_yty, cov_txtx, cov_tyty,
+                beam_x, beam_y, zmin, zmax, max_track_beamline_chi2, max_track_z0_err,
+                out_x, out_y, out_z, out_wx, out_wy, out_sigma_z, out_usable) -> None:
+    """Move every track to its closest approach to the beamline (see ``kernels/README.md``)."""
+    arrays = (x, y, z, tx, ty, cov_xx, cov_yy, cov_xtx, cov_yty, cov_txtx, cov_tyty)
+    outputs = (out_x, out_y, out_z, out_wx, out_wy, out_sigma_z)
+    for name, array in zip(_INPUTS + _OUTPUTS, arrays + outputs):
+        device_array("extrapolate", name, array, np.float64)
+    device_array("extrapolate", "out_usable", out_usable, np.uint8)
+    n = len(x)
+    if any(len(a) != n for a in arrays + outputs + (out_usable,)):
+        raise ValueError("extrapolate: every track array must have the same length")
+    if n == 0:
+        return
+    get_kernel("pvf_extrapolate")(
+        (blocks_for(n),), (THREADS,),
+        (*arrays, np.int64(n), np.float64(beam_x), np.float64(beam_y), np.float64(zmin),
+         np.float64(zmax), np.float64(max_track_beamline_chi2), np.float64(max_track_z0_err),
+         *outputs, out_usable),
+    )
