@@ -27,20 +27,10 @@ static __device__ __forceinline__ double pvf_seed_term(double chi2) {
     return chi2 < PVF_UNDERFLOW_CHI2 ? exp(-0.5 * chi2) : 0.0;
 }
 
-// Sums of n values over the block, in place in v[0..n): every thread gets the totals.
-// blockDim.x must be a multiple of 32; `scratch` holds n * 32 doubles. Synchronises twice.
-static __device__ __forceinline__ void pvf_block_sums(double* v, int n, double* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+// Sums of n values over one warp, in place in v[0..n): a butterfly, so that every lane ends
+// with bit-identical totals (and so takes identical decisions) without shared memory.
+static __device__ __forceinline__ void pvf_warp_sums(double* v, int n) {
     for (int j = 0; j < n; ++j)
         for (int offset = 16; offset > 0; offset >>= 1)
-            v[j] += __shfl_down_sync(0xffffffffu, v[j], offset);
-    __syncthreads();  // scratch may still be read from a previous call
-    if (lane == 0)
-        for (int j = 0; j < n; ++j) scratch[j * 32 + warp] = v[j];
-    __syncthreads();
-    for (int j = 0; j < n; ++j) {  // the same order in every thread: identical totals
-        double total = 0.0;
-        for (int w = 0; w < n_warps; ++w) total += scratch[j * 32 + w];
-        v[j] = total;
-    }
+            v[j] += __shfl_xor_sync(0xffffffffu, v[j], offset);
 }

@@ -1,5 +1,6 @@
-// Stage 4 on the GPU: adaptive multi-vertex fit. One block per event, threads over its tracks;
-// the Newton sums of every iteration are block reductions, so the vertex never leaves the chip.
+// Stage 4 on the GPU: adaptive multi-vertex fit. One block per event: its threads first compute
+// every track's D_t, then each warp fits its own seeds (seeds are independent once D_t is known),
+// lanes over tracks, the Newton sums of every iteration reduced with warp shuffles alone.
 // Contract: kernels/README.md section 4 (same semantics as the Numba twin; the twin's candidate
 // lists are an exact CPU shortcut, here every usable track is evaluated).
 #include "common.cuh"
@@ -19,7 +20,6 @@ extern "C" __global__ void pvf_fit_vertices(
     double* __restrict__ out_ndof, double* __restrict__ out_n_tracks,
     unsigned char* __restrict__ out_valid, double* __restrict__ out_weights,
     double* __restrict__ density) {
-    __shared__ double scratch[N_SUMS * 32];
     const long long e = blockIdx.x;
     const long long first = offsets[e];
     const int n_tracks = (int)(offsets[e + 1] - first);
@@ -27,8 +27,7 @@ extern "C" __global__ void pvf_fit_vertices(
     if (n_slots <= 0) return;
     const double* seed_row = seeds + e * max_seeds;
 
-    // D_t = sum over seeds of exp(-chi2(t, seed)/2), from the seed positions. Each thread reads
-    // back only the tracks it wrote, so no synchronisation is needed.
+    // D_t = sum over seeds of exp(-chi2(t, seed)/2), from the seed positions.
     for (int t = threadIdx.x; t < n_tracks; t += blockDim.x) {
         const long long i = first + t;
         double sum = 0.0;
@@ -38,9 +37,11 @@ extern "C" __global__ void pvf_fit_vertices(
                                                     beam_x, beam_y, seed_row[s]));
         density[i] = sum;
     }
+    __syncthreads();  // every warp reads every track's D_t below
 
     const double exp_cut = exp(-0.5 * chi2_cut);
-    for (int s = 0; s < n_slots; ++s) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    for (int s = warp; s < n_slots; s += n_warps) {
         const double seed_z = seed_row[s];
         double* weights = out_weights + weight_offsets[e] + (long long)s * n_tracks;
         double vx = beam_x, vy = beam_y, vz = seed_z;
@@ -49,7 +50,7 @@ extern "C" __global__ void pvf_fit_vertices(
         double sums[N_SUMS];
         for (int iteration = 0; iteration < max_iter; ++iteration) {
             for (int j = 0; j < N_SUMS; ++j) sums[j] = 0.0;
-            for (int t = threadIdx.x; t < n_tracks; t += blockDim.x) {
+            for (int t = lane; t < n_tracks; t += 32) {
                 const long long i = first + t;
                 double w = 0.0;
                 if (usable[i] != 0) {
@@ -83,7 +84,7 @@ extern "C" __global__ void pvf_fit_vertices(
                 }
                 weights[t] = w;
             }
-            pvf_block_sums(sums, N_SUMS, scratch);
+            pvf_warp_sums(sums, N_SUMS);
             // Closed-form inverse of the symmetric half-Hessian (a_xy = 0: W is diagonal).
             const double a_xx = sums[A_XX], a_yy = sums[A_YY], a_xz = sums[A_XZ];
             const double a_yz = sums[A_YZ], a_zz = sums[A_ZZ], a_xy = 0.0;
@@ -113,8 +114,8 @@ extern "C" __global__ void pvf_fit_vertices(
         const bool valid = !singular && sums[S_PASS] >= (double)min_tracks &&
                            (vx - beam_x) * (vx - beam_x) + (vy - beam_y) * (vy - beam_y) < max_rho2;
         if (!valid)
-            for (int t = threadIdx.x; t < n_tracks; t += blockDim.x) weights[t] = 0.0;
-        if (threadIdx.x == 0) {
+            for (int t = lane; t < n_tracks; t += 32) weights[t] = 0.0;
+        if (lane == 0) {
             const long long slot = e * max_seeds + s;
             out_pos[3 * slot] = vx;
             out_pos[3 * slot + 1] = vy;
