@@ -5,6 +5,8 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pvfinder.events import (
     TRACK_FIELDS,
@@ -158,3 +160,13 @@ def test_empty_batch():
     assert tracks.n_events == 0 and tracks.n_tracks == 0
     assert len(tracks.to_awkward()) == 0
     assert offsets_from_counts([]).tolist() == [0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.integers(min_value=0, max_value=6), max_size=12))
+def test_awkward_round_trip_any_counts(counts):
+    n = sum(counts)
+    tracks = TrackBatch.from_arrays(counts=counts, **track_fields(n, seed=n))
+    again = TrackBatch.from_awkward(tracks.to_awkward())
+    assert again.counts.tolist() == counts
+    np.testing.assert_array_equal(again.cov_tyty, tracks.cov_tyty)
