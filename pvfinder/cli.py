@@ -63,7 +63,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     for name, value in sample.statistics().items():
         print(f"  {name:<40s} {value:10.4f}")
     if args.output:
-        write_sample(args.output, sample.tracks, sample.truth)
+        write_sample(args.output, sample.tracks, sample.truth, compression=args.compression)
         print(f"wrote {args.output}")
     return 0
 
@@ -183,6 +183,8 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("-n", "--n-events", type=int, default=1000, help="number of events")
     simulate.add_argument("-o", "--output", help="ROOT file to write (tracks and truth)")
     simulate.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    simulate.add_argument("--compression", choices=["zlib", "lzma"], default="zlib",
+                          help="compression of the output file (lzma: smaller, slower)")
     simulate.add_argument("--nu", type=float, help="mean visible interactions per crossing")
     simulate.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                           help="override a simulation condition (repeatable)")

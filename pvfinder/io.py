@@ -127,11 +127,25 @@ def _write_tree(file: Any, name: str, counter: str, jagged: dict[str, ak.Array],
     file[name].extend({"event_number": event_number, **jagged})
 
 
+COMPRESSION = {"zlib": uproot.ZLIB(1), "lzma": uproot.LZMA(6)}
+
+
 def write_sample(path: str | os.PathLike, tracks: TrackBatch, truth: MCTruth | None = None,
-                 *, precision: Any = np.float32) -> None:
-    """Write tracks (and truth) in the layout of this module; floats stored as ``precision``."""
+                 *, precision: Any = np.float32, compression: str = "zlib") -> None:
+    """Write tracks (and truth) in the layout of this module.
+
+    Parameters
+    ----------
+    precision : numpy dtype
+        How floats are stored (float32 by default, as LHCb stores track states).
+    compression : {"zlib", "lzma"}
+        ``zlib`` (fast, the default) or ``lzma`` (about a third smaller, several times slower;
+        used for the bundled sample).
+    """
+    if compression not in COMPRESSION:
+        raise ValueError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSION)}")
     event_number = np.arange(tracks.n_events, dtype=np.uint64)
-    with uproot.recreate(path, compression=uproot.LZMA(6)) as file:
+    with uproot.recreate(path, compression=COMPRESSION[compression]) as file:
         jagged = _jagged(tracks, TRACK_FIELDS, precision)
         if truth is not None:
             truth.check_matches(tracks)
