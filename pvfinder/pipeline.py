@@ -111,8 +111,7 @@ class PVFinder:
         n_tracks = len(state["x"])
         beamline = self._extrapolate(state, n_tracks, clock)
 
-        host_offsets = batch.counts.cumsum()  # event boundaries on the host, for chunking
-        host_offsets = np.concatenate(([0], host_offsets))
+        host_offsets = np.concatenate(([0], np.cumsum(batch.counts)))  # chunk boundaries
         pieces = []
         for start in range(0, batch.n_events, backend.events_per_chunk):
             stop = min(start + backend.events_per_chunk, batch.n_events)
