@@ -1,89 +1,225 @@
-"""The simulated sample: reproducible, and its statistics follow the conditions."""
+"""The simulated sample: reproducible, its statistics follow the conditions, pulls are N(0, 1)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pvfinder.simulation import Conditions, simulate
+from pvfinder.simulation import Conditions, SimulatedSample, TrackOrigin, simulate
+from pvfinder.simulation.generator import _directions
+from pvfinder.simulation.velo import measure
 
 
 @pytest.fixture(scope="module")
-def big():
+def big() -> SimulatedSample:
     return simulate(4000, seed=123)
+
+
+def _binomial_tolerance(p: float, n: int, sigmas: float = 5.0) -> float:
+    return sigmas * np.sqrt(p * (1 - p) / n)
+
+
+def _prompt_at_pv(sample: SimulatedSample):
+    """Indices of prompt tracks and the global index of their MC PV."""
+    labels = sample.truth.track_mc_pv
+    prompt = np.flatnonzero(labels >= 0)
+    event = np.repeat(np.arange(sample.tracks.n_events), sample.tracks.counts)[prompt]
+    return prompt, sample.truth.vertices.offsets[event] + labels[prompt]
 
 
 def test_reproducible_from_seed():
     a, b, c = simulate(30, seed=9), simulate(30, seed=9), simulate(30, seed=10)
-    np.testing.assert_array_equal(a.tracks.x, b.tracks.x)
+    for name in ("x", "z", "tx", "cov_txtx"):
+        np.testing.assert_array_equal(getattr(a.tracks, name), getattr(b.tracks, name))
     np.testing.assert_array_equal(a.truth.track_mc_pv, b.truth.track_mc_pv)
-    assert a.tracks.n_tracks != c.tracks.n_tracks or not np.array_equal(a.tracks.x, c.tracks.x)
+    np.testing.assert_array_equal(a.truth.vertices.z, b.truth.vertices.z)
+    assert a.statistics() == b.statistics()
+    assert not np.array_equal(a.tracks.counts, c.tracks.counts)
+    assert not np.array_equal(a.truth.vertices.counts, c.truth.vertices.counts)
 
 
-def test_pile_up_and_luminous_region(big):
-    cond = big.conditions
+def test_pile_up_is_poisson(big):
     counts = big.truth.vertices.counts
-    n = len(counts)
-    assert counts.mean() == pytest.approx(cond.nu, abs=4 * np.sqrt(cond.nu / n))
-    assert np.mean(counts == 0) == pytest.approx(np.exp(-cond.nu), abs=0.002)
-    pvs = big.truth.vertices
+    nu = big.conditions.nu
+    assert counts.mean() == pytest.approx(nu, abs=5 * np.sqrt(nu / counts.size))
+    assert counts.var() == pytest.approx(nu, rel=0.1)
+    low = simulate(4000, seed=5, nu=2.0).truth.vertices.counts  # exp(−7.6) is too rare to test
+    assert np.mean(low == 0) == pytest.approx(np.exp(-2.0), abs=_binomial_tolerance(np.exp(-2.0), 4000))
+    assert np.mean(counts == 0) < 0.003
+
+
+def test_luminous_region(big):
+    cond, pvs = big.conditions, big.truth.vertices
     m = pvs.n_vertices
-    assert np.std(pvs.x) == pytest.approx(cond.sigma_x, rel=4 / np.sqrt(2 * m))
-    assert np.std(pvs.z) == pytest.approx(cond.sigma_z, rel=4 / np.sqrt(2 * m))
+    for axis, sigma in (("x", cond.sigma_x), ("y", cond.sigma_y), ("z", cond.sigma_z)):
+        values = getattr(pvs, axis)
+        assert values.mean() == pytest.approx(0.0, abs=5 * sigma / np.sqrt(m))
+        assert values.std() == pytest.approx(sigma, rel=5 / np.sqrt(2 * m))
+    moved = simulate(500, seed=2, beam_x=0.5, beam_z=-20.0, sigma_x=0.05).truth.vertices
+    assert moved.x.mean() == pytest.approx(0.5, abs=0.005)
+    assert moved.x.std() == pytest.approx(0.05, rel=0.05)
+    assert moved.z.mean() == pytest.approx(-20.0, abs=3.0)
 
 
-def test_multiplicity_ghosts_and_decays(big):
-    cond = big.conditions
-    stats = big.statistics()
-    expected_reco = cond.mean_charged * cond.track_efficiency
-    assert stats["mean_reconstructible_tracks_per_pv"] == pytest.approx(expected_reco, rel=0.03)
+def test_reconstructible_tracks_per_pv(big):
+    cond, stats = big.conditions, big.statistics()
+    reco = big.truth.vertices.n_reconstructible
+    expected = cond.mean_charged * cond.track_efficiency  # acceptance losses are below 0.5 %
+    assert stats["mean_reconstructible_tracks_per_pv"] == pytest.approx(expected, rel=0.02)
     assert 20 <= stats["mean_reconstructible_tracks_per_pv"] <= 30  # the spec's range
-    assert stats["fraction_backward_prompt_tracks"] == pytest.approx(cond.backward_fraction, abs=0.01)
-    labels = big.truth.track_mc_pv
-    non_prompt = np.mean(labels < 0)
-    assert cond.ghost_fraction < non_prompt < 0.2  # ghosts plus decay daughters
+    assert np.percentile(reco, 99) > 3 * reco.mean()  # negative binomial: a long tail
+    assert stats["fraction_reconstructible_pvs"] == pytest.approx(np.mean(reco >= 4))
     # n_reconstructible counts exactly the prompt tracks labelled with each PV.
-    event = np.repeat(np.arange(big.tracks.n_events), big.tracks.counts)
-    prompt = labels >= 0
-    global_pv = big.truth.vertices.offsets[event[prompt]] + labels[prompt]
-    counted = np.bincount(global_pv, minlength=big.truth.vertices.n_vertices)
-    np.testing.assert_array_equal(counted, big.truth.vertices.n_reconstructible)
+    _, pv = _prompt_at_pv(big)
+    np.testing.assert_array_equal(np.bincount(pv, minlength=len(reco)), reco)
 
 
-def test_smearing_matches_stated_covariance(big):
+def test_ghosts_decays_and_direction(big):
+    cond, stats = big.conditions, big.statistics()
+    n = big.tracks.n_tracks
+    assert stats["ghost_fraction"] == pytest.approx(
+        cond.ghost_fraction, abs=_binomial_tolerance(cond.ghost_fraction, n))
+    assert 0.02 < stats["displaced_fraction"] < 0.15
+    assert stats["backward_fraction"] == pytest.approx(cond.backward_fraction, abs=0.01)
+    prompt = big.track_origin == TrackOrigin.PROMPT
+    np.testing.assert_array_equal(big.truth.track_mc_pv >= 0, prompt)
+    # A track flies backward exactly when its first measurement lies upstream of its PV.
+    index, pv = _prompt_at_pv(big)
+    upstream = big.tracks.z[index] < big.truth.vertices.z[pv]
+    np.testing.assert_array_equal(upstream, big.track_backward[index])
+
+    quiet = simulate(300, seed=4, ghost_fraction=0.0,
+                     **{f"{s}_per_pv": 0.0 for s in ("k0s", "lambda", "charm", "beauty")})
+    assert quiet.statistics()["ghost_fraction"] == 0.0
+    assert quiet.statistics()["displaced_fraction"] == 0.0
+    more = simulate(300, seed=4, k0s_per_pv=3.0).statistics()["displaced_fraction"]
+    assert more > simulate(300, seed=4).statistics()["displaced_fraction"] + 0.03
+
+
+def test_displaced_daughters_miss_the_pv(big):
+    """Daughters of long-lived decays point away from the PVs more than prompt tracks do."""
+    tracks = big.tracks
+    # Distance of closest approach of each line to the beam axis (the luminous region is
+    # centred on it, 18 µm wide).
+    t2 = tracks.tx**2 + tracks.ty**2
+    dz = -(tracks.x * tracks.tx + tracks.y * tracks.ty) / t2
+    doca = np.hypot(tracks.x + tracks.tx * dz, tracks.y + tracks.ty * dz)
+    prompt = np.median(doca[big.track_origin == TrackOrigin.PROMPT])
+    displaced = np.median(doca[big.track_origin == TrackOrigin.DISPLACED])
+    assert displaced > 5 * prompt
+
+
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_smearing_matches_stated_covariance(big, axis):
     """Prompt tracks extrapolated to their MC PV: residual / propagated error is N(0, 1)."""
+    tracks, vertices = big.tracks, big.truth.vertices
+    index, pv = _prompt_at_pv(big)
+    slope, cov, cov_ts, cov_tt = {"x": ("tx", "cov_xx", "cov_xtx", "cov_txtx"),
+                                  "y": ("ty", "cov_yy", "cov_yty", "cov_tyty")}[axis]
+    dz = vertices.z[pv] - tracks.z[index]
+    predicted = getattr(tracks, axis)[index] + getattr(tracks, slope)[index] * dz
+    variance = (getattr(tracks, cov)[index] + 2 * dz * getattr(tracks, cov_ts)[index]
+                + dz**2 * getattr(tracks, cov_tt)[index])
+    pulls = (predicted - getattr(vertices, axis)[pv]) / np.sqrt(variance)
+    assert abs(pulls.mean()) < 0.01
+    assert pulls.std() == pytest.approx(1.0, abs=0.01)
+    # Also where the correlation matters most: short and long extrapolations apart.
+    short = np.abs(dz) < np.median(np.abs(dz))
+    for part in (pulls[short], pulls[~short]):
+        assert part.std() == pytest.approx(1.0, abs=0.03)
+
+
+@pytest.mark.parametrize("pt", [0.3, 1.0, 5.0])
+def test_impact_parameter_resolution(pt):
+    """σ_IP lies between 12 ⊕ 24/pT and 12 + 24/pT µm (the published figure, either reading)."""
+    cond = Conditions()
+    rng = np.random.default_rng(7)
+    n = 50_000
+    tx, ty, backward, eta = _directions(rng, cond, n)
+    zero = np.zeros(n)
+    states, accepted = measure(rng, cond, (zero, zero, zero), tx, ty, backward, pt * np.cosh(eta))
+    residual = states["x"] - states["tx"] * states["z"]  # the line at z = 0, the origin
+    rms = residual.std()
+    assert 0.95 * np.hypot(0.012, 0.024 / pt) < rms < 1.05 * (0.012 + 0.024 / pt)
+    assert accepted.mean() > 0.99
+
+
+def test_counts_consistent_with_truth(big):
     tracks, truth = big.tracks, big.truth
-    labels = truth.track_mc_pv
-    prompt = np.flatnonzero(labels >= 0)
-    event = np.repeat(np.arange(tracks.n_events), tracks.counts)[prompt]
-    pv = truth.vertices.offsets[event] + labels[prompt]
-    dz = truth.vertices.z[pv] - tracks.z[prompt]
-    for axis, slope, cov, cov_ts, cov_tt in (
-        ("x", "tx", "cov_xx", "cov_xtx", "cov_txtx"),
-        ("y", "ty", "cov_yy", "cov_yty", "cov_tyty"),
-    ):
-        predicted = getattr(tracks, axis)[prompt] + getattr(tracks, slope)[prompt] * dz
-        variance = (getattr(tracks, cov)[prompt] + 2 * dz * getattr(tracks, cov_ts)[prompt]
-                    + dz**2 * getattr(tracks, cov_tt)[prompt])
-        true_position = getattr(truth.vertices, axis)[pv]
-        pulls = (predicted - true_position) / np.sqrt(variance)
-        assert abs(pulls.mean()) < 0.01
-        assert pulls.std() == pytest.approx(1.0, abs=0.01)
+    truth.check_matches(tracks)
+    assert truth.track_mc_pv.dtype == np.int32
+    assert len(big.track_origin) == len(big.track_backward) == tracks.n_tracks
+    n_pvs = np.repeat(truth.vertices.counts, tracks.counts)
+    assert np.all(truth.track_mc_pv < n_pvs)
+    assert tracks.counts.sum() == tracks.n_tracks
+    stats = big.statistics()
+    assert stats["mean_tracks_per_event"] == pytest.approx(tracks.n_tracks / tracks.n_events)
+    assert stats["mean_visible_pvs"] == pytest.approx(truth.vertices.counts.mean())
 
 
-def test_overrides_and_invalid_conditions():
-    assert simulate(200, seed=1, nu=2.0).truth.vertices.counts.mean() < 3.0
-    assert simulate(10, seed=1, ghost_fraction=0.0).conditions.ghost_fraction == 0.0
+def test_truth_not_encoded_in_track_order(big):
+    counts = big.tracks.counts
+    event = np.repeat(np.arange(len(counts)), counts)
+    position = np.arange(big.tracks.n_tracks) - big.tracks.offsets[event]
+    relative = (position + 0.5) / counts[event]  # uniform on (0, 1) when shuffled
+    ghosts = relative[big.track_origin == TrackOrigin.GHOST]
+    assert ghosts.mean() == pytest.approx(0.5, abs=5 * np.sqrt(1 / 12 / ghosts.size))
+    labels = big.truth.track_mc_pv
+    prompt = labels >= 0
+    assert abs(np.corrcoef(relative[prompt], labels[prompt])[0, 1]) < 0.02
+
+
+def test_overrides_and_conditions_object():
+    high = simulate(400, seed=1, nu=11)
+    assert high.conditions.nu == 11.0
+    assert high.truth.vertices.counts.mean() == pytest.approx(11.0, abs=5 * np.sqrt(11 / 400))
+    base = Conditions(hit_resolution=0.015)
+    sample = simulate(10, seed=1, conditions=base, ghost_fraction=0.0)
+    assert sample.conditions.hit_resolution == 0.015 and sample.conditions.ghost_fraction == 0.0
+    assert base.replace(eta_forward=[2.0, 4.5]).eta_forward == (2.0, 4.5)  # JSON lists
+    assert Conditions().backward_fraction == pytest.approx(2.0 / 5.0)
+    assert Conditions().mean_charged == pytest.approx(5 * Conditions().charged_per_eta)
+    names = [s.name for s in Conditions().decay_species()]
+    assert names == ["k0s", "lambda", "charm", "beauty"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sigma_z": -1.0}, "sigma_z must be positive"),
+        ({"track_efficiency": 1.5}, "track_efficiency must lie in"),
+        ({"ghost_fraction": 1.0}, "ghost_fraction must lie in"),
+        ({"nu": -0.1}, "nu must be non-negative"),
+        ({"hit_resolution": float("nan")}, "hit_resolution must be finite"),
+        ({"mean_pt": "big"}, "mean_pt must be a number"),
+        ({"hits_per_track": 2}, "hits_per_track must be at least 3"),
+        ({"k0s_daughters": 1.5}, "k0s_daughters must be an integer"),
+        ({"eta_forward": (5.0, 2.0)}, "eta_forward must have low < high"),
+        ({"eta_backward": (0.0, 2.0)}, "eta_backward holds"),
+        ({"velo_z_range": (1.0,)}, "velo_z_range must be a pair"),
+        ({"min_pt": 1.0}, "min_pt must be below mean_pt"),
+    ],
+)
+def test_invalid_conditions_raise(changes, message):
+    with pytest.raises(ValueError, match=message):
+        Conditions(**changes)
+    with pytest.raises(ValueError, match=message):
+        simulate(5, seed=1, **changes)
+
+
+def test_invalid_arguments_raise():
     with pytest.raises(ValueError, match="unknown simulation condition"):
         simulate(10, seed=1, not_a_condition=1)
-    with pytest.raises(ValueError, match="sigma_z must be positive"):
-        Conditions(sigma_z=-1.0)
-    with pytest.raises(ValueError, match="track_efficiency must lie in"):
-        Conditions(track_efficiency=1.5)
-    with pytest.raises(ValueError, match="n_events must be a non-negative integer"):
-        simulate(-3)
+    with pytest.raises(ValueError, match="unknown simulation condition"):
+        Conditions().replace(sigma=1.0)
+    for bad in (-3, 2.5, True):
+        with pytest.raises(ValueError, match="n_events must be a non-negative integer"):
+            simulate(bad)
 
 
 def test_empty_sample():
     sample = simulate(0, seed=1)
     assert sample.tracks.n_events == 0 and sample.truth.vertices.n_vertices == 0
+    assert sample.statistics()["mean_tracks_per_event"] == 0.0
+    nothing = simulate(20, seed=1, nu=0.0, ghost_fraction=0.1)
+    assert nothing.tracks.n_tracks == 0 and nothing.truth.vertices.counts.sum() == 0

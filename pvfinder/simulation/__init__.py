@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from .conditions import Conditions
-from .generator import SimulatedSample, simulate
+from .generator import SimulatedSample, TrackOrigin, simulate
 
-__all__ = ["Conditions", "SimulatedSample", "simulate"]
+__all__ = ["Conditions", "SimulatedSample", "TrackOrigin", "simulate"]

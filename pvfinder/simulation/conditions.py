@@ -1,128 +1,228 @@
 """The numbers of the simulation: LHCb Upgrade I running conditions and detector response.
 
 Every field carries its source. Where a number is a modelling choice rather than a published
-figure, the comment says so. Change a number only with a source (see CONTRIBUTING in README).
-Lengths in mm, momenta in GeV.
+figure, the comment says "approximation". Change a number only with a source.
+Lengths in mm, momenta and masses in GeV.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+import numbers
+from typing import Any, NamedTuple
 
-__all__ = ["Conditions"]
+__all__ = ["Conditions", "DecaySpecies", "SPECIES"]
+
+#: The decaying species whose charged daughters the generator adds, in field-name spelling.
+SPECIES = ("k0s", "lambda", "charm", "beauty")
+
+
+class DecaySpecies(NamedTuple):
+    """The numbers of one decaying species (see the ``<species>_*`` fields of Conditions)."""
+
+    name: str
+    per_pv: float
+    ctau: float
+    mass: float
+    mean_pt: float
+    decay_momentum: float
+    daughters: int
 
 
 @dataclasses.dataclass(frozen=True)
 class Conditions:
     """LHCb Upgrade I conditions for the event generator (immutable, validated).
 
-    Use :meth:`replace` to change fields; unknown names raise ``ValueError``.
+    Use :meth:`replace` to change fields; invalid values and unknown names raise
+    ``ValueError``. Lengths in mm, momenta and masses in GeV.
     """
 
     # -- pile-up and luminous region -----------------------------------------------------
     # Mean visible pp interactions per crossing at L = 2e33 /cm²/s: LHCb Upgrade I design
     # (LHCb Framework TDR, LHCb-TDR-012; detector paper JINST 19 (2024) P05065, sec. 1).
     nu: float = 7.6
-    # Luminous-region centre (mm): the beamline at the origin, as the spec's default.
+    # Luminous-region centre: the beamline at the origin, the spec's default.
     beam_x: float = 0.0
     beam_y: float = 0.0
     beam_z: float = 0.0
-    # Transverse luminous size: beta* = 2 m, normalised emittance 2.5 µm at 7 TeV give
-    # sigma_beam ≈ 26 µm and sigma_lumi = sigma_beam/√2 ≈ 18 µm (spec; LHCb-TDR-012).
+    # Transverse luminous size: beta* = 2 m and normalised emittance 2.5 µm at 7 TeV give
+    # sigma_beam ≈ 26 µm, sigma_lumi = sigma_beam/√2 ≈ 18 µm (LHCb-TDR-012; spec).
     sigma_x: float = 0.018
     sigma_y: float = 0.018
-    # Longitudinal luminous size ≈ 45 mm (spec; LHCb-TDR-013 uses σ_z ≈ 45–63 mm).
+    # Longitudinal luminous size ≈ 45 mm (LHCb-TDR-013, VELO TDR, interaction-region model).
     sigma_z: float = 45.0
 
-    # -- charged particles per collision in the VELO acceptance --------------------------
-    # Negative binomial: mean charged tracks in acceptance per visible PV, chosen so that with
-    # the efficiency below the mean of reconstructible VELO tracks is ≈ 25, inside the spec's
-    # 20–30 (arXiv:2412.14966, fig. of PV multiplicity); the shape k = 1.5 gives the long tail
-    # of minimum-bias multiplicity (approximation of LHCb's measured distributions,
-    # Eur. Phys. J. C 72 (2012) 1947).
-    mean_charged: float = 25.5
+    # -- prompt charged particles -----------------------------------------------------------
+    # Charged particles per unit pseudorapidity per visible interaction, taken flat in η over
+    # the acceptance: CMS measures 5.49 ± 0.17 at η = 0 in inelastic pp at 13 TeV
+    # (PLB 751 (2015) 143), LHCb a slow fall towards η = 5 (EPJC 82 (2022) 20). Flatness is an
+    # approximation. Times the 5 units of acceptance below: ≈ 25 tracks per PV (spec: 20–30).
+    charged_per_eta: float = 5.1
+    # Negative-binomial shape of the multiplicity (k ≈ 1.5 gives the long tail of
+    # minimum-bias events; LHCb, EPJC 72 (2012) 1947, approximation of the fitted shape).
     multiplicity_k: float = 1.5
-    # Fraction of VELO tracks that fly backward (the VELO covers −3.5 < η < −1.5 behind the
-    # interaction region; LHCb-TDR-013 fig. 2.2); approximation.
-    backward_fraction: float = 0.25
-    # Pseudorapidity ranges (|η|), forward 2 < η < 5 (LHCb acceptance, JINST 3 (2008) S08005),
-    # backward 1.5 < |η| < 3.5 (LHCb-TDR-013); dN/dη taken flat (approximation).
+    # |η| ranges seen by the VELO: forward 2 < η < 5 (LHCb acceptance, JINST 3 (2008) S08005),
+    # backward −3.5 < η < −1.5 (LHCb-TDR-013, VELO acceptance figure); approximation of the edges.
     eta_forward: tuple[float, float] = (2.0, 5.0)
     eta_backward: tuple[float, float] = (1.5, 3.5)
-    # Transverse momentum: Gamma(shape 2) with mean 0.55 GeV, close to the measured minimum-bias
-    # <pT> of charged hadrons at 13 TeV (LHCb, JHEP 05 (2022) 098); approximation of the shape.
+    # Transverse momentum: min_pt + Gamma(shape 2) with overall mean 0.55 GeV, close to the
+    # measured ⟨pT⟩ of charged hadrons at 13 TeV (ATLAS, EPJC 76 (2016) 502: 0.5–0.6 GeV
+    # depending on the cut); the shape and the 50 MeV floor are approximations.
     mean_pt: float = 0.55
     min_pt: float = 0.05
 
     # -- VELO response ---------------------------------------------------------------------
-    # Single-hit resolution of 55 µm pixels with charge sharing: ≈ 12 µm (LHCb-TDR-013, sec. 4).
+    # Single-hit resolution of 55 µm pixels with charge sharing ≈ 12 µm (LHCb-TDR-013, sec. 4).
     hit_resolution: float = 0.012
-    # Hits used per track and module spacing along z (LHCb-TDR-013: 52 modules, ≈ 25 mm apart
-    # near the interaction region); approximation of a typical track.
+    # Hits in the straight-line fit and their spacing along z: 26 stations, ≈ 25 mm apart
+    # near the interaction region (LHCb-TDR-013); ten hits per track is an approximation.
     hits_per_track: int = 10
     module_spacing: float = 25.0
-    # Transverse radius of the first measurement: the sensors start at 5.1 mm from the beam
-    # (JINST 19 (2024) P05065, sec. 3); the first hit lies between that and ≈ 12 mm.
-    first_hit_radius: tuple[float, float] = (5.1, 12.0)
-    # Multiple-scattering term of the impact-parameter resolution, σ_IP = 12 µm ⊕ 24 µm/pT
-    # (LHCb-TDR-013 and JINST 19 (2024) P05065, fig. of IP resolution): the slope error from
-    # scattering is set so that it reproduces this term at the PV.
-    ip_ms_term: float = 0.024
-    # Per-track reconstruction efficiency above threshold ≈ 99 % (LHCb-TDR-013; arXiv:2412.14966).
+    # Sensors start 5.1 mm from the beam (JINST 19 (2024) P05065, sec. 3); their outer
+    # reach (the L-shaped tiles, 43 × 15 mm² each) is approximated by a 40 mm radius.
+    velo_inner_radius: float = 5.1
+    velo_outer_radius: float = 40.0
+    # z span of the modules (LHCb-TDR-013, JINST 19 (2024) P05065): a track is in acceptance
+    # when its first three hits lie inside it.
+    velo_z_range: tuple[float, float] = (-290.0, 750.0)
+    # RMS multiple-scattering angle (per plane, rad) times momentum (GeV) before the first
+    # measurement. Effective value set so that the impact-parameter resolution at the PV
+    # has the published term 24 µm/pT (σ_IP ≈ 12 ⊕ 24/pT µm, LHCb-TDR-013; JINST 19 (2024)
+    # P05065): IP_ms ≈ r_first · this / pT with the mean first-hit radius ≈ 6 mm.
+    ms_angle_term: float = 0.0039
+    # Per-track reconstruction efficiency in acceptance ≈ 99 % (LHCb-TDR-013; arXiv:2412.14966).
     track_efficiency: float = 0.99
-    # Ghost (fake) tracks: a few per cent of VELO tracks (LHCb-TDR-013, ghost rate ≈ 2–3 %).
+    # Ghost tracks: a few per cent of VELO tracks (LHCb-TDR-013: ghost rate ≈ 2–3 %); they are
+    # random lines whose origin scatters transversely by ghost_transverse_spread around the
+    # beam (approximation: ghosts are built from hits of real tracks, mostly near the beam).
     ghost_fraction: float = 0.025
+    ghost_transverse_spread: float = 1.0
 
-    # -- displaced decays ------------------------------------------------------------------
-    # Mean number per visible collision of decays whose charged daughters reach the VELO, and
-    # their lifetimes cτ (mm, PDG). Rates are approximations of LHCb's measured production
-    # (K0S and Λ: JHEP 08 (2011) 034; cc̄ and bb̄: JHEP 03 (2016) 159, PRL 118 (2017) 052002)
-    # times the VELO acceptance.
-    k0s_per_pv: float = 0.8
-    lambda_per_pv: float = 0.25
+    # -- displaced decays (charged daughters are VELO tracks with MC label −1) --------------
+    # per_pv: decays into charged final states per visible interaction, parent within the
+    #   η acceptance above. K0S: K0S/charged ≈ 0.06 (CMS JHEP 05 (2011) 064) × 25 tracks ×
+    #   BR(π+π−) = 0.69; Λ+Λ̄: ≈ 0.5 of K0S (LHCb JHEP 08 (2011) 034 measures Λ̄/K0S ≈ 0.3 per
+    #   species) × BR(pπ) = 0.64; cc̄ and bb̄: LHCb σ(cc̄) ≈ 2.4 mb (JHEP 03 (2016) 159) and
+    #   σ(bb̄) ≈ 0.14 mb (PRL 118 (2017) 052002) in 2 < η < 5 over ≈ 65 mb visible, doubled for
+    #   two hadrons per pair and the backward hemisphere. All approximations.
+    # ctau: PDG mean lifetimes (charm: production-weighted D0, D+, Ds, Λc; beauty: B0, B+, Bs,
+    #   Λb; approximations of the mix). mass: PDG (charm: D; beauty: B).
+    # mean_pt: parent ⟨pT⟩, approximation of LHCb and ALICE spectra (strange ≈ 0.7–1 GeV,
+    #   D ≈ 2 GeV, B ≈ 5 GeV). decay_momentum: daughter momentum in the parent frame (K0S→ππ,
+    #   Λ→pπ from PDG masses; charm and beauty multi-body averages, approximations).
+    # daughters: charged tracks per decay (charm and beauty: mean charged multiplicity,
+    #   approximation; beauty includes its charm cascade).
+    k0s_per_pv: float = 1.0
+    k0s_ctau: float = 26.84
+    k0s_mass: float = 0.4976
+    k0s_mean_pt: float = 0.75
+    k0s_decay_momentum: float = 0.206
+    k0s_daughters: int = 2
+    lambda_per_pv: float = 0.5
+    lambda_ctau: float = 78.9
+    lambda_mass: float = 1.1157
+    lambda_mean_pt: float = 0.95
+    lambda_decay_momentum: float = 0.101
+    lambda_daughters: int = 2
     charm_per_pv: float = 0.12
+    charm_ctau: float = 0.17
+    charm_mass: float = 1.87
+    charm_mean_pt: float = 2.0
+    charm_decay_momentum: float = 0.7
+    charm_daughters: int = 3
     beauty_per_pv: float = 0.008
-    ctau_k0s: float = 26.84
-    ctau_lambda: float = 78.9
-    ctau_charm: float = 0.123
-    ctau_beauty: float = 0.455
-    # Typical boost βγ of each decaying species in the acceptance (approximation).
-    boost_strange: float = 3.0
-    boost_heavy: float = 8.0
+    beauty_ctau: float = 0.47
+    beauty_mass: float = 5.28
+    beauty_mean_pt: float = 5.0
+    beauty_decay_momentum: float = 1.0
+    beauty_daughters: int = 5
 
     def __post_init__(self) -> None:
-        positive = ("sigma_x", "sigma_y", "sigma_z", "mean_charged", "multiplicity_k", "mean_pt",
-                    "hit_resolution", "module_spacing", "ip_ms_term", "ctau_k0s",
-                    "ctau_lambda", "ctau_charm", "ctau_beauty", "boost_strange", "boost_heavy")
+        for name in ("eta_forward", "eta_backward", "velo_z_range"):
+            pair = getattr(self, name)
+            if isinstance(pair, str) or not hasattr(pair, "__len__") or len(pair) != 2:
+                raise ValueError(f"condition {name} must be a pair (low, high), got {pair!r}")
+            low, high = (_number(f"{name}[{i}]", v) for i, v in enumerate(pair))
+            if not low < high:
+                raise ValueError(f"condition {name} must have low < high, got {pair!r}")
+            object.__setattr__(self, name, (low, high))  # JSON gives lists: store tuples
+        for name in ("eta_forward", "eta_backward"):
+            if getattr(self, name)[0] <= 0:
+                raise ValueError(f"condition {name} holds |η|: its low edge must be positive")
+
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type in ("int", int):
+                if _number(field.name, value) != int(value):
+                    raise ValueError(f"condition {field.name} must be an integer, got {value!r}")
+                object.__setattr__(self, field.name, int(value))
+            elif field.type in ("float", float):
+                object.__setattr__(self, field.name, _number(field.name, value))
+
+        positive = ["sigma_x", "sigma_y", "sigma_z", "charged_per_eta", "multiplicity_k",
+                    "mean_pt", "hit_resolution", "module_spacing", "velo_inner_radius",
+                    "velo_outer_radius", "ms_angle_term", "ghost_transverse_spread"]
+        positive += [f"{s}_{what}" for s in SPECIES
+                     for what in ("ctau", "mass", "mean_pt", "decay_momentum", "daughters")]
         for name in positive:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"condition {name} must be positive and finite, got {value}")
-        non_negative = ("nu", "min_pt", "k0s_per_pv", "lambda_per_pv", "charm_per_pv",
-                        "beauty_per_pv")
-        for name in non_negative:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"condition {name} must be non-negative, got {value}")
-        for name in ("backward_fraction", "track_efficiency", "ghost_fraction"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"condition {name} must lie in [0, 1], got {value}")
-        if self.ghost_fraction >= 1.0:
-            raise ValueError("condition ghost_fraction must be below 1")
+            if not getattr(self, name) > 0:
+                raise ValueError(f"condition {name} must be positive, got {getattr(self, name)}")
+        for name in ["nu", "min_pt", *(f"{s}_per_pv" for s in SPECIES)]:
+            if getattr(self, name) < 0:
+                raise ValueError(f"condition {name} must be non-negative, got {getattr(self, name)}")
+        if not 0.0 <= self.track_efficiency <= 1.0:
+            raise ValueError(f"condition track_efficiency must lie in [0, 1], got {self.track_efficiency}")
+        if not 0.0 <= self.ghost_fraction < 1.0:
+            raise ValueError(f"condition ghost_fraction must lie in [0, 1), got {self.ghost_fraction}")
         if self.hits_per_track < 3:
-            raise ValueError("condition hits_per_track must be at least 3")
-        for name in ("eta_forward", "eta_backward", "first_hit_radius"):
-            low, high = getattr(self, name)
-            if not 0 < low < high:
-                raise ValueError(f"condition {name} must be (low, high) with 0 < low < high")
+            raise ValueError(f"condition hits_per_track must be at least 3, got {self.hits_per_track}")
+        if not self.min_pt < self.mean_pt:
+            raise ValueError("condition min_pt must be below mean_pt")
+        if not self.velo_inner_radius < self.velo_outer_radius:
+            raise ValueError("condition velo_inner_radius must be below velo_outer_radius")
+
+    @property
+    def mean_charged(self) -> float:
+        """Mean prompt charged particles per visible interaction in the VELO η acceptance."""
+        return self.charged_per_eta * (_width(self.eta_forward) + _width(self.eta_backward))
+
+    @property
+    def backward_fraction(self) -> float:
+        """Fraction of prompt particles in the backward range (dN/dη flat)."""
+        backward = _width(self.eta_backward)
+        return backward / (_width(self.eta_forward) + backward)
+
+    def decay_species(self) -> tuple[DecaySpecies, ...]:
+        """The ``<species>_*`` fields gathered per species, in :data:`SPECIES` order."""
+        return tuple(
+            DecaySpecies(s, *(getattr(self, f"{s}_{what}") for what in DecaySpecies._fields[1:]))
+            for s in SPECIES
+        )
 
     def replace(self, **changes: Any) -> Conditions:
-        """A copy with some conditions changed (validated like a new object)."""
+        """A copy with some conditions changed (validated like a new object).
+
+        Raises
+        ------
+        ValueError
+            For an unknown name or an invalid value.
+        """
         known = {field.name for field in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
             raise ValueError(f"unknown simulation condition(s): {', '.join(unknown)}")
         return dataclasses.replace(self, **changes)
+
+
+def _number(name: str, value: Any) -> float:
+    """``value`` as a finite float, or a ``ValueError`` naming the condition."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"condition {name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"condition {name} must be finite, got {value}")
+    return float(value)
+
+
+def _width(edges: tuple[float, float]) -> float:
+    return edges[1] - edges[0]

@@ -1,0 +1,105 @@
+"""VELO response: where a particle is first measured, its track state and covariance.
+
+The VELO has no magnetic field, so a track is a straight line. Its state is reported at the
+first measurement, with the covariance of a straight-line fit of equally spaced hits plus the
+slope error from multiple scattering before that hit; the smearing is drawn from exactly
+that covariance, so pulls are N(0, 1) by construction. Lengths in mm, momenta in GeV.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .conditions import Conditions
+
+__all__ = ["measure"]
+
+
+def measure(
+    rng: np.random.Generator,
+    cond: Conditions,
+    origin: tuple[np.ndarray, np.ndarray, np.ndarray],
+    tx: np.ndarray,
+    ty: np.ndarray,
+    backward: np.ndarray,
+    p: np.ndarray,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Measured VELO states of particles (straight lines) and whether the VELO sees them.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of randomness.
+    cond : Conditions
+        Detector numbers (hit resolution, module geometry, scattering).
+    origin : tuple of numpy.ndarray
+        ``(x0, y0, z0)`` where each particle is produced [mm].
+    tx, ty : numpy.ndarray
+        True slopes dx/dz and dy/dz.
+    backward : numpy.ndarray of bool
+        Whether the particle flies towards −z.
+    p : numpy.ndarray
+        Momentum [GeV] (sets the multiple scattering).
+
+    Returns
+    -------
+    states : dict of numpy.ndarray
+        The fields of :data:`pvfinder.events.TRACK_FIELDS`, state at the first measurement.
+    accepted : numpy.ndarray of bool
+        True where the first three hits lie on the modules (z span and radial coverage).
+    """
+    x0, y0, z0 = origin
+    n = len(z0)
+    direction = np.where(backward, -1.0, 1.0)
+    tan_theta = np.maximum(np.hypot(tx, ty), 1e-12)  # a slope of 0 runs down the beam pipe
+    # The first hit is on the first module after the particle leaves the beam hole.
+    r0 = np.hypot(x0 - cond.beam_x, y0 - cond.beam_y)
+    flight = (np.maximum(cond.velo_inner_radius - r0, 0.0) / tan_theta
+              + rng.uniform(0.0, cond.module_spacing, n))
+    dz = direction * flight
+    z_first = z0 + dz
+    x_true = x0 + tx * dz
+    y_true = y0 + ty * dz
+
+    z_low, z_high = cond.velo_z_range
+    z_third = z_first + 2.0 * cond.module_spacing * direction
+    accepted = (
+        (np.minimum(z_first, z_third) >= z_low)
+        & (np.maximum(z_first, z_third) <= z_high)
+        & (np.hypot(x_true - cond.beam_x, y_true - cond.beam_y) < cond.velo_outer_radius)
+    )
+
+    # Least-squares line through hits at distances d_k = k·spacing past the first one, state
+    # at d = 0: var(x) = σ²·S2/D, var(t) = σ²·S0/D, cov(x, t) = −σ²·S1/D with S_j = Σ d_k^j,
+    # D = S0·S2 − S1². t = dx/dd, and dx/dz = direction·t flips the sign of the correlation.
+    d = cond.module_spacing * np.arange(cond.hits_per_track)
+    s0, s1, s2 = d.size, d.sum(), (d * d).sum()
+    scale = cond.hit_resolution**2 / (s0 * s2 - s1 * s1)
+    var_pos = np.full(n, scale * s2)
+    cov_pos_slope = -direction * (scale * s1)
+    # Scattering before the first hit adds a kink of RMS ms_angle_term/p to the slope.
+    var_slope = scale * s0 + (cond.ms_angle_term / p) ** 2
+
+    dx, dtx = _correlated_pair(rng, var_pos, cov_pos_slope, var_slope)
+    dy, dty = _correlated_pair(rng, var_pos, cov_pos_slope, var_slope)
+    states = {
+        "x": x_true + dx, "y": y_true + dy, "z": z_first, "tx": tx + dtx, "ty": ty + dty,
+        "cov_xx": var_pos, "cov_yy": var_pos, "cov_xtx": cov_pos_slope,
+        "cov_yty": cov_pos_slope, "cov_txtx": var_slope, "cov_tyty": var_slope,
+    }
+    return states, accepted
+
+
+def _correlated_pair(
+    rng: np.random.Generator, var_a: np.ndarray, cov_ab: np.ndarray, var_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian pairs with the 2×2 covariance ``[[var_a, cov_ab], [cov_ab, var_b]]``.
+
+    Uses the closed-form Cholesky factor ``L = [[l11, 0], [l21, l22]]`` of each matrix.
+    """
+    l11 = np.sqrt(var_a)
+    l21 = cov_ab / l11
+    l22 = np.sqrt(var_b - l21 * l21)
+    u = rng.standard_normal(len(var_a))
+    v = rng.standard_normal(len(var_a))
+    return l11 * u, l21 * u + l22 * v
