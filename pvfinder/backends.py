@@ -53,6 +53,8 @@ class Backend:
     stages: dict[str, Callable[..., None]]
     events_per_chunk: int
     synchronize: Callable[[], None] = lambda: None
+    # Raises the first bad input a kernel recorded on the device (waits for the device).
+    check_errors: Callable[[], None] = lambda: None
 
     def __getattr__(self, stage: str) -> Callable[..., None]:
         try:
@@ -119,6 +121,7 @@ def _cuda_backend() -> Backend:
         # 65 536 events × 2400 bins × 8 B ≈ 1.3 GB of histogram: enough blocks to fill any GPU.
         events_per_chunk=65536,
         synchronize=lambda: cupy.cuda.get_current_stream().synchronize(),
+        check_errors=importlib.import_module("pvfinder.kernels.cuda._launch").check_errors,
     )
 
 

@@ -121,6 +121,7 @@ class PVFinder:
             pieces.append(self._vertices_of_chunk(chunk_offsets, chunk_tracks, start, clock))
         if not pieces:
             pieces.append(self._vertices_of_chunk(offsets, beamline, 0, clock))
+        backend.check_errors()
         vertices = VertexBatch.concatenate(pieces)
         return vertices.to_host() if to_host else vertices
 

@@ -1,10 +1,12 @@
-"""Each CUDA stage against its Numba twin, on simulated and random inputs (needs a GPU).
+"""Each CUDA stage against its Numba twin on the same inputs (needs a GPU and cupy).
 
-Tolerances: extrapolate to 1e-12 relative or 1e-12 absolute (the same formulas, with fused
-multiply-adds on the GPU), histogram bins to 1e-9
-absolute (shared-memory atomics add in another order), seed z to 1e-6 mm, fitted positions to
-1e-4 mm and covariances to 1e-6 relative. Seed and vertex counts must agree on at least 99.9 %
-of events (a bin sum that differs in its last bit may, very rarely, flip a threshold).
+Inputs are synthetic events (5–10 vertices of 20–40 tracks each, |z| < 100 mm, slopes
+0.05–0.3, position errors 0.01–0.05 mm), plus an empty event, a one-track event, a 5000-track
+event (more clusters than seed slots) and a few tracks parallel to the beam. Every stage gets
+the CPU chain's output of the stage before, so that a difference is the stage's own. Counts
+and flags must agree exactly; floats to rounding (the GPU fuses multiply-adds and adds a
+histogram bin's contributions in another order): extrapolate and histogram to 1e-9 relative
+and absolute, seeds to 1e-6 mm, fitted positions to 1e-4 mm, covariances to 1e-6 relative.
 """
 
 from __future__ import annotations
@@ -12,176 +14,291 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pvfinder.backends import get_backend
+from pvfinder.backends import cuda_unavailable_reason
 from pvfinder.config import PVFinderConfig
-from pvfinder.events import TRACK_FIELDS
-from pvfinder.simulation import simulate
+from pvfinder.kernels.cpu.cleanup import cleanup as cpu_cleanup
+from pvfinder.kernels.cpu.extrapolate import extrapolate as cpu_extrapolate
+from pvfinder.kernels.cpu.find_peaks import find_peaks as cpu_find_peaks
+from pvfinder.kernels.cpu.fit_vertices import fit_vertices as cpu_fit_vertices
+from pvfinder.kernels.cpu.histogram import histogram as cpu_histogram
 
-from .conftest import requires_cuda
+REASON = cuda_unavailable_reason()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=f"no GPU: {REASON}")]
 
-pytestmark = [pytest.mark.gpu, requires_cuda]
 CONFIG = PVFinderConfig()
+SEEDS = (1, 2, 3)
+TRACK_FIELDS = ("x", "y", "z", "tx", "ty", "cov_xx", "cov_yy", "cov_xtx", "cov_yty",
+                "cov_txtx", "cov_tyty")
 
 
-def random_tracks(seed: int) -> dict[str, np.ndarray]:
-    """Events of 0, 1, a few hundred and 5000 tracks around several vertices, plus junk."""
-    rng = np.random.default_rng(seed)
-    counts = np.concatenate(([0, 1, 5000], rng.integers(0, 400, 60)))
-    n = int(counts.sum())
-    vertex_z = rng.uniform(-150, 150, n)
-    tx, ty = rng.uniform(-0.3, 0.3, n), rng.uniform(-0.3, 0.3, n)
-    ref = vertex_z + rng.uniform(-40, 80, n)
+def _vertex_tracks(rng: np.random.Generator, vertex: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """``n`` straight tracks from ``vertex`` with their state at a reference z 20–200 mm away."""
+    slope = rng.uniform(0.05, 0.3, n)
+    phi = rng.uniform(0.0, 2.0 * np.pi, n)
+    tx, ty = slope * np.cos(phi), slope * np.sin(phi)
+    z_ref = vertex[2] + rng.choice([-1.0, 1.0], n, p=[0.2, 0.8]) * rng.uniform(20.0, 200.0, n)
     sigma = rng.uniform(0.01, 0.05, n)
-    fields = {
-        "x": tx * (ref - vertex_z) + rng.normal(0, 1, n) * sigma,
-        "y": ty * (ref - vertex_z) + rng.normal(0, 1, n) * sigma,
-        "z": ref, "tx": tx, "ty": ty,
-        "cov_xx": sigma**2, "cov_yy": sigma**2,
-        "cov_xtx": np.zeros(n), "cov_yty": np.zeros(n),
-        "cov_txtx": np.full(n, 1e-8), "cov_tyty": np.full(n, 1e-8),
-    }
-    fields["tx"][::97] = 0.0  # some tracks parallel to the beam
-    fields["ty"][::97] = 0.0
-    return {"offsets": np.concatenate(([0], np.cumsum(counts))), **fields}
-
-
-def simulated_tracks(seed: int) -> dict[str, np.ndarray]:
-    tracks = simulate(300, seed=seed).tracks
-    return {"offsets": tracks.offsets, **{f: getattr(tracks, f) for f in TRACK_FIELDS}}
-
-
-INPUTS = [pytest.param(lambda: random_tracks(s), id=f"random{s}") for s in (1, 2)] + [
-    pytest.param(lambda: simulated_tracks(s), id=f"simulated{s}") for s in (3, 4)
-]
-
-
-def run_stages(backend_name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Chain the five stages on one backend; every intermediate comes back as numpy."""
-    backend = get_backend(backend_name)
-    xp = backend.xp
-    offsets = xp.asarray(arrays["offsets"], dtype=np.int64)
-    n_events, n_tracks = len(offsets) - 1, len(arrays["x"])
-    state = [xp.asarray(arrays[f], dtype=np.float64) for f in TRACK_FIELDS]
-    beam = [xp.empty(n_tracks) for _ in range(6)] + [xp.empty(n_tracks, dtype=np.uint8)]
-    backend.extrapolate(*state, *CONFIG.beamline, CONFIG.zmin, CONFIG.zmax,
-                        CONFIG.max_track_beamline_chi2, CONFIG.max_track_z0_err, *beam)
-    bx, by, bz, wx, wy, sigma_z, usable = beam
-    hist = xp.empty((n_events, CONFIG.n_bins))
-    backend.histogram(offsets, bz, sigma_z, usable, CONFIG.zmin, CONFIG.bin_width, hist)
-    max_seeds = CONFIG.max_vertices_per_event
-    seeds, n_seeds = xp.zeros((n_events, max_seeds)), xp.zeros(n_events, dtype=np.int32)
-    backend.find_peaks(hist, CONFIG.zmin, CONFIG.bin_width, CONFIG.seed_threshold,
-                       CONFIG.min_tracks_in_seed, CONFIG.min_dip_density, CONFIG.min_density,
-                       seeds, n_seeds)
-    # The fit and clean-up of both backends start from the CPU's seeds, so that a rare seed
-    # difference does not hide a fit difference.
+    sigma_t = sigma / rng.uniform(50.0, 200.0, n)  # slope error: a lever arm of 5–20 cm
+    dz = z_ref - vertex[2]
     return {
-        "beam": [backend.to_host(a) for a in beam], "hist": backend.to_host(hist),
-        "seeds": backend.to_host(seeds), "n_seeds": backend.to_host(n_seeds),
+        "x": vertex[0] + tx * dz + rng.normal(0.0, 1.0, n) * sigma,
+        "y": vertex[1] + ty * dz + rng.normal(0.0, 1.0, n) * sigma,
+        "z": z_ref, "tx": tx, "ty": ty,
+        "cov_xx": sigma**2, "cov_yy": sigma**2,
+        "cov_xtx": 0.5 * sigma * sigma_t, "cov_yty": -0.3 * sigma * sigma_t,
+        "cov_txtx": sigma_t**2, "cov_tyty": sigma_t**2,
     }
 
 
-def fit_and_clean(backend_name, arrays, beam, seeds, n_seeds):
-    backend = get_backend(backend_name)
-    xp = backend.xp
-    offsets = xp.asarray(arrays["offsets"], dtype=np.int64)
-    n_events, max_seeds = seeds.shape
+def _event(rng: np.random.Generator, n_vertices: int, z_range: float) -> dict[str, np.ndarray]:
+    parts = []
+    for _ in range(n_vertices):
+        vertex = np.array([rng.normal(0.0, 0.02), rng.normal(0.0, 0.02),
+                           rng.uniform(-z_range, z_range)])
+        parts.append(_vertex_tracks(rng, vertex, int(rng.integers(20, 41))))
+    return {f: np.concatenate([p[f] for p in parts] or [np.zeros(0)]) for f in TRACK_FIELDS}
+
+
+def synthetic_tracks(seed: int) -> dict[str, np.ndarray]:
+    """Flat track arrays and int64 ``offsets`` of a batch of synthetic events."""
+    rng = np.random.default_rng(seed)
+    events = [_event(rng, 0, 100.0), _event(rng, 1, 100.0)]
+    events[1] = {f: a[:1] for f, a in events[1].items()}  # a one-track event
+    events += [_event(rng, int(rng.integers(5, 11)), 100.0) for _ in range(12)]
+    big = _event(rng, 200, 280.0)  # ≥ 64 clusters: more than the seed slots
+    events.append({f: a[:5000] for f, a in big.items()})
+    counts = [len(e["x"]) for e in events]
+    tracks = {f: np.concatenate([e[f] for e in events]) for f in TRACK_FIELDS}
+    tracks["tx"][::53] = tracks["ty"][::53] = 0.0  # parallel to the beam: unusable
+    tracks["offsets"] = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    return tracks
+
+
+def _to_device(arrays):
+    import cupy
+
+    return [cupy.asarray(a) for a in arrays]
+
+
+def _to_host(arrays):
+    import cupy
+
+    return [cupy.asnumpy(a) for a in arrays]
+
+
+def _first_bad_event(bad_rows: np.ndarray) -> int:
+    return int(np.flatnonzero(bad_rows)[0])
+
+
+def _rows_close(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> np.ndarray:
+    """Per event (first axis): whether every entry agrees (NaN with NaN, inf with inf)."""
+    same = np.isclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
+    return same.reshape(len(a), -1).all(axis=1)
+
+
+# --- the CPU chain, one stage at a time -------------------------------------------------------
+
+def extrapolate_args(tracks):
+    n = len(tracks["x"])
+    inputs = [tracks[f] for f in TRACK_FIELDS]
+    numbers = [*CONFIG.beamline, CONFIG.zmin, CONFIG.zmax, CONFIG.max_track_beamline_chi2,
+               CONFIG.max_track_z0_err]
+    outputs = [np.zeros(n) for _ in range(6)] + [np.zeros(n, dtype=np.uint8)]
+    return inputs, numbers, outputs
+
+
+def cpu_chain(tracks):
+    """Every stage's inputs and CPU outputs, chained."""
+    inputs, numbers, beam = extrapolate_args(tracks)
+    cpu_extrapolate(*inputs, *numbers, *beam)
+    bx, by, bz, wx, wy, sigma_z, usable = beam
+    offsets = tracks["offsets"]
+    n_events = len(offsets) - 1
+    hist = np.zeros((n_events, CONFIG.n_bins))
+    cpu_histogram(offsets, bz, sigma_z, usable, CONFIG.zmin,
+                                    CONFIG.bin_width, hist)
+    max_seeds = CONFIG.max_vertices_per_event
+    seeds, n_seeds = np.zeros((n_events, max_seeds)), np.zeros(n_events, dtype=np.int32)
+    cpu_find_peaks(hist, *peak_numbers(), seeds, n_seeds)
     fitted = np.minimum(n_seeds, max_seeds).astype(np.int64)
-    weight_offsets = np.concatenate(([0], np.cumsum(fitted * np.diff(arrays["offsets"]))))
-    bx, by, bz, wx, wy, _, usable = (xp.asarray(a) for a in beam)
-    tx, ty = xp.asarray(arrays["tx"], dtype=np.float64), xp.asarray(arrays["ty"], dtype=np.float64)
-    out = {
-        "pos": xp.zeros((n_events, max_seeds, 3)), "cov": xp.zeros((n_events, max_seeds, 6)),
-        "chi2": xp.zeros((n_events, max_seeds)), "ndof": xp.zeros((n_events, max_seeds)),
-        "n_tracks": xp.zeros((n_events, max_seeds)),
-        "valid": xp.zeros((n_events, max_seeds), dtype=np.uint8),
-        "weights": xp.zeros(int(weight_offsets[-1])),
-    }
-    backend.fit_vertices(
-        offsets, bx, by, bz, tx, ty, wx, wy, usable, xp.asarray(seeds), xp.asarray(n_seeds),
-        xp.asarray(weight_offsets), *CONFIG.beamline, CONFIG.max_chi2, CONFIG.chi2_cut,
-        CONFIG.min_weight, CONFIG.min_fit_iter, CONFIG.max_fit_iter,
-        CONFIG.max_delta_z_converged, CONFIG.min_tracks_per_vertex, CONFIG.max_vertex_rho2,
-        out["pos"], out["cov"], out["chi2"], out["ndof"], out["n_tracks"], out["valid"],
-        out["weights"],
-    )
-    order = xp.zeros((n_events, max_seeds), dtype=np.int32)
-    n_kept = xp.zeros(n_events, dtype=np.int32)
-    backend.cleanup(out["pos"], out["cov"], out["n_tracks"], out["valid"], xp.asarray(n_seeds),
-                    CONFIG.min_chi2_dist, order, n_kept)
-    host = {k: backend.to_host(v) for k, v in out.items()}
-    host["order"], host["n_kept"] = backend.to_host(order), backend.to_host(n_kept)
-    return host
+    weight_offsets = np.concatenate(([0], np.cumsum(fitted * np.diff(offsets)))).astype(np.int64)
+    fit_in = [offsets, bx, by, bz, tracks["tx"], tracks["ty"], wx, wy, usable, seeds, n_seeds,
+              weight_offsets]
+    fit_out = fit_outputs(n_events, max_seeds, int(weight_offsets[-1]))
+    cpu_fit_vertices(*fit_in, *fit_numbers(), *fit_out)
+    order, n_kept = np.zeros((n_events, max_seeds), np.int32), np.zeros(n_events, np.int32)
+    pos, cov, _, _, n_tracks, valid, _ = fit_out
+    cpu_cleanup(pos, cov, n_tracks, valid, n_seeds, CONFIG.min_chi2_dist,
+                                order, n_kept)
+    return {"extrapolate": (inputs, numbers, beam), "hist": hist, "seeds": (seeds, n_seeds),
+            "fit": (fit_in, fit_out), "cleanup": (order, n_kept)}
 
 
-def first_bad_event(mask_per_event: np.ndarray) -> str:
-    bad = np.flatnonzero(~mask_per_event)
-    return f"{bad.size} event(s) differ, first: event {bad[0]}" if bad.size else ""
+def peak_numbers():
+    return (CONFIG.zmin, CONFIG.bin_width, CONFIG.seed_threshold, CONFIG.min_tracks_in_seed,
+            CONFIG.min_dip_density, CONFIG.min_density)
 
 
-@pytest.mark.parametrize("make_input", INPUTS)
-def test_stages_agree(make_input):
-    arrays = make_input()
-    cpu, gpu = run_stages("cpu", arrays), run_stages("cuda", arrays)
-
-    for name, a, b in zip(("x", "y", "z", "wx", "wy", "sigma_z"), cpu["beam"], gpu["beam"]):
-        # The GPU contracts a·b + c into fused multiply-adds: last-bit differences, which
-        # cancellation near the beamline turns into ~1e-15 mm absolute.
-        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12, err_msg=f"extrapolate {name}")
-    np.testing.assert_array_equal(gpu["beam"][6], cpu["beam"][6], err_msg="extrapolate usable")
-
-    close = np.all(np.abs(gpu["hist"] - cpu["hist"]) <= 1e-9, axis=1)
-    assert close.all(), "histogram: " + first_bad_event(close)
-
-    same_count = gpu["n_seeds"] == cpu["n_seeds"]
-    assert same_count.mean() >= 0.999, "find_peaks counts: " + first_bad_event(same_count)
-    max_seeds = cpu["seeds"].shape[1]
-    for e in np.flatnonzero(same_count):
-        m = min(cpu["n_seeds"][e], max_seeds)
-        np.testing.assert_allclose(gpu["seeds"][e, :m], cpu["seeds"][e, :m], atol=1e-6,
-                                   err_msg=f"find_peaks seeds of event {e}")
-
-    fit_cpu = fit_and_clean("cpu", arrays, cpu["beam"], cpu["seeds"], cpu["n_seeds"])
-    fit_gpu = fit_and_clean("cuda", arrays, cpu["beam"], cpu["seeds"], cpu["n_seeds"])
-    for e in range(len(cpu["n_seeds"])):
-        m = min(cpu["n_seeds"][e], max_seeds)
-        np.testing.assert_array_equal(fit_gpu["valid"][e, :m], fit_cpu["valid"][e, :m],
-                                      err_msg=f"fit_vertices valid flags of event {e}")
-        np.testing.assert_allclose(fit_gpu["pos"][e, :m], fit_cpu["pos"][e, :m], atol=1e-4,
-                                   err_msg=f"fit_vertices positions of event {e}")
-        np.testing.assert_allclose(fit_gpu["cov"][e, :m], fit_cpu["cov"][e, :m], rtol=1e-6,
-                                   atol=1e-15, err_msg=f"fit_vertices covariance of event {e}")
-        np.testing.assert_allclose(fit_gpu["n_tracks"][e, :m], fit_cpu["n_tracks"][e, :m],
-                                   rtol=1e-6, err_msg=f"fit_vertices n_tracks of event {e}")
-    np.testing.assert_allclose(fit_gpu["weights"], fit_cpu["weights"], atol=1e-6,
-                               err_msg="fit_vertices weights")
-    same_kept = fit_gpu["n_kept"] == fit_cpu["n_kept"]
-    assert same_kept.mean() >= 0.999, "cleanup counts: " + first_bad_event(same_kept)
+def fit_numbers():
+    return (*CONFIG.beamline, CONFIG.max_chi2, CONFIG.chi2_cut, CONFIG.min_weight,
+            CONFIG.min_fit_iter, CONFIG.max_fit_iter, CONFIG.max_delta_z_converged,
+            CONFIG.min_tracks_per_vertex, CONFIG.max_vertex_rho2)
 
 
-def test_whole_pipeline_agrees_on_simulated_events():
-    from pvfinder import find_vertices
-    from pvfinder.validation import validate
-
-    sample = simulate(3000, seed=21)
-    cpu = find_vertices(sample.tracks, backend="cpu")
-    gpu = find_vertices(sample.tracks, backend="cuda")
-    same = cpu.counts == gpu.counts
-    assert same.mean() >= 0.999, "vertex counts: " + first_bad_event(same)
-    events = np.flatnonzero(same)
-    cpu_z = np.split(cpu.z, cpu.offsets[1:-1])
-    gpu_z = np.split(gpu.z, gpu.offsets[1:-1])
-    for e in events:
-        np.testing.assert_allclose(gpu_z[e], cpu_z[e], atol=1e-4, err_msg=f"vertex z of event {e}")
-    a, b = validate(cpu, sample.truth), validate(gpu, sample.truth)
-    assert abs(a.efficiency - b.efficiency) < 0.002
-    assert abs(a.fake_rate - b.fake_rate) < 0.002
+def fit_outputs(n_events: int, max_seeds: int, n_weights: int) -> list[np.ndarray]:
+    """pos, cov, chi2, ndof, n_tracks, valid, weights, filled with a sentinel."""
+    shape = (n_events, max_seeds)
+    return [np.full((*shape, 3), -7.0), np.full((*shape, 6), -7.0), np.full(shape, -7.0),
+            np.full(shape, -7.0), np.full(shape, -7.0), np.full(shape, 7, dtype=np.uint8),
+            np.full(n_weights, -7.0)]
 
 
-def test_loader_rejects_host_arrays():
+@pytest.fixture(scope="module", params=SEEDS, ids=lambda s: f"seed{s}")
+def chain(request):
+    tracks = synthetic_tracks(request.param)
+    return tracks, cpu_chain(tracks)
+
+
+def test_inputs_cover_the_edge_cases(chain):
+    tracks, cpu = chain
+    counts = np.diff(tracks["offsets"])
+    _, n_seeds = cpu["seeds"]
+    assert counts[0] == 0 and counts[1] == 1 and counts.max() == 5000
+    assert n_seeds.max() > CONFIG.max_vertices_per_event  # the overflow path is exercised
+    assert np.count_nonzero(n_seeds[2:-1] >= 4) >= 10  # the multi-vertex events give seeds
+
+
+# --- one test per stage -----------------------------------------------------------------------
+
+def test_extrapolate(chain):
     from pvfinder.kernels.cuda.extrapolate import extrapolate
 
-    host = np.zeros(3)
-    with pytest.raises(ValueError, match="extrapolate: x must be a cupy array"):
-        extrapolate(*([host] * 11), 0, 0, -300, 300, 10, 1.5, *([host] * 6),
-                    np.zeros(3, dtype=np.uint8))
+    _, cpu = chain
+    inputs, numbers, expected = cpu["extrapolate"]
+    outputs = _to_device([np.full_like(a, 7) for a in expected])
+    extrapolate(*_to_device(inputs), *numbers, *outputs)
+    got = _to_host(outputs)
+    names = ("x", "y", "z", "wx", "wy", "sigma_z")
+    for name, a, b in zip(names, got[:6], expected[:6]):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9, err_msg=f"extrapolate {name}")
+    bad = np.flatnonzero(got[6] != expected[6])
+    assert bad.size == 0, f"extrapolate: usable differs for {bad.size} tracks, first {bad[:5]}"
+
+
+def test_histogram(chain):
+    from pvfinder.kernels.cuda.histogram import histogram
+
+    tracks, cpu = chain
+    _, _, (_, _, bz, _, _, sigma_z, usable) = cpu["extrapolate"]
+    expected = cpu["hist"]
+    out = _to_device([np.full_like(expected, 7.0)])[0]
+    histogram(*_to_device([tracks["offsets"], bz, sigma_z, usable]), CONFIG.zmin,
+              CONFIG.bin_width, out)
+    got = _to_host([out])[0]
+    close = _rows_close(got, expected, rtol=1e-9, atol=1e-9)
+    assert close.all(), f"histogram differs in event {_first_bad_event(~close)}"
+    assert np.all(got[:, [0, -1]] == 0.0)
+    # each usable track well inside the range adds one: the integral counts tracks
+    assert got[2:-1].sum() == pytest.approx(usable.sum() - usable[: tracks["offsets"][2]].sum()
+                                            - usable[tracks["offsets"][-2]:].sum(), abs=1e-6)
+
+
+def test_find_peaks(chain):
+    from pvfinder.kernels.cuda.find_peaks import find_peaks
+
+    _, cpu = chain
+    seeds, n_seeds = cpu["seeds"]
+    out_seeds, out_n = _to_device([np.full_like(seeds, -7.0), np.full_like(n_seeds, -7)])
+    find_peaks(_to_device([cpu["hist"]])[0], *peak_numbers(), out_seeds, out_n)
+    got_seeds, got_n = _to_host([out_seeds, out_n])
+    same = got_n == n_seeds
+    assert same.all(), (f"find_peaks: seed count of event {_first_bad_event(~same)}: "
+                        f"{got_n[~same][0]} on the GPU, {n_seeds[~same][0]} on the CPU")
+    for e, n in enumerate(np.minimum(n_seeds, seeds.shape[1])):
+        np.testing.assert_allclose(got_seeds[e, :n], seeds[e, :n], rtol=0, atol=1e-6,
+                                   err_msg=f"find_peaks: seeds of event {e}")
+
+
+def test_fit_vertices(chain):
+    from pvfinder.kernels.cuda.fit_vertices import fit_vertices
+
+    _, cpu = chain
+    fit_in, expected = cpu["fit"]
+    n_events, max_seeds = fit_in[9].shape
+    outputs = _to_device(fit_outputs(n_events, max_seeds, len(expected[6])))
+    fit_vertices(*_to_device(fit_in), *fit_numbers(), *outputs)
+    pos, cov, chi2, ndof, n_tracks, valid, weights = _to_host(outputs)
+    exp_pos, exp_cov, exp_chi2, exp_ndof, exp_n_tracks, exp_valid, exp_weights = expected
+    checks = [
+        ("valid flags", valid, exp_valid, 0.0, 0.0),
+        ("positions", pos, exp_pos, 0.0, 1e-4),
+        ("covariances", cov, exp_cov, 1e-6, 1e-15),
+        ("chi2", chi2, exp_chi2, 1e-6, 1e-9),
+        ("ndof", ndof, exp_ndof, 1e-6, 1e-9),
+        ("n_tracks", n_tracks, exp_n_tracks, 1e-6, 1e-9),
+    ]
+    for name, got, want, rtol, atol in checks:
+        close = _rows_close(got, want, rtol, atol)  # unused slots keep the sentinel on both
+        assert close.all(), f"fit_vertices {name} differ in event {_first_bad_event(~close)}"
+    weight_offsets = fit_in[11]
+    close = np.isclose(weights, exp_weights, rtol=1e-6, atol=1e-9)
+    bad_events = np.unique(np.searchsorted(weight_offsets, np.flatnonzero(~close), "right") - 1)
+    assert close.all(), f"fit_vertices weights differ in events {bad_events[:5]}"
+    assert np.count_nonzero(exp_valid == 1) >= 50  # the comparison covers real vertices
+
+
+def test_cleanup(chain):
+    from pvfinder.kernels.cuda.cleanup import cleanup
+
+    _, cpu = chain
+    fit_in, (pos, cov, _, _, n_tracks, valid, _) = cpu["fit"]
+    order, n_kept = cpu["cleanup"]
+    out_order, out_n = _to_device([np.full_like(order, 7), np.full_like(n_kept, 7)])
+    cleanup(*_to_device([pos, cov, n_tracks, valid, fit_in[10]]), CONFIG.min_chi2_dist,
+            out_order, out_n)
+    got_order, got_n = _to_host([out_order, out_n])
+    same = (got_n == n_kept) & np.all(got_order == order, axis=1)
+    assert same.all(), f"cleanup differs in event {_first_bad_event(~same)}"
+    assert n_kept.sum() >= 50
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+def test_loader_names_kernel_and_argument():
+    import cupy
+
+    from pvfinder.kernels.cuda.find_peaks import find_peaks
+
+    hist = cupy.zeros((3, CONFIG.n_bins))
+    seeds, n_seeds = cupy.zeros((3, 8)), cupy.zeros(3, dtype=cupy.int64)
+    with pytest.raises(ValueError, match="find_peaks: out_n_seeds must be .*int32"):
+        find_peaks(hist, *peak_numbers(), seeds, n_seeds)
+    with pytest.raises(ValueError, match="find_peaks: hist must be a cupy array"):
+        find_peaks(np.zeros((3, 10)), *peak_numbers(), seeds, n_seeds.astype(cupy.int32))
+
+
+def test_device_errors_name_the_kernel():
+    import cupy
+
+    from pvfinder.kernels.cuda._launch import check_errors
+    from pvfinder.kernels.cuda.fit_vertices import fit_vertices
+    from pvfinder.kernels.cuda.histogram import histogram
+
+    tracks = synthetic_tracks(5)
+    fit_in, _ = cpu_chain(tracks)["fit"]
+    n_events, max_seeds = fit_in[9].shape
+    bad_weight_offsets = fit_in[11].copy()
+    bad_weight_offsets[3:] += 1  # event 2's block one weight too long
+    outputs = _to_device(fit_outputs(n_events, max_seeds, int(bad_weight_offsets[-1])))
+    check_errors()  # start clean
+    fit_vertices(*_to_device(fit_in[:11] + [bad_weight_offsets]), *fit_numbers(), *outputs)
+    with pytest.raises(ValueError, match=r"fit_vertices: weight_offsets .* event 2\)"):
+        check_errors()
+    check_errors()  # the buffer was cleared
+
+    n = len(tracks["x"])
+    offsets = cupy.asarray(np.array([0, 5, n + 1], dtype=np.int64))
+    arrays = [cupy.zeros(n), cupy.ones(n), cupy.zeros(n, dtype=cupy.uint8)]
+    histogram(offsets, *arrays, CONFIG.zmin, CONFIG.bin_width, cupy.zeros((2, CONFIG.n_bins)))
+    with pytest.raises(ValueError, match=r"histogram: offsets .* event 1\)"):
+        check_errors()

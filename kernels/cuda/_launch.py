@@ -1,29 +1,108 @@
-"""Argument checks and launch geometry shared by the stage loaders."""
+"""Argument checks, launch geometry and the device error buffer shared by the stage loaders.
+
+Loaders check shapes and dtypes on the host (a ``ValueError`` naming the kernel and the
+argument) and never synchronise. What only the device can see (offsets that point outside the
+track arrays, weight blocks of the wrong length) the kernels record in a small per-device error
+buffer and skip; :func:`check_errors` synchronises, turns a recorded error into a
+``ValueError`` naming the kernel, and clears it.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ._module import cupy
 
-THREADS = 128  # threads per block: a multiple of 32 (the block reductions rely on it)
+__all__ = [
+    "ERROR_MESSAGES",
+    "THREADS",
+    "blocks_for",
+    "check_errors",
+    "device_array",
+    "error_buffer",
+    "max_dynamic_shared_bytes",
+]
+
+THREADS = 128  # threads per block: a multiple of 32 (the warp-level kernels rely on it)
+
+# Codes of `PVF_ERROR_*` in common.cuh → (kernel, what is wrong); a test keeps them in step.
+ERROR_MESSAGES: dict[int, tuple[str, str]] = {
+    1: ("histogram", "offsets decrease or point outside the track arrays"),
+    2: ("fit_vertices", "offsets decrease or point outside the track arrays"),
+    3: ("fit_vertices", "weight_offsets do not give min(n_seeds, max_seeds) * n_tracks weights "
+                        "per event inside out_weights"),
+}
 
 
-def device_array(stage: str, name: str, array: Any, dtype: Any, ndim: int = 1) -> Any:
-    """``array`` checked to be a C-contiguous CuPy array of ``dtype`` and ``ndim`` dimensions."""
+def device_array(
+    stage: str, name: str, array: Any, dtype: Any, shape: Sequence[int | None]
+) -> Any:
+    """``array`` checked to be a C-contiguous CuPy array of ``dtype`` and ``shape``.
+
+    ``None`` in ``shape`` accepts any length along that axis.
+
+    Raises
+    ------
+    ValueError
+        Naming ``stage`` and ``name``, when a check fails.
+    """
     cp = cupy()
     if not isinstance(array, cp.ndarray):
         raise ValueError(f"{stage}: {name} must be a cupy array, got {type(array).__name__}")
-    if array.dtype != dtype or array.ndim != ndim or not array.flags.c_contiguous:
+    wanted = "(" + ", ".join("any" if n is None else str(n) for n in shape) + ")"
+    if (array.dtype != dtype or array.ndim != len(shape) or not array.flags.c_contiguous
+            or any(n is not None and n != m for n, m in zip(shape, array.shape))):
         raise ValueError(
-            f"{stage}: {name} must be a C-contiguous {ndim}-d {np.dtype(dtype).name} array, "
-            f"got {array.ndim}-d {array.dtype}"
+            f"{stage}: {name} must be a C-contiguous {np.dtype(dtype).name} array of shape "
+            f"{wanted}, got {'' if array.flags.c_contiguous else 'non-contiguous '}"
+            f"{array.dtype} of shape {array.shape}"
         )
     return array
 
 
-def blocks_for(n: int) -> int:
-    """Blocks of ``THREADS`` threads that cover ``n`` items (at least one)."""
-    return max(1, -(-n // THREADS))
+def blocks_for(n: int, per_block: int = THREADS) -> int:
+    """Blocks that cover ``n`` items at ``per_block`` items a block (at least one)."""
+    return max(1, -(-n // per_block))
+
+
+@functools.cache
+def _error_buffer(device_id: int) -> Any:
+    return cupy().zeros(2, dtype=np.int64)
+
+
+def error_buffer() -> Any:
+    """The current device's error buffer: ``[code, event]``, code 0 while all is well."""
+    return _error_buffer(cupy().cuda.Device().id)
+
+
+def check_errors() -> None:
+    """Wait for the kernels queued so far and raise the first bad input they recorded.
+
+    Raises
+    ------
+    ValueError
+        Naming the kernel, the problem and the first event where it was seen; the buffer is
+        cleared, so the next call starts clean.
+    """
+    buffer = error_buffer()
+    code, event = (int(v) for v in buffer.get())
+    if code == 0:
+        return
+    buffer.fill(0)
+    kernel, message = ERROR_MESSAGES.get(code, ("unknown kernel", f"error code {code}"))
+    raise ValueError(f"{kernel}: {message} (first seen in event {event})")
+
+
+@functools.cache
+def _shared_limit(device_id: int) -> int:
+    attributes = cupy().cuda.Device(device_id).attributes
+    return int(attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
+
+
+def max_dynamic_shared_bytes() -> int:
+    """The most dynamic shared memory one block may opt in to on the current device."""
+    return _shared_limit(cupy().cuda.Device().id)

@@ -1,9 +1,11 @@
 """Compile the CUDA sources of this folder into one CuPy ``RawModule`` on first use.
 
-Every ``*.cu`` file here is joined into a single translation unit (their shared helpers live in
-``common.cuh`` as ``static __device__ inline`` functions, included once), compiled with NVRTC
-the first time a kernel is asked for, and cached for the life of the process (CuPy also keeps
-the compiled binary in its on-disk kernel cache, so a second process starts fast).
+Every ``*.cu`` file here is joined into a single translation unit behind the text of
+``common.cuh`` (its helpers are ``static __device__ inline`` and include-guarded, so the
+``#include`` lines of the sources then add nothing), compiled with NVRTC the first time a kernel
+is asked for, and cached for the life of the process. CuPy also keeps the compiled binary in its
+on-disk kernel cache, keyed by the source text: inlining the header makes an edit of the header
+recompile too.
 """
 
 from __future__ import annotations
@@ -12,10 +14,20 @@ import functools
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cupy", "get_kernel", "describe_device", "device_properties", "SOURCE_DIR"]
+__all__ = [
+    "OPTIONS",
+    "SOURCE_DIR",
+    "cupy",
+    "describe_device",
+    "device_properties",
+    "get_kernel",
+    "module_source",
+]
 
 SOURCE_DIR = Path(__file__).resolve().parent
-_OPTIONS = ("--std=c++17", f"-I{SOURCE_DIR}")
+HEADER = SOURCE_DIR / "common.cuh"
+# NVRTC options; the include path only resolves the (then empty) `#include "common.cuh"` lines.
+OPTIONS = ("--std=c++17", f"-I{SOURCE_DIR}")
 
 
 def cupy() -> Any:
@@ -30,17 +42,32 @@ def cupy() -> Any:
     return module
 
 
-@functools.cache
-def _module() -> Any:
+def module_source() -> str:
+    """The one translation unit compiled by :func:`get_kernel`: header, then every ``.cu``."""
     sources = sorted(SOURCE_DIR.glob("*.cu"))
-    code = "\n".join(path.read_text() for path in sources)
-    return cupy().RawModule(code=code, options=_OPTIONS)
+    return "\n".join(path.read_text() for path in (HEADER, *sources))
+
+
+def _device_id() -> int:
+    return cupy().cuda.Device().id
+
+
+# One module per device: a loaded CUDA module (and a kernel's shared-memory opt-in) belongs to
+# one device's context.
+@functools.cache
+def _module(device_id: int) -> Any:
+    return cupy().RawModule(code=module_source(), options=OPTIONS)
 
 
 @functools.cache
+def _kernel(name: str, device_id: int) -> Any:
+    return _module(device_id).get_function(name)
+
+
 def get_kernel(name: str) -> Any:
-    """The compiled ``__global__`` function ``name`` (compiling the module on first use)."""
-    return _module().get_function(name)
+    """The compiled ``extern "C" __global__`` function ``name`` for the current device
+    (compiling the module on first use)."""
+    return _kernel(name, _device_id())
 
 
 def device_properties() -> dict[str, Any]:
@@ -64,7 +91,7 @@ def describe_device() -> list[str]:
     """Lines for ``pvfinder info``: the GPU and whether the kernels compile."""
     lines = [f"{key}: {value}" for key, value in device_properties().items()]
     try:
-        _module().compile()
+        _module(_device_id()).compile()
         lines.append("kernels: compiled")
     except Exception as error:  # report, do not crash `info`
         lines.append(f"kernels: failed to compile ({type(error).__name__}: {error})")

@@ -1,7 +1,11 @@
 // Shared device helpers of the pvfinder CUDA kernels (lengths in mm).
 // Every helper is `static __device__ inline`, so each .cu compiles standalone and all of them
 // can also be joined into one translation unit (the RawModule) without duplicate symbols.
-#pragma once
+// Include guards, not `#pragma once`: the loader prepends this text to the joined sources (so
+// that CuPy's compile cache sees header edits) and the `#include` lines must then expand to
+// nothing.
+#ifndef PVFINDER_COMMON_CUH
+#define PVFINDER_COMMON_CUH
 
 // exp(-chi2/2) underflows to exactly 0 in double precision once chi2/2 > 745.13: skipping the
 // exp beyond this chi2 changes no result (same constant as the Numba twin).
@@ -11,6 +15,26 @@
 #define PVF_SINGULAR_DET_FRACTION 1e-12
 // +infinity without math_constants.h (not available to NVRTC everywhere).
 #define PVF_INF __longlong_as_double(0x7ff0000000000000LL)
+#define PVF_FULL_WARP 0xffffffffu
+
+// Bad-input codes written to the device error buffer (errors[0] = code, errors[1] = event).
+// The loader (`_launch.py`, `ERROR_MESSAGES`) turns them into a ValueError naming the kernel;
+// a test keeps both lists in step.
+#define PVF_ERROR_HISTOGRAM_OFFSETS 1
+#define PVF_ERROR_FIT_OFFSETS 2
+#define PVF_ERROR_FIT_WEIGHT_OFFSETS 3
+
+// Record the first error of a launch sequence; later ones keep the first (and its event).
+static __device__ inline void pvf_report_error(long long* errors, int code, long long event) {
+    unsigned long long* slot = reinterpret_cast<unsigned long long*>(errors);
+    if (atomicCAS(slot, 0ull, (unsigned long long)code) == 0ull) errors[1] = event;
+}
+
+// True when [first, stop) is a valid range of a track array of length n_tracks.
+static __device__ __forceinline__ bool pvf_valid_range(long long first, long long stop,
+                                                       long long n_tracks) {
+    return 0 <= first && first <= stop && stop <= n_tracks;
+}
 
 // Transverse chi2 of a straight track moved to z = vz, with respect to (vx, vy).
 static __device__ __forceinline__ double pvf_track_chi2(double x, double y, double z, double tx,
@@ -32,5 +56,16 @@ static __device__ __forceinline__ double pvf_seed_term(double chi2) {
 static __device__ __forceinline__ void pvf_warp_sums(double* v, int n) {
     for (int j = 0; j < n; ++j)
         for (int offset = 16; offset > 0; offset >>= 1)
-            v[j] += __shfl_xor_sync(0xffffffffu, v[j], offset);
+            v[j] += __shfl_xor_sync(PVF_FULL_WARP, v[j], offset);
 }
+
+// Inclusive prefix sum of one int per lane over the warp.
+static __device__ __forceinline__ int pvf_warp_inclusive_scan(int value, int lane) {
+    for (int offset = 1; offset < 32; offset <<= 1) {
+        const int other = __shfl_up_sync(PVF_FULL_WARP, value, offset);
+        if (lane >= offset) value += other;
+    }
+    return value;
+}
+
+#endif  // PVFINDER_COMMON_CUH

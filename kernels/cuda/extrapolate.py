@@ -1,4 +1,4 @@
-"""Launcher of ``pvf_extrapolate`` (stage 1); same signature as the Numba twin."""
+"""Launcher of ``pvf_extrapolate`` (stage 1): one thread per track. Same signature as the twin."""
 
 from __future__ import annotations
 
@@ -17,15 +17,23 @@ _OUTPUTS = ("out_x", "out_y", "out_z", "out_wx", "out_wy", "out_sigma_z")
 def extrapolate(x, y, z, tx, ty, cov_xx, cov_yy, cov_xtx, cov_yty, cov_txtx, cov_tyty,
                 beam_x, beam_y, zmin, zmax, max_track_beamline_chi2, max_track_z0_err,
                 out_x, out_y, out_z, out_wx, out_wy, out_sigma_z, out_usable) -> None:
-    """Move every track to its closest approach to the beamline (see ``kernels/README.md``)."""
+    """Move every track to its closest approach to the beamline, on the GPU.
+
+    Arguments, units (mm) and results are those of the Numba twin
+    ``pvfinder.kernels.cpu.extrapolate`` (``kernels/README.md`` section 1): float64 CuPy
+    arrays of one length, ``out_usable`` uint8. Queued on the current stream; returns at once.
+
+    Raises
+    ------
+    ValueError
+        When an array is not a C-contiguous CuPy array of the right dtype and length.
+    """
     arrays = (x, y, z, tx, ty, cov_xx, cov_yy, cov_xtx, cov_yty, cov_txtx, cov_tyty)
     outputs = (out_x, out_y, out_z, out_wx, out_wy, out_sigma_z)
+    n = device_array("extrapolate", "x", x, np.float64, (None,)).shape[0]
     for name, array in zip(_INPUTS + _OUTPUTS, arrays + outputs):
-        device_array("extrapolate", name, array, np.float64)
-    device_array("extrapolate", "out_usable", out_usable, np.uint8)
-    n = len(x)
-    if any(len(a) != n for a in arrays + outputs + (out_usable,)):
-        raise ValueError("extrapolate: every track array must have the same length")
+        device_array("extrapolate", name, array, np.float64, (n,))
+    device_array("extrapolate", "out_usable", out_usable, np.uint8, (n,))
     if n == 0:
         return
     get_kernel("pvf_extrapolate")(

@@ -1,4 +1,4 @@
-"""Launcher of ``pvf_find_peaks`` (stage 3); same signature as the Numba twin."""
+"""Launcher of ``pvf_find_peaks`` (stage 3): one warp per event. Same signature as the twin."""
 
 from __future__ import annotations
 
@@ -9,21 +9,31 @@ from ._module import get_kernel
 
 __all__ = ["find_peaks"]
 
+_EVENTS_PER_BLOCK = THREADS // 32
+
 
 def find_peaks(hist, zmin, bin_width, threshold, min_tracks_in_seed, min_dip_density,
                min_density, out_seeds, out_n_seeds) -> None:
-    """Turn each event's histogram into seeds, one thread per event (see ``kernels/README.md``)."""
-    device_array("find_peaks", "hist", hist, np.float64, ndim=2)
-    device_array("find_peaks", "out_seeds", out_seeds, np.float64, ndim=2)
-    device_array("find_peaks", "out_n_seeds", out_n_seeds, np.int32)
-    n_events, n_bins = hist.shape
-    if out_seeds.shape[0] != n_events or len(out_n_seeds) != n_events:
-        raise ValueError("find_peaks: out_seeds and out_n_seeds need one row per event")
+    """Turn each event's z histogram into seeds, on the GPU.
+
+    Arguments, units (mm) and results are those of the Numba twin
+    ``pvfinder.kernels.cpu.find_peaks`` (``kernels/README.md`` section 3). Queued on the
+    current stream; returns at once.
+
+    Raises
+    ------
+    ValueError
+        When an array has the wrong type, dtype or shape.
+    """
+    stage = "find_peaks"
+    n_events, n_bins = device_array(stage, "hist", hist, np.float64, (None, None)).shape
+    max_seeds = device_array(stage, "out_seeds", out_seeds, np.float64, (n_events, None)).shape[1]
+    device_array(stage, "out_n_seeds", out_n_seeds, np.int32, (n_events,))
     if n_events == 0:
         return
     get_kernel("pvf_find_peaks")(
-        (blocks_for(n_events),), (THREADS,),
+        (blocks_for(n_events, _EVENTS_PER_BLOCK),), (THREADS,),
         (hist, np.int64(n_events), np.int32(n_bins), np.float64(zmin), np.float64(bin_width),
          np.float64(threshold), np.float64(min_tracks_in_seed), np.float64(min_dip_density),
-         np.float64(min_density), np.int32(out_seeds.shape[1]), out_seeds, out_n_seeds),
+         np.float64(min_density), np.int32(max_seeds), out_seeds, out_n_seeds),
     )

@@ -1,6 +1,7 @@
 // Stage 4 on the GPU: adaptive multi-vertex fit. One block per event: its threads first compute
-// every track's D_t, then each warp fits its own seeds (seeds are independent once D_t is known),
-// lanes over tracks, the Newton sums of every iteration reduced with warp shuffles alone.
+// every track's D_t (into the global scratch `density`, one double per track), then each warp
+// fits its own seeds (seeds are independent once D_t is known), lanes over tracks, the Newton
+// sums of every iteration reduced with warp shuffles alone (no block barrier per iteration).
 // Contract: kernels/README.md section 4 (same semantics as the Numba twin; the twin's candidate
 // lists are an exact CPU shortcut, here every usable track is evaluated).
 #include "common.cuh"
@@ -12,19 +13,32 @@ extern "C" __global__ void pvf_fit_vertices(
     const long long* __restrict__ offsets, const double* __restrict__ x,
     const double* __restrict__ y, const double* __restrict__ z, const double* __restrict__ tx,
     const double* __restrict__ ty, const double* __restrict__ wx, const double* __restrict__ wy,
-    const unsigned char* __restrict__ usable, const double* __restrict__ seeds,
-    const int* __restrict__ n_seeds, const long long* __restrict__ weight_offsets, int max_seeds,
+    const unsigned char* __restrict__ usable, long long n_all_tracks,
+    const double* __restrict__ seeds, const int* __restrict__ n_seeds,
+    const long long* __restrict__ weight_offsets, long long n_weights, int max_seeds,
     double beam_x, double beam_y, double max_chi2, double chi2_cut, double min_weight,
     int min_iter, int max_iter, double max_delta_z, int min_tracks, double max_rho2,
     double* __restrict__ out_pos, double* __restrict__ out_cov, double* __restrict__ out_chi2,
     double* __restrict__ out_ndof, double* __restrict__ out_n_tracks,
     unsigned char* __restrict__ out_valid, double* __restrict__ out_weights,
-    double* __restrict__ density) {
+    double* __restrict__ density, long long* __restrict__ errors) {
     const long long e = blockIdx.x;
-    const long long first = offsets[e];
-    const int n_tracks = (int)(offsets[e + 1] - first);
-    const int n_slots = min(n_seeds[e], max_seeds);
-    if (n_slots <= 0) return;
+    const long long first = offsets[e], stop = offsets[e + 1];
+    const int n_slots = max(min(n_seeds[e], max_seeds), 0);
+    // Bad offsets would make this block read or write out of bounds: report and skip the event
+    // (every test below is uniform over the block, so whole blocks return).
+    if (!pvf_valid_range(first, stop, n_all_tracks) || stop - first > 0x7fffffffLL) {
+        if (threadIdx.x == 0) pvf_report_error(errors, PVF_ERROR_FIT_OFFSETS, e);
+        return;
+    }
+    const int n_tracks = (int)(stop - first);
+    const long long weights_first = weight_offsets[e], weights_stop = weight_offsets[e + 1];
+    if (!(weights_first >= 0 && weights_stop <= n_weights &&
+          weights_stop - weights_first == (long long)n_slots * n_tracks)) {
+        if (threadIdx.x == 0) pvf_report_error(errors, PVF_ERROR_FIT_WEIGHT_OFFSETS, e);
+        return;
+    }
+    if (n_slots == 0) return;
     const double* seed_row = seeds + e * max_seeds;
 
     // D_t = sum over seeds of exp(-chi2(t, seed)/2), from the seed positions.
@@ -43,7 +57,7 @@ extern "C" __global__ void pvf_fit_vertices(
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     for (int s = warp; s < n_slots; s += n_warps) {
         const double seed_z = seed_row[s];
-        double* weights = out_weights + weight_offsets[e] + (long long)s * n_tracks;
+        double* weights = out_weights + weights_first + (long long)s * n_tracks;
         double vx = beam_x, vy = beam_y, vz = seed_z;
         bool singular = true;
         double inv[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};

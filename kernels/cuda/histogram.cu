@@ -1,6 +1,8 @@
-// Stage 2 on the GPU: one z histogram per event. One block per event; the event's histogram
-// is accumulated in dynamic shared memory (n_bins doubles) and written out once.
-// Contract: kernels/README.md section 2 (same semantics as the Numba twin).
+// Stage 2 on the GPU: one z histogram per event. One block per event, threads over its tracks;
+// the event's histogram is accumulated in dynamic shared memory (n_bins doubles, sized by the
+// loader) with shared-memory double atomics (sm_60+) and written out once, coalesced.
+// Contract: kernels/README.md section 2 (same semantics as the Numba twin; only the order of
+// the additions into a bin differs, so bins agree to rounding).
 #include "common.cuh"
 
 // Half-width of the polynomial kernel in units of sigma_z: the CDF below integrates
@@ -17,15 +19,21 @@ static __device__ __forceinline__ double pvf_cdf_of_scaled(double s) {
 extern "C" __global__ void pvf_histogram(
     const long long* __restrict__ offsets, const double* __restrict__ z_beam,
     const double* __restrict__ sigma_z, const unsigned char* __restrict__ usable,
-    double zmin, double bin_width, int n_bins, double* __restrict__ out_hist) {
+    long long n_tracks, double zmin, double bin_width, int n_bins,
+    double* __restrict__ out_hist, long long* __restrict__ errors) {
     extern __shared__ double hist[];
     const long long e = blockIdx.x;
+    long long first = offsets[e], stop = offsets[e + 1];
+    if (!pvf_valid_range(first, stop, n_tracks)) {
+        if (threadIdx.x == 0) pvf_report_error(errors, PVF_ERROR_HISTOGRAM_OFFSETS, e);
+        first = stop = 0;  // an empty row rather than reads out of bounds
+    }
     for (int b = threadIdx.x; b < n_bins; b += blockDim.x) hist[b] = 0.0;
     __syncthreads();
 
     const int last = n_bins - 2;  // bins 0 and n_bins - 1 are never filled
     const double per_bin = 1.0 / bin_width;
-    for (long long t = offsets[e] + threadIdx.x; t < offsets[e + 1]; t += blockDim.x) {
+    for (long long t = first + threadIdx.x; t < stop; t += blockDim.x) {
         const double sigma = sigma_z[t];
         if (usable[t] == 0 || !(sigma > 0.0 && sigma < PVF_INF)) continue;
         const double zt = z_beam[t], half = PVF_HALF_WIDTH * sigma;
