@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import awkward as ak
 import numpy as np
@@ -101,6 +101,9 @@ def _event_of(offsets: np.ndarray, index: int) -> int:
     return int(np.searchsorted(offsets, index, side="right") - 1)
 
 
+_J = TypeVar("_J", bound="_Jagged")
+
+
 class _Jagged:
     """Shared behaviour of the offset-based containers (validation, awkward, slicing)."""
 
@@ -188,6 +191,26 @@ class _Jagged:
         _check_offsets(offsets, None, cls.WHAT)
         return offsets.astype(np.int64)
 
+    @classmethod
+    def from_arrays(cls: type[_J], *, counts: Any = None, offsets: Any = None, **fields: Any) -> _J:
+        """Validate flat arrays (one per field of ``FIELDS``) and per-event ``counts`` (or
+        ``offsets``) and build the container.
+
+        Raises
+        ------
+        ValueError
+            Naming the field and event for a missing field, wrong shape or length, a
+            non-finite value, a negative variance or inconsistent counts/offsets.
+        """
+        offsets = cls._offsets_from(counts, offsets)
+        return cls(offsets=offsets, **cls._validated_fields(offsets, fields))
+
+    @classmethod
+    def from_awkward(cls: type[_J], array: Any) -> _J:
+        """From a jagged awkward array of records holding every field of ``FIELDS``."""
+        offsets, fields = cls._fields_from_awkward(array)
+        return cls.from_arrays(offsets=offsets, **fields)
+
     def _field_arrays(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.FIELDS}
 
@@ -254,25 +277,6 @@ class TrackBatch(_Jagged):
     def n_tracks(self) -> int:
         return len(self.x)
 
-    @classmethod
-    def from_arrays(cls, *, counts: Any = None, offsets: Any = None, **fields: Any) -> TrackBatch:
-        """Validate flat per-track arrays and per-event ``counts`` (or ``offsets``).
-
-        Raises
-        ------
-        ValueError
-            Naming the field and event for a missing field, wrong shape or length, a
-            non-finite value or a negative variance.
-        """
-        offsets = cls._offsets_from(counts, offsets)
-        return cls(offsets=offsets, **cls._validated_fields(offsets, fields))
-
-    @classmethod
-    def from_awkward(cls, array: Any) -> TrackBatch:
-        """From a jagged awkward array of records with the fields of :data:`TRACK_FIELDS`."""
-        offsets, fields = cls._fields_from_awkward(array)
-        return cls.from_arrays(offsets=offsets, **fields)
-
     def select_events(self, start: int, stop: int) -> TrackBatch:
         """Events ``start:stop`` as a new batch (views of these arrays)."""
         return TrackBatch(**self.event_slice(start, stop))
@@ -305,17 +309,6 @@ class MCVertices(_Jagged):
     @property
     def n_vertices(self) -> int:
         return len(self.x)
-
-    @classmethod
-    def from_arrays(cls, *, counts: Any = None, offsets: Any = None, **fields: Any) -> MCVertices:
-        """Validate flat per-vertex arrays and per-event ``counts`` (or ``offsets``)."""
-        offsets = cls._offsets_from(counts, offsets)
-        return cls(offsets=offsets, **cls._validated_fields(offsets, fields))
-
-    @classmethod
-    def from_awkward(cls, array: Any) -> MCVertices:
-        offsets, fields = cls._fields_from_awkward(array)
-        return cls.from_arrays(offsets=offsets, **fields)
 
     def select_events(self, start: int, stop: int) -> MCVertices:
         return MCVertices(**self.event_slice(start, stop))

@@ -69,7 +69,7 @@ def test_missing_tree_and_branch(tmp_path):
 def test_nan_state_names_event(tmp_path, sample):
     tracks = sample.tracks.select_events(0, 3)
     fields = {name: ak.unflatten(getattr(tracks, name).copy(), tracks.counts) for name in TRACK_FIELDS}
-    bad_x = getattr(tracks, "x").copy()
+    bad_x = tracks.x.copy()
     bad_x[tracks.offsets[2]] = np.nan
     fields["x"] = ak.unflatten(bad_x, tracks.counts)
     path = tmp_path / "nan.root"
