@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import awkward as ak
@@ -14,7 +15,7 @@ from .backends import Backend, get_backend
 from .config import PVFinderConfig
 from .events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch
 
-__all__ = ["PVFinder", "SeedOverflowWarning", "find_vertices", "as_track_batch"]
+__all__ = ["PVFinder", "SeedOverflowWarning", "ZHistograms", "find_vertices", "as_track_batch"]
 
 
 class SeedOverflowWarning(UserWarning):
@@ -34,6 +35,36 @@ def as_track_batch(tracks: Any) -> TrackBatch:
         "tracks must be a TrackBatch, an awkward array of track records or a mapping of "
         f"arrays, got {type(tracks).__name__}"
     )
+
+
+@dataclass(frozen=True)
+class ZHistograms:
+    """Stages 1–3 of a batch on the host, from :meth:`PVFinder.z_histograms` (lengths in mm).
+
+    Attributes
+    ----------
+    bin_edges : ndarray, shape (n_bins + 1,)
+        Edges of the z histogram.
+    density : ndarray, shape (n_events, n_bins)
+        Each event's histogram: the summed probability of its usable tracks per bin.
+    seeds : awkward.Array
+        Per event, the z of each seed (cluster) found in the histogram, increasing.
+    z_beam, sigma_z : awkward.Array
+        Per event and track, the z of closest approach to the beamline and its uncertainty.
+    usable : awkward.Array
+        Per event and track, whether the track entered the histogram and the fit.
+    """
+
+    bin_edges: np.ndarray
+    density: np.ndarray
+    seeds: ak.Array
+    z_beam: ak.Array
+    sigma_z: ak.Array
+    usable: ak.Array
+
+    @property
+    def bin_centres(self) -> np.ndarray:
+        return 0.5 * (self.bin_edges[1:] + self.bin_edges[:-1])
 
 
 class _Buffers:
@@ -125,6 +156,44 @@ class PVFinder:
         vertices = VertexBatch.concatenate(pieces)
         return vertices.to_host() if to_host else vertices
 
+    def z_histograms(self, tracks: Any) -> ZHistograms:
+        """The intermediate results of stages 1–3, for drawing and debugging an event.
+
+        Not meant for large batches: the histograms take ``n_events × n_bins`` floats.
+
+        Parameters
+        ----------
+        tracks : TrackBatch, awkward.Array or mapping
+            The events' VELO tracks (see :func:`as_track_batch`).
+
+        Returns
+        -------
+        ZHistograms
+            Host arrays: each event's histogram, its seeds and its tracks at the beamline.
+        """
+        batch = as_track_batch(tracks)
+        backend, cfg = self.backend, self.config
+        clock = _StageClock(backend, None)
+        offsets = backend.asarray(batch.offsets, dtype=np.int64)
+        state = {name: backend.asarray(getattr(batch, name), dtype=np.float64)
+                 for name in TRACK_FIELDS}
+        beamline = self._extrapolate(state, len(state["x"]), clock)
+        hist, seeds, n_seeds = self._seeds(offsets, beamline, clock)
+        backend.check_errors()
+        counts = batch.counts
+        n_found = np.minimum(backend.to_host(n_seeds), cfg.max_vertices_per_event)
+        seeds = backend.to_host(seeds)
+        per_track = {name: ak.unflatten(backend.to_host(beamline[name]).copy(), counts)
+                     for name in ("z", "sigma_z", "usable")}
+        return ZHistograms(
+            bin_edges=cfg.zmin + cfg.bin_width * np.arange(cfg.n_bins + 1),
+            density=backend.to_host(hist).copy(),
+            seeds=ak.Array([row[:n] for row, n in zip(seeds.tolist(), n_found)]),
+            z_beam=per_track["z"],
+            sigma_z=per_track["sigma_z"],
+            usable=ak.values_astype(per_track["usable"], bool),
+        )
+
     # -- stages ---------------------------------------------------------------------------
 
     def _extrapolate(self, state: dict[str, Any], n_tracks: int, clock: _StageClock) -> dict:
@@ -142,23 +211,28 @@ class PVFinder:
         clock.tick("extrapolate")
         return out
 
-    def _vertices_of_chunk(
-        self, offsets: Any, tracks: dict[str, Any], first_event: int, clock: _StageClock
-    ) -> VertexBatch:
-        cfg, backend, buffers, xp = self.config, self.backend, self._buffers, self.backend.xp
-        n_events, max_seeds = len(offsets) - 1, cfg.max_vertices_per_event
-
+    def _seeds(self, offsets: Any, tracks: dict[str, Any], clock: _StageClock) -> tuple:
+        """Stages 2 and 3: the z histogram of each event and the seeds found in it."""
+        cfg, backend, buffers = self.config, self.backend, self._buffers
+        n_events = len(offsets) - 1
         hist = buffers.get("hist", (n_events, cfg.n_bins), np.float64)
         backend.histogram(offsets, tracks["z"], tracks["sigma_z"], tracks["usable"],
                           cfg.zmin, cfg.bin_width, hist)
         clock.tick("histogram")
-
-        seeds = buffers.get("seeds", (n_events, max_seeds), np.float64)
+        seeds = buffers.get("seeds", (n_events, cfg.max_vertices_per_event), np.float64)
         n_seeds = buffers.get("n_seeds", (n_events,), np.int32)
         backend.find_peaks(hist, cfg.zmin, cfg.bin_width, cfg.seed_threshold,
                            cfg.min_tracks_in_seed, cfg.min_dip_density, cfg.min_density,
                            seeds, n_seeds)
         clock.tick("find_peaks")
+        return hist, seeds, n_seeds
+
+    def _vertices_of_chunk(
+        self, offsets: Any, tracks: dict[str, Any], first_event: int, clock: _StageClock
+    ) -> VertexBatch:
+        cfg, backend, buffers, xp = self.config, self.backend, self._buffers, self.backend.xp
+        n_events, max_seeds = len(offsets) - 1, cfg.max_vertices_per_event
+        _, seeds, n_seeds = self._seeds(offsets, tracks, clock)
         _report_overflow(backend.to_host(n_seeds), max_seeds, first_event)
 
         n_fitted = xp.minimum(n_seeds, max_seeds).astype(np.int64)

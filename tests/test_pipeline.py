@@ -137,3 +137,23 @@ def test_float32_tracks_give_the_same_vertices(sample):
     a, b = find_vertices(tracks, backend="cpu"), find_vertices(as32, backend="cpu")
     np.testing.assert_array_equal(a.counts, b.counts)
     np.testing.assert_allclose(a.z, b.z, atol=1e-3)
+
+
+def test_z_histograms_show_what_the_fit_starts_from(sample, backend_name):
+    tracks = sample.tracks.select_events(0, 5)
+    finder = PVFinder(backend=backend_name)
+    view = finder.z_histograms(tracks)
+    cfg = finder.config
+    assert view.density.shape == (5, cfg.n_bins)
+    assert len(view.bin_edges) == cfg.n_bins + 1 and len(view.bin_centres) == cfg.n_bins
+    # Every usable track adds unit probability (its window lies inside the histogram here).
+    n_usable = np.array([np.count_nonzero(row) for row in view.usable.tolist()])
+    np.testing.assert_allclose(view.density.sum(axis=1), n_usable, rtol=1e-9)
+    vertices = finder(tracks)
+    for event in range(5):
+        seeds = np.asarray(view.seeds[event])
+        assert np.all(np.diff(seeds) > 0)
+        # Clean-up only removes seeds, and each surviving vertex lies near its seed.
+        z = vertices.z[vertices.offsets[event] : vertices.offsets[event + 1]]
+        assert len(z) <= len(seeds)
+        assert np.all(np.min(np.abs(z[:, None] - seeds[None, :]), axis=1) < 2.0)
