@@ -7,9 +7,11 @@ knows which one runs; two finders on two backends can live side by side in one p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
+import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "KERNELS",
     "STAGES",
     "Backend",
     "BackendUnavailableError",
@@ -25,6 +28,9 @@ __all__ = [
 ]
 
 STAGES = ("extrapolate", "histogram", "find_peaks", "fit_vertices", "cleanup")
+# Kernel functions of each backend → the stage module that holds them: the five stages, and
+# ``compact``, the second half of clean-up that writes the kept vertices into flat outputs.
+KERNELS = {**{stage: stage for stage in STAGES}, "compact": "cleanup"}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -46,6 +52,9 @@ class Backend:
     events_per_chunk : int
         How many events the pipeline hands to the histogram and later stages at once;
         bounds the size of the per-event work buffers.
+    launch_guard : context manager
+        Held while a batch runs: a lock where kernel launches from several threads at once
+        are unsafe, otherwise a no-op.
     """
 
     name: str
@@ -55,6 +64,7 @@ class Backend:
     synchronize: Callable[[], None] = lambda: None
     # Raises the first bad input a kernel recorded on the device (waits for the device).
     check_errors: Callable[[], None] = lambda: None
+    launch_guard: contextlib.AbstractContextManager = contextlib.nullcontext()
 
     def __getattr__(self, stage: str) -> Callable[..., None]:
         try:
@@ -75,8 +85,31 @@ class Backend:
 
 def _load_stages(package: str) -> dict[str, Callable[..., None]]:
     return {
-        stage: getattr(importlib.import_module(f"{package}.{stage}"), stage) for stage in STAGES
+        kernel: getattr(importlib.import_module(f"{package}.{module}"), kernel)
+        for kernel, module in KERNELS.items()
     }
+
+
+def _numba_launch_guard() -> contextlib.AbstractContextManager:
+    """A lock around CPU kernel launches when Numba's threading layer is not thread-safe.
+
+    Numba's ``workqueue`` layer (its fallback when neither TBB nor OpenMP loads) aborts the
+    process when two threads launch parallel kernels at once; the ``omp`` and ``tbb`` layers
+    take concurrent launches, so no lock is needed with them.
+    """
+    import numba
+
+    layer = numba.config.THREADING_LAYER
+    if layer in ("tbb", "omp", "safe", "threadsafe"):
+        return contextlib.nullcontext()
+    if layer in ("default", "forksafe"):
+        for pool in ("tbbpool", "omppool"):
+            try:
+                importlib.import_module(f"numba.np.ufunc.{pool}")
+            except ImportError:
+                continue
+            return contextlib.nullcontext()
+    return threading.Lock()
 
 
 def _cpu_backend() -> Backend:
@@ -87,6 +120,7 @@ def _cpu_backend() -> Backend:
         # 2048 events × 2400 bins × 8 B ≈ 40 MB of histogram: stays in memory bandwidth's
         # sweet spot while giving every thread thousands of events.
         events_per_chunk=2048,
+        launch_guard=_numba_launch_guard(),
     )
 
 

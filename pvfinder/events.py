@@ -41,11 +41,12 @@ _VARIANCE_FIELDS = frozenset(
 )
 
 
-def _to_host(array: Any) -> np.ndarray:
-    """Return ``array`` as a numpy array, copying from the GPU when needed."""
+def _to_host(array: Any, copy: bool = False) -> np.ndarray:
+    """Return ``array`` as a numpy array, copying from the GPU when needed (and from host
+    memory too when ``copy``)."""
     if hasattr(array, "get") and not isinstance(array, np.ndarray):
         return array.get()
-    return np.asarray(array)
+    return np.array(array, copy=True) if copy else np.asarray(array)
 
 
 def _array_module(array: Any):
@@ -277,6 +278,43 @@ class TrackBatch(_Jagged):
     def n_tracks(self) -> int:
         return len(self.x)
 
+    @classmethod
+    def from_buffers(cls, offsets: Any, **fields: Any) -> TrackBatch:
+        """Wrap the caller's own arrays (numpy or CuPy) without copying or scanning them.
+
+        For hot loops: only the structure is checked (every field present, one-dimensional,
+        as long as ``offsets[-1]``), not the values; a track with a NaN or infinite state then
+        counts as unusable rather than raising. Use :meth:`from_arrays` to have values checked.
+
+        Parameters
+        ----------
+        offsets : array of int, shape (n_events + 1,)
+            Start of each event's tracks, non-decreasing, ``offsets[0] == 0``.
+        **fields : array of float, shape (offsets[-1],)
+            One array per name in :data:`TRACK_FIELDS` (float64 avoids a conversion).
+
+        Raises
+        ------
+        ValueError
+            For a missing or unknown field, a field of the wrong shape, or bad end offsets.
+        """
+        missing = [name for name in cls.FIELDS if name not in fields]
+        unknown = [name for name in fields if name not in cls.FIELDS]
+        if missing or unknown:
+            raise ValueError(f"tracks: missing field(s) {', '.join(missing) or 'none'}, "
+                             f"unknown field(s) {', '.join(unknown) or 'none'}")
+        if getattr(offsets, "ndim", None) != 1 or len(offsets) == 0:
+            raise ValueError("tracks: offsets must be a non-empty 1-d array")
+        first, length = int(offsets[0]), int(offsets[-1])
+        if first != 0:
+            raise ValueError(f"tracks: offsets must start at 0, got {first}")
+        for name in cls.FIELDS:
+            shape = getattr(fields[name], "shape", None)
+            if shape != (length,):
+                raise ValueError(f"tracks: field {name!r} must have shape ({length},) to match "
+                                 f"offsets[-1], got {shape}")
+        return cls(offsets=offsets, **fields)
+
     def select_events(self, start: int, stop: int) -> TrackBatch:
         """Events ``start:stop`` as a new batch (views of these arrays)."""
         return TrackBatch(**self.event_slice(start, stop))
@@ -447,13 +485,25 @@ class VertexBatch(_Jagged):
             )
         return cls.from_arrays(offsets=offsets, **fields)
 
-    def to_host(self) -> VertexBatch:
+    def _mapped(self, function: Any) -> VertexBatch:
+        def apply(array: Any) -> Any:
+            return None if array is None else function(array)
+
         return VertexBatch(
-            offsets=_to_host(self.offsets),
-            weights=None if self.weights is None else _to_host(self.weights),
-            weight_offsets=None if self.weight_offsets is None else _to_host(self.weight_offsets),
-            **{name: _to_host(a) for name, a in self._field_arrays().items()},
+            offsets=function(self.offsets),
+            weights=apply(self.weights),
+            weight_offsets=apply(self.weight_offsets),
+            **{name: function(a) for name, a in self._field_arrays().items()},
         )
+
+    def to_host(self, copy: bool = False) -> VertexBatch:
+        """The batch with numpy arrays (copied from the GPU; from host memory when ``copy``)."""
+        return self._mapped(lambda array: _to_host(array, copy))
+
+    def copy(self) -> VertexBatch:
+        """A batch that owns its arrays, on the same device (to keep a result of
+        ``PVFinder(..., out=...)`` beyond the next call)."""
+        return self._mapped(lambda array: array.copy())
 
     @classmethod
     def concatenate(cls, batches: list[VertexBatch]) -> VertexBatch:

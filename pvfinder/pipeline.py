@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Mapping
@@ -13,9 +14,16 @@ import numpy as np
 
 from .backends import Backend, get_backend
 from .config import PVFinderConfig
-from .events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch
+from .events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch, _to_host
 
-__all__ = ["PVFinder", "SeedOverflowWarning", "ZHistograms", "find_vertices", "as_track_batch"]
+__all__ = [
+    "PVFinder",
+    "SeedOverflowWarning",
+    "VertexBuffers",
+    "ZHistograms",
+    "as_track_batch",
+    "find_vertices",
+]
 
 
 class SeedOverflowWarning(UserWarning):
@@ -67,6 +75,15 @@ class ZHistograms:
         return 0.5 * (self.bin_edges[1:] + self.bin_edges[:-1])
 
 
+# A buffer that must grow is given this much room beyond the request, so that a batch a little
+# larger than any before does not allocate again (amortised growth, as Python lists do).
+_GROWTH = 1.25
+
+
+def _grown(size: int, capacity: int) -> int:
+    return max(size, int(_GROWTH * size), capacity)
+
+
 class _Buffers:
     """Work arrays reused from call to call; they grow when a bigger batch arrives."""
 
@@ -75,18 +92,77 @@ class _Buffers:
         self._arrays: dict[str, Any] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         array = self._arrays.get(name)
         if array is None or array.size < size or array.dtype != dtype:
-            array = self._xp.empty(max(size, 1), dtype=dtype)
+            array = self._xp.empty(_grown(size, 1), dtype=dtype)
             self._arrays[name] = array
         return array[:size].reshape(shape)
+
+
+class VertexBuffers:
+    """Output arrays that a :class:`PVFinder` writes vertices into, reused from call to call.
+
+    Get one from :meth:`PVFinder.output_buffers` and pass it as ``out=`` to the finder.
+
+    Lifetime: the :class:`~pvfinder.events.VertexBatch` returned by ``finder(tracks, out=buffers)``
+    is a view of these arrays and stays valid until the same buffers are passed again, which
+    overwrites it. Keep a result beyond that with :meth:`VertexBatch.copy`, or rotate between
+    several ``VertexBuffers``. Capacity only grows, when a batch needs more room than any before.
+
+    Attributes
+    ----------
+    offsets : array of int64, shape (capacity_events + 1,)
+    vertices : array of float64, shape (len(VERTEX_FIELDS), capacity_vertices)
+        One row per field of :data:`~pvfinder.events.VERTEX_FIELDS`.
+    weight_offsets : array of int64, shape (capacity_vertices + 1,)
+    weights : array of float64, shape (capacity_weights,)
+    """
+
+    def __init__(self, xp: Any, n_events: int = 0, n_vertices: int = 0, n_weights: int = 0):
+        self._xp = xp
+        self.offsets = xp.zeros(n_events + 1, dtype=np.int64)
+        self.vertices = xp.empty((len(VERTEX_FIELDS), n_vertices), dtype=np.float64)
+        self.weight_offsets = xp.zeros(n_vertices + 1, dtype=np.int64)
+        self.weights = xp.empty(n_weights, dtype=np.float64)
+
+    def __repr__(self) -> str:
+        return (f"VertexBuffers(events={len(self.offsets) - 1}, "
+                f"vertices={self.vertices.shape[1]}, weights={len(self.weights)})")
+
+    def reserve_events(self, n_events: int) -> None:
+        """Room for ``n_events`` events (previous contents are not kept)."""
+        if len(self.offsets) < n_events + 1:
+            self.offsets = self._xp.zeros(_grown(n_events + 1, 0), dtype=np.int64)
+
+    def reserve(self, n_vertices: int, n_weights: int, keep_vertices: int, keep_weights: int
+                ) -> None:
+        """Room for ``n_vertices`` and ``n_weights``, keeping the first ``keep_*`` written."""
+        xp = self._xp
+        if self.vertices.shape[1] < n_vertices:
+            vertices = xp.empty((len(VERTEX_FIELDS), _grown(n_vertices, 0)), dtype=np.float64)
+            vertices[:, :keep_vertices] = self.vertices[:, :keep_vertices]
+            weight_offsets = xp.zeros(vertices.shape[1] + 1, dtype=np.int64)
+            weight_offsets[: keep_vertices + 1] = self.weight_offsets[: keep_vertices + 1]
+            self.vertices, self.weight_offsets = vertices, weight_offsets
+        if len(self.weights) < n_weights:
+            weights = xp.empty(_grown(n_weights, 0), dtype=np.float64)
+            weights[:keep_weights] = self.weights[:keep_weights]
+            self.weights = weights
+
+    def view(self, n_events: int, n_vertices: int, n_weights: int) -> VertexBatch:
+        """The first ``n_events`` events written, as a batch of views."""
+        rows = dict(zip(VERTEX_FIELDS, self.vertices[:, :n_vertices]))
+        return VertexBatch(offsets=self.offsets[: n_events + 1],
+                           weights=self.weights[:n_weights],
+                           weight_offsets=self.weight_offsets[: n_vertices + 1], **rows)
 
 
 class PVFinder:
     """Primary-vertex finder bound to one configuration and one backend.
 
-    Construct once and call many times: work buffers are kept between calls.
+    Construct once and call many times: kernels are compiled and work buffers allocated on
+    the first call (or by :meth:`warmup`) and reused afterwards.
 
     Parameters
     ----------
@@ -95,25 +171,45 @@ class PVFinder:
     backend : {"auto", "cpu", "cuda"} or Backend
         Where to run. ``"auto"`` uses the GPU when one is usable.
 
+    Notes
+    -----
+    For a hot loop (a trigger prototype): call :meth:`warmup` with a batch as large as the
+    largest you will pass, get output arrays from :meth:`output_buffers` and call
+    ``finder(tracks, out=buffers)``. Inputs that are already float64 (and int64 offsets),
+    C-contiguous and on the backend's device are used in place; then a call allocates no
+    arrays. Build ``tracks`` with :meth:`TrackBatch.from_buffers` to wrap your own arrays.
+
+    One finder must not be called from two threads at once; one finder per thread is safe
+    (they share only the compiled kernels).
+
     Examples
     --------
-    >>> finder = PVFinder(backend="cpu")                     # doctest: +SKIP
-    >>> vertices = finder(tracks)                            # doctest: +SKIP
+    >>> finder = PVFinder(backend="cpu").warmup(first_batch)    # doctest: +SKIP
+    >>> buffers = finder.output_buffers()                       # doctest: +SKIP
+    >>> for batch in batches:                                   # doctest: +SKIP
+    ...     vertices = finder(batch, out=buffers)               # valid until the next call
     """
 
     def __init__(self, config: PVFinderConfig | None = None, backend: str | Backend = "auto"):
         self.config = config if config is not None else PVFinderConfig()
         self.backend = get_backend(backend)
         self._buffers = _Buffers(self.backend.xp)
+        self._output = VertexBuffers(self.backend.xp)
 
     def __repr__(self) -> str:
         return f"PVFinder(backend={self.backend.name!r}, config={self.config!r})"
 
-    def __call__(self, tracks: Any, *, to_host: bool = True) -> VertexBatch:
-        return self.run(tracks, to_host=to_host)
+    def __call__(self, tracks: Any, *, out: VertexBuffers | None = None,
+                 to_host: bool | None = None) -> VertexBatch:
+        return self.run(tracks, out=out, to_host=to_host)
 
     def run(
-        self, tracks: Any, *, to_host: bool = True, timings: dict[str, float] | None = None
+        self,
+        tracks: Any,
+        *,
+        out: VertexBuffers | None = None,
+        to_host: bool | None = None,
+        timings: dict[str, float] | None = None,
     ) -> VertexBatch:
         """Find the vertices of every event of ``tracks``.
 
@@ -121,8 +217,13 @@ class PVFinder:
         ----------
         tracks : TrackBatch, awkward.Array or mapping
             The events' VELO tracks (see :func:`as_track_batch`).
-        to_host : bool
-            Return numpy arrays (default); ``False`` keeps them on the backend's device.
+        out : VertexBuffers, optional
+            Write the vertices into these arrays (see :meth:`output_buffers`) and return a
+            view of them, valid until ``out`` is passed again. Without it the result owns
+            new arrays.
+        to_host : bool, optional
+            Return numpy arrays (the default without ``out``); ``False`` keeps them on the
+            backend's device (the default with ``out``).
         timings : dict, optional
             When given, the seconds spent in each stage are added to it (the device is
             synchronised after every stage, which costs a little on a GPU).
@@ -133,28 +234,40 @@ class PVFinder:
             The vertices of each event sorted by z, with per-track weights.
         """
         batch = as_track_batch(tracks)
-        backend = self.backend
-        clock = _StageClock(backend, timings)
-
-        offsets = backend.asarray(batch.offsets, dtype=np.int64)
-        state = {name: backend.asarray(getattr(batch, name), dtype=np.float64)
-                 for name in TRACK_FIELDS}
-        n_tracks = len(state["x"])
-        beamline = self._extrapolate(state, n_tracks, clock)
-
-        host_offsets = np.concatenate(([0], np.cumsum(batch.counts)))  # chunk boundaries
-        pieces = []
-        for start in range(0, batch.n_events, backend.events_per_chunk):
-            stop = min(start + backend.events_per_chunk, batch.n_events)
-            lo, hi = int(host_offsets[start]), int(host_offsets[stop])
-            chunk_offsets = offsets[start : stop + 1] - lo
-            chunk_tracks = {name: array[lo:hi] for name, array in beamline.items()}
-            pieces.append(self._vertices_of_chunk(chunk_offsets, chunk_tracks, start, clock))
-        if not pieces:
-            pieces.append(self._vertices_of_chunk(offsets, beamline, 0, clock))
-        backend.check_errors()
-        vertices = VertexBatch.concatenate(pieces)
+        target = self._output if out is None else out
+        with self.backend.launch_guard:
+            sizes = self._find(batch, target, _StageClock(self.backend, timings))
+        vertices = target.view(batch.n_events, *sizes)
+        if out is None:  # the finder's own buffers: hand out arrays the caller owns
+            return vertices.to_host(copy=True) if to_host in (None, True) else vertices.copy()
         return vertices.to_host() if to_host else vertices
+
+    def warmup(self, tracks: Any = None) -> PVFinder:
+        """Compile the kernels and size the work buffers now rather than on the first call.
+
+        Parameters
+        ----------
+        tracks : TrackBatch, awkward.Array or mapping, optional
+            A batch as large as the largest that will be passed later: every work buffer
+            (and the finder's output buffers) is sized for it, with some room to spare.
+            Without it, only the kernels are compiled.
+
+        Returns
+        -------
+        PVFinder
+            This finder, so that ``finder = PVFinder(...).warmup(batch)`` reads naturally.
+        """
+        self.run(_compile_batch(self.config) if tracks is None else tracks, out=self._output)
+        return self
+
+    def output_buffers(self) -> VertexBuffers:
+        """New output arrays for ``out=``, on this finder's device, as large as its own.
+
+        After :meth:`warmup` with a representative batch they need no growing.
+        """
+        own = self._output
+        return VertexBuffers(self.backend.xp, len(own.offsets) - 1, own.vertices.shape[1],
+                             len(own.weights))
 
     def z_histograms(self, tracks: Any) -> ZHistograms:
         """The intermediate results of stages 1–3, for drawing and debugging an event.
@@ -174,12 +287,10 @@ class PVFinder:
         batch = as_track_batch(tracks)
         backend, cfg = self.backend, self.config
         clock = _StageClock(backend, None)
-        offsets = backend.asarray(batch.offsets, dtype=np.int64)
-        state = {name: backend.asarray(getattr(batch, name), dtype=np.float64)
-                 for name in TRACK_FIELDS}
-        beamline = self._extrapolate(state, len(state["x"]), clock)
-        hist, seeds, n_seeds = self._seeds(offsets, beamline, clock)
-        backend.check_errors()
+        with backend.launch_guard:
+            offsets, beamline = self._inputs_at_beamline(batch, clock)
+            hist, seeds, n_seeds = self._seeds(offsets, beamline, clock)
+            backend.check_errors()
         counts = batch.counts
         n_found = np.minimum(backend.to_host(n_seeds), cfg.max_vertices_per_event)
         seeds = backend.to_host(seeds)
@@ -196,8 +307,49 @@ class PVFinder:
 
     # -- stages ---------------------------------------------------------------------------
 
-    def _extrapolate(self, state: dict[str, Any], n_tracks: int, clock: _StageClock) -> dict:
+    def _find(self, batch: TrackBatch, target: VertexBuffers, clock: _StageClock
+              ) -> tuple[int, int]:
+        """Run the five stages chunk by chunk into ``target``; (vertices, weights) written."""
+        backend = self.backend
+        offsets, beamline = self._inputs_at_beamline(batch, clock)
+        n_events = batch.n_events
+        target.reserve_events(n_events)
+        target.offsets[0] = 0
+        target.weight_offsets[0] = 0
+        host_offsets = _to_host(batch.offsets)  # chunk boundaries
+        n_vertices = n_weights = 0
+        for start in range(0, n_events, backend.events_per_chunk):
+            stop = min(start + backend.events_per_chunk, n_events)
+            lo, hi = int(host_offsets[start]), int(host_offsets[stop])
+            chunk_offsets = offsets
+            if (start, stop) != (0, n_events):
+                chunk_offsets = self._buffers.get("chunk_offsets", (stop - start + 1,), np.int64)
+                backend.xp.subtract(offsets[start : stop + 1], lo, out=chunk_offsets)
+            chunk_tracks = {name: array[lo:hi] for name, array in beamline.items()}
+            n_vertices, n_weights = self._vertices_of_chunk(
+                chunk_offsets, chunk_tracks, start, target, n_vertices, n_weights, clock)
+        backend.check_errors()
+        return n_vertices, n_weights
+
+    def _input(self, name: str, array: Any, dtype: Any) -> Any:
+        """``array`` as a C-contiguous ``dtype`` array on the device: itself when it already
+        is one, else converted into a reused buffer."""
+        xp = self.backend.xp
+        if isinstance(array, xp.ndarray) and array.dtype == dtype and array.flags.c_contiguous:
+            return array
+        if isinstance(array, np.ndarray) or isinstance(array, xp.ndarray):
+            buffer = self._buffers.get(f"input_{name}", array.shape, dtype)
+            buffer[...] = xp.asarray(array)
+            return buffer
+        return self.backend.asarray(array, dtype=dtype)  # other devices' arrays, DLPack, lists
+
+    def _inputs_at_beamline(self, batch: TrackBatch, clock: _StageClock) -> tuple[Any, dict]:
+        """Stage 1: the batch's offsets and its tracks moved to the beamline, on the device."""
         cfg, buffers = self.config, self._buffers
+        offsets = self._input("offsets", batch.offsets, np.int64)
+        state = {name: self._input(name, getattr(batch, name), np.float64)
+                 for name in TRACK_FIELDS}
+        n_tracks = len(state["x"])
         out = {name: buffers.get(f"beam_{name}", (n_tracks,), np.float64)
                for name in ("x", "y", "z", "wx", "wy", "sigma_z")}
         out["usable"] = buffers.get("usable", (n_tracks,), np.uint8)
@@ -209,7 +361,7 @@ class PVFinder:
         )
         out["tx"], out["ty"] = state["tx"], state["ty"]
         clock.tick("extrapolate")
-        return out
+        return offsets, out
 
     def _seeds(self, offsets: Any, tracks: dict[str, Any], clock: _StageClock) -> tuple:
         """Stages 2 and 3: the z histogram of each event and the seeds found in it."""
@@ -228,24 +380,31 @@ class PVFinder:
         return hist, seeds, n_seeds
 
     def _vertices_of_chunk(
-        self, offsets: Any, tracks: dict[str, Any], first_event: int, clock: _StageClock
-    ) -> VertexBatch:
+        self, offsets: Any, tracks: dict[str, Any], first_event: int, target: VertexBuffers,
+        vertices_before: int, weights_before: int, clock: _StageClock,
+    ) -> tuple[int, int]:
+        """Stages 2–5 on one chunk, appended to ``target``; returns the new totals."""
         cfg, backend, buffers, xp = self.config, self.backend, self._buffers, self.backend.xp
         n_events, max_seeds = len(offsets) - 1, cfg.max_vertices_per_event
         _, seeds, n_seeds = self._seeds(offsets, tracks, clock)
-        _report_overflow(backend.to_host(n_seeds), max_seeds, first_event)
+        if int(n_seeds.max()) > max_seeds:
+            _report_overflow(backend.to_host(n_seeds), max_seeds, first_event)
 
-        n_fitted = xp.minimum(n_seeds, max_seeds).astype(np.int64)
-        weight_offsets = xp.zeros(n_events + 1, dtype=np.int64)
-        xp.cumsum(n_fitted * xp.diff(offsets), out=weight_offsets[1:])
-        n_weights = int(weight_offsets[-1])
+        # Event e's weights: min(n_seeds, max_seeds) fitted slots × its n_e tracks.
+        counts = buffers.get("counts", (n_events,), np.int64)
+        xp.subtract(offsets[1:], offsets[:-1], out=counts)
+        slots = buffers.get("weights_per_event", (n_events,), np.int64)
+        xp.minimum(n_seeds, max_seeds, out=slots)
+        xp.multiply(slots, counts, out=slots)
+        weight_offsets = _prefix_sum(
+            xp, buffers.get("weight_offsets", (n_events + 1,), np.int64), slots, 0)
         pos = buffers.get("pos", (n_events, max_seeds, 3), np.float64)
         cov = buffers.get("cov", (n_events, max_seeds, 6), np.float64)
         chi2 = buffers.get("chi2", (n_events, max_seeds), np.float64)
         ndof = buffers.get("ndof", (n_events, max_seeds), np.float64)
         n_vtx_tracks = buffers.get("n_vtx_tracks", (n_events, max_seeds), np.float64)
         valid = buffers.get("valid", (n_events, max_seeds), np.uint8)
-        weights = buffers.get("weights", (n_weights,), np.float64)
+        weights = buffers.get("weights", (int(weight_offsets[-1]),), np.float64)
         backend.fit_vertices(
             offsets, tracks["x"], tracks["y"], tracks["z"], tracks["tx"], tracks["ty"],
             tracks["wx"], tracks["wy"], tracks["usable"], seeds, n_seeds, weight_offsets,
@@ -259,10 +418,41 @@ class PVFinder:
         order = buffers.get("order", (n_events, max_seeds), np.int32)
         n_kept = buffers.get("n_kept", (n_events,), np.int32)
         backend.cleanup(pos, cov, n_vtx_tracks, valid, n_seeds, cfg.min_chi2_dist, order, n_kept)
-        vertices = _gather(xp, offsets, weight_offsets, order, n_kept,
-                           pos, cov, chi2, ndof, n_vtx_tracks, weights)
+        # Where each event's vertices and their weights go in the output (global positions).
+        vertex_offsets = _prefix_sum(
+            xp, target.offsets[first_event : first_event + n_events + 1], n_kept,
+            vertices_before)
+        xp.multiply(n_kept, counts, out=slots)
+        weight_base = _prefix_sum(
+            xp, buffers.get("weight_base", (n_events + 1,), np.int64), slots, weights_before)
+        n_vertices, n_weights = int(vertex_offsets[-1]), int(weight_base[-1])
+        target.reserve(n_vertices, n_weights, vertices_before, weights_before)
+        backend.compact(offsets, weight_offsets, order, n_kept, vertex_offsets, weight_base,
+                        pos, cov, chi2, ndof, n_vtx_tracks, weights,
+                        target.vertices, target.weight_offsets, target.weights)
         clock.tick("cleanup")  # the compaction into flat arrays counts as part of clean-up
-        return vertices
+        return n_vertices, n_weights
+
+
+def _prefix_sum(xp: Any, out: Any, values: Any, first: int) -> Any:
+    """``out = [first, first + v0, first + v0 + v1, ...]`` written in place; returns ``out``."""
+    out[0] = first
+    xp.cumsum(values, out=out[1:])
+    if first:
+        out[1:] += first
+    return out
+
+
+def _compile_batch(config: PVFinderConfig) -> TrackBatch:
+    """One event of two tracks from the beamline at z = 0, given at z = 1 mm: enough to
+    compile and launch every kernel."""
+    bx, by = config.beamline
+    slope, variance = 0.1, 1e-4  # any small slope, any well-measured state
+    fields = {name: np.zeros(2) for name in TRACK_FIELDS}
+    fields.update(x=np.array([bx + slope, bx - slope]), y=np.full(2, by), z=np.ones(2),
+                  tx=np.array([slope, -slope]), cov_xx=np.full(2, variance),
+                  cov_yy=np.full(2, variance))
+    return TrackBatch.from_arrays(counts=[2], **fields)
 
 
 class _StageClock:
@@ -289,39 +479,8 @@ def _report_overflow(n_seeds: np.ndarray, max_seeds: int, first_event: int) -> N
             f"(event {first_event + over[0]}: {n_seeds[over[0]]}); only the first {max_seeds} "
             "in z were fitted. Raise max_vertices_per_event to fit them all.",
             SeedOverflowWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
-
-
-def _gather(xp, track_offsets, weight_offsets, order, n_kept, pos, cov, chi2, ndof, n_tracks,
-            weights) -> VertexBatch:
-    """Compact the kept vertex slots (``order[e, :n_kept[e]]``) into flat per-vertex arrays."""
-    n_events, max_seeds = order.shape
-    kept = xp.arange(max_seeds)[None, :] < n_kept[:, None]
-    event = xp.broadcast_to(xp.arange(n_events)[:, None], kept.shape)[kept]
-    slot = order[kept].astype(np.int64)
-    fields = dict(zip(("x", "y", "z"), (pos[event, slot, i] for i in range(3))))
-    fields.update(zip(VERTEX_FIELDS[3:9], (cov[event, slot, i] for i in range(6))))
-    fields.update(chi2=chi2[event, slot], ndof=ndof[event, slot], n_tracks=n_tracks[event, slot])
-
-    # Vertex v owns the event's n_e weights that start at weight_offsets[e] + slot·n_e.
-    tracks_per_event = xp.diff(track_offsets)
-    length = tracks_per_event[event]
-    start = weight_offsets[:-1][event] + slot * length
-    out_offsets = xp.zeros(len(slot) + 1, dtype=np.int64)
-    xp.cumsum(length, out=out_offsets[1:])
-    # Every kept vertex owns at least min_tracks_per_vertex ≥ 2 weights, so its first element
-    # is a distinct mark and a running sum of marks names the owner of each element.
-    total = int(out_offsets[-1])
-    owner = xp.zeros(total, dtype=np.int64)
-    owner[out_offsets[1:-1]] = 1
-    xp.cumsum(owner, out=owner)
-    out_weights = weights[xp.arange(total, dtype=np.int64) + (start - out_offsets[:-1])[owner]]
-
-    vertex_offsets = xp.zeros(n_events + 1, dtype=np.int64)
-    xp.cumsum(n_kept, out=vertex_offsets[1:])
-    return VertexBatch(offsets=vertex_offsets, weights=out_weights, weight_offsets=out_offsets,
-                       **fields)
 
 
 def find_vertices(

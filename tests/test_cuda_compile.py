@@ -46,12 +46,13 @@ def nvcc(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, check=False)
 
 
-def test_every_stage_has_a_cuda_source_and_one_kernel():
-    assert {p.stem for p in SOURCES} == {
-        "extrapolate", "histogram", "find_peaks", "fit_vertices", "cleanup"
-    }
+def test_every_kernel_function_has_its_cuda_kernel_in_its_stage_source():
+    from pvfinder.backends import KERNELS, STAGES
+
+    assert {p.stem for p in SOURCES} == set(STAGES)
     for source in SOURCES:
-        assert list(kernel_signatures(source.read_text())) == [f"pvf_{source.stem}"]
+        expected = [f"pvf_{kernel}" for kernel, stage in KERNELS.items() if stage == source.stem]
+        assert list(kernel_signatures(source.read_text())) == expected
 
 
 @requires_nvcc
@@ -61,7 +62,7 @@ def test_compiles_standalone(source, arch, tmp_path):
     ptx = tmp_path / f"{source.stem}.ptx"
     result = nvcc("-ptx", f"-arch={arch}", "-o", str(ptx), str(source))
     assert result.returncode == 0, result.stderr
-    assert ptx.read_text().count(".entry ") == 1
+    assert ptx.read_text().count(".entry ") == len(kernel_signatures(source.read_text()))
 
 
 @requires_nvcc
@@ -148,6 +149,11 @@ def _launch_every_stage(n_events=3, n_tracks=7, max_seeds=4, n_bins=10000):
     cleanup.cleanup(*_arrays(((n_events, max_seeds, 3), f8), ((n_events, max_seeds, 6), f8), slot,
                              ((n_events, max_seeds), u1), ((n_events,), i4)), 25,
                     *_arrays(((n_events, max_seeds), i4), ((n_events,), i4)))
+    cleanup.compact(*_arrays(*[((n_events + 1,), i8)] * 2, ((n_events, max_seeds), i4),
+                             ((n_events,), i4), *[((n_events + 1,), i8)] * 2,
+                             ((n_events, max_seeds, 3), f8), ((n_events, max_seeds, 6), f8),
+                             slot, slot, slot, ((11,), f8), ((12, 5), f8), ((6,), i8),
+                             ((20,), f8)))
 
 
 def test_launchers_pass_the_declared_c_types(launches):

@@ -262,6 +262,29 @@ def test_cleanup(chain):
     assert n_kept.sum() >= 50
 
 
+def test_compact(chain):
+    from pvfinder.kernels.cpu.cleanup import compact as cpu_compact
+    from pvfinder.kernels.cuda.cleanup import compact
+
+    _, cpu = chain
+    fit_in, (pos, cov, chi2, ndof, n_tracks, _, weights) = cpu["fit"]
+    order, n_kept = cpu["cleanup"]
+    offsets, weight_offsets = fit_in[0], fit_in[11]
+    vertex_offsets = np.concatenate(([0], np.cumsum(n_kept))).astype(np.int64)
+    weight_base = np.concatenate(([0], np.cumsum(n_kept * np.diff(offsets)))).astype(np.int64)
+    n_vertices, n_weights = int(vertex_offsets[-1]), int(weight_base[-1])
+    inputs = [offsets, weight_offsets, order, n_kept, vertex_offsets, weight_base,
+              pos, cov, chi2, ndof, n_tracks, weights]
+    expected = [np.zeros((12, n_vertices)), np.zeros(n_vertices + 1, np.int64),
+                np.zeros(n_weights)]
+    cpu_compact(*inputs, *expected)
+    got = _to_device([np.full_like(a, 7) for a in expected])
+    compact(*_to_device(inputs), *got)
+    for name, a, b in zip(("vertices", "weight_offsets", "weights"), _to_host(got), expected):
+        np.testing.assert_array_equal(a, b, err_msg=f"compact {name}")  # copies: exact
+    assert n_vertices >= 50
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 def test_loader_names_kernel_and_argument():

@@ -474,3 +474,26 @@ def test_cleanup_empty_inputs():
                                 [0, 4])
     np.testing.assert_array_equal(n_kept, [0, 0])
     np.testing.assert_array_equal(order, -1)
+
+
+def test_compact_copies_kept_slots_in_order_with_their_weights():
+    from pvfinder.kernels.cpu.cleanup import compact
+
+    # Event 0: 2 tracks, 3 fitted slots, keeps slots 2 then 0; event 1: 1 track, keeps none.
+    track_offsets = np.array([0, 2, 3], np.int64)
+    weight_offsets = np.array([0, 6, 6], np.int64)
+    order = np.array([[2, 0, -1], [-1, -1, -1]], np.int32)
+    n_kept = np.array([2, 0], np.int32)
+    pos = np.arange(18, dtype=np.float64).reshape(2, 3, 3)
+    cov = np.arange(36, dtype=np.float64).reshape(2, 3, 6) + 100
+    chi2, ndof, n_tracks = (np.arange(6, dtype=np.float64).reshape(2, 3) + k for k in (10, 20, 30))
+    weights = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    out_vertices, out_weight_offsets, out_weights = np.zeros((12, 2)), np.zeros(3, np.int64), np.zeros(4)
+    compact(track_offsets, weight_offsets, order, n_kept, np.array([0, 2, 2], np.int64),
+            np.array([0, 4, 4], np.int64), pos, cov, chi2, ndof, n_tracks, weights,
+            out_vertices, out_weight_offsets, out_weights)
+    np.testing.assert_array_equal(out_vertices[:3].T, [pos[0, 2], pos[0, 0]])
+    np.testing.assert_array_equal(out_vertices[3:9].T, [cov[0, 2], cov[0, 0]])
+    np.testing.assert_array_equal(out_vertices[9:].T, [[12, 22, 32], [10, 20, 30]])
+    np.testing.assert_array_equal(out_weight_offsets, [0, 2, 4])
+    np.testing.assert_array_equal(out_weights, [0.5, 0.6, 0.1, 0.2])

@@ -1,4 +1,4 @@
-"""Stage 5 on the CPU: drop duplicate vertices and sort the survivors by z.
+"""Stage 5 on the CPU: drop duplicate vertices, sort the survivors by z and compact them.
 
 Lengths in mm. The contract is ``kernels/README.md`` section 5.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["cleanup"]
+__all__ = ["cleanup", "compact"]
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
@@ -85,3 +85,62 @@ def cleanup(
             order[k] = s
         order[n_kept:] = -1
         out_n[e] = n_kept
+
+
+@numba.njit(parallel=True, cache=True)
+def compact(
+    track_offsets: np.ndarray, weight_offsets: np.ndarray, order: np.ndarray,
+    n_kept: np.ndarray, vertex_offsets: np.ndarray, weight_base: np.ndarray,
+    pos: np.ndarray, cov: np.ndarray, chi2: np.ndarray, ndof: np.ndarray,
+    n_tracks: np.ndarray, weights: np.ndarray,
+    out_vertices: np.ndarray, out_weight_offsets: np.ndarray, out_weights: np.ndarray,
+) -> None:
+    """Copy the kept vertices of every event, in z order, into flat output arrays.
+
+    Vertex ``k`` of event ``e`` (slot ``s = order[e, k]``, ``k < n_kept[e]``) goes to row
+    ``v = vertex_offsets[e] + k``; its ``n_e`` weights (one per input track of the event) go to
+    ``out_weights[weight_base[e] + k·n_e :][:n_e]``, and ``out_weight_offsets[v]`` records where
+    they start. The offsets are given by the caller (prefix sums of ``n_kept`` and
+    ``n_kept·n_e``), so each event is copied independently.
+
+    Parameters
+    ----------
+    track_offsets : ndarray of int64, shape (n_events + 1,)
+        Tracks of each event (``n_e = track_offsets[e + 1] - track_offsets[e]``).
+    weight_offsets : ndarray of int64, shape (n_events + 1,)
+        Where each event's fitted weights start in ``weights`` (as given to ``fit_vertices``).
+    order, n_kept : ndarray of int32
+        From ``cleanup``: kept slots in z order and their number.
+    vertex_offsets : ndarray of int64, shape (n_events + 1,)
+        Row of each event's first vertex in the outputs.
+    weight_base : ndarray of int64, shape (n_events + 1,)
+        Where each event's first vertex's weights start in ``out_weights``; the last entry is
+        the end of the last event's, written to ``out_weight_offsets[vertex_offsets[-1]]``.
+    pos, cov, chi2, ndof, n_tracks, weights : ndarray of float64
+        Outputs of ``fit_vertices``.
+    out_vertices : ndarray of float64, shape (12, capacity)
+        Written: one row per field of ``VERTEX_FIELDS`` (x, y, z, cov_xx, cov_xy, cov_yy,
+        cov_xz, cov_yz, cov_zz, chi2, ndof, n_tracks), one column per kept vertex.
+    out_weight_offsets : ndarray of int64, shape (capacity + 1,)
+        Written: start of each vertex's weights.
+    out_weights : ndarray of float64
+        Written: each kept vertex's weights.
+    """
+    n_events = len(n_kept)
+    for e in numba.prange(n_events):
+        n_e = track_offsets[e + 1] - track_offsets[e]
+        for k in range(n_kept[e]):
+            s = order[e, k]
+            v = vertex_offsets[e] + k
+            for i in range(3):
+                out_vertices[i, v] = pos[e, s, i]
+            for i in range(6):
+                out_vertices[3 + i, v] = cov[e, s, i]
+            out_vertices[9, v] = chi2[e, s]
+            out_vertices[10, v] = ndof[e, s]
+            out_vertices[11, v] = n_tracks[e, s]
+            start = weight_base[e] + k * n_e
+            out_weight_offsets[v] = start
+            source = weight_offsets[e] + s * n_e
+            out_weights[start : start + n_e] = weights[source : source + n_e]
+    out_weight_offsets[vertex_offsets[n_events]] = weight_base[n_events]

@@ -1,0 +1,204 @@
+"""The embedding API: a finder built once and called in a hot loop, into reused outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from pvfinder import find_vertices
+from pvfinder.backends import _numba_launch_guard, get_backend
+from pvfinder.events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch
+from pvfinder.pipeline import PVFinder, VertexBuffers
+
+from .conftest import requires_cuda
+
+
+def as_buffers(tracks: TrackBatch, xp=np) -> TrackBatch:
+    """The batch as a caller's own float64 SoA buffers (on the device for CuPy)."""
+    return TrackBatch.from_buffers(
+        xp.asarray(np.asarray(tracks.offsets, dtype=np.int64)),
+        **{name: xp.asarray(np.asarray(getattr(tracks, name), dtype=np.float64))
+           for name in TRACK_FIELDS},
+    )
+
+
+def assert_same_vertices(got: VertexBatch, expected: VertexBatch) -> None:
+    got, expected = got.to_host(), expected.to_host()
+    np.testing.assert_array_equal(got.offsets, expected.offsets)
+    for name in VERTEX_FIELDS:
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
+    np.testing.assert_array_equal(got.weight_offsets, expected.weight_offsets)
+    np.testing.assert_array_equal(got.weights, expected.weights)
+
+
+def test_calls_into_buffers_match_find_vertices(sample, backend_name):
+    xp = get_backend(backend_name).xp
+    batches = [sample.tracks.select_events(start, start + 100) for start in (0, 300, 600)]
+    finder = PVFinder(backend=backend_name).warmup(as_buffers(batches[0], xp))
+    buffers = finder.output_buffers()
+    for batch in batches:
+        got = finder(as_buffers(batch, xp), out=buffers)
+        assert_same_vertices(got, find_vertices(batch, backend=backend_name))
+
+
+def test_result_lives_until_the_buffers_are_used_again(sample):
+    first, second = sample.tracks.select_events(0, 50), sample.tracks.select_events(50, 100)
+    finder = PVFinder(backend="cpu").warmup(first)
+    buffers = finder.output_buffers()
+    result = finder(first, out=buffers)
+    kept = result.copy()
+    assert np.shares_memory(result.z, buffers.vertices)  # a view, not a copy
+    finder(second, out=buffers)
+    assert not np.array_equal(result.z[:5], kept.z[:5])  # overwritten, as documented
+    assert_same_vertices(kept, find_vertices(first, backend="cpu"))
+    # Without out=, the caller owns the result: later calls leave it alone.
+    owned = finder(first)
+    finder(second)
+    assert_same_vertices(owned, kept)
+
+
+def test_buffers_grow_for_a_bigger_batch_and_keep_earlier_chunks(sample):
+    small_chunks = dataclasses.replace(get_backend("cpu"), events_per_chunk=64)
+    finder = PVFinder(backend=small_chunks)
+    buffers = VertexBuffers(np, n_events=1, n_vertices=1, n_weights=1)
+    batch = sample.tracks.select_events(0, 300)  # five chunks, each growing the outputs
+    got = finder(batch, out=buffers)
+    assert_same_vertices(got, find_vertices(batch, backend="cpu"))
+    assert buffers.vertices.shape[1] >= got.n_vertices
+
+
+def repeated(tracks: TrackBatch, times: int) -> TrackBatch:
+    """The batch's events ``times`` times over, as float64 buffers."""
+    counts = np.tile(tracks.counts, times)
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    return TrackBatch.from_buffers(offsets, **{
+        name: np.tile(np.asarray(getattr(tracks, name), dtype=np.float64), times)
+        for name in TRACK_FIELDS})
+
+
+def steady_call_allocations(finder: PVFinder, batch: TrackBatch) -> tuple[int, int]:
+    """(bytes still held after, peak bytes during) one warm call into reused buffers."""
+    finder.warmup(batch)
+    buffers = finder.output_buffers()
+    finder(batch, out=buffers)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        result = finder(batch, out=buffers)
+        del result
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return after - before, peak - before
+
+
+def test_steady_calls_allocate_nothing_that_outlives_them_or_grows_with_the_batch(sample):
+    finder = PVFinder(backend="cpu")
+    small = repeated(sample.tracks, 1)
+    held_small, peak_small = steady_call_allocations(finder, small)
+    held_big, peak_big = steady_call_allocations(finder, repeated(sample.tracks, 4))
+    # Nothing is kept from one call to the next (a few Python objects at most) ...
+    assert held_small < 4096 and held_big < 4096
+    # ... and what a call allocates for a moment does not grow with the number of events:
+    # it is the fit kernel's scratch for the largest event and numpy's fixed-size casting
+    # buffers. A single per-track array of the big batch (6.8 MB) would break both bounds.
+    assert peak_big < 1.5 * peak_small + 65536, (peak_small, peak_big)
+    input_bytes = sum(getattr(small, name).nbytes for name in TRACK_FIELDS)
+    assert peak_small < 0.05 * input_bytes
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_steady_calls_do_not_grow_the_memory_pool(sample):
+    import cupy
+
+    batch = as_buffers(sample.tracks, cupy)
+    finder = PVFinder(backend="cuda").warmup(batch)
+    buffers = finder.output_buffers()
+    finder(batch, out=buffers)
+    pool = cupy.get_default_memory_pool()
+    cupy.cuda.get_current_stream().synchronize()
+    used, total = pool.used_bytes(), pool.total_bytes()
+    for _ in range(3):
+        finder(batch, out=buffers)
+    cupy.cuda.get_current_stream().synchronize()
+    assert pool.total_bytes() == total
+    assert pool.used_bytes() == used
+
+
+def test_one_finder_per_thread(sample, backend_name):
+    xp = get_backend(backend_name).xp
+    batches = [as_buffers(sample.tracks.select_events(i * 200, i * 200 + 200), xp)
+               for i in range(4)]
+    expected = [find_vertices(batch, backend=backend_name) for batch in batches]
+    results: dict[int, list[VertexBatch]] = {}
+
+    def work(index: int) -> None:
+        finder = PVFinder(backend=backend_name).warmup(batches[index])
+        buffers = finder.output_buffers()
+        # Each thread loops over all batches, so threads run kernels at the same time.
+        results[index] = [finder(batch, out=buffers).copy() for batch in batches * 3]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [0, 1, 2, 3]
+    for outputs in results.values():
+        for got, want in zip(outputs, expected * 3):
+            assert_same_vertices(got, want)
+
+
+def test_launches_are_serialised_where_numba_cannot_take_concurrent_ones(monkeypatch):
+    import numba
+
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "workqueue")
+    assert isinstance(_numba_launch_guard(), type(threading.Lock()))
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "omp")
+    with _numba_launch_guard():  # a no-op context
+        pass
+    assert not isinstance(_numba_launch_guard(), type(threading.Lock()))
+
+
+def test_warmup_without_a_batch_and_an_empty_batch():
+    finder = PVFinder(backend="cpu").warmup()
+    empty = TrackBatch.from_buffers(np.zeros(4, dtype=np.int64),
+                                    **{name: np.zeros(0) for name in TRACK_FIELDS})
+    vertices = finder(empty, out=finder.output_buffers())
+    assert vertices.n_events == 3 and vertices.n_vertices == 0
+    np.testing.assert_array_equal(vertices.offsets, [0, 0, 0, 0])
+    np.testing.assert_array_equal(vertices.weight_offsets, [0])
+
+
+def test_from_buffers_wraps_without_copying_and_checks_structure(sample):
+    tracks = sample.tracks.select_events(0, 5)
+    fields = {name: np.ascontiguousarray(getattr(tracks, name), dtype=np.float64)
+              for name in TRACK_FIELDS}
+    offsets = np.asarray(tracks.offsets, dtype=np.int64)
+    batch = TrackBatch.from_buffers(offsets, **fields)
+    assert batch.x is fields["x"] and batch.offsets is offsets
+    with pytest.raises(ValueError, match="missing field.*cov_tyty"):
+        TrackBatch.from_buffers(offsets, **{k: v for k, v in fields.items() if k != "cov_tyty"})
+    with pytest.raises(ValueError, match=r"field 'z' must have shape \(\d+,\)"):
+        TrackBatch.from_buffers(offsets, **{**fields, "z": fields["z"][:-1]})
+    with pytest.raises(ValueError, match="offsets must start at 0"):
+        TrackBatch.from_buffers(offsets + 1, **fields)
+
+
+def test_a_nan_state_in_wrapped_buffers_makes_the_track_unusable(sample):
+    tracks = sample.tracks.select_events(0, 20)
+    fields = {name: np.array(getattr(tracks, name), dtype=np.float64) for name in TRACK_FIELDS}
+    reference = find_vertices(TrackBatch.from_buffers(tracks.offsets, **fields), backend="cpu")
+    fields["x"][tracks.offsets[3]] = np.nan  # one track of event 3
+    vertices = find_vertices(TrackBatch.from_buffers(tracks.offsets, **fields), backend="cpu")
+    nan_track_weights = [
+        vertices.weights[vertices.weight_offsets[v]]  # the NaN track is the event's first
+        for v in range(vertices.offsets[3], vertices.offsets[4])
+    ]
+    assert nan_track_weights and not np.any(nan_track_weights)
+    np.testing.assert_array_equal(vertices.counts, reference.counts)
