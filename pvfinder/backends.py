@@ -64,7 +64,8 @@ class Backend:
     synchronize: Callable[[], None] = lambda: None
     # Raises the first bad input a kernel recorded on the device (waits for the device).
     check_errors: Callable[[], None] = lambda: None
-    launch_guard: contextlib.AbstractContextManager = contextlib.nullcontext()
+    launch_guard: contextlib.AbstractContextManager = dataclasses.field(
+        default_factory=contextlib.nullcontext)
 
     def __getattr__(self, stage: str) -> Callable[..., None]:
         try:

@@ -14,9 +14,10 @@ import numpy as np
 from .backends import STAGES, get_backend
 from .pipeline import PVFinder
 
-__all__ = ["run_benchmark", "hardware_description"]
+__all__ = ["hardware_description", "run_benchmark", "run_latency_benchmark"]
 
 DEFAULT_GPU_BATCHES = (1_000, 10_000, 100_000, 1_000_000)
+DEFAULT_LATENCY_BATCHES = (1, 16, 256, 4096)
 
 
 def _cpu_model() -> str:
@@ -49,16 +50,18 @@ def hardware_description(backend_name: str) -> dict[str, Any]:
 
 
 def _time_run(finder: PVFinder, tracks: Any, repeats: int) -> tuple[float, dict[str, float]]:
-    """Best-of-``repeats`` wall time of a whole run, and the per-stage split of one run."""
-    finder(tracks, to_host=False)  # warm-up: compilation and buffer allocation
+    """Best-of-``repeats`` wall time of a whole run on the steady path (warmed-up finder,
+    reused output buffers), and the per-stage split of one run."""
+    finder.warmup(tracks)
+    buffers = finder.output_buffers()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        finder(tracks, to_host=False)
+        finder(tracks, out=buffers)
         finder.backend.synchronize()
         best = min(best, time.perf_counter() - start)
     stages: dict[str, float] = {}
-    finder.run(tracks, to_host=False, timings=stages)
+    finder.run(tracks, out=buffers, timings=stages)
     return best, stages
 
 
@@ -144,6 +147,65 @@ def run_benchmark(
     return result
 
 
+def run_latency_benchmark(
+    backend: str = "cpu",
+    batch_sizes: Sequence[int] | None = None,
+    seconds_per_size: float = 2.0,
+    nu: float = 7.6,
+    seed: int = 7,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Per-call latency of a warmed-up finder, as a trigger loop would see it.
+
+    For each batch size (default 1, 16, 256 and 4096 events) consecutive batches of simulated
+    events, already in float64 buffers on the backend's device, are passed one call at a
+    time into reused output buffers, for about ``seconds_per_size`` (at least 20 calls). The
+    clock stops when the results are ready (the device is synchronised).
+
+    Returns
+    -------
+    dict
+        JSON-serialisable results: per batch size the number of calls and the median,
+        99th-percentile and maximum call time (µs), with the hardware named.
+    """
+    from .simulation import simulate
+
+    chosen = get_backend(backend)
+    sizes = sorted(batch_sizes or DEFAULT_LATENCY_BATCHES)
+    result: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "kind": "latency",
+        "backend": chosen.name,
+        "hardware": hardware_description(chosen.name),
+        "nu": nu,
+        "measurements": [],
+    }
+    pool = simulate(max(4 * sizes[-1], 1000), seed=seed, nu=nu).tracks
+    finder = PVFinder(backend=chosen).warmup(_on_device(_tile(pool, sizes[-1]), chosen))
+    buffers = finder.output_buffers()
+    for size in sizes:
+        n_batches = pool.n_events // size
+        batches = [_on_device(pool.select_events(i * size, (i + 1) * size), chosen)
+                   for i in range(min(n_batches, 64))]
+        finder(batches[0], out=buffers)
+        times: list[float] = []
+        deadline = time.perf_counter() + seconds_per_size
+        while len(times) < 20 or time.perf_counter() < deadline:
+            batch = batches[len(times) % len(batches)]
+            start = time.perf_counter()
+            finder(batch, out=buffers)
+            chosen.synchronize()
+            times.append(time.perf_counter() - start)
+        us = 1e6 * np.asarray(times)
+        row = {"batch": size, "calls": len(times), "median_us": float(np.median(us)),
+               "p99_us": float(np.percentile(us, 99)), "max_us": float(us.max()),
+               "events_per_s_at_median": size / (1e-6 * float(np.median(us)))}
+        result["measurements"].append(row)
+        progress(f"{chosen.name} batch={size}: median {row['median_us']:,.0f} µs, "
+                 f"p99 {row['p99_us']:,.0f} µs over {len(times)} calls")
+    return result
+
+
 def _tile(tracks: Any, n_events: int) -> Any:
     """``n_events`` events made by repeating ``tracks`` (to reach batch sizes beyond the pool)."""
     from .events import TrackBatch
@@ -159,7 +221,7 @@ def _tile(tracks: Any, n_events: int) -> Any:
 def _on_device(tracks: Any, backend: Any) -> Any:
     from .events import TrackBatch
 
-    return TrackBatch(
+    return TrackBatch.from_buffers(
         offsets=backend.asarray(tracks.offsets, dtype=np.int64),
         **{name: backend.asarray(getattr(tracks, name), dtype=np.float64)
            for name in TrackBatch.FIELDS},

@@ -127,17 +127,21 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .benchmark import run_benchmark
+    from .benchmark import run_benchmark, run_latency_benchmark
 
-    result = run_benchmark(
-        backend=args.backend,
-        n_events=args.n_events,
-        nu_values=args.nu,
-        threads=args.threads,
-        batch_sizes=args.batch,
-        seed=args.seed,
-        progress=print,
-    )
+    if args.latency:
+        result = run_latency_benchmark(backend=args.backend, batch_sizes=args.batch,
+                                       seed=args.seed, progress=print)
+    else:
+        result = run_benchmark(
+            backend=args.backend,
+            n_events=args.n_events,
+            nu_values=args.nu,
+            threads=args.threads,
+            batch_sizes=args.batch,
+            seed=args.seed,
+            progress=print,
+        )
     text = json.dumps(result, indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")
@@ -219,7 +223,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, nargs="+", default=None,
                        help="CPU thread counts (default: 1 and all)")
     bench.add_argument("--batch", type=int, nargs="+", default=None,
-                       help="GPU batch sizes (default: 1000 10000 100000 1000000)")
+                       help="GPU batch sizes (default: 1000 10000 100000 1000000; "
+                            "with --latency: 1 16 256 4096)")
+    bench.add_argument("--latency", action="store_true",
+                       help="per-call latency (median, 99th percentile) of a warmed-up finder "
+                            "for small batches, as in a trigger loop")
     bench.add_argument("--seed", type=int, default=7)
     bench.add_argument("-o", "--output", help="write the JSON here instead of printing it")
     bench.set_defaults(run=_cmd_bench)

@@ -337,7 +337,7 @@ class PVFinder:
         xp = self.backend.xp
         if isinstance(array, xp.ndarray) and array.dtype == dtype and array.flags.c_contiguous:
             return array
-        if isinstance(array, np.ndarray) or isinstance(array, xp.ndarray):
+        if isinstance(array, (np.ndarray, xp.ndarray)):
             buffer = self._buffers.get(f"input_{name}", array.shape, dtype)
             buffer[...] = xp.asarray(array)
             return buffer

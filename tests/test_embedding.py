@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import tracemalloc
 
@@ -202,3 +203,19 @@ def test_a_nan_state_in_wrapped_buffers_makes_the_track_unusable(sample):
     ]
     assert nan_track_weights and not np.any(nan_track_weights)
     np.testing.assert_array_equal(vertices.counts, reference.counts)
+
+
+def test_latency_benchmark_reports_median_and_tail(tmp_path):
+    from pvfinder.benchmark import run_latency_benchmark
+    from pvfinder.cli import main
+
+    result = run_latency_benchmark("cpu", batch_sizes=[4, 1], seconds_per_size=0.05)
+    assert result["kind"] == "latency" and result["hardware"]["cpu_count"] >= 1
+    rows = result["measurements"]
+    assert [row["batch"] for row in rows] == [1, 4]
+    for row in rows:
+        assert row["calls"] >= 20
+        assert 0 < row["median_us"] <= row["p99_us"] <= row["max_us"]
+    output = tmp_path / "latency.json"
+    assert main(["bench", "--latency", "--batch", "2", "-o", str(output)]) == 0
+    assert json.loads(output.read_text())["measurements"][0]["batch"] == 2
