@@ -68,41 +68,95 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reconstruct_file(path: str, finder, chunk_events: int):
-    """Run ``finder`` over the tracks of ``path`` in chunks, with a progress bar."""
-    from tqdm.auto import tqdm
+def _track_schema(args: argparse.Namespace):
+    """The schema of ``--schema FILE``, with ``--tree``, ``--branch`` and ``--fill-cov`` on top."""
+    import dataclasses
 
-    from .io import read_tracks
+    from .io import TrackSchema
+
+    schema = TrackSchema.from_file(args.schema) if args.schema else TrackSchema()
+    branches = dict(schema.branches)
+    for item in args.branch:
+        field, sep, branch = item.partition("=")
+        if not sep or not field or not branch:
+            raise UsageError(f"--branch expects FIELD=BRANCH, got {item!r}")
+        branches[field] = branch
+    fill = {**(schema.fill_missing_covariance or {}),
+            **_parse_assignments(args.fill_cov, "--fill-cov")}
+    return dataclasses.replace(schema, tree=args.tree or schema.tree, branches=branches,
+                               fill_missing_covariance=fill or None)
+
+
+def _reconstruct_file(result) -> None:
+    """Report one input of ``pvfinder reconstruct`` as soon as it is done."""
+    if result.status == "failed":
+        print(f"pvfinder reconstruct: error: {result.error}", file=sys.stderr)
+    elif result.status == "skipped":
+        print(f"{result.input}: skipped, {result.output} exists")
+    else:
+        print(f"{result.input}: {result.n_vertices} vertices in {result.n_events} events "
+              f"-> {result.output}")
+
+
+def _validate_outputs(results, plots: str | None) -> None:
+    """The PV checker's table for each reconstructed input that carries truth."""
     from .events import VertexBatch
+    from .io import read_truth, read_vertices
 
-    tracks = read_tracks(path)
-    pieces = []
-    start_time = time.perf_counter()
-    with tqdm(total=tracks.n_events, unit="evt", desc=Path(path).name,
-              disable=not sys.stderr.isatty()) as bar:
-        for start in range(0, max(tracks.n_events, 1), chunk_events):
-            stop = min(start + chunk_events, tracks.n_events)
-            pieces.append(finder(tracks.select_events(start, stop)))
-            bar.update(stop - start)
-    elapsed = time.perf_counter() - start_time
-    return tracks, VertexBatch.concatenate(pieces), elapsed
+    done = [result for result in results if result.status == "done"]
+    outputs: dict[Path, VertexBatch] = {}
+    for result in done:
+        truth = read_truth(result.input)
+        if truth is None:
+            continue
+        if result.output not in outputs:
+            outputs[result.output] = read_vertices(result.output, weights=False)
+        vertices = outputs[result.output]
+        if vertices.n_events != result.n_events:  # this input's share of a merged output
+            vertices = VertexBatch(**vertices.event_slice(
+                result.first_event, result.first_event + result.n_events))
+        if len(done) > 1:
+            print(f"== {result.input}")
+            _print_validation(vertices, truth, plots and str(Path(plots) / result.input.stem))
+        else:
+            _print_validation(vertices, truth, plots)
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .io import read_truth, write_vertices
-    from .pipeline import PVFinder
+    from .backends import get_backend
+    from .distributed import expand_inputs, plan_outputs, reconstruct_files
 
-    finder = PVFinder(_load_config(args.config, args.set), backend=args.backend)
-    tracks, vertices, elapsed = _reconstruct_file(args.input, finder, args.chunk_events)
-    rate = tracks.n_events / elapsed if elapsed > 0 else float("inf")
-    print(f"reconstructed {vertices.n_vertices} vertices in {tracks.n_events} events "
-          f"on {finder.backend.name} ({rate:,.0f} events/s including compilation)")
-    write_vertices(args.output, vertices)
-    print(f"wrote {args.output}")
-    truth = read_truth(args.input)
-    if truth is not None and not args.no_validate:
-        _print_validation(vertices, truth, args.plots)
-    return 0
+    config = _load_config(args.config, args.set)
+    schema = _track_schema(args)
+    inputs, errors = expand_inputs(args.inputs)
+    for message in errors:
+        print(f"pvfinder reconstruct: error: {message}", file=sys.stderr)
+    plan = plan_outputs(inputs, args.output, merge=args.merge)
+    where = f"Dask ({args.dask})" if args.dask else get_backend(args.backend).name
+    start = time.perf_counter()
+    try:
+        results = reconstruct_files(
+            plan, schema=schema, config=config, backend=args.backend,
+            step_size=int(args.step_size) if args.step_size.isdigit() else args.step_size,
+            with_weights=args.weights, compression=args.compression,
+            skip_existing=args.skip_existing, scheduler=args.dask,
+            progress=sys.stderr.isatty(), on_result=_reconstruct_file)
+    except ImportError as error:  # Dask asked for but not installed: the hint is the message
+        raise UsageError(str(error)) from None
+    elapsed = time.perf_counter() - start
+    n_events = sum(result.n_events for result in results)
+    rate = n_events / elapsed if elapsed > 0 else float("inf")
+    print(f"reconstructed {sum(result.n_vertices for result in results)} vertices in "
+          f"{n_events} events on {where} ({rate:,.0f} events/s including reading, writing "
+          "and compilation)")
+    for output in sorted({r.output for r in results if r.status == "done"}):
+        print(f"wrote {output}")
+    if not args.no_validate:
+        _validate_outputs(results, args.plots)
+    n_failed = len(errors) + sum(result.status == "failed" for result in results)
+    if n_failed:
+        print(f"{n_failed} input(s) failed (errors above)")
+    return 2 if n_failed else 0
 
 
 def _print_validation(vertices, truth, plots: str | None) -> None:
@@ -129,7 +183,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark, run_latency_benchmark
 
-    if args.latency:
+    if args.io:
+        from .benchmark_io import run_io_benchmark
+
+        result = run_io_benchmark(n_events=args.n_events, backend=args.backend, seed=args.seed,
+                                  progress=print)
+    elif args.latency:
         result = run_latency_benchmark(backend=args.backend, batch_sizes=args.batch,
                                        seed=args.seed, progress=print)
     else:
@@ -194,15 +253,41 @@ def _parser() -> argparse.ArgumentParser:
                           help="override a simulation condition (repeatable)")
     simulate.set_defaults(run=_cmd_simulate)
 
-    reconstruct = commands.add_parser("reconstruct", help="find the PVs of a ROOT file of tracks")
-    reconstruct.add_argument("input", help="ROOT file with a 'tracks' tree")
-    reconstruct.add_argument("-o", "--output", required=True, help="ROOT file for the vertices")
+    reconstruct = commands.add_parser(
+        "reconstruct", help="find the PVs of ROOT files of tracks",
+        description="Find the PVs of each input and write them; a bad input is reported and "
+                    "the others go on (exit code 2 at the end).")
+    reconstruct.add_argument("inputs", nargs="+", metavar="IN",
+                             help="ROOT files of tracks, or glob patterns ('dir/*.root')")
+    reconstruct.add_argument("-o", "--output", required=True,
+                             help="ROOT file (one input, or --merge) or directory (one "
+                                  "<stem>_pvs.root per input)")
+    reconstruct.add_argument("--merge", action="store_true",
+                             help="write every input's vertices into the one file OUTPUT")
+    reconstruct.add_argument("--skip-existing", action="store_true",
+                             help="leave outputs that exist (resume an interrupted run)")
     reconstruct.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda"])
     reconstruct.add_argument("--config", help="JSON or TOML file of PVFinderConfig fields")
     reconstruct.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                              help="override a PVFinderConfig field (repeatable)")
-    reconstruct.add_argument("--chunk-events", type=int, default=10000,
-                             help="events per batch handed to the finder")
+    reconstruct.add_argument("--schema", help="TOML or JSON file: tree, branches, event_ids, "
+                                              "fill_missing_covariance (see pvfinder.io)")
+    reconstruct.add_argument("--tree", help="tree of tracks (default: the schema's, 'tracks')")
+    reconstruct.add_argument("--branch", action="append", default=[], metavar="FIELD=BRANCH",
+                             help="read a track field from this branch (repeatable)")
+    reconstruct.add_argument("--fill-cov", action="append", default=[], metavar="FIELD=VALUE",
+                             help="fill a covariance term the input lacks (repeatable)")
+    reconstruct.add_argument("--step-size", "--chunk-events", default="100 MB",
+                             help="chunk read at a time: entries (10000) or bytes ('100 MB')")
+    reconstruct.add_argument("--weights", action="store_true",
+                             help="also write the track-vertex weights and each track's vertex")
+    reconstruct.add_argument("--compression", default="zstd",
+                             choices=["zstd", "lz4", "zlib", "lzma", "none"],
+                             help="codec of the output files (default zstd)")
+    reconstruct.add_argument("--dask", nargs="?", const="local", metavar="SCHEDULER",
+                             help="run on Dask: local:N worker processes or a scheduler "
+                                  "address (alone: one local worker per core); put it "
+                                  "after the inputs")
     reconstruct.add_argument("--plots", help="directory for validation plots")
     reconstruct.add_argument("--no-validate", action="store_true",
                              help="skip the validation table even if truth is present")
@@ -228,6 +313,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--latency", action="store_true",
                        help="per-call latency (median, 99th percentile) of a warmed-up finder "
                             "for small batches, as in a trigger loop")
+    bench.add_argument("--io", action="store_true",
+                       help="end-to-end reconstruct of -n simulated events in 4 ROOT files, "
+                            "one process and Dask local:2, with the share of time spent in I/O")
     bench.add_argument("--seed", type=int, default=7)
     bench.add_argument("-o", "--output", help="write the JSON here instead of printing it")
     bench.set_defaults(run=_cmd_bench)

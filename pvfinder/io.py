@@ -1,28 +1,45 @@
 """ROOT files of tracks, truth and vertices (uproot), with errors that name the problem.
 
-Layout written and read by default (all lengths in mm):
+Tracks are read from any TTree whose branches hold one list of numbers per entry (event) for
+each track field; a :class:`TrackSchema` says which branch holds which field. Reading goes in
+chunks (:func:`iterate_tracks`), and :class:`VertexWriter` appends vertices chunk by chunk,
+so memory stays bounded whatever the file size.
+
+Layout written by default (all lengths in mm):
 
 * tree ``tracks``: ``event_number`` (uint64), ``n_tracks`` (counter) and one jagged branch per
   track field of :data:`pvfinder.events.TRACK_FIELDS`; with truth also ``mc_pv`` (int32, index
   of the track's MC PV in the event, −1 for ghosts and displaced daughters).
 * tree ``truth``: ``event_number``, ``n_pvs`` (counter) and jagged ``x``, ``y``, ``z``,
   ``n_reconstructible`` of the MC PVs.
-* tree ``vertices``: ``event_number``, ``n_vertices`` (counter) and jagged branches of
-  :data:`pvfinder.events.VERTEX_FIELDS`; optionally ``weights`` per vertex flattened per
-  event with ``weight_counts`` giving each vertex's share.
+* tree ``vertices``: the input's event identifiers (``run_number``, ``event_number`` when
+  present, else ``event_number`` counting entries), ``n_vertices`` (counter) and jagged
+  branches of :data:`pvfinder.events.VERTEX_FIELDS` (float64).
+* tree ``vertex_weights`` (optional): the same identifiers; ``weight_counts`` (per vertex) and
+  ``weights`` (each vertex's weights over the event's input tracks, concatenated); when the
+  track counts are known also, per input track, ``vertex_index`` (the vertex giving it the
+  largest weight, −1 for none) and ``weight`` (that weight).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import os
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import awkward as ak
 import numpy as np
 import uproot
+from uproot.interpretation.jagged import AsJagged
+from uproot.interpretation.numerical import AsDtype
 
 from .events import (
+    _VARIANCE_FIELDS,
     MC_VERTEX_FIELDS,
     TRACK_FIELDS,
     VERTEX_FIELDS,
@@ -30,88 +47,492 @@ from .events import (
     MCVertices,
     TrackBatch,
     VertexBatch,
+    offsets_from_counts,
 )
 
-__all__ = ["read_tracks", "read_truth", "write_sample", "write_vertices", "read_vertices"]
+__all__ = [
+    "TrackChunk",
+    "TrackSchema",
+    "TrackSource",
+    "VertexWriter",
+    "inspect_tracks",
+    "iterate_tracks",
+    "read_tracks",
+    "read_truth",
+    "read_vertices",
+    "track_association",
+    "write_sample",
+    "write_vertices",
+]
 
-TRACKS_TREE, TRUTH_TREE, VERTICES_TREE = "tracks", "truth", "vertices"
+TRACKS_TREE, TRUTH_TREE, VERTICES_TREE, WEIGHTS_TREE = (
+    "tracks", "truth", "vertices", "vertex_weights")
+COVARIANCE_FIELDS = tuple(name for name in TRACK_FIELDS if name.startswith("cov_"))
+COMPRESSION = {"zlib": uproot.ZLIB(1), "lzma": uproot.LZMA(6), "zstd": uproot.ZSTD(1),
+               "lz4": uproot.LZ4(1), "none": None}
+DEFAULT_STEP_SIZE = "100 MB"
+PathLike = str | os.PathLike
 
 
-def _open(path: str | os.PathLike) -> Any:
+# -- schema --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackSchema:
+    """Where the track fields live in a TTree.
+
+    Parameters
+    ----------
+    tree : str
+        Name of the TTree (one entry per event).
+    branches : mapping of str to str
+        Field of :data:`~pvfinder.events.TRACK_FIELDS` → branch name; fields not given are
+        read from the branch of the same name. Each branch holds a list of numbers per entry.
+    event_ids : tuple of str
+        Branches identifying the event (one integer per entry), carried over to the vertex
+        file when the input has them.
+    fill_missing_covariance : mapping of str to float, optional
+        Covariance fields (``cov_*``) to fill with this value when the file lacks their
+        branch. Only filled when given: by default a missing branch is an error.
+
+    Examples
+    --------
+    >>> TrackSchema(tree="VeloTracks", branches={"x": "velo_x"}).branches["x"]
+    'velo_x'
+    """
+
+    tree: str = TRACKS_TREE
+    branches: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    event_ids: tuple[str, ...] = ("run_number", "event_number")
+    fill_missing_covariance: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.branches) - set(TRACK_FIELDS))
+        if unknown:
+            raise ValueError(f"track schema: unknown field(s) {', '.join(unknown)}; "
+                             f"fields are {', '.join(TRACK_FIELDS)}")
+        # Plain dicts (not mapping proxies) so that the schema pickles to Dask workers.
+        object.__setattr__(self, "branches", {name: str(self.branches.get(name, name))
+                                              for name in TRACK_FIELDS})
+        object.__setattr__(self, "event_ids", tuple(self.event_ids))
+        if self.fill_missing_covariance is not None:
+            object.__setattr__(self, "fill_missing_covariance",
+                               _checked_fill(self.fill_missing_covariance))
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> TrackSchema:
+        """From ``{"tree": ..., "branches": {...}, "event_ids": [...],
+        "fill_missing_covariance": {...}}`` (every key optional)."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(mapping) - known)
+        if unknown:
+            raise ValueError(f"track schema: unknown key(s) {', '.join(unknown)}; "
+                             f"keys are {', '.join(sorted(known))}")
+        return cls(**mapping)
+
+    @classmethod
+    def from_file(cls, path: PathLike) -> TrackSchema:
+        """Read a schema from a TOML (``.toml``) or JSON file (keys of :meth:`from_mapping`)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such file") from None
+        try:
+            if path.suffix == ".toml":
+                import tomllib
+
+                mapping = tomllib.loads(text)
+            else:
+                mapping = json.loads(text)
+        except ValueError as error:  # both parsers' errors derive from ValueError
+            raise ValueError(f"{path}: not a valid schema file ({error})") from None
+        try:
+            return cls.from_mapping(mapping)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
+
+
+def _checked_fill(fill: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for name, value in fill.items():
+        if name not in COVARIANCE_FIELDS:
+            raise ValueError(f"track schema: only covariance fields may be filled "
+                             f"({', '.join(COVARIANCE_FIELDS)}), got {name!r}")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"track schema: fill value of {name} must be a number, "
+                             f"got {value!r}") from None
+        if not math.isfinite(value) or (name in _VARIANCE_FIELDS and value < 0):
+            raise ValueError(f"track schema: fill value of {name} must be finite"
+                             f"{' and non-negative' if name in _VARIANCE_FIELDS else ''}, "
+                             f"got {value}")
+        out[name] = value
+    return out
+
+
+# -- opening files and checking trees ------------------------------------------------------
+
+
+def _check_root_header(path: Path) -> None:
+    """A ROOT file starts with ``root`` and records its own length: catch the wrong kind of
+    file and a truncated copy before uproot fails somewhere in the middle."""
+    with open(path, "rb") as file:
+        head = file.read(20)
+    if head[:4] != b"root":
+        raise ValueError(f"{path}: not a ROOT file (it does not start with 'root')")
+    version = int.from_bytes(head[4:8], "big")
+    end = int.from_bytes(head[12:20] if version >= 1_000_000 else head[12:16], "big")
+    size = path.stat().st_size
+    if size < end:
+        raise ValueError(f"{path}: truncated ROOT file ({size} bytes, but its header says {end})")
+
+
+def _open(path: PathLike) -> Any:
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    _check_root_header(path)
     try:
         return uproot.open(path)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 (uproot raises many kinds for damaged files)
         raise ValueError(f"{path}: not a readable ROOT file ({error})") from None
 
 
 def _tree(file: Any, path: Path, name: str) -> Any:
     if name not in file:
-        trees = ", ".join(sorted({key.split(";")[0] for key in file.keys()})) or "none"
+        trees = ", ".join(sorted({key.split(";")[0] for key in file})) or "none"
         raise ValueError(f"{path}: no tree {name!r} (trees in the file: {trees})")
-    return file[name]
+    tree = file[name]
+    if not isinstance(tree, uproot.TTree):
+        raise ValueError(  # noqa: TRY004 (a wrong file, not a wrong argument)
+            f"{path}: {name!r} is a {type(tree).__name__}, not a TTree")
+    return tree
 
 
-def _jagged_arrays(path: Path, tree: Any, fields: tuple[str, ...]) -> tuple[np.ndarray, dict]:
-    missing = [name for name in fields if name not in tree.keys()]
+def _require_branches(tree: Any, where: str, names: Iterable[str], *, jagged: bool = True,
+                      hint: str = "") -> None:
+    """Every branch exists and holds numbers: a list per entry (``jagged``) or one integer."""
+    names = list(names)
+    present = set(tree.keys())
+    missing = [name for name in names if name not in present]
     if missing:
-        raise ValueError(f"{path}:{tree.name}: missing branch(es) {', '.join(missing)}")
-    arrays = tree.arrays(list(fields), library="ak")
-    counts = None
+        raise ValueError(f"{where}: missing branch(es) {', '.join(missing)}{hint}")
+    for name in names:
+        interpretation = tree[name].interpretation
+        inner = interpretation.content if isinstance(interpretation, AsJagged) else None
+        if jagged:
+            ok = isinstance(inner, AsDtype) and inner.inner_shape == () and \
+                inner.to_dtype.kind in "iuf"
+            want = "a list of numbers per entry"
+        else:
+            ok = isinstance(interpretation, AsDtype) and interpretation.inner_shape == () and \
+                interpretation.to_dtype.kind in "iu"
+            want = "one integer per entry"
+        if not ok:
+            raise ValueError(f"{where}: branch {name!r} holds {tree[name].typename!r}, "
+                             f"not {want}")
+
+
+def _flatten_jagged(arrays: Mapping[str, ak.Array], where: str, entry_start: int = 0
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Shared offsets and flat values of jagged branches (numeric lists per entry, as
+    :func:`_require_branches` checked), raising when two branches disagree on an entry."""
+    offsets: np.ndarray | None = None
+    first = ""
     flat = {}
-    for name in fields:
-        array = arrays[name]
-        if array.ndim != 2:
-            raise ValueError(f"{path}:{tree.name}: branch {name!r} is not jagged per event")
-        these = ak.to_numpy(ak.num(array, axis=1))
-        if counts is None:
-            counts = these
-        elif not np.array_equal(counts, these):
-            event = int(np.flatnonzero(counts != these)[0])
-            raise ValueError(
-                f"{path}:{tree.name}: branch {name!r} has {these[event]} entries in event {event} "
-                f"but {fields[0]!r} has {counts[event]}"
-            )
-        flat[name] = ak.to_numpy(ak.flatten(array, axis=1))
-    return counts, flat
+    for name, array in arrays.items():
+        layout = ak.to_layout(array)
+        these = np.asarray(layout.offsets.data)
+        values = np.asarray(layout.content.data)[these[0] : these[-1]]
+        these = these - these[0]
+        if offsets is None:
+            offsets, first = these, name
+        elif not np.array_equal(offsets, these):
+            counts, other = np.diff(offsets), np.diff(these)
+            if len(counts) != len(other):
+                raise ValueError(f"{where}: branch {name!r} has {len(other)} entries but "
+                                 f"{first!r} has {len(counts)}")
+            entry = int(np.flatnonzero(counts != other)[0])
+            raise ValueError(f"{where}: branch {name!r} has {other[entry]} values in entry "
+                             f"{entry_start + entry} but branch {first!r} has {counts[entry]}")
+        flat[name] = values
+    if offsets is None:
+        raise ValueError(f"{where}: no jagged branch to read")
+    return offsets.astype(np.int64, copy=False), flat
 
 
-def _with_location(path: Path, tree: str, error: ValueError) -> ValueError:
-    return ValueError(f"{path}:{tree}: {error}")
+# -- reading tracks ------------------------------------------------------------------------
 
 
-def read_tracks(path: str | os.PathLike, tree: str = TRACKS_TREE) -> TrackBatch:
-    """Read every event's tracks from ``path`` (layout in this module's docstring).
+@dataclasses.dataclass(frozen=True)
+class TrackChunk:
+    """Consecutive entries of one tree of tracks.
+
+    Attributes
+    ----------
+    tracks : TrackBatch
+        The entries' tracks, one event per entry.
+    event_ids : dict of str to numpy.ndarray
+        The entries' identifiers (the schema's ``event_ids`` branches present in the file;
+        ``event_number`` counting entries from 0 when it has none).
+    path, tree : Path, str
+        Where they were read.
+    entry_start, entry_stop : int
+        Entry range in the tree.
+    """
+
+    tracks: TrackBatch
+    event_ids: dict[str, np.ndarray]
+    path: Path
+    tree: str
+    entry_start: int
+    entry_stop: int
+
+    @property
+    def n_events(self) -> int:
+        return self.entry_stop - self.entry_start
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackSource:
+    """A tree of tracks checked against a schema: which branch to read for each field.
+
+    Get one from :func:`inspect_tracks`; it holds no open file, so it pickles to Dask
+    workers, whose partitions it turns into :class:`TrackChunk` with :meth:`chunk`.
+
+    Attributes
+    ----------
+    path : str
+        The file.
+    tree : str
+        The tree.
+    n_entries : int
+        Its number of entries.
+    branches : dict of str to str
+        Field → branch, for the fields read from the file.
+    filled : dict of str to float
+        Covariance fields filled with a constant because the file lacks them.
+    event_ids : dict of str to str
+        Event-identifier branches present in the tree, with their numpy dtype.
+    """
+
+    path: str
+    tree: str
+    n_entries: int
+    branches: dict[str, str]
+    filled: dict[str, float]
+    event_ids: dict[str, str]
+
+    @property
+    def read_branches(self) -> list[str]:
+        """Every branch to read: the fields' and the event identifiers'."""
+        return [*self.branches.values(), *self.event_ids]
+
+    @property
+    def where(self) -> str:
+        """``file:tree``, the prefix of error messages."""
+        return f"{self.path}:{self.tree}"
+
+    def chunk(self, arrays: Mapping[str, Any], entry_start: int) -> TrackChunk:
+        """Turn the arrays read for :attr:`read_branches` (entries from ``entry_start``) into
+        a :class:`TrackChunk`.
+
+        Raises
+        ------
+        ValueError
+            Naming file, tree, branch and entry for branches of different lengths in an
+            entry, or a non-finite state or negative variance.
+        """
+        offsets, flat = _flatten_jagged({branch: arrays[branch] for branch in self.branches.values()},
+                                        self.where, entry_start)
+        fields = {field: flat[branch] for field, branch in self.branches.items()}
+        dtype = fields["x"].dtype
+        for field, value in self.filled.items():
+            fields[field] = np.full(int(offsets[-1]), value, dtype=dtype)
+        n_events = len(offsets) - 1
+        ids = {name: ak.to_numpy(arrays[name]).astype(dtype, copy=False)
+               for name, dtype in self.event_ids.items()} or {
+            "event_number": np.arange(entry_start, entry_start + n_events, dtype=np.uint64)}
+        try:
+            tracks = TrackBatch.from_arrays(offsets=offsets, **fields)
+        except ValueError as error:
+            raise self._located(error, fields, offsets, entry_start) from None
+        return TrackChunk(tracks, ids, Path(self.path), self.tree, entry_start,
+                          entry_start + n_events)
+
+    def _located(self, error: ValueError, fields: dict[str, np.ndarray], offsets: np.ndarray,
+                 entry_start: int) -> ValueError:
+        """``error`` restated with the branch and entry of the first bad value."""
+        for field, values in fields.items():
+            bad = ~np.isfinite(values)
+            if field in _VARIANCE_FIELDS:
+                bad |= values < 0
+            hits = np.flatnonzero(bad)
+            if hits.size:
+                index = int(hits[0])
+                event = int(np.searchsorted(offsets, index, side="right") - 1)
+                origin = (f"branch {self.branches[field]!r}" if field in self.branches
+                          else f"filled field {field!r}")
+                return ValueError(
+                    f"{self.where}: {origin} is {values[index]} in entry {entry_start + event} "
+                    f"(track {index - offsets[event]} of that entry); track states must be "
+                    "finite and variances non-negative")
+        return ValueError(f"{self.where}: entries {entry_start}–{entry_start + len(offsets) - 2}"
+                          f": {error}")
+
+    def iterate(self, tree: Any, step_size: int | str = DEFAULT_STEP_SIZE
+                ) -> Iterator[TrackChunk]:
+        """Chunks of the open ``tree`` (uproot's ``iterate``), ``step_size`` entries or bytes
+        (``"100 MB"``) at a time."""
+        # zlib and friends release the GIL: baskets decompress on every core.
+        with ThreadPoolExecutor(os.cpu_count()) as executor:
+            reading = tree.iterate(self.read_branches, step_size=step_size, how=dict,
+                                   report=True, decompression_executor=executor)
+            start = 0
+            while True:
+                try:
+                    arrays, report = next(reading)
+                except StopIteration:
+                    return
+                except Exception as error:  # noqa: BLE001 (damaged baskets raise zlib, OS
+                    # and uproot errors alike)
+                    raise ValueError(f"{self.where}: cannot read the entries from {start} on "
+                                     f"({type(error).__name__}: {error})") from None
+                start = report.tree_entry_stop
+                yield self.chunk(arrays, report.tree_entry_start)
+
+
+def _track_source(file: Any, path: Path, schema: TrackSchema) -> TrackSource:
+    tree = _tree(file, path, schema.tree)
+    where = f"{path}:{schema.tree}"
+    fill = schema.fill_missing_covariance or {}
+    present = set(tree.keys())
+    filled = {field: value for field, value in fill.items()
+              if schema.branches[field] not in present}
+    branches = {field: branch for field, branch in schema.branches.items()
+                if field not in filled}
+    hint = ("; name each field's branch in the track schema (--branch FIELD=BRANCH)"
+            + ("" if fill else " or fill missing covariance terms (--fill-cov FIELD=VALUE)"))
+    _require_branches(tree, where, branches.values(), hint=hint)
+    id_names = [name for name in schema.event_ids if name in present]
+    _require_branches(tree, where, id_names, jagged=False)
+    event_ids = {name: str(tree[name].interpretation.to_dtype) for name in id_names}
+    return TrackSource(str(path), schema.tree, int(tree.num_entries), branches, filled,
+                       event_ids)
+
+
+def inspect_tracks(path: PathLike, schema: TrackSchema | None = None) -> TrackSource:
+    """Open ``path`` and check its tree of tracks against ``schema`` (default: our layout).
 
     Raises
     ------
     FileNotFoundError, ValueError
-        Naming the file, tree, branch and event of the problem.
+        Naming the file, tree and branch: missing file, not a ROOT file or a truncated one,
+        missing tree or branch, a branch that does not hold numbers per entry.
     """
     path = Path(path)
     with _open(path) as file:
-        counts, flat = _jagged_arrays(path, _tree(file, path, tree), TRACK_FIELDS)
-    try:
-        return TrackBatch.from_arrays(counts=counts, **flat)
-    except ValueError as error:
-        raise _with_location(path, tree, error) from None
+        return _track_source(file, path, schema or TrackSchema())
 
 
-def read_truth(path: str | os.PathLike) -> MCTruth | None:
+def iterate_tracks(paths: PathLike | Iterable[PathLike], schema: TrackSchema | None = None,
+                   step_size: int | str = DEFAULT_STEP_SIZE) -> Iterator[TrackChunk]:
+    """Read the tracks of one or more files in chunks, so that memory stays bounded.
+
+    Parameters
+    ----------
+    paths : path or iterable of paths
+        ROOT files, read one after the other.
+    schema : TrackSchema, optional
+        Tree and branches to read (default: this package's layout).
+    step_size : int or str
+        Entries per chunk, or a size such as ``"100 MB"`` (of uncompressed data).
+
+    Yields
+    ------
+    TrackChunk
+        Tracks and event identifiers of consecutive entries, with their file and entry range.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        As :func:`inspect_tracks`, and naming the entry for unreadable data, branches of
+        different lengths in an entry, non-finite states and negative variances.
+    """
+    schema = schema or TrackSchema()
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        path = Path(path)
+        with _open(path) as file:
+            source = _track_source(file, path, schema)
+            yield from source.iterate(file[source.tree], step_size)
+
+
+def read_tracks(path: PathLike, tree: str | None = None,
+                schema: TrackSchema | None = None) -> TrackBatch:
+    """Read every event's tracks from ``path`` at once.
+
+    Parameters
+    ----------
+    path : path
+        ROOT file.
+    tree : str, optional
+        Tree name, overriding the schema's.
+    schema : TrackSchema, optional
+        Tree and branches (default: this package's layout).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Naming the file, tree, branch and entry of the problem (see :func:`iterate_tracks`).
+    """
+    schema = schema or TrackSchema()
+    if tree is not None:
+        schema = dataclasses.replace(schema, tree=tree)
+    path = Path(path)
+    with _open(path) as file:
+        source = _track_source(file, path, schema)
+        chunks = list(source.iterate(file[source.tree], step_size=max(source.n_entries, 1)))
+    if chunks:
+        return chunks[0].tracks
+    return TrackBatch.from_arrays(counts=np.zeros(0, np.int64),
+                                  **{name: np.zeros(0) for name in TRACK_FIELDS})
+
+
+# -- truth ---------------------------------------------------------------------------------
+
+
+def _read_jagged(tree: Any, where: str, names: tuple[str, ...]
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    _require_branches(tree, where, names)
+    return _flatten_jagged(tree.arrays(list(names), how=dict), where)
+
+
+def read_truth(path: PathLike) -> MCTruth | None:
     """Read the MC truth written by :func:`write_sample`, or ``None`` when the file has none."""
     path = Path(path)
     with _open(path) as file:
         if TRUTH_TREE not in file:
             return None
-        counts, flat = _jagged_arrays(path, _tree(file, path, TRUTH_TREE), MC_VERTEX_FIELDS)
-        _, labels = _jagged_arrays(path, _tree(file, path, TRACKS_TREE), ("mc_pv",))
+        where = f"{path}:{TRUTH_TREE}"
+        offsets, flat = _read_jagged(_tree(file, path, TRUTH_TREE), where, MC_VERTEX_FIELDS)
+        _, labels = _read_jagged(_tree(file, path, TRACKS_TREE), f"{path}:{TRACKS_TREE}",
+                                 ("mc_pv",))
     try:
-        vertices = MCVertices.from_arrays(counts=counts, **flat)
+        vertices = MCVertices.from_arrays(offsets=offsets, **flat)
     except ValueError as error:
-        raise _with_location(path, TRUTH_TREE, error) from None
+        raise ValueError(f"{where}: {error}") from None
     return MCTruth(vertices, labels["mc_pv"].astype(np.int32))
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def _compression(name: str) -> Any:
+    if name not in COMPRESSION:
+        raise ValueError(f"unknown compression {name!r}; choose one of {', '.join(COMPRESSION)}")
+    return COMPRESSION[name]
 
 
 def _jagged(batch: Any, fields: tuple[str, ...], dtype: Any) -> dict[str, ak.Array]:
@@ -127,10 +548,7 @@ def _write_tree(file: Any, name: str, counter: str, jagged: dict[str, ak.Array],
     file[name].extend({"event_number": event_number, **jagged})
 
 
-COMPRESSION = {"zlib": uproot.ZLIB(1), "lzma": uproot.LZMA(6)}
-
-
-def write_sample(path: str | os.PathLike, tracks: TrackBatch, truth: MCTruth | None = None,
+def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = None,
                  *, precision: Any = np.float32, compression: str = "zlib") -> None:
     """Write tracks (and truth) in the layout of this module.
 
@@ -138,14 +556,13 @@ def write_sample(path: str | os.PathLike, tracks: TrackBatch, truth: MCTruth | N
     ----------
     precision : numpy dtype
         How floats are stored (float32 by default, as LHCb stores track states).
-    compression : {"zlib", "lzma"}
-        ``zlib`` (fast, the default) or ``lzma`` (about a third smaller, several times slower;
-        used for the bundled sample).
+    compression : {"zlib", "lzma", "zstd", "lz4", "none"}
+        ``zlib`` (the default) or ``lzma`` (about a third smaller, several times slower;
+        used for the bundled sample); ``zstd`` and ``lz4`` read and write faster.
     """
-    if compression not in COMPRESSION:
-        raise ValueError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSION)}")
+    codec = _compression(compression)
     event_number = np.arange(tracks.n_events, dtype=np.uint64)
-    with uproot.recreate(path, compression=COMPRESSION[compression]) as file:
+    with uproot.recreate(path, compression=codec) as file:
         jagged = _jagged(tracks, TRACK_FIELDS, precision)
         if truth is not None:
             truth.check_matches(tracks)
@@ -160,33 +577,202 @@ def write_sample(path: str | os.PathLike, tracks: TrackBatch, truth: MCTruth | N
             _write_tree(file, TRUTH_TREE, "n_pvs", jagged, event_number)
 
 
-def write_vertices(path: str | os.PathLike, vertices: VertexBatch, *,
-                   with_weights: bool = True) -> None:
-    """Write reconstructed vertices (float64) to the tree ``vertices`` of a new file."""
-    vertices = vertices.to_host()
-    event_number = np.arange(vertices.n_events, dtype=np.uint64)
-    jagged = _jagged(vertices, VERTEX_FIELDS, np.float64)
-    with uproot.recreate(path) as file:
-        _write_tree(file, VERTICES_TREE, "n_vertices", jagged, event_number)
-        if with_weights and vertices.weights is not None:
-            per_event = np.diff(vertices.weight_offsets[vertices.offsets])
-            file["vertex_weights"] = {
-                "event_number": event_number,
-                "weight_counts": ak.unflatten(np.diff(vertices.weight_offsets).astype(np.int32),
-                                              vertices.counts),
-                "weights": ak.unflatten(vertices.weights, per_event),
-            }
+def track_association(vertices: VertexBatch, track_counts: Any) -> tuple[np.ndarray, np.ndarray]:
+    """For each input track, the vertex that gives it the largest weight and that weight.
+
+    Parameters
+    ----------
+    vertices : VertexBatch
+        Vertices with weights (host arrays).
+    track_counts : array of int, shape (n_events,)
+        Number of input tracks of each event.
+
+    Returns
+    -------
+    vertex_index : numpy.ndarray of int32, shape (n_tracks,)
+        Index of the vertex within its event, −1 when no vertex gives the track a weight
+        above 0 (ties go to the first vertex in z).
+    weight : numpy.ndarray of float64, shape (n_tracks,)
+        The track's weight in that vertex (0 for −1).
+    """
+    track_offsets = offsets_from_counts(track_counts, "track counts")
+    vertex_event = np.repeat(np.arange(vertices.n_events), vertices.counts)
+    weight_counts = np.diff(vertices.weight_offsets)
+    if len(track_offsets) != len(vertices.offsets) or not np.array_equal(
+            weight_counts, np.diff(track_offsets)[vertex_event]):
+        raise ValueError("vertices: the weights do not match the given track counts")
+    # Each weight belongs to one vertex and, through its position in the vertex's row, to
+    # one track of the event: scatter the rows onto the tracks.
+    row_start = track_offsets[vertex_event] - vertices.weight_offsets[:-1]
+    weights = vertices.weights
+    track = np.arange(len(weights)) + np.repeat(row_start, weight_counts)
+    best = np.zeros(int(track_offsets[-1]))
+    np.maximum.at(best, track, weights)
+    chosen = np.flatnonzero((weights > 0) & (weights == best[track]))
+    local = (np.arange(vertices.n_vertices) - vertices.offsets[vertex_event]).astype(np.int32)
+    chosen_vertex = np.searchsorted(vertices.weight_offsets, chosen, side="right") - 1
+    unset = np.iinfo(np.int32).max
+    index = np.full(len(best), unset, dtype=np.int32)
+    np.minimum.at(index, track[chosen], local[chosen_vertex])
+    index[index == unset] = -1
+    return index, best
 
 
-def read_vertices(path: str | os.PathLike) -> VertexBatch:
-    """Read vertices written by :func:`write_vertices` (weights included when present)."""
+class VertexWriter:
+    """Append vertices to a new ROOT file chunk by chunk (layout in this module's docstring).
+
+    The file is written under ``<path>.part`` and renamed to ``path`` by :meth:`close`, so an
+    interrupted run never leaves a half-written file that looks finished. Used as a context
+    manager it closes on success and discards the partial file on an exception.
+
+    Parameters
+    ----------
+    path : path
+        The finished file.
+    with_weights : bool
+        Also write the tree ``vertex_weights``.
+    compression : {"zstd", "lz4", "zlib", "lzma", "none"}
+        Codec of the baskets; ``zstd`` (the default) is fast and readable by ROOT ≥ 6.20.
+
+    Examples
+    --------
+    >>> with VertexWriter("pvs.root") as writer:                # doctest: +SKIP
+    ...     for chunk in iterate_tracks("tracks.root"):
+    ...         writer.write(finder(chunk.tracks), chunk.event_ids, chunk.tracks.counts)
+    """
+
+    def __init__(self, path: PathLike, *, with_weights: bool = False,
+                 compression: str = "zstd") -> None:
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".part")
+        self.with_weights = with_weights
+        self.n_events = self.n_vertices = 0
+        self._file = uproot.recreate(self.partial, compression=_compression(compression))
+        self._ids: dict[str, np.dtype] | None = None
+        self._per_track: bool | None = None
+
+    def write(self, vertices: VertexBatch, event_ids: Mapping[str, Any] | None = None,
+              track_counts: Any = None) -> None:
+        """Append the vertices of consecutive events.
+
+        Parameters
+        ----------
+        vertices : VertexBatch
+            The events' vertices (with weights when the writer writes them).
+        event_ids : mapping of str to array, optional
+            One integer per event for each identifier branch (the same names in every call);
+            without it ``event_number`` counts the events written.
+        track_counts : array of int, optional
+            Input tracks per event; needed for the per-track ``vertex_index`` and ``weight``.
+        """
+        vertices = vertices.to_host()
+        n_events = vertices.n_events
+        if event_ids is None:
+            event_ids = {"event_number": np.arange(self.n_events, self.n_events + n_events,
+                                                   dtype=np.uint64)}
+        ids = {name: np.asarray(values) for name, values in event_ids.items()}
+        if self._ids is None:
+            self._create(ids, track_counts is not None)
+        elif list(ids) != list(self._ids) or (
+                self.with_weights and (track_counts is not None) != self._per_track):
+            raise ValueError(f"{self.path}: every chunk must bring the same event identifiers "
+                             f"({', '.join(self._ids)}) and track counts as the first")
+        if n_events:
+            ids = {name: values.astype(self._ids[name], copy=False)
+                   for name, values in ids.items()}
+            self._file[VERTICES_TREE].extend({**ids, **_jagged(vertices, VERTEX_FIELDS,
+                                                                np.float64)})
+            if self.with_weights:
+                self._file[WEIGHTS_TREE].extend({**ids, **_weight_branches(vertices,
+                                                                           track_counts)})
+        self.n_events += n_events
+        self.n_vertices += vertices.n_vertices
+
+    def _create(self, ids: dict[str, np.ndarray], per_track: bool) -> None:
+        self._ids = {name: values.dtype for name, values in ids.items()}
+        self._per_track = per_track
+        jagged = {name: _var("float64") for name in VERTEX_FIELDS}
+        self._file.mktree(VERTICES_TREE, {**self._ids, **jagged},
+                          counter_name=lambda _: "n_vertices")
+        if self.with_weights:
+            branches = {"weight_counts": _var("int32"), "weights": _var("float64")}
+            if per_track:
+                branches.update(vertex_index=_var("int32"), weight=_var("float64"))
+            counters = {"weight_counts": "n_vertices", "weights": "n_weights",
+                        "vertex_index": "n_tracks", "weight": "n_tracks"}
+            self._file.mktree(WEIGHTS_TREE, {**self._ids, **branches},
+                              counter_name=counters.__getitem__)
+
+    def close(self) -> Path:
+        """Finish the file and give it its name; returns that name."""
+        if self._ids is None:  # nothing written: still a valid, empty vertex file
+            self._create({"event_number": np.zeros(0, np.uint64)}, False)
+        self._file.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Drop the partial file."""
+        self._file.close()
+        self.partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> VertexWriter:  # noqa: PYI034 (Self needs Python 3.11)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
+
+
+def _var(dtype: str) -> ak.types.ListType:
+    """A jagged branch type; built, not parsed from ``"var * float64"``, which costs uproot
+    about 10 ms per branch."""
+    return ak.types.ListType(ak.types.NumpyType(dtype))
+
+
+def _weight_branches(vertices: VertexBatch, track_counts: Any) -> dict[str, ak.Array]:
+    if vertices.weights is None:
+        raise ValueError("vertices: the writer writes weights but the batch has none")
+    per_event = np.diff(vertices.weight_offsets[vertices.offsets])
+    branches = {
+        "weight_counts": ak.unflatten(np.diff(vertices.weight_offsets).astype(np.int32),
+                                      vertices.counts),
+        "weights": ak.unflatten(vertices.weights, per_event),
+    }
+    if track_counts is not None:
+        index, weight = track_association(vertices, track_counts)
+        branches["vertex_index"] = ak.unflatten(index, track_counts)
+        branches["weight"] = ak.unflatten(weight, track_counts)
+    return branches
+
+
+def write_vertices(path: PathLike, vertices: VertexBatch, *, with_weights: bool = True,
+                   event_ids: Mapping[str, Any] | None = None, track_counts: Any = None,
+                   compression: str = "zstd") -> None:
+    """Write reconstructed vertices (float64) to a new file in one go (see
+    :class:`VertexWriter` for the parameters; weights are written when the batch has them)."""
+    with VertexWriter(path, with_weights=with_weights and vertices.weights is not None,
+                      compression=compression) as writer:
+        writer.write(vertices, event_ids, track_counts)
+
+
+def read_vertices(path: PathLike, *, weights: bool = True) -> VertexBatch:
+    """Read vertices written by :class:`VertexWriter` (with the weights when present and
+    ``weights``)."""
     path = Path(path)
     with _open(path) as file:
-        counts, flat = _jagged_arrays(path, _tree(file, path, VERTICES_TREE), VERTEX_FIELDS)
-        weights = weight_counts = None
-        if "vertex_weights" in file:
-            extra = file["vertex_weights"].arrays(["weight_counts", "weights"])
-            weight_counts = ak.to_numpy(ak.flatten(extra["weight_counts"]))
-            weights = ak.to_numpy(ak.flatten(extra["weights"]))
-    return VertexBatch.from_arrays(counts=counts, weights=weights, weight_counts=weight_counts,
-                                   **flat)
+        where = f"{path}:{VERTICES_TREE}"
+        offsets, flat = _read_jagged(_tree(file, path, VERTICES_TREE), where, VERTEX_FIELDS)
+        weight_counts = weight_values = None
+        if weights and WEIGHTS_TREE in file:
+            tree, where_weights = _tree(file, path, WEIGHTS_TREE), f"{path}:{WEIGHTS_TREE}"
+            # per-vertex counts and per-event weights: two different jaggednesses
+            weight_counts = _read_jagged(tree, where_weights, ("weight_counts",))[1]["weight_counts"]
+            weight_values = _read_jagged(tree, where_weights, ("weights",))[1]["weights"]
+    try:
+        return VertexBatch.from_arrays(offsets=offsets, weights=weight_values,
+                                       weight_counts=weight_counts, **flat)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 
+import numpy as np
 import pytest
+import uproot
 
+from pvfinder import find_vertices
 from pvfinder.cli import main
+from pvfinder.events import TRACK_FIELDS
+from pvfinder.io import read_tracks, read_vertices
+
+from .test_io import write_tree
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +70,134 @@ def test_info_names_backends(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "cpu    available" in out and "cuda" in out and "'auto' selects" in out
+
+
+# -- reconstruct: many files, schemas, bad inputs, resuming ---------------------------------
+
+
+@pytest.fixture
+def two_files(sample_file, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.root", "b.root"):
+        shutil.copy(sample_file, folder / name)
+    return sorted(folder.iterdir())
+
+
+def test_reconstruct_many_files_to_a_directory(two_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    pattern = str(two_files[0].parent / "*.root")
+    assert main(["reconstruct", pattern, "-o", str(out), "--backend", "cpu",
+                 "--step-size", "64", "--weights"]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["a_pvs.root", "b_pvs.root"]
+    assert printed.count("== ") == 2 and printed.lower().count("efficiency") >= 2
+    assert "reconstructed" in printed and "events/s" in printed
+    expected = find_vertices(read_tracks(two_files[0]), backend="cpu")
+    for path in out.iterdir():
+        found = read_vertices(path)
+        np.testing.assert_array_equal(found.z, expected.z)
+        np.testing.assert_array_equal(found.weights, expected.weights)
+        assert "vertex_index" in uproot.open(path)["vertex_weights"]
+
+
+def test_reconstruct_merge_into_one_file(two_files, tmp_path, capsys):
+    merged = tmp_path / "merged.root"
+    args = ["reconstruct", *map(str, two_files), "-o", str(merged), "--merge", "--backend",
+            "cpu", "--no-validate"]
+    assert main(args) == 0
+    assert "efficiency" not in capsys.readouterr().out.lower()
+    vertices = read_vertices(merged)
+    assert vertices.n_events == 400
+    np.testing.assert_array_equal(vertices.counts[:200], vertices.counts[200:])
+
+
+def test_bad_input_is_reported_and_the_rest_go_on(two_files, tmp_path, capsys):
+    notes = tmp_path / "notes.root"
+    notes.write_text("not ROOT")
+    out = tmp_path / "out"
+    args = ["reconstruct", str(two_files[0]), str(notes), str(tmp_path / "none" / "*.root"),
+            "-o", str(out), "--backend", "cpu", "--no-validate"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 2 and "Traceback" not in captured.err
+    assert errors[0].startswith("pvfinder reconstruct: error: ") and "no file matches" in errors[0]
+    assert f"{notes}: not a ROOT file" in errors[1]
+    assert "2 input(s) failed" in captured.out
+    assert [p.name for p in out.iterdir()] == ["a_pvs.root"]
+
+
+def test_skip_existing_resumes(two_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["reconstruct", *map(str, two_files), "-o", str(out), "--backend", "cpu",
+            "--no-validate", "--skip-existing"]
+    assert main(args) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (out / "b_pvs.root").unlink()
+    assert main(args) == 0
+    assert f"{two_files[0]}: skipped" in capsys.readouterr().out
+    assert (out / "a_pvs.root").stat().st_mtime_ns == first["a_pvs.root"]
+    assert (out / "b_pvs.root").exists()
+
+
+def test_interrupted_run_leaves_no_finished_looking_file(sample_file, tmp_path, monkeypatch):
+    from pvfinder.pipeline import PVFinder
+
+    calls = []
+
+    def interrupted(self, tracks, **kwargs):
+        calls.append(tracks.n_events)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return PVFinder.run(self, tracks, **kwargs)
+
+    monkeypatch.setattr(PVFinder, "__call__", interrupted)
+    output = tmp_path / "pvs.root"
+    args = ["reconstruct", str(sample_file), "-o", str(output), "--backend", "cpu",
+            "--step-size", "50"]
+    assert main(args) == 130
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_branch_tree_and_fill_options(sample_file, tmp_path, capsys):
+    tracks = read_tracks(sample_file)
+    kept = {f"velo_{n}": np.asarray(getattr(tracks, n)) for n in TRACK_FIELDS
+            if n not in ("cov_xtx", "cov_yty")}
+    path = write_tree(tmp_path / "velo.root", kept, tracks.counts, tree="Velo")
+    branches = [arg for n in TRACK_FIELDS if f"velo_{n}" in kept
+                for arg in ("--branch", f"{n}=velo_{n}")]
+    base = ["reconstruct", str(path), "--backend", "cpu", "--tree", "Velo", *branches]
+    assert main([*base, "-o", str(tmp_path / "no.root")]) == 2
+    assert "missing branch(es) cov_xtx, cov_yty" in capsys.readouterr().err
+    filled = tmp_path / "filled.root"
+    assert main([*base, "-o", str(filled), "--fill-cov", "cov_xtx=0", "--fill-cov",
+                 "cov_yty=0"]) == 0
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"tree": "Velo",
+                                  "branches": {n: f"velo_{n}" for n in TRACK_FIELDS},
+                                  "fill_missing_covariance": {"cov_xtx": 0, "cov_yty": 0}}))
+    from_schema = tmp_path / "schema.root"
+    assert main(["reconstruct", str(path), "-o", str(from_schema), "--schema", str(schema),
+                 "--backend", "cpu"]) == 0
+    np.testing.assert_array_equal(read_vertices(filled).z, read_vertices(from_schema).z)
+    assert read_vertices(filled).n_vertices > 0.9 * find_vertices(tracks, backend="cpu").n_vertices
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--branch", "x"], "--branch expects FIELD=BRANCH"),
+        (["--branch", "q=velo_q"], "unknown field(s) q"),
+        (["--fill-cov", "cov_xx=-1"], "must be finite and non-negative"),
+        (["--dask", "local:0"], "positive number of workers"),
+        (["--schema", "nope.toml"], "nope.toml: no such file"),
+    ],
+)
+def test_reconstruct_option_mistakes_are_one_line_errors(extra, message, sample_file, tmp_path,
+                                                         capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["reconstruct", str(sample_file), "-o", "x.root", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.root").exists()

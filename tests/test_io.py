@@ -1,15 +1,65 @@
-"""ROOT I/O: round trips and errors that name file, tree, branch and event."""
+"""ROOT I/O: round trips, schemas, chunked reading and writing, and errors that name file,
+tree, branch and entry."""
 
 from __future__ import annotations
+
+import json
+import re
 
 import awkward as ak
 import numpy as np
 import pytest
 import uproot
 
-from pvfinder import find_vertices
-from pvfinder.events import TRACK_FIELDS, VERTEX_FIELDS
-from pvfinder.io import read_tracks, read_truth, read_vertices, write_sample, write_vertices
+from pvfinder import PVFinder, find_vertices
+from pvfinder.events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch
+from pvfinder.io import (
+    TrackSchema,
+    VertexWriter,
+    inspect_tracks,
+    iterate_tracks,
+    read_tracks,
+    read_truth,
+    read_vertices,
+    track_association,
+    write_sample,
+    write_vertices,
+)
+
+
+def write_tree(path, flat_values, counts, flat=None, tree="tracks"):
+    """A tree of jagged branches sharing one counter (``counts``), plus one-per-entry ``flat``."""
+    jagged = {name: ak.unflatten(values, counts) for name, values in flat_values.items()}
+    flat = flat or {}
+    with uproot.recreate(path) as file:
+        file.mktree(tree, {**{k: v.dtype for k, v in flat.items()},
+                           **{k: v.type for k, v in jagged.items()}},
+                    counter_name=lambda _: "n_tracks")
+        file[tree].extend({**flat, **jagged})
+    return path
+
+
+def assert_same_vertices(found: VertexBatch, expected: VertexBatch, weights: bool = True):
+    np.testing.assert_array_equal(found.offsets, expected.offsets)
+    for name in VERTEX_FIELDS:
+        np.testing.assert_array_equal(getattr(found, name), getattr(expected, name), err_msg=name)
+    if weights:
+        np.testing.assert_array_equal(found.weights, expected.weights)
+        np.testing.assert_array_equal(found.weight_offsets, expected.weight_offsets)
+
+
+@pytest.fixture(scope="module")
+def small():
+    from pvfinder.simulation import simulate
+
+    return simulate(200, seed=3)
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory, small):
+    path = tmp_path_factory.mktemp("io") / "small.root"
+    write_sample(path, small.tracks, small.truth, precision=np.float64)
+    return path
 
 
 def test_sample_round_trip(tmp_path, sample):
@@ -29,12 +79,8 @@ def test_vertices_round_trip(tmp_path, sample):
     vertices = find_vertices(sample.tracks.select_events(0, 20), backend="cpu")
     path = tmp_path / "pvs.root"
     write_vertices(path, vertices)
-    again = read_vertices(path)
-    np.testing.assert_array_equal(again.offsets, vertices.offsets)
-    for name in VERTEX_FIELDS:
-        np.testing.assert_array_equal(getattr(again, name), getattr(vertices, name))
-    np.testing.assert_array_equal(again.weights, vertices.weights)
-    np.testing.assert_array_equal(again.weight_offsets, vertices.weight_offsets)
+    assert_same_vertices(read_vertices(path), vertices)
+    assert read_vertices(path, weights=False).weights is None
 
 
 def test_file_without_truth(tmp_path, sample):
@@ -43,13 +89,185 @@ def test_file_without_truth(tmp_path, sample):
     assert read_truth(path) is None
 
 
-def test_missing_file_and_not_root(tmp_path):
+def test_round_trip_in_chunks_matches_in_memory_run(tmp_path, small, small_file):
+    """simulate → write → read in chunks → reconstruct → write → read == the in-memory run."""
+    expected = find_vertices(small.tracks, backend="cpu")
+    finder = PVFinder(backend="cpu")
+    output = tmp_path / "pvs.root"
+    starts = []
+    with VertexWriter(output, with_weights=True) as writer:
+        for chunk in iterate_tracks(small_file, step_size=37):
+            starts.append((chunk.entry_start, chunk.entry_stop))
+            writer.write(finder(chunk.tracks), chunk.event_ids, chunk.tracks.counts)
+    assert starts == [(s, min(s + 37, 200)) for s in range(0, 200, 37)]
+    assert_same_vertices(read_vertices(output), expected)
+    branches = uproot.open(output)["vertices"].arrays(["event_number", "n_vertices"], library="np")
+    np.testing.assert_array_equal(branches["event_number"], np.arange(200))
+    np.testing.assert_array_equal(branches["n_vertices"], expected.counts)
+
+
+def test_step_size_in_bytes_bounds_the_chunks(small_file):
+    chunks = list(iterate_tracks([small_file, small_file], step_size="300 kB"))
+    per_file = [c for c in chunks if c.entry_start == 0]
+    assert len(per_file) == 2 and len(chunks) > 4
+    assert max(c.n_events for c in chunks) < 200
+    assert sum(c.n_events for c in chunks) == 400
+    assert sum(c.tracks.n_tracks for c in chunks) == 2 * read_tracks(small_file).n_tracks
+
+
+def test_track_association_picks_the_heaviest_vertex():
+    # event 0: 2 vertices × 3 tracks; event 1: no vertex, 2 tracks; event 2: 1 vertex × 1 track
+    vertices = VertexBatch.from_arrays(
+        counts=[2, 0, 1],
+        weights=[0.9, 0.0, 0.3, 0.1, 0.0, 0.3, 0.7], weight_counts=[3, 3, 1],
+        **{name: np.zeros(3) for name in VERTEX_FIELDS})
+    index, weight = track_association(vertices, [3, 2, 1])
+    np.testing.assert_array_equal(index, [0, -1, 0, -1, -1, 0])  # a tie goes to the first
+    np.testing.assert_array_equal(weight, [0.9, 0.0, 0.3, 0.0, 0.0, 0.7])
+    with pytest.raises(ValueError, match="do not match the given track counts"):
+        track_association(vertices, [3, 2, 2])
+
+
+def test_weights_tree_holds_each_tracks_vertex(tmp_path, small):
+    tracks = small.tracks.select_events(0, 10)
+    vertices = find_vertices(tracks, backend="cpu")
+    path = tmp_path / "pvs.root"
+    write_vertices(path, vertices, track_counts=tracks.counts)
+    tree = uproot.open(path)["vertex_weights"].arrays(["vertex_index", "weight"])
+    assert ak.num(tree.vertex_index).tolist() == tracks.counts.tolist()
+    index, weight = track_association(vertices, tracks.counts)
+    np.testing.assert_array_equal(ak.flatten(tree.vertex_index), index)
+    np.testing.assert_array_equal(ak.flatten(tree.weight), weight)
+    assert (index >= 0).mean() > 0.5  # most tracks come from a PV
+
+
+def test_schema_maps_branches_and_carries_event_ids(tmp_path, small):
+    tracks = small.tracks.select_events(0, 30)
+    counts = tracks.counts
+    renamed = {f"velo_{name}": np.asarray(getattr(tracks, name)) for name in TRACK_FIELDS}
+    ids = {"run_number": np.full(30, 271828, dtype=np.int32),
+           "event_number": np.arange(1000, 1030, dtype=np.uint64)}
+    path = write_tree(tmp_path / "velo.root", renamed, counts, flat=ids, tree="Velo")
+    schema = TrackSchema(tree="Velo", branches={name: f"velo_{name}" for name in TRACK_FIELDS})
+    source = inspect_tracks(path, schema)
+    assert source.event_ids == {"run_number": "int32", "event_number": "uint64"}
+    output = tmp_path / "pvs.root"
+    with VertexWriter(output) as writer:
+        for chunk in iterate_tracks(path, schema, step_size=11):
+            writer.write(find_vertices(chunk.tracks, backend="cpu"), chunk.event_ids)
+    assert_same_vertices(read_vertices(output), find_vertices(tracks, backend="cpu"),
+                         weights=False)
+    written = uproot.open(output)["vertices"].arrays(["run_number", "event_number"],
+                                                     library="np")
+    np.testing.assert_array_equal(written["run_number"], ids["run_number"])
+    np.testing.assert_array_equal(written["event_number"], ids["event_number"])
+    assert written["event_number"].dtype == np.uint64
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_schema_from_file(tmp_path, suffix):
+    path = tmp_path / f"schema{suffix}"
+    if suffix == ".toml":
+        path.write_text('tree = "Velo"\nevent_ids = ["evt"]\n[branches]\nx = "velo_x"\n'
+                        "[fill_missing_covariance]\ncov_xtx = 0.0\n")
+    else:
+        path.write_text(json.dumps({"tree": "Velo", "event_ids": ["evt"],
+                                    "branches": {"x": "velo_x"},
+                                    "fill_missing_covariance": {"cov_xtx": 0.0}}))
+    schema = TrackSchema.from_file(path)
+    assert schema.tree == "Velo" and schema.event_ids == ("evt",)
+    assert schema.branches["x"] == "velo_x" and schema.branches["y"] == "y"
+    assert schema.fill_missing_covariance == {"cov_xtx": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("mapping", "message"),
+    [
+        ({"branch": {}}, "unknown key.*branch"),
+        ({"branches": {"q": "b"}}, "unknown field.*q"),
+        ({"fill_missing_covariance": {"x": 0}}, "only covariance fields may be filled"),
+        ({"fill_missing_covariance": {"cov_xx": -1}}, "must be finite and non-negative"),
+        ({"fill_missing_covariance": {"cov_xtx": "a"}}, "must be a number"),
+    ],
+)
+def test_schema_mistakes(mapping, message):
+    with pytest.raises(ValueError, match=message):
+        TrackSchema.from_mapping(mapping)
+
+
+def test_missing_covariance_filled_only_when_asked(tmp_path, small):
+    tracks = small.tracks.select_events(0, 5)
+    kept = {name: np.asarray(getattr(tracks, name)) for name in TRACK_FIELDS
+            if name not in ("cov_xtx", "cov_yty")}
+    path = write_tree(tmp_path / "nocorr.root", kept, tracks.counts)
+    with pytest.raises(ValueError, match=r"nocorr.root:tracks: missing branch\(es\) "
+                                         r"cov_xtx, cov_yty.*--fill-cov"):
+        read_tracks(path)
+    filled = read_tracks(path, schema=TrackSchema(fill_missing_covariance={"cov_xtx": 0,
+                                                                           "cov_yty": 0.5}))
+    np.testing.assert_array_equal(filled.cov_xtx, np.zeros(tracks.n_tracks))
+    np.testing.assert_array_equal(filled.cov_yty, np.full(tracks.n_tracks, 0.5))
+    np.testing.assert_array_equal(filled.x, tracks.x)
+
+
+@pytest.mark.parametrize("counts", [[0], "one empty event among others"])
+def test_event_without_tracks_gives_no_vertex(tmp_path, small, counts):
+    if counts == [0]:
+        tracks = small.tracks.select_events(0, 0)
+        tracks = TrackBatch.from_arrays(counts=[0], **{n: getattr(tracks, n) for n in TRACK_FIELDS})
+    else:  # events 0 and 2 of the sample with an empty event between them
+        first, third = small.tracks.select_events(0, 1), small.tracks.select_events(2, 3)
+        tracks = TrackBatch.from_arrays(
+            counts=[first.n_tracks, 0, third.n_tracks],
+            **{n: np.concatenate([getattr(first, n), getattr(third, n)]) for n in TRACK_FIELDS})
+    path = tmp_path / "empty_event.root"
+    write_sample(path, tracks, precision=np.float64)
+    again = read_tracks(path)
+    assert again.counts.tolist() == tracks.counts.tolist()
+    vertices = find_vertices(again, backend="cpu")
+    assert vertices.counts[-1 if counts == [0] else 1] == 0
+    assert_same_vertices(vertices, find_vertices(tracks, backend="cpu"))
+
+
+def test_writer_discards_partial_file_on_error(tmp_path, small):
+    output = tmp_path / "pvs.root"
+    vertices = find_vertices(small.tracks.select_events(0, 5), backend="cpu")
+    with pytest.raises(RuntimeError), VertexWriter(output) as writer:
+        writer.write(vertices)
+        assert writer.partial.exists() and not output.exists()
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with VertexWriter(output):  # nothing written: still a valid, empty file
+        pass
+    assert read_vertices(output).n_events == 0
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_missing_file_not_root_and_truncated(tmp_path, small_file):
     with pytest.raises(FileNotFoundError, match="nope.root: no such file"):
         read_tracks(tmp_path / "nope.root")
     text = tmp_path / "text.root"
     text.write_text("hello")
-    with pytest.raises(ValueError, match="text.root: not a readable ROOT file"):
+    with pytest.raises(ValueError, match="text.root: not a ROOT file"):
         read_tracks(text)
+    truncated = tmp_path / "truncated.root"
+    data = small_file.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"truncated.root: truncated ROOT file "
+                                         f"\\({len(data) // 2} bytes, but its header says"):
+        read_tracks(truncated)
+
+
+def test_damaged_basket_names_the_entries(tmp_path, small_file):
+    data = bytearray(small_file.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 2000] = bytes(2000)  # zeros over compressed track data
+    damaged = tmp_path / "damaged.root"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"damaged.root:tracks: cannot read the entries from \d+"):
+        list(iterate_tracks(damaged, step_size=50))
 
 
 def test_missing_tree_and_branch(tmp_path):
@@ -62,19 +280,51 @@ def test_missing_tree_and_branch(tmp_path):
         file["tracks"].extend({name: ak.unflatten(np.ones(3), counts) for name in ("x", "y")})
     with pytest.raises(ValueError, match="no tree 'velo'.*other, tracks"):
         read_tracks(path, tree="velo")
-    with pytest.raises(ValueError, match="partial.root:tracks: missing branch.*z, tx"):
+    with pytest.raises(ValueError, match=r"partial.root:tracks: missing branch.*z, tx.*--branch"):
         read_tracks(path)
 
 
-def test_nan_state_names_event(tmp_path, sample):
-    tracks = sample.tracks.select_events(0, 3)
-    fields = {name: ak.unflatten(getattr(tracks, name).copy(), tracks.counts) for name in TRACK_FIELDS}
-    bad_x = tracks.x.copy()
-    bad_x[tracks.offsets[2]] = np.nan
-    fields["x"] = ak.unflatten(bad_x, tracks.counts)
-    path = tmp_path / "nan.root"
-    with uproot.recreate(path) as file:
-        file.mktree("tracks", {k: v.type for k, v in fields.items()}, counter_name=lambda _: "n")
+def test_branches_of_mismatched_lengths_name_the_entry(tmp_path):
+    path = tmp_path / "mismatch.root"
+    fields = {name: ak.unflatten(np.ones(6), [2, 1, 3]) for name in TRACK_FIELDS}
+    fields["ty"] = ak.unflatten(np.ones(6), [2, 2, 2])
+    with uproot.recreate(path) as file:  # one counter per branch: lengths may differ
+        file.mktree("tracks", {name: a.type for name, a in fields.items()})
         file["tracks"].extend(fields)
-    with pytest.raises(ValueError, match="nan.root:tracks: tracks: field 'x' is nan in event 2"):
+    with pytest.raises(ValueError, match="mismatch.root:tracks: branch 'ty' has 2 values in "
+                                         "entry 1 but branch 'x' has 1"):
         read_tracks(path)
+
+
+@pytest.mark.parametrize(("kind", "typename"), [("string", "char*"), ("var * bool", "bool[]"),
+                                                ("float64", "double")])
+def test_non_numeric_or_flat_branch(tmp_path, kind, typename):
+    path = tmp_path / "typed.root"
+    data = {"string": ak.Array(["a", "bb"]), "var * bool": ak.Array([[True], [False]]),
+            "float64": np.ones(2)}[kind]
+    with uproot.recreate(path) as file:
+        file.mktree("tracks", {"x": kind, **{n: "var * float64" for n in TRACK_FIELDS[1:]}},
+                    counter_name=lambda _: "n")
+        file["tracks"].extend({"x": data, **{n: ak.Array([[1.0], [1.0]]) for n in TRACK_FIELDS[1:]}})
+    message = f"typed.root:tracks: branch 'x' holds '{typename}', not a list of numbers per entry"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        inspect_tracks(path)
+
+
+def test_rntuple_is_not_a_ttree(tmp_path):
+    path = tmp_path / "rntuple.root"
+    with uproot.recreate(path) as file:
+        file["tracks"] = {"x": ak.Array([[1.0], [2.0]])}
+    with pytest.raises(ValueError, match="'tracks' is a .*RNTuple, not a TTree"):
+        read_tracks(path)
+
+
+def test_nan_state_names_branch_and_entry(tmp_path, small):
+    tracks = small.tracks.select_events(0, 80)
+    fields = {f"velo_{name}": np.asarray(getattr(tracks, name)).copy() for name in TRACK_FIELDS}
+    fields["velo_tx"][tracks.offsets[57] + 4] = np.nan
+    path = write_tree(tmp_path / "nan.root", fields, tracks.counts)
+    schema = TrackSchema(branches={name: f"velo_{name}" for name in TRACK_FIELDS})
+    with pytest.raises(ValueError, match=r"nan.root:tracks: branch 'velo_tx' is nan in entry 57 "
+                                         r"\(track 4 of that entry\)"):
+        list(iterate_tracks(path, schema, step_size=20))  # entry 57 is in the third chunk

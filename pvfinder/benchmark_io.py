@@ -1,0 +1,186 @@
+"""End-to-end throughput of ``pvfinder reconstruct`` on ROOT files, and what I/O costs.
+
+Simulated events are written to several files (once per input codec: ``zlib``, as
+``pvfinder simulate`` writes them, and a faster one), then timed: reading and converting alone, reconstruction alone (tracks already in memory), writing
+the vertices alone, the whole job in one process (:func:`pvfinder.distributed.reconstruct_files`,
+which the command runs) and the same job on a local Dask cluster.
+"""
+
+from __future__ import annotations
+
+import datetime
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .benchmark import hardware_description
+from .distributed import dask_client, plan_outputs, reconstruct_files
+from .events import VERTEX_FIELDS
+from .io import (
+    DEFAULT_STEP_SIZE,
+    VertexWriter,
+    inspect_tracks,
+    iterate_tracks,
+    read_vertices,
+    write_sample,
+)
+from .pipeline import PVFinder
+
+__all__ = ["run_io_benchmark"]
+
+TARGET = 0.30  # the issue's goal: I/O and conversion add at most 30 % to the reconstruction
+
+
+def run_io_benchmark(
+    n_events: int = 200_000,
+    n_files: int = 4,
+    workers: int = 2,
+    backend: str = "cpu",
+    step_size: int | str = DEFAULT_STEP_SIZE,
+    input_compressions: Sequence[str] = ("zlib", "lz4"),
+    seed: int = 7,
+    directory: str | Path | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Measure ``pvfinder reconstruct`` end to end on simulated files (ν = 7.6).
+
+    Parameters
+    ----------
+    n_events : int
+        Events in all, split evenly over ``n_files`` files (file ``i`` simulated with seed
+        ``seed + i``).
+    workers : int
+        Worker processes of the Dask run (``--dask local:N``); 0 skips it.
+    backend : {"cpu", "cuda", "auto"}
+        Where the finder runs.
+    step_size : int or str
+        Chunk read at a time, as ``--step-size``.
+    input_compressions : sequence of str
+        Codecs of the input files, one set of measurements each (``zlib`` is what
+        ``pvfinder simulate`` writes; ``lz4`` and ``zstd`` decompress faster).
+    directory : path, optional
+        Where to put the files (a temporary directory, removed afterwards, by default).
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: date, hardware, sample and, per input codec, the seconds and
+        events/s of each measurement and ``io_overhead``: (end-to-end − reconstruction) /
+        reconstruction, to compare with the target of 0.30.
+    """
+    with tempfile.TemporaryDirectory(dir=directory) as folder:
+        folder = Path(folder)
+        inputs = _simulate_files(folder, n_events, n_files, seed, input_compressions, progress)
+        finder = PVFinder(backend=backend).warmup()  # compilation is not what is measured
+        result: dict[str, Any] = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "kind": "io",
+            "backend": finder.backend.name,
+            "hardware": hardware_description(finder.backend.name),
+            "sample": {"events": n_events, "files": n_files, "nu": 7.6, "step_size": step_size,
+                       "output_compression": "zstd"},
+            "target_io_overhead": TARGET,
+            "runs": [],
+        }
+        if workers:
+            result["dask_startup_seconds"] = round(_timed(lambda: _start_and_stop(workers)), 3)
+        for codec, paths in inputs.items():
+            run = _measure(paths, finder, backend, step_size, workers, folder / codec, progress)
+            result["sample"]["tracks"] = run.pop("tracks")
+            result["runs"].append({"input_compression": codec, **run})
+    return result
+
+
+def _simulate_files(folder: Path, n_events: int, n_files: int, seed: int,
+                    codecs: Sequence[str], progress: Callable[[str], None]
+                    ) -> dict[str, list[Path]]:
+    """The same simulated events written once per codec."""
+    from .simulation import simulate
+
+    paths: dict[str, list[Path]] = {codec: [] for codec in codecs}
+    for i, size in enumerate(np.diff(np.linspace(0, n_events, n_files + 1).astype(int))):
+        sample = simulate(int(size), seed=seed + i)
+        for codec in codecs:
+            (folder / codec).mkdir(exist_ok=True)
+            paths[codec].append(folder / codec / f"sample_{i}.root")
+            write_sample(paths[codec][-1], sample.tracks, sample.truth, compression=codec)
+        progress(f"simulated sample_{i}: {size} events")
+    return paths
+
+
+def _measure(inputs: list[Path], finder: PVFinder, backend: str, step_size: int | str,
+             workers: int, folder: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    n_events = sum(source.n_entries for source in map(inspect_tracks, inputs))
+    timings, n_tracks = _parts(inputs, finder, step_size, folder / "parts.root")
+    timings["end_to_end"] = _timed(lambda: _check_done(reconstruct_files(
+        plan_outputs(inputs, folder / "single"), backend=backend, step_size=step_size)))
+    run: dict[str, Any] = {"input_mb": round(sum(p.stat().st_size for p in inputs) / 1e6, 1),
+                           "tracks": n_tracks}
+    if workers:
+        timings["end_to_end_dask"] = _timed(lambda: _check_done(reconstruct_files(
+            plan_outputs(inputs, folder / "dask"), backend=backend, step_size=step_size,
+            scheduler=f"local:{workers}")))
+        run["dask_matches_single"] = _same_outputs(folder / "single", folder / "dask")
+    run["measurements"] = {
+        name: {"seconds": round(seconds, 3), "events_per_s": round(n_events / seconds)}
+        for name, seconds in timings.items()}
+    reco = timings["reconstruction"]
+    run["io_overhead"] = {"end_to_end": round((timings["end_to_end"] - reco) / reco, 3),
+                          "read_and_convert": round(timings["read_and_convert"] / reco, 3),
+                          "write": round(timings["write"] / reco, 3)}
+    progress(f"{inputs[0].parent.name}: " + ", ".join(
+        f"{name} {n_events / seconds:,.0f} events/s" for name, seconds in timings.items())
+        + f"; I/O adds {100 * run['io_overhead']['end_to_end']:.0f} %")
+    return run
+
+
+def _timed(job: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    job()
+    return time.perf_counter() - start
+
+
+def _parts(inputs: list[Path], finder: PVFinder, step_size: int | str, output: Path
+           ) -> tuple[dict[str, float], int]:
+    """Seconds to read and convert, to reconstruct (tracks in memory) and to write, each
+    alone, chunk by chunk as the end-to-end job goes; and the number of tracks."""
+    chunks: list[Any] = []
+    timings = {"read_and_convert": _timed(
+        lambda: chunks.extend(iterate_tracks(inputs, step_size=step_size)))}
+    results: list[Any] = []
+    timings["reconstruction"] = _timed(
+        lambda: results.extend(finder(chunk.tracks) for chunk in chunks))
+
+    def write() -> None:
+        with VertexWriter(output) as writer:
+            for chunk, vertices in zip(chunks, results):
+                writer.write(vertices, chunk.event_ids, chunk.tracks.counts)
+
+    timings["write"] = _timed(write)
+    return timings, sum(chunk.tracks.n_tracks for chunk in chunks)
+
+
+def _start_and_stop(workers: int) -> None:
+    """Start a local cluster and close it: the fixed cost inside the Dask run's time."""
+    with dask_client(f"local:{workers}"):
+        pass
+
+
+def _check_done(results: list[Any]) -> None:
+    failed = [result.error for result in results if result.status != "done"]
+    if failed:
+        raise RuntimeError(f"benchmark run failed: {failed}")
+
+
+def _same_outputs(one: Path, other: Path) -> bool:
+    for path in sorted(one.iterdir()):
+        mine, theirs = read_vertices(path), read_vertices(other / path.name)
+        if not (np.array_equal(mine.offsets, theirs.offsets)
+                and all(np.array_equal(getattr(mine, f), getattr(theirs, f))
+                        for f in VERTEX_FIELDS)):
+            return False
+    return True

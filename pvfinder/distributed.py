@@ -1,0 +1,480 @@
+"""Many files: reconstruct batches of ROOT files in this process or on a Dask cluster.
+
+:func:`reconstruct_files` is the job behind ``pvfinder reconstruct``: it reads each input in
+chunks, finds its vertices and writes them, one output per input or several inputs merged
+into one. With ``scheduler`` the same job runs as a Dask graph (``uproot.dask`` and
+``dask_awkward.map_partitions``) on a local cluster (``"local:N"``) or a running scheduler;
+the vertices are identical to the single-process run because every event is reconstructed
+on its own.
+
+Dask is optional: ``pip install "pvfinder[dask]"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from .config import PVFinderConfig
+from .events import VERTEX_FIELDS, VertexBatch
+from .io import (
+    DEFAULT_STEP_SIZE,
+    TrackSchema,
+    TrackSource,
+    VertexWriter,
+    inspect_tracks,
+    iterate_tracks,
+)
+from .pipeline import PVFinder
+
+__all__ = [
+    "FileResult",
+    "dask_client",
+    "expand_inputs",
+    "plan_outputs",
+    "reconstruct_files",
+    "vertex_collection",
+]
+
+DASK_HINT = 'Dask is not installed: pip install "pvfinder[dask]"'
+
+# What one chunk of one input becomes: its vertices, event identifiers and track counts.
+Piece = tuple[VertexBatch, dict[str, np.ndarray], np.ndarray]
+
+
+# -- inputs and outputs --------------------------------------------------------------------
+
+
+def expand_inputs(patterns: Iterable[str]) -> tuple[list[Path], list[str]]:
+    """Expand glob patterns (``"dir/*.root"``) into files, in order and without repeats.
+
+    Returns
+    -------
+    files : list of Path
+        The files; names without wildcards are kept even when missing (reading reports them).
+    errors : list of str
+        One message per pattern that matched nothing.
+    """
+    import glob
+
+    files: dict[Path, None] = {}
+    errors = []
+    for pattern in patterns:
+        if any(char in pattern for char in "*?["):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                errors.append(f"{pattern}: no file matches")
+            files.update((Path(match), None) for match in matches)
+        else:
+            files[Path(pattern)] = None
+    return list(files), errors
+
+
+def plan_outputs(inputs: Sequence[Path], output: str | os.PathLike, *, merge: bool = False
+                 ) -> dict[Path, list[Path]]:
+    """Decide which output file each input goes to.
+
+    Parameters
+    ----------
+    inputs : sequence of Path
+        The input files.
+    output : path
+        With ``merge``, the one output file. Else an output file when there is a single input
+        and ``output`` ends in ``.root`` and is not a directory; otherwise a directory that
+        receives ``<stem>_pvs.root`` for each input.
+    merge : bool
+        Write every input's vertices, in order, into one file.
+
+    Returns
+    -------
+    dict of Path to list of Path
+        Output → its inputs.
+
+    Raises
+    ------
+    ValueError
+        When two inputs would write the same output.
+    """
+    output = Path(output)
+    if merge or (len(inputs) == 1 and output.suffix == ".root" and not output.is_dir()):
+        return {output: list(inputs)}
+    plan: dict[Path, list[Path]] = {}
+    for path in inputs:
+        target = output / f"{path.stem}_pvs.root"
+        if target in plan:
+            raise ValueError(f"{plan[target][0]} and {path} would both write {target}; "
+                             "rename one or use --merge")
+        plan[target] = [path]
+    return plan
+
+
+@dataclasses.dataclass(frozen=True)
+class FileResult:
+    """What became of one input.
+
+    Attributes
+    ----------
+    input, output : Path
+        The input file and the output its vertices went to.
+    status : {"done", "skipped", "failed"}
+        ``skipped``: the output existed already (``skip_existing``).
+    n_events, n_vertices : int
+        Events read and vertices found.
+    seconds : float
+        Wall time from the first chunk to the last written.
+    first_event : int
+        Position of the input's first event in the output (non-zero in merged outputs).
+    error : str or None
+        Why it failed, naming file, tree, branch and entry.
+    """
+
+    input: Path
+    output: Path
+    status: str
+    n_events: int = 0
+    n_vertices: int = 0
+    seconds: float = 0.0
+    first_event: int = 0
+    error: str | None = None
+
+
+# -- the job -------------------------------------------------------------------------------
+
+
+def reconstruct_files(
+    plan: Mapping[Path, Sequence[Path]],
+    *,
+    schema: TrackSchema | None = None,
+    config: PVFinderConfig | None = None,
+    backend: str = "auto",
+    step_size: int | str = DEFAULT_STEP_SIZE,
+    with_weights: bool = False,
+    compression: str = "zstd",
+    skip_existing: bool = False,
+    scheduler: str | None = None,
+    progress: bool = False,
+    on_result: Callable[[FileResult], None] | None = None,
+) -> list[FileResult]:
+    """Reconstruct the vertices of many files and write them.
+
+    A bad input is reported (``status="failed"``) and the others go on. Outputs are written
+    under a temporary name and renamed once complete; a merged output holds the inputs that
+    succeeded.
+
+    Parameters
+    ----------
+    plan : mapping of Path to sequence of Path
+        Output → inputs, as from :func:`plan_outputs`.
+    schema : TrackSchema, optional
+        Tree and branches of the inputs (default: this package's layout).
+    config : PVFinderConfig, optional
+        Algorithm parameters (published defaults when omitted).
+    backend : {"auto", "cpu", "cuda"}
+        Where the finder runs (on each Dask worker with ``scheduler``).
+    step_size : int or str
+        Entries per chunk, or a size such as ``"100 MB"``.
+    with_weights : bool
+        Also write the track–vertex weights and each track's vertex.
+    compression : str
+        Codec of the output files (see :class:`~pvfinder.io.VertexWriter`).
+    skip_existing : bool
+        Leave outputs that exist already (to resume an interrupted run).
+    scheduler : str, optional
+        Run on Dask: ``"local:N"`` starts N local worker processes, anything else is the
+        address of a running scheduler. In this process when omitted.
+    progress : bool
+        Show a progress bar with events/s on stderr.
+    on_result : callable, optional
+        Called with each input's :class:`FileResult` as soon as it is known.
+
+    Returns
+    -------
+    list of FileResult
+        One per input.
+    """
+    schema = schema or TrackSchema()
+    report = on_result or (lambda _: None)
+    results: list[FileResult] = []
+
+    def record(result: FileResult) -> None:
+        results.append(result)
+        report(result)
+
+    sources: dict[Path, TrackSource] = {}
+    for output, inputs in plan.items():
+        for path in inputs:
+            if skip_existing and output.exists():
+                record(FileResult(path, output, "skipped"))
+                continue
+            try:  # open and check every input first: bad files show up at once
+                sources[path] = inspect_tracks(path, schema)
+            except (ValueError, OSError) as error:
+                record(FileResult(path, output, "failed", error=str(error)))
+    from tqdm.auto import tqdm
+
+    total = sum(source.n_entries for source in sources.values())
+    with _engine(scheduler, schema, config, backend, step_size, with_weights) as engine, \
+            tqdm(total=total, unit="evt", disable=not progress) as bar:
+        engine.submit(list(sources.values()))
+        for output, inputs in plan.items():
+            todo = [sources[path] for path in inputs if path in sources]
+            if todo:
+                writer = VertexWriter(output, with_weights=with_weights,
+                                      compression=compression)
+                _write_output(writer, todo, engine, bar, record)
+    return results
+
+
+def _write_output(writer: VertexWriter, sources: list[TrackSource], engine: Any, bar: Any,
+                  record: Callable[[FileResult], None]) -> None:
+    """Write the vertices of ``sources`` through ``writer``; keep the file if one succeeded."""
+    writer.path.parent.mkdir(parents=True, exist_ok=True)
+    # One input streams straight to its own file; inputs merged into one file are held
+    # until complete, so that a bad one leaves nothing of itself in the merged file.
+    buffered = len(sources) > 1
+    any_done = False
+    try:
+        for source in sources:
+            result = _run_input(source, writer, engine, buffered, bar)
+            any_done |= result.status == "done"
+            record(result)
+    except BaseException:
+        writer.discard()
+        raise
+    if any_done:
+        writer.close()
+    else:
+        writer.discard()
+
+
+def _run_input(source: TrackSource, writer: VertexWriter, engine: Any, buffered: bool,
+               bar: Any) -> FileResult:
+    start, first_event = time.perf_counter(), writer.n_events
+    n_events = n_vertices = 0
+    held: list[Piece] = []
+    try:
+        for piece in engine.pieces(source):
+            if buffered:
+                held.append(piece)
+            else:
+                writer.write(*piece)
+            n_events += piece[0].n_events
+            n_vertices += piece[0].n_vertices
+            bar.update(piece[0].n_events)
+        for piece in held:
+            writer.write(*piece)
+    except (ValueError, OSError) as error:
+        return FileResult(Path(source.path), writer.path, "failed", error=str(error))
+    return FileResult(Path(source.path), writer.path, "done", n_events, n_vertices,
+                      time.perf_counter() - start, first_event)
+
+
+@contextlib.contextmanager
+def _engine(scheduler: str | None, schema: TrackSchema, config: PVFinderConfig | None,
+            backend: str, step_size: int | str, with_weights: bool) -> Iterator[Any]:
+    if scheduler is None:
+        yield _LocalEngine(schema, PVFinder(config, backend), step_size)
+        return
+    with dask_client(scheduler) as client:
+        yield _DaskEngine(client, config, backend, step_size, with_weights)
+
+
+class _LocalEngine:
+    """Chunks read in this process and reconstructed by one finder."""
+
+    def __init__(self, schema: TrackSchema, finder: PVFinder, step_size: int | str) -> None:
+        self.schema, self.finder, self.step_size = schema, finder, step_size
+
+    def submit(self, sources: list[TrackSource]) -> None:
+        """Nothing to start ahead: chunks are read when asked for."""
+
+    def pieces(self, source: TrackSource) -> Iterator[Piece]:
+        for chunk in iterate_tracks(source.path, self.schema, self.step_size):
+            yield self.finder(chunk.tracks), chunk.event_ids, chunk.tracks.counts
+
+
+class _DaskEngine:
+    """Every input's partitions submitted at once; results fetched in order, so the client
+    writes while the workers go on."""
+
+    def __init__(self, client: Any, config: PVFinderConfig | None, backend: str,
+                 step_size: int | str, with_weights: bool) -> None:
+        self.client = client
+        self.options = {"config": config, "backend": backend, "step_size": step_size,
+                        "with_weights": with_weights}
+        self.futures: dict[str, list[Any]] = {}
+        self.errors: dict[str, Exception] = {}
+
+    def submit(self, sources: list[TrackSource]) -> None:
+        for source in sources:
+            try:
+                parts = vertex_collection(source, **self.options).to_delayed()
+                self.futures[source.path] = self.client.compute(parts)
+            except (ValueError, OSError) as error:  # kept to be raised for its own input
+                self.errors[source.path] = error
+
+    def pieces(self, source: TrackSource) -> Iterator[Piece]:
+        if source.path in self.errors:
+            raise self.errors.pop(source.path)
+        futures = self.futures.pop(source.path)
+        try:
+            for future in futures:
+                records = future.result()
+                future.release()
+                yield _piece_of(records, list(source.event_ids) or ["event_number"])
+        finally:
+            self.client.cancel(futures)  # a failed partition stops the rest of its file
+
+
+# -- Dask ----------------------------------------------------------------------------------
+
+
+def _import_dask() -> tuple[Any, Any]:
+    try:
+        import dask_awkward
+        import distributed
+    except ImportError as error:
+        raise ImportError(f"{DASK_HINT} ({error})") from None
+    return dask_awkward, distributed
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``scheduler``, closed (with its cluster) on exit.
+
+    Parameters
+    ----------
+    scheduler : str
+        ``"local:N"``: N worker processes of one thread each on this machine (loopback
+        only, no dashboard); ``"local"``: one per core. Anything else: the address of a
+        running scheduler (``"tcp://host:8786"``).
+
+    Raises
+    ------
+    ImportError
+        With the install hint, when Dask is missing.
+    ValueError
+        For ``local:N`` with N not a positive integer.
+    """
+    _, distributed = _import_dask()
+    kind, _, count = scheduler.partition(":")
+    if kind != "local":
+        with distributed.Client(scheduler) as client:
+            yield client
+        return
+    count = count or str(os.cpu_count() or 1)
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"--dask local:N needs a positive number of workers, got {scheduler!r}")
+    n_workers = int(count)
+    # One process per worker, one task at a time; the finder's own threads share the cores.
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None,
+                                  silence_logs=logging.ERROR,
+                                  env={"NUMBA_NUM_THREADS": threads}) as cluster, \
+            distributed.Client(cluster) as client:
+        yield client
+
+
+def vertex_collection(source: TrackSource, *, config: PVFinderConfig | None = None,
+                      backend: str = "cpu", step_size: int | str = DEFAULT_STEP_SIZE,
+                      with_weights: bool = False) -> Any:
+    """The vertices of one input as a dask-awkward array, one record per event.
+
+    Each record holds the event identifiers, ``n_input_tracks`` and ``vertices`` (a list of
+    vertex records, with ``weights`` when asked for). Nothing is read until computed.
+    Compute it partition by partition (``dask.compute(*collection.to_delayed())``), as
+    :func:`reconstruct_files` does: with dask 2026.8 and dask-awkward 2025.3 a
+    whole-collection ``.compute()`` fails inside dask-awkward's column optimisation.
+
+    Parameters
+    ----------
+    source : TrackSource
+        The checked input, from :func:`pvfinder.io.inspect_tracks`.
+    config, backend, step_size, with_weights
+        As for :func:`reconstruct_files`.
+    """
+    import uproot
+
+    dak, _ = _import_dask()
+    tracks = uproot.dask({source.path: source.tree}, filter_name=source.read_branches,
+                         step_size=step_size)
+    # The entry numbers, partitioned as the tracks: each partition learns where it starts,
+    # for event numbers and for errors that name the entry.
+    divisions = tracks.divisions
+    entries = dak.from_map(_entry_numbers, list(itertools.pairwise(divisions)),
+                           divisions=divisions, meta=_typetracer(_entry_numbers((0, 0))),
+                           label="entries")
+    meta = _typetracer(_records(_empty_vertices(), _empty_ids(source),
+                                np.zeros(0, np.int64), with_weights))
+    return dak.map_partitions(_partition_vertices, tracks, entries, source=source,
+                              config=config, backend=backend, with_weights=with_weights,
+                              meta=meta, label="pvfinder")
+
+
+def _entry_numbers(bounds: tuple[int, int]) -> ak.Array:
+    return ak.Array(np.arange(bounds[0], bounds[1], dtype=np.int64))
+
+
+def _typetracer(array: ak.Array) -> ak.Array:
+    return ak.Array(array.layout.to_typetracer(forget_length=True))
+
+
+def _empty_vertices() -> VertexBatch:
+    return VertexBatch.from_arrays(counts=np.zeros(0, np.int64),
+                                   weights=np.zeros(0), weight_counts=np.zeros(0, np.int64),
+                                   **{name: np.zeros(0) for name in VERTEX_FIELDS})
+
+
+def _empty_ids(source: TrackSource) -> dict[str, np.ndarray]:
+    dtypes = source.event_ids or {"event_number": "uint64"}
+    return {name: np.zeros(0, dtype) for name, dtype in dtypes.items()}
+
+
+@functools.lru_cache(maxsize=4)
+def _finder(config: PVFinderConfig | None, backend: str) -> PVFinder:
+    """One finder per worker process (and configuration): compiled once, buffers reused."""
+    return PVFinder(config, backend)
+
+
+def _partition_vertices(tracks: ak.Array, entries: ak.Array, *, source: TrackSource,
+                        config: PVFinderConfig | None, backend: str, with_weights: bool
+                        ) -> ak.Array:
+    """Reconstruct one partition (runs on a worker)."""
+    if ak.backend(tracks) == "typetracer":
+        # dask-awkward's optimisation calls this on typetracers to learn which branches
+        # are needed: all of them. Run no kernels; answer with the output's type.
+        ak.typetracer.touch_data(tracks)
+        ak.typetracer.touch_data(entries)
+        return _typetracer(_records(_empty_vertices(), _empty_ids(source),
+                                    np.zeros(0, np.int64), with_weights))
+    entry_numbers = ak.to_numpy(entries)
+    start = int(entry_numbers[0]) if len(entry_numbers) else 0
+    chunk = source.chunk({name: tracks[name] for name in source.read_branches}, start)
+    vertices = _finder(config, backend)(chunk.tracks)
+    return _records(vertices, chunk.event_ids, chunk.tracks.counts, with_weights)
+
+
+def _records(vertices: VertexBatch, event_ids: Mapping[str, np.ndarray], track_counts: Any,
+             with_weights: bool) -> ak.Array:
+    if not with_weights:
+        vertices = dataclasses.replace(vertices, weights=None, weight_offsets=None)
+    return ak.zip({**event_ids, "n_input_tracks": np.asarray(track_counts, dtype=np.int64),
+                   "vertices": vertices.to_awkward()}, depth_limit=1)
+
+
+def _piece_of(records: ak.Array, id_names: list[str]) -> Piece:
+    ids = {name: ak.to_numpy(records[name]) for name in id_names}
+    return (VertexBatch.from_awkward(records["vertices"]), ids,
+            ak.to_numpy(records["n_input_tracks"]))

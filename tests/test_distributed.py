@@ -1,0 +1,164 @@
+"""Many files: planning outputs, the batch job in one process, and the same job on Dask."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+from pvfinder import distributed, find_vertices
+from pvfinder.distributed import (
+    dask_client,
+    expand_inputs,
+    plan_outputs,
+    reconstruct_files,
+    vertex_collection,
+)
+from pvfinder.events import TrackBatch, VertexBatch
+from pvfinder.io import inspect_tracks, read_tracks, read_vertices, write_sample
+
+from .test_io import assert_same_vertices
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Four small samples (40–70 events each) and one with a NaN state in entry 13."""
+    from pvfinder.simulation import simulate
+
+    folder = tmp_path_factory.mktemp("many")
+    paths = []
+    for i, n_events in enumerate((60, 40, 70, 50)):
+        sample = simulate(n_events, seed=20 + i)
+        paths.append(folder / f"run{i}.root")
+        write_sample(paths[-1], sample.tracks, sample.truth)
+    tracks = simulate(30, seed=30).tracks
+    x = np.array(tracks.x, copy=True)
+    x[tracks.offsets[13]] = np.nan
+    bad = TrackBatch(**{**tracks.event_slice(0, 30), "x": x})
+    paths.append(folder / "nan.root")
+    write_sample(paths[-1], bad)
+    return paths
+
+
+def expected_vertices(path) -> VertexBatch:
+    return find_vertices(read_tracks(path), backend="cpu")
+
+
+def test_expand_inputs_and_plan_outputs(tmp_path, files):
+    pattern = str(files[0].parent / "run*.root")
+    found, errors = expand_inputs([pattern, str(files[1]), "missing.root", "none/*.root"])
+    assert found == [*files[:4], Path("missing.root")]  # in order, each once
+    assert errors == ["none/*.root: no file matches"]
+    assert plan_outputs(files[:1], tmp_path / "one.root") == {tmp_path / "one.root": files[:1]}
+    assert plan_outputs(files[:2], tmp_path / "all.root", merge=True) == {
+        tmp_path / "all.root": files[:2]}
+    assert plan_outputs(files[:2], tmp_path / "out") == {
+        tmp_path / "out" / "run0_pvs.root": [files[0]],
+        tmp_path / "out" / "run1_pvs.root": [files[1]]}
+    with pytest.raises(ValueError, match="would both write .*run0_pvs.root"):
+        plan_outputs([files[0], tmp_path / "run0.root"], tmp_path / "out")
+
+
+def test_bad_file_in_a_batch_is_reported_and_the_rest_written(tmp_path, files):
+    not_root = tmp_path / "notes.root"
+    not_root.write_text("not a ROOT file")
+    inputs = [files[0], not_root, files[4], files[1]]
+    seen = []
+    results = reconstruct_files(plan_outputs(inputs, tmp_path / "out"), backend="cpu",
+                                step_size=7, on_result=seen.append)
+    assert seen == results
+    status = {result.input: result for result in results}
+    assert status[files[0]].status == status[files[1]].status == "done"
+    assert "notes.root: not a ROOT file" in status[not_root].error
+    assert "nan.root:tracks: branch 'x' is nan in entry 13" in status[files[4]].error
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["run0_pvs.root", "run1_pvs.root"]  # no partial file left behind
+    for path in files[:2]:
+        assert_same_vertices(read_vertices(tmp_path / "out" / f"{path.stem}_pvs.root"),
+                             expected_vertices(path), weights=False)
+
+
+def test_merged_output_holds_the_good_inputs_in_order(tmp_path, files):
+    output = tmp_path / "merged.root"
+    inputs = [files[0], files[4], files[1]]
+    results = reconstruct_files(plan_outputs(inputs, output, merge=True), backend="cpu",
+                                step_size=25, with_weights=True)
+    assert [r.status for r in results] == ["done", "failed", "done"]
+    assert [r.first_event for r in results if r.status == "done"] == [0, 60]
+    merged = read_vertices(output)
+    expected = VertexBatch.concatenate([expected_vertices(files[0]), expected_vertices(files[1])])
+    assert_same_vertices(merged, expected)
+    numbers = uproot.open(output)["vertices"]["event_number"].array(library="np")
+    np.testing.assert_array_equal(numbers, np.r_[np.arange(60), np.arange(40)])
+
+
+def test_skip_existing_leaves_finished_outputs(tmp_path, files):
+    plan = plan_outputs(files[:2], tmp_path)
+    done = tmp_path / "run0_pvs.root"
+    done.write_bytes(b"finished earlier")
+    results = reconstruct_files(plan, backend="cpu", skip_existing=True)
+    assert [r.status for r in results] == ["skipped", "done"]
+    assert done.read_bytes() == b"finished earlier"
+
+
+def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch):
+    """dask-awkward's metadata pass must not reach the finder and must see every branch as
+    needed; partitions carry their entry numbers, so errors name the entry."""
+    import dask
+    import dask_awkward as dak
+
+    calls = []
+    real = distributed._finder
+
+    def counting(config, backend):
+        calls.append(backend)
+        return real(config, backend)
+
+    monkeypatch.setattr(distributed, "_finder", counting)
+    source = inspect_tracks(files[2])
+    collection = vertex_collection(source, step_size=20)
+    assert collection.npartitions == 4
+    (columns,) = dak.necessary_columns(collection).values()
+    assert columns == set(source.read_branches)
+    assert calls == []
+    parts = dask.compute(*collection.to_delayed(), scheduler="sync")
+    assert len(calls) == 4
+    records = ak.concatenate(parts)
+    vertices = VertexBatch.from_awkward(records["vertices"])
+    assert_same_vertices(vertices, expected_vertices(files[2]), weights=False)
+    np.testing.assert_array_equal(records["event_number"].to_numpy(), np.arange(70))
+    bad = vertex_collection(inspect_tracks(files[4]), step_size=10)
+    with pytest.raises(ValueError, match="nan.root:tracks: branch 'x' is nan in entry 13"):
+        dask.compute(*bad.to_delayed(), scheduler="sync")
+
+
+def test_dask_local_cluster_matches_single_process(tmp_path, files):
+    """Four files (and a bad one) on a LocalCluster of 2 worker processes on loopback: the
+    same outputs, bit for bit, as the single-process run."""
+    single = reconstruct_files(plan_outputs(files, tmp_path / "single"), backend="cpu",
+                               step_size=25, with_weights=True)
+    on_dask = reconstruct_files(plan_outputs(files, tmp_path / "dask"), backend="cpu",
+                                step_size=25, with_weights=True, scheduler="local:2")
+    assert [r.status for r in on_dask] == [r.status for r in single] == ["done"] * 4 + ["failed"]
+    assert "nan.root:tracks: branch 'x' is nan in entry 13" in on_dask[4].error
+    for one, other in zip(single[:4], on_dask[:4]):
+        assert (one.n_events, one.n_vertices) == (other.n_events, other.n_vertices)
+        assert_same_vertices(read_vertices(other.output), read_vertices(one.output))
+        for tree in ("vertices", "vertex_weights"):  # every branch, event ids included
+            mine, theirs = (uproot.open(r.output)[tree].arrays() for r in (one, other))
+            assert ak.fields(mine) == ak.fields(theirs)
+            assert ak.array_equal(mine, theirs, dtype_exact=True)
+    assert not (tmp_path / "dask" / "nan_pvs.root").exists()
+
+
+def test_dask_missing_and_bad_scheduler(monkeypatch):
+    with pytest.raises(ValueError, match="positive number of workers"), dask_client("local:0"):
+        pass
+    monkeypatch.setitem(sys.modules, "dask_awkward", None)
+    with pytest.raises(ImportError, match=r'pip install "pvfinder\[dask\]"'), \
+            dask_client("local:1"):
+        pass
