@@ -25,6 +25,7 @@ from typing import Any
 
 import awkward as ak
 import numpy as np
+from tqdm.auto import tqdm
 
 from .config import PVFinderConfig
 from .events import VERTEX_FIELDS, VertexBatch
@@ -71,7 +72,8 @@ def expand_inputs(patterns: Iterable[str]) -> tuple[list[Path], list[str]]:
     files: dict[Path, None] = {}
     errors = []
     for pattern in patterns:
-        if any(char in pattern for char in "*?["):
+        # A name that exists is a file even when it holds glob characters ("run[1].root").
+        if any(char in pattern for char in "*?[") and not Path(pattern).exists():
             matches = sorted(glob.glob(pattern))
             if not matches:
                 errors.append(f"{pattern}: no file matches")
@@ -221,8 +223,6 @@ def reconstruct_files(
                 sources[path] = inspect_tracks(path, schema)
             except (ValueError, OSError) as error:
                 record(FileResult(path, output, "failed", error=str(error)))
-    from tqdm.auto import tqdm
-
     total = sum(source.n_entries for source in sources.values())
     with _engine(scheduler, schema, config, backend, step_size, with_weights) as engine, \
             tqdm(total=total, unit="evt", disable=not progress) as bar:
@@ -239,7 +239,6 @@ def reconstruct_files(
 def _write_output(writer: VertexWriter, sources: list[TrackSource], engine: Any, bar: Any,
                   record: Callable[[FileResult], None]) -> None:
     """Write the vertices of ``sources`` through ``writer``; keep the file if one succeeded."""
-    writer.path.parent.mkdir(parents=True, exist_ok=True)
     # One input streams straight to its own file; inputs merged into one file are held
     # until complete, so that a bad one leaves nothing of itself in the merged file.
     buffered = len(sources) > 1

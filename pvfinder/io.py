@@ -345,15 +345,14 @@ class TrackSource:
             Naming file, tree, branch and entry for branches of different lengths in an
             entry, or a non-finite state or negative variance.
         """
-        offsets, flat = _flatten_jagged({branch: arrays[branch] for branch in self.branches.values()},
-                                        self.where, entry_start)
+        jagged = {branch: arrays[branch] for branch in self.branches.values()}
+        offsets, flat = _flatten_jagged(jagged, self.where, entry_start)
         fields = {field: flat[branch] for field, branch in self.branches.items()}
-        dtype = fields["x"].dtype
-        for field, value in self.filled.items():
-            fields[field] = np.full(int(offsets[-1]), value, dtype=dtype)
+        for field, value in self.filled.items():  # in the precision of the file's states
+            fields[field] = np.full(int(offsets[-1]), value, dtype=fields["x"].dtype)
         n_events = len(offsets) - 1
-        ids = {name: ak.to_numpy(arrays[name]).astype(dtype, copy=False)
-               for name, dtype in self.event_ids.items()} or {
+        ids = {name: ak.to_numpy(arrays[name]).astype(id_dtype, copy=False)
+               for name, id_dtype in self.event_ids.items()} or {
             "event_number": np.arange(entry_start, entry_start + n_events, dtype=np.uint64)}
         try:
             tracks = TrackBatch.from_arrays(offsets=offsets, **fields)
@@ -647,6 +646,7 @@ class VertexWriter:
         self.partial = self.path.with_name(self.path.name + ".part")
         self.with_weights = with_weights
         self.n_events = self.n_vertices = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = uproot.recreate(self.partial, compression=_compression(compression))
         self._ids: dict[str, np.dtype] | None = None
         self._per_track: bool | None = None

@@ -63,6 +63,16 @@ def test_expand_inputs_and_plan_outputs(tmp_path, files):
         plan_outputs([files[0], tmp_path / "run0.root"], tmp_path / "out")
 
 
+def test_existing_name_with_glob_characters_is_a_file(tmp_path, files):
+    literal = tmp_path / "run[0].root"
+    literal.write_bytes(files[0].read_bytes())
+    assert expand_inputs([str(literal)]) == ([literal], [])
+    output = tmp_path / "out.root"
+    results = reconstruct_files(plan_outputs([literal], output), backend="cpu")
+    assert [r.status for r in results] == ["done"]
+    assert_same_vertices(read_vertices(output), expected_vertices(files[0]), weights=False)
+
+
 def test_bad_file_in_a_batch_is_reported_and_the_rest_written(tmp_path, files):
     not_root = tmp_path / "notes.root"
     not_root.write_text("not a ROOT file")
