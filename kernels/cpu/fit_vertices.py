@@ -6,6 +6,7 @@ Lengths in mm. The contract is ``kernels/README.md`` section 4.
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
@@ -29,6 +30,10 @@ _CANDIDATE_SLACK = 1.0 + 1e-6
 
 # Rows of the per-event track scratch array.
 _DENSITY, _SLOPE, _REACH = 0, 1, 2
+
+# Scratch of the kernel, one row per Numba worker thread, kept per calling thread so that a
+# steady stream of batches allocates nothing and finders in different threads never share it.
+_workspaces = threading.local()
 
 
 @numba.njit(cache=True, fastmath=False)
@@ -174,7 +179,6 @@ def _fit_seed(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others, n_ca
     return sum_chi2, sum_w, valid
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def fit_vertices(
     offsets: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray, tx: np.ndarray,
     ty: np.ndarray, wx: np.ndarray, wy: np.ndarray, usable: np.ndarray,
@@ -238,7 +242,53 @@ def fit_vertices(
         Bound (mm²) on the vertex's squared transverse distance to the beamline.
     out_pos, out_cov, out_chi2, out_ndof, out_n_tracks, out_valid, out_weights : ndarray
         Written for slots ``s < m_e``; other slots are left untouched.
+
+    Notes
+    -----
+    The per-event scratch (track bounds, candidate lists) lives in a workspace with one row
+    per Numba thread, kept for the calling thread and grown only when a batch holds a larger
+    event than any before: a steady stream of batches allocates nothing.
     """
+    max_tracks, max_block = _largest_event(offsets, n_seeds, seeds.shape[1])
+    floats, ints = _workspace(3 * max_tracks + max_block, max_block + seeds.shape[1])
+    _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight_offsets,
+                beam_x, beam_y, max_chi2, chi2_cut, min_weight, min_iter, max_iter,
+                max_delta_z, min_tracks, max_rho2, out_pos, out_cov, out_chi2, out_ndof,
+                out_n_tracks, out_valid, out_weights, floats, ints)
+
+
+def _workspace(n_floats: int, n_ints: int) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's workspace: rows of at least ``n_floats`` floats and ``n_ints`` ints."""
+    floats = getattr(_workspaces, "floats", None)
+    ints = getattr(_workspaces, "ints", None)
+    # get_thread_id() < get_num_threads() <= NUMBA_NUM_THREADS, whatever set_num_threads says.
+    n_rows = numba.config.NUMBA_NUM_THREADS
+    if floats is None or floats.shape[1] < n_floats:
+        floats = _workspaces.floats = np.empty((n_rows, int(1.25 * n_floats) + 1))
+    if ints is None or ints.shape[1] < n_ints:
+        ints = _workspaces.ints = np.empty((n_rows, int(1.25 * n_ints) + 1), dtype=np.int64)
+    return floats, ints
+
+
+@numba.njit(cache=True)
+def _largest_event(offsets, n_seeds, max_seeds):
+    """The most tracks in an event with seeds, and the most fitted slots × tracks of one."""
+    max_tracks = max_block = 0
+    for e in range(len(offsets) - 1):
+        n_slots = min(n_seeds[e], max_seeds)
+        if n_slots > 0:
+            n_tracks = offsets[e + 1] - offsets[e]
+            max_tracks = max(max_tracks, n_tracks)
+            max_block = max(max_block, n_slots * n_tracks)
+    return max_tracks, max_block
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight_offsets,
+                beam_x, beam_y, max_chi2, chi2_cut, min_weight, min_iter, max_iter,
+                max_delta_z, min_tracks, max_rho2, out_pos, out_cov, out_chi2, out_ndof,
+                out_n_tracks, out_valid, out_weights, floats, ints):
+    """The kernel of :func:`fit_vertices`, with its scratch rows ``floats`` and ``ints``."""
     max_seeds = seeds.shape[1]
     for e in numba.prange(len(offsets) - 1):
         first, stop = offsets[e], offsets[e + 1]
@@ -250,12 +300,15 @@ def fit_vertices(
         etx, ety, ewx, ewy = tx[first:stop], ty[first:stop], wx[first:stop], wy[first:stop]
         eusable = usable[first:stop]
         seed_row = seeds[e]
-        scratch = np.empty((3, n_tracks))
+        block = n_slots * n_tracks
+        own_floats, own_ints = floats[numba.get_thread_id()], ints[numba.get_thread_id()]
+        scratch = own_floats[: 3 * n_tracks].reshape((3, n_tracks))
         # Per seed: its candidate tracks and their D_t minus the own term, built together with
         # D_t in one pass over the track–seed pairs.
-        candidates = np.empty((n_slots, n_tracks), dtype=np.int64)
-        others = np.empty((n_slots, n_tracks))
-        n_candidates = np.zeros(n_slots, dtype=np.int64)
+        others = own_floats[3 * n_tracks : 3 * n_tracks + block].reshape((n_slots, n_tracks))
+        candidates = own_ints[:block].reshape((n_slots, n_tracks))
+        n_candidates = own_ints[block : block + n_slots]
+        n_candidates[:] = 0
         for t in range(n_tracks):
             density = 0.0
             if eusable[t] != 0:
