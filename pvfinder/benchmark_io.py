@@ -151,16 +151,16 @@ def _parts(inputs: list[Path], finder: PVFinder, step_size: int | str, output: P
     chunks: list[Any] = []
     timings = {"read_and_convert": _timed(
         lambda: chunks.extend(iterate_tracks(inputs, step_size=step_size)))}
-    results: list[Any] = []
+    outputs = finder.output_buffers()  # reused, as the end-to-end job reuses its own
     timings["reconstruction"] = _timed(
-        lambda: results.extend(finder(chunk.tracks) for chunk in chunks))
-
-    def write() -> None:
-        with VertexWriter(output) as writer:
-            for chunk, vertices in zip(chunks, results):
-                writer.write(vertices, chunk.event_ids, chunk.tracks.counts)
-
-    timings["write"] = _timed(write)
+        lambda: [finder(chunk.tracks, out=outputs, to_host=True) for chunk in chunks])
+    timings["write"] = 0.0
+    with VertexWriter(output) as writer:
+        for chunk in chunks:
+            vertices = finder(chunk.tracks, out=outputs, to_host=True)
+            start = time.perf_counter()
+            writer.write(vertices, chunk.event_ids, chunk.tracks.counts)
+            timings["write"] += time.perf_counter() - start
     return timings, sum(chunk.tracks.n_tracks for chunk in chunks)
 
 

@@ -264,8 +264,8 @@ def _run_input(source: TrackSource, writer: VertexWriter, engine: Any, buffered:
     held: list[Piece] = []
     try:
         for piece in engine.pieces(source):
-            if buffered:
-                held.append(piece)
+            if buffered:  # the engine may reuse a piece's arrays for the next one
+                held.append((piece[0].copy(), *piece[1:]))
             else:
                 writer.write(*piece)
             n_events += piece[0].n_events
@@ -290,17 +290,20 @@ def _engine(scheduler: str | None, schema: TrackSchema, config: PVFinderConfig |
 
 
 class _LocalEngine:
-    """Chunks read in this process and reconstructed by one finder."""
+    """Chunks read in this process and reconstructed by one finder into reused outputs."""
 
     def __init__(self, schema: TrackSchema, finder: PVFinder, step_size: int | str) -> None:
         self.schema, self.finder, self.step_size = schema, finder, step_size
+        self.outputs = finder.output_buffers()
 
     def submit(self, sources: list[TrackSource]) -> None:
         """Nothing to start ahead: chunks are read when asked for."""
 
     def pieces(self, source: TrackSource) -> Iterator[Piece]:
+        """Each chunk's vertices, valid until the next chunk is asked for."""
         for chunk in iterate_tracks(source.path, self.schema, self.step_size):
-            yield self.finder(chunk.tracks), chunk.event_ids, chunk.tracks.counts
+            vertices = self.finder(chunk.tracks, out=self.outputs, to_host=True)
+            yield vertices, chunk.event_ids, chunk.tracks.counts
 
 
 class _DaskEngine:

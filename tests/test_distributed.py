@@ -172,3 +172,21 @@ def test_dask_missing_and_bad_scheduler(monkeypatch):
     with pytest.raises(ImportError, match=r'pip install "pvfinder\[dask\]"'), \
             dask_client("local:1"):
         pass
+
+
+def test_io_benchmark_times_each_part_and_checks_dask_agrees(tmp_path):
+    from pvfinder.benchmark_io import run_io_benchmark
+
+    result = run_io_benchmark(n_events=120, n_files=2, workers=1, input_compressions=("lz4",),
+                              directory=tmp_path)
+    assert result["kind"] == "io" and result["sample"]["events"] == 120
+    (run,) = result["runs"]
+    assert run["input_compression"] == "lz4" and run["dask_matches_single"] is True
+    seconds = {name: row["seconds"] for name, row in run["measurements"].items()}
+    assert set(seconds) == {"read_and_convert", "reconstruction", "write", "end_to_end",
+                            "end_to_end_dask"}
+    assert all(value > 0 for value in seconds.values())
+    reco = seconds["reconstruction"]
+    assert run["io_overhead"]["read_and_convert"] == pytest.approx(
+        seconds["read_and_convert"] / reco, rel=0.1)  # from rounded seconds
+    assert list(tmp_path.iterdir()) == []  # the files are removed afterwards
