@@ -313,11 +313,18 @@ def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight
             density = 0.0
             if eusable[t] != 0:
                 slope = math.sqrt(etx[t] * etx[t] + ety[t] * ety[t])
-                reach = math.sqrt(max_chi2 / min(ewx[t], ewy[t]))
-                reach += math.sqrt((ex[t] - beam_x) ** 2 + (ey[t] - beam_y) ** 2)
-                reach *= _CANDIDATE_SLACK
+                w_min = min(ewx[t], ewy[t])
+                rho = math.sqrt((ex[t] - beam_x) ** 2 + (ey[t] - beam_y) ** 2)
+                reach = (math.sqrt(max_chi2 / w_min) + rho) * _CANDIDATE_SLACK
                 scratch[_SLOPE, t], scratch[_REACH, t] = slope, reach
+                # Seeds with slope·|Δz| beyond this neither are within the track's reach nor
+                # get a term (χ² ≥ _UNDERFLOW_CHI2: exactly 0), by the bound of _may_reach;
+                # skipping them changes no result and spares most pairs at high pile-up.
+                window = max((math.sqrt(_UNDERFLOW_CHI2 / w_min) + rho) * _CANDIDATE_SLACK,
+                             reach + _CANDIDATE_RHO + slope * _CANDIDATE_DZ)
                 for s in range(n_slots):
+                    if slope * abs(ez[t] - seed_row[s]) > window:
+                        continue
                     own = _seed_term(_track_chi2(ex[t], ey[t], ez[t], etx[t], ety[t],
                                                  ewx[t], ewy[t], beam_x, beam_y, seed_row[s]))
                     density += own
