@@ -49,6 +49,7 @@ __all__ = [
     "ValidationReport",
     "core_gaussian",
     "validate",
+    "wilson_interval",
 ]
 
 AXES = ("x", "y", "z")
@@ -80,6 +81,25 @@ def _ratio(passed: int | np.ndarray, total: int | np.ndarray) -> tuple[Any, Any]
     if value.ndim == 0:
         return float(value), float(error)
     return value, error
+
+
+def wilson_interval(passed: Any, total: Any) -> tuple[Any, Any]:
+    """Lower and upper bounds of the 68.3 % (one σ) Wilson score interval of ``passed / total``.
+
+    Unlike ``sqrt(ε(1 − ε)/n)`` it does not shrink to nothing at ε = 0 or 1 (4 of 4 found
+    gives [0.80, 1]) and stays inside [0, 1]; nan where ``total`` is 0.
+    """
+    passed = np.asarray(passed, dtype=np.float64)
+    total = np.asarray(total, dtype=np.float64)
+    # With z = 1: centre (k + 1/2)/(n + 1), half-width sqrt(k(n − k)/n + 1/4)/(n + 1).
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre = (passed + 0.5) / (total + 1.0)
+        half = np.sqrt(passed * (total - passed) / total + 0.25) / (total + 1.0)
+    lower, upper = np.where(total > 0, centre - half, np.nan), np.where(total > 0, centre + half,
+                                                                       np.nan)
+    if lower.ndim == 0:
+        return float(lower), float(upper)
+    return lower, upper
 
 
 def core_gaussian(values: np.ndarray) -> tuple[float, float, int]:
@@ -169,7 +189,9 @@ class Spread:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Curve:
-    """A rate in bins: ``value = passed / total`` with its binomial ``error``.
+    """A rate in bins: ``value = passed / total`` with its binomial ``error`` and its Wilson
+    score interval ``lower``–``upper`` (68.3 %, see :func:`wilson_interval`), which the plots
+    and the table show: the binomial error vanishes in bins at 0 or 1.
 
     ``edges`` has one entry more than the other arrays; a bin is ``[edges[i], edges[i+1])``.
     Empty bins hold nan.
@@ -180,6 +202,8 @@ class Curve:
     passed: np.ndarray
     value: np.ndarray
     error: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
 
     @classmethod
     def of(cls, variable: np.ndarray, passed: np.ndarray, edges: np.ndarray) -> Curve:
@@ -188,9 +212,21 @@ class Curve:
         inside = index >= 0
         total = np.bincount(index[inside], minlength=n_bins)
         hits = np.bincount(index[inside], weights=passed[inside], minlength=n_bins).astype(np.int64)
-        value, error = _ratio(hits, total)
-        return cls(edges=np.asarray(edges, dtype=np.float64), total=total, passed=hits,
-                   value=value, error=error)
+        return cls.from_counts(edges, hits, total)
+
+    @classmethod
+    def from_counts(cls, edges: Any, passed: Any, total: Any) -> Curve:
+        """The curve of ``passed`` out of ``total`` entries in the bins of ``edges``."""
+        total, passed = np.asarray(total), np.asarray(passed)
+        value, error = _ratio(passed, total)
+        lower, upper = wilson_interval(passed, total)
+        return cls(edges=np.asarray(edges, dtype=np.float64), total=total, passed=passed,
+                   value=value, error=error, lower=lower, upper=upper)
+
+    @property
+    def yerr(self) -> np.ndarray:
+        """``(value − lower, upper − value)``: the Wilson interval as matplotlib error bars."""
+        return np.array([self.value - self.lower, self.upper - self.value])
 
 
 def _bin_index(variable: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -343,11 +379,14 @@ class ValidationReport:
         return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
 
     def table(self) -> str:
-        """A printable summary in the manner of LHCb's PV checker."""
+        """A printable summary in the manner of LHCb's PV checker.
+
+        Rates are shown with their 68.3 % Wilson score interval (``+up/-down``), which stays
+        meaningful at 0 and 1, where the binomial ``*_error`` attributes vanish.
+        """
         c = self.counts
         s = self.settings
         n_20_found, n_20 = self._found_of(True, PLATEAU_MULTIPLICITY)
-        eff_20, eff_20_error = _ratio(n_20_found, n_20)
         lines = [
             " ============================================",
             " PV checker: efficiencies for reconstructible MC vertices",
@@ -357,14 +396,12 @@ class ValidationReport:
             f" MC PV is isolated if no other reconstructible MC PV is within {s['isolation_distance']:g} mm (3D)",
             f" REC and MC vertices matched by dz distance: |dz| < {s['match_nsigma']:g} sigma_z(rec)",
             "",
-            _rate_line("All", self.efficiency, self.efficiency_error, c["found"], c["reconstructible"]),
-            _rate_line("Isolated", self.efficiency_isolated, self.efficiency_isolated_error,
-                       c["found_isolated"], c["isolated"]),
-            _rate_line("Close", self.efficiency_close, self.efficiency_close_error,
-                       c["found_close"], c["close"]),
-            _rate_line(f"Isolated & >= {PLATEAU_MULTIPLICITY} tr", eff_20, eff_20_error, n_20_found, n_20),
-            _rate_line("False rate", self.fake_rate, self.fake_rate_error, c["fakes"], c["rec_pvs"]),
-            _rate_line("Clone rate", self.clone_rate, self.clone_rate_error, c["clones"], c["found"]),
+            _rate_line("All", c["found"], c["reconstructible"]),
+            _rate_line("Isolated", c["found_isolated"], c["isolated"]),
+            _rate_line("Close", c["found_close"], c["close"]),
+            _rate_line(f"Isolated & >= {PLATEAU_MULTIPLICITY} tr", n_20_found, n_20),
+            _rate_line("False rate", c["fakes"], c["rec_pvs"]),
+            _rate_line("Clone rate", c["clones"], c["found"]),
             "",
             f" {'best match, rec - MC':<26}{'x':>10}{'y':>10}{'z':>10}",
             _axes_line("core mean [um]", self.residuals, "core_mean", _UM_PER_MM),
@@ -375,15 +412,15 @@ class ValidationReport:
             _axes_line("pull RMS", self.pulls, "rms"),
             "",
             " efficiency and resolution vs MC multiplicity (reconstructible tracks)",
-            f" {'tracks':<12}{'MC PVs':>8}{'found':>8}{'efficiency':>20}"
-            f"{'sigma_x':>9}{'sigma_y':>9}{'sigma_z':>9} [um]",
+            (f" {'tracks':<12}{'MC PVs':>8}{'found':>8}{'efficiency':>24}"
+             f"{'sigma_x':>9}{'sigma_y':>9}{'sigma_z':>9} [um]"),
         ]
         curve = self.efficiency_vs_multiplicity
         res = self.residuals_vs_multiplicity
         for i in range(len(curve.total)):
             lines.append(
                 f" {_bin_label(curve.edges, i):<12}{curve.total[i]:>8d}{curve.passed[i]:>8d}"
-                f"{_value_error(curve.value[i], curve.error[i]):>20}"
+                f"{_value_interval(curve.value[i], curve.lower[i], curve.upper[i]):>24}"
                 + "".join(f"{res[a].core_sigma[i] * _UM_PER_MM:>9.1f}" for a in AXES)
             )
         return "\n".join(lines)
@@ -406,14 +443,17 @@ class ValidationReport:
         return _plot_report(self, pathlib.Path(directory))
 
 
-def _value_error(value: float, error: float) -> str:
+def _value_interval(value: float, lower: float, upper: float) -> str:
     if not np.isfinite(value):
         return "n/a"
-    return f"{value:.4f} +- {error:.4f}"
+    return f"{value:.4f} +{upper - value:.4f}/-{value - lower:.4f}"
 
 
-def _rate_line(name: str, value: float, error: float, passed: int, total: int) -> str:
-    return f" {name:<24}: {_value_error(value, error):>18}   ({passed} / {total})"
+def _rate_line(name: str, passed: int, total: int) -> str:
+    """``passed / total`` with its Wilson interval, and the counts."""
+    value = passed / total if total else math.nan
+    rate = _value_interval(value, *wilson_interval(passed, total))
+    return f" {name:<24}: {rate:>24}   ({passed} / {total})"
 
 
 def _axes_line(name: str, spreads: dict[str, Spread], field: str, scale: float = 1.0) -> str:
@@ -498,7 +538,7 @@ def _plot_rate_vs_multiplicity(fig: Any, curve: Curve, xlabel: str, ylabel: str)
     import matplotlib.ticker
     ax = fig.subplots()
     position = np.arange(curve.total.size)
-    ax.errorbar(position, curve.value, yerr=curve.error, xerr=0.5, fmt="o", color="black")
+    ax.errorbar(position, curve.value, yerr=curve.yerr, xerr=0.5, fmt="o", color="black")
     ax.set_xticks(position, [_bin_label(curve.edges, i) for i in position], rotation=30)
     ax.set_xlim(-0.6, curve.total.size - 0.4)
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
@@ -511,7 +551,7 @@ def _plot_rate_vs_multiplicity(fig: Any, curve: Curve, xlabel: str, ylabel: str)
 def _plot_rate_vs_z(fig: Any, curve: Curve) -> Any:
     ax = fig.subplots()
     centre = 0.5 * (curve.edges[1:] + curve.edges[:-1])
-    ax.errorbar(centre, curve.value, yerr=curve.error, xerr=0.5 * np.diff(curve.edges),
+    ax.errorbar(centre, curve.value, yerr=curve.yerr, xerr=0.5 * np.diff(curve.edges),
                 fmt="o", color="black")
     ax.set_xlabel(r"$z_{\mathrm{MC}}$ [mm]")
     ax.set_ylabel("Efficiency")
@@ -521,7 +561,7 @@ def _plot_rate_vs_z(fig: Any, curve: Curve) -> Any:
 
 def _set_rate_limits(ax: Any, curve: Curve) -> None:
     """Leave room above the points; a rate axis never starts below 0."""
-    top = np.nanmax(curve.value + curve.error) if np.isfinite(curve.value).any() else 1.0
+    top = np.nanmax(curve.upper) if np.isfinite(curve.upper).any() else 1.0
     ax.set_ylim(0.0, max(top, 0.05) * 1.15)
 
 

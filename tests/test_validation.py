@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -190,6 +190,13 @@ def test_efficiency_vs_multiplicity_binning():
     np.testing.assert_array_equal(curve.passed, [1, 2, 1])
     np.testing.assert_allclose(curve.value, [1 / 2, 1, 1 / 3])
     np.testing.assert_allclose(curve.error, [math.sqrt(0.25 / 2), 0.0, math.sqrt(2 / 9 / 3)])
+    # The Wilson interval stays open where the binomial error vanishes (2 of 2 found).
+    # The Wilson interval, centre (k + 1/2)/(n + 1) and half-width sqrt(k(n-k)/n + 1/4)/(n + 1),
+    # stays open where the binomial error vanishes (2 of 2 found).
+    half = np.array([math.sqrt(0.75) / 3, 0.5 / 3, math.sqrt(2 / 3 + 0.25) / 4])
+    np.testing.assert_allclose(curve.lower, np.array([0.5, 2.5 / 3, 0.375]) - half)
+    np.testing.assert_allclose(curve.upper, np.array([0.5, 2.5 / 3, 0.375]) + half)
+    np.testing.assert_allclose(curve.yerr[:, 1], [1 / 3, 0.0], atol=1e-12)
     # The 3-track PV's vertex (2.5 weighted tracks) is a fake; the fake rate's lowest bin
     # opens to 0 tracks.
     fake_curve = report.fake_rate_vs_multiplicity
@@ -292,7 +299,8 @@ def test_report_outputs():
     assert data["efficiency_vs_multiplicity"]["edges"][-1] is None  # inf in strict JSON
     assert data["residuals"]["z"]["core_sigma"] == 0.0
     assert str(report) == report.table()
-    assert "1.0000 +- 0.0000   (6 / 6)" in report.table()
+    # Rates with their Wilson interval: 6 of 6 gives [6/7, 1].
+    assert "1.0000 +0.0000/-0.1429   (6 / 6)" in report.table()
 
 
 def test_plot_writes_pngs(tmp_path):
