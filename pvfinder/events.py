@@ -98,6 +98,13 @@ def _check_offsets(offsets: np.ndarray, length: int | None, what: str) -> None:
         )
 
 
+def _first_true(xp: Any, mask: Any) -> int | None:
+    """Index of the first true entry of ``mask``, or ``None``; one reduction when all false."""
+    if not bool(mask.any()):
+        return None
+    return int(xp.flatnonzero(mask)[0])
+
+
 def _event_of(offsets: np.ndarray, index: int) -> int:
     return int(np.searchsorted(offsets, index, side="right") - 1)
 
@@ -140,7 +147,10 @@ class _Jagged:
         length = int(offsets[-1])
         out = {}
         for name in cls.FIELDS:
-            array = np.asarray(_to_host(fields[name]))
+            # CuPy arrays stay on the device: each check is one reduction there, and only a
+            # failing one brings an index back.
+            xp = _array_module(fields[name])
+            array = xp.asarray(fields[name])
             if array.ndim != 1:
                 raise ValueError(
                     f"{cls.WHAT}: field {name!r} must be one-dimensional, got shape {array.shape}"
@@ -156,18 +166,18 @@ class _Jagged:
                             f"{cls.WHAT}: field {name!r} must be numeric, got {array.dtype}"
                         )
                     array = array.astype(np.float64)
-                bad = np.flatnonzero(~np.isfinite(array))
-                if bad.size:
+                bad = _first_true(xp, ~xp.isfinite(array))
+                if bad is not None:
                     raise ValueError(
-                        f"{cls.WHAT}: field {name!r} is {array[bad[0]]} in event "
-                        f"{_event_of(offsets, bad[0])} (entry {bad[0]})"
+                        f"{cls.WHAT}: field {name!r} is {array[bad]} in event "
+                        f"{_event_of(offsets, bad)} (entry {bad})"
                     )
                 if name in _VARIANCE_FIELDS:
-                    bad = np.flatnonzero(array < 0)
-                    if bad.size:
+                    bad = _first_true(xp, array < 0)
+                    if bad is not None:
                         raise ValueError(
-                            f"{cls.WHAT}: variance {name!r} is negative ({array[bad[0]]}) in "
-                            f"event {_event_of(offsets, bad[0])} (entry {bad[0]})"
+                            f"{cls.WHAT}: variance {name!r} is negative ({array[bad]}) in "
+                            f"event {_event_of(offsets, bad)} (entry {bad})"
                         )
             else:
                 if not np.issubdtype(array.dtype, np.integer):

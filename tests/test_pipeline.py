@@ -11,8 +11,10 @@ from pvfinder import find_vertices
 from pvfinder.backends import get_backend
 from pvfinder.config import PVFinderConfig
 from pvfinder.events import TRACK_FIELDS, TrackBatch
-from pvfinder.pipeline import PVFinder, SeedOverflowWarning
+from pvfinder.pipeline import PVFinder, SeedOverflowWarning, as_track_batch
 from pvfinder.validation import validate
+
+from .conftest import requires_cuda
 
 
 def one_vertex_event(n_tracks: int, z0: float = 10.0, seed: int = 0) -> dict[str, np.ndarray]:
@@ -157,3 +159,29 @@ def test_z_histograms_show_what_the_fit_starts_from(sample, backend_name):
         z = vertices.z[vertices.offsets[event] : vertices.offsets[event + 1]]
         assert len(z) <= len(seeds)
         assert np.all(np.min(np.abs(z[:, None] - seeds[None, :]), axis=1) < 2.0)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_mapping_of_cupy_arrays_is_checked_on_the_device(sample, monkeypatch):
+    import cupy
+
+    tracks = sample.tracks.select_events(0, 50)
+    on_device = {name: cupy.asarray(getattr(tracks, name)) for name in TRACK_FIELDS}
+    # No field may come back to the host: only offsets (per event) and the results do.
+    copied = []
+    real_get = cupy.ndarray.get
+    monkeypatch.setattr(cupy.ndarray, "get", lambda self, *a, **k: (
+        copied.append(self.size), real_get(self, *a, **k))[1])
+    batch = as_track_batch({"offsets": tracks.offsets, **on_device})
+    assert all(isinstance(getattr(batch, name), cupy.ndarray) for name in TRACK_FIELDS)
+    assert all(size <= tracks.n_events + 1 for size in copied)
+    monkeypatch.undo()
+    expected = find_vertices(tracks, backend="cuda")
+    got = find_vertices({"offsets": tracks.offsets, **on_device}, backend="cuda")
+    np.testing.assert_array_equal(got.counts, expected.counts)
+    np.testing.assert_array_equal(got.z, expected.z)
+    bad = dict(on_device, cov_yy=on_device["cov_yy"].copy())
+    bad["cov_yy"][int(tracks.offsets[7]) + 2] = -1.0
+    with pytest.raises(ValueError, match="variance 'cov_yy' is negative .* in event 7"):
+        as_track_batch({"offsets": tracks.offsets, **bad})
