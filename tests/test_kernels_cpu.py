@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
 
+from pvfinder import find_vertices
+from pvfinder.events import TRACK_FIELDS, TrackBatch
+from pvfinder.kernels.cpu import fit_vertices as fit_module
 from pvfinder.kernels.cpu.cleanup import cleanup
 from pvfinder.kernels.cpu.extrapolate import extrapolate
 from pvfinder.kernels.cpu.find_peaks import find_peaks
@@ -497,3 +501,27 @@ def test_compact_copies_kept_slots_in_order_with_their_weights():
     np.testing.assert_array_equal(out_vertices[9:].T, [[12, 22, 32], [10, 20, 30]])
     np.testing.assert_array_equal(out_weight_offsets, [0, 2, 4])
     np.testing.assert_array_equal(out_weights, [0.5, 0.6, 0.1, 0.2])
+
+
+def test_fit_workspace_grows_for_a_larger_event_and_is_per_thread(sample):
+    """The fit's scratch is kept per calling thread and grown for a larger event: results do
+    not depend on what the thread reconstructed before."""
+    small = sample.tracks.select_events(0, 20)
+    end = sample.tracks.offsets[20]  # 20 crossings as one event: larger than any before
+    big = TrackBatch.from_arrays(offsets=[0, end],
+                                 **{name: getattr(sample.tracks, name)[:end] for name in TRACK_FIELDS})
+    results = {}
+
+    def run(key, batches):
+        results[key] = [find_vertices(batch, backend="cpu") for batch in batches]
+        results[key + "_rows"] = fit_module._workspaces.floats.shape[1]
+
+    for key, batches in (("small_then_big", [small, big]), ("big_only", [big])):
+        thread = threading.Thread(target=run, args=(key, batches))
+        thread.start()
+        thread.join()
+    grown, fresh = results["small_then_big"][1], results["big_only"][0]
+    assert fresh.n_vertices > 30
+    np.testing.assert_array_equal(grown.z, fresh.z)
+    np.testing.assert_array_equal(grown.weights, fresh.weights)
+    assert results["small_then_big_rows"] == results["big_only_rows"]  # grown to the same need
