@@ -90,14 +90,21 @@ class _Buffers:
     def __init__(self, xp: Any) -> None:
         self._xp = xp
         self._arrays: dict[str, Any] = {}
+        # The view last handed out per name: a loop of same-sized batches (a trigger) asks
+        # for the same shapes every call, and slicing anew costs more than the small kernels.
+        self._views: dict[str, Any] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        view = self._views.get(name)
+        if view is not None and view.shape == shape and view.dtype == dtype:
+            return view
         size = math.prod(shape)
         array = self._arrays.get(name)
         if array is None or array.size < size or array.dtype != dtype:
             array = self._xp.empty(_grown(size, 1), dtype=dtype)
             self._arrays[name] = array
-        return array[:size].reshape(shape)
+        view = self._views[name] = array[:size].reshape(shape)
+        return view
 
 
 class VertexBuffers:
