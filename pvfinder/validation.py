@@ -95,8 +95,8 @@ def wilson_interval(passed: Any, total: Any) -> tuple[Any, Any]:
     with np.errstate(invalid="ignore", divide="ignore"):
         centre = (passed + 0.5) / (total + 1.0)
         half = np.sqrt(passed * (total - passed) / total + 0.25) / (total + 1.0)
-    lower, upper = np.where(total > 0, centre - half, np.nan), np.where(total > 0, centre + half,
-                                                                       np.nan)
+    lower = np.where(total > 0, centre - half, np.nan)
+    upper = np.where(total > 0, centre + half, np.nan)
     if lower.ndim == 0:
         return float(lower), float(upper)
     return lower, upper
@@ -451,8 +451,7 @@ def _value_interval(value: float, lower: float, upper: float) -> str:
 
 def _rate_line(name: str, passed: int, total: int) -> str:
     """``passed / total`` with its Wilson interval, and the counts."""
-    value = passed / total if total else math.nan
-    rate = _value_interval(value, *wilson_interval(passed, total))
+    rate = _value_interval(_ratio(passed, total)[0], *wilson_interval(passed, total))
     return f" {name:<24}: {rate:>24}   ({passed} / {total})"
 
 

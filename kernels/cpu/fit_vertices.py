@@ -301,7 +301,8 @@ def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight
         eusable = usable[first:stop]
         seed_row = seeds[e]
         block = n_slots * n_tracks
-        own_floats, own_ints = floats[numba.get_thread_id()], ints[numba.get_thread_id()]
+        worker = numba.get_thread_id()
+        own_floats, own_ints = floats[worker], ints[worker]
         scratch = own_floats[: 3 * n_tracks].reshape((3, n_tracks))
         # Per seed: its candidate tracks and their D_t minus the own term, built together with
         # D_t in one pass over the track–seed pairs.
