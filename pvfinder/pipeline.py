@@ -187,7 +187,7 @@ class PVFinder:
     arrays. Build ``tracks`` with :meth:`TrackBatch.from_buffers` to wrap your own arrays.
 
     One finder must not be called from two threads at once; one finder per thread is safe
-    (they share only the compiled kernels).
+    (they share only the compiled kernels, which release the GIL while they run).
 
     Examples
     --------

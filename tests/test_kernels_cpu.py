@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import math
+import pkgutil
 import threading
 
+import numba
 import numpy as np
 import pytest
 
 from pvfinder import find_vertices
 from pvfinder.events import TRACK_FIELDS, TrackBatch
+from pvfinder.kernels import cpu as cpu_kernels
 from pvfinder.kernels.cpu import fit_vertices as fit_module
 from pvfinder.kernels.cpu.cleanup import cleanup
 from pvfinder.kernels.cpu.extrapolate import extrapolate
@@ -525,3 +529,17 @@ def test_fit_workspace_grows_for_a_larger_event_and_is_per_thread(sample):
     np.testing.assert_array_equal(grown.z, fresh.z)
     np.testing.assert_array_equal(grown.weights, fresh.weights)
     assert results["small_then_big_rows"] == results["big_only_rows"]  # grown to the same need
+
+
+def test_every_parallel_kernel_releases_the_gil():
+    """A batch's kernels must let other Python threads run: the next chunk of a file is read
+    while this one is reconstructed, and finders in several threads run at the same time."""
+    parallel = {}
+    for info in pkgutil.iter_modules(cpu_kernels.__path__):
+        module = importlib.import_module(f"{cpu_kernels.__name__}.{info.name}")
+        for name, value in vars(module).items():
+            if isinstance(value, numba.core.registry.CPUDispatcher) \
+                    and value.targetoptions.get("parallel"):
+                parallel[f"{info.name}.{name}"] = value.targetoptions.get("nogil", False)
+    assert len(parallel) >= 6  # every stage, and the cleanup's compaction
+    assert all(parallel.values()), [name for name, nogil in parallel.items() if not nogil]

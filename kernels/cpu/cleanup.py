@@ -11,7 +11,7 @@ import numpy as np
 __all__ = ["cleanup", "compact"]
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=False, error_model="numpy")
 def cleanup(
     pos: np.ndarray, cov: np.ndarray, n_tracks: np.ndarray, valid: np.ndarray,
     n_seeds: np.ndarray, min_chi2_dist: float, out_order: np.ndarray, out_n: np.ndarray,
@@ -87,7 +87,7 @@ def cleanup(
         out_n[e] = n_kept
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, nogil=True, cache=True)
 def compact(
     track_offsets: np.ndarray, weight_offsets: np.ndarray, order: np.ndarray,
     n_kept: np.ndarray, vertex_offsets: np.ndarray, weight_base: np.ndarray,

@@ -34,7 +34,7 @@ def _emit(out_row: np.ndarray, n_found: int, z: float) -> int:
     return n_found + 1
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=False, error_model="numpy")
 def find_peaks(
     hist: np.ndarray, zmin: float, bin_width: float, threshold: float,
     min_tracks_in_seed: float, min_dip_density: float, min_density: float,

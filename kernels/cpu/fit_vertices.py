@@ -283,7 +283,7 @@ def _largest_event(offsets, n_seeds, max_seeds):
     return max_tracks, max_block
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=False, error_model="numpy")
 def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight_offsets,
                 beam_x, beam_y, max_chi2, chi2_cut, min_weight, min_iter, max_iter,
                 max_delta_z, min_tracks, max_rho2, out_pos, out_cov, out_chi2, out_ndof,

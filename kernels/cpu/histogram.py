@@ -40,7 +40,7 @@ def poly_cdf(u: float) -> float:
     return _cdf_of_scaled(u / HALF_WIDTH)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=False, error_model="numpy")
 def histogram(
     offsets: np.ndarray, z_beam: np.ndarray, sigma_z: np.ndarray, usable: np.ndarray,
     zmin: float, bin_width: float, out_hist: np.ndarray,
