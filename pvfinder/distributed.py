@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -300,10 +301,21 @@ class _LocalEngine:
         """Nothing to start ahead: chunks are read when asked for."""
 
     def pieces(self, source: TrackSource) -> Iterator[Piece]:
-        """Each chunk's vertices, valid until the next chunk is asked for."""
-        for chunk in iterate_tracks(source.path, self.schema, self.step_size):
-            vertices = self.finder(chunk.tracks, out=self.outputs, to_host=True)
-            yield vertices, chunk.event_ids, chunk.tracks.counts
+        """Each chunk's vertices, valid until the next chunk is asked for.
+
+        The next chunk is read in a background thread while this one is reconstructed (the
+        kernels release the GIL), so at most two chunks are in memory at once.
+        """
+        chunks = iterate_tracks(source.path, self.schema, self.step_size)
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="pvfinder-reader") as reader:
+                upcoming = reader.submit(next, chunks, None)
+                while (chunk := upcoming.result()) is not None:
+                    upcoming = reader.submit(next, chunks, None)
+                    vertices = self.finder(chunk.tracks, out=self.outputs, to_host=True)
+                    yield vertices, chunk.event_ids, chunk.tracks.counts
+        finally:
+            chunks.close()  # the reader has stopped: closes the file now, not at collection
 
 
 class _DaskEngine:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import awkward as ak
@@ -19,7 +20,15 @@ from pvfinder.distributed import (
     vertex_collection,
 )
 from pvfinder.events import TrackBatch, VertexBatch
-from pvfinder.io import inspect_tracks, read_tracks, read_vertices, write_sample
+from pvfinder.io import (
+    TrackSchema,
+    inspect_tracks,
+    iterate_tracks,
+    read_tracks,
+    read_vertices,
+    write_sample,
+)
+from pvfinder.pipeline import PVFinder
 
 from .test_io import assert_same_vertices
 
@@ -113,6 +122,35 @@ def test_skip_existing_leaves_finished_outputs(tmp_path, files):
     results = reconstruct_files(plan, backend="cpu", skip_existing=True)
     assert [r.status for r in results] == ["skipped", "done"]
     assert done.read_bytes() == b"finished earlier"
+
+
+def test_next_chunk_is_read_while_this_one_is_reconstructed(files, monkeypatch):
+    asked_past = [threading.Event() for _ in range(3)]  # files[0]: 60 events, chunks of 20
+
+    def reading(*args, **kwargs):
+        for i, chunk in enumerate(iterate_tracks(*args, **kwargs)):
+            yield chunk
+            asked_past[i].set()  # the engine wants the chunk after chunk i
+
+    class WaitingFinder:
+        """Reconstructs a chunk only once the engine has asked for the one after it."""
+
+        def __init__(self):
+            self.finder, self.overlapped = PVFinder(backend="cpu"), []
+
+        def output_buffers(self):
+            return self.finder.output_buffers()
+
+        def __call__(self, tracks, **options):
+            self.overlapped.append(asked_past[len(self.overlapped)].wait(timeout=30))
+            return self.finder(tracks, **options)
+
+    monkeypatch.setattr(distributed, "iterate_tracks", reading)
+    finder = WaitingFinder()
+    engine = distributed._LocalEngine(TrackSchema(), finder, step_size=20)
+    n_events = sum(len(counts) for _, _, counts in engine.pieces(inspect_tracks(files[0])))
+    assert n_events == 60
+    assert finder.overlapped == [True, True, True]
 
 
 def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch):
