@@ -246,8 +246,10 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("-n", "--n-events", type=int, default=1000, help="number of events")
     simulate.add_argument("-o", "--output", help="ROOT file to write (tracks and truth)")
     simulate.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    simulate.add_argument("--compression", choices=["zlib", "lzma"], default="zlib",
-                          help="compression of the output file (lzma: smaller, slower)")
+    simulate.add_argument("--compression", choices=["zstd", "lz4", "zlib", "lzma"],
+                          default="zstd",
+                          help="compression of the output file (default zstd; lzma: smaller, "
+                               "slower; see pvfinder.io.write_sample)")
     simulate.add_argument("--nu", type=float, help="mean visible interactions per crossing")
     simulate.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                           help="override a simulation condition (repeatable)")
