@@ -8,10 +8,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import FASTMATH
+
 __all__ = ["cleanup", "compact"]
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=False, error_model="numpy")
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def cleanup(
     pos: np.ndarray, cov: np.ndarray, n_tracks: np.ndarray, valid: np.ndarray,
     n_seeds: np.ndarray, min_chi2_dist: float, out_order: np.ndarray, out_n: np.ndarray,

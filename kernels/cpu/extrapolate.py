@@ -10,6 +10,8 @@ import math
 import numba
 import numpy as np
 
+from . import FASTMATH
+
 __all__ = ["extrapolate"]
 
 # Below this squared transverse slope a track is treated as parallel to the beam: its point of
@@ -18,7 +20,7 @@ _MIN_SLOPE2 = 1e-12
 
 
 # error_model="numpy": IEEE results (inf/NaN) instead of exceptions on a zero covariance.
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=False, error_model="numpy")
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def extrapolate(
     x: np.ndarray, y: np.ndarray, z: np.ndarray, tx: np.ndarray, ty: np.ndarray,
     cov_xx: np.ndarray, cov_yy: np.ndarray, cov_xtx: np.ndarray, cov_yty: np.ndarray,

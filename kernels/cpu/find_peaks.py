@@ -8,10 +8,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import FASTMATH
+
 __all__ = ["find_peaks"]
 
 
-@numba.njit(cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=FASTMATH)
 def _seed_z(hist: np.ndarray, peak: int, zmin: float, bin_width: float) -> float:
     """Centre of bin ``peak`` moved to the vertex of the parabola through it and its neighbours.
 
@@ -26,7 +28,7 @@ def _seed_z(hist: np.ndarray, peak: int, zmin: float, bin_width: float) -> float
     return zmin + (peak + 0.5 + shift) * bin_width
 
 
-@numba.njit(cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=FASTMATH)
 def _emit(out_row: np.ndarray, n_found: int, z: float) -> int:
     """Store seed number ``n_found`` when there is room; return the new count."""
     if n_found < len(out_row):
@@ -34,7 +36,7 @@ def _emit(out_row: np.ndarray, n_found: int, z: float) -> int:
     return n_found + 1
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=False, error_model="numpy")
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def find_peaks(
     hist: np.ndarray, zmin: float, bin_width: float, threshold: float,
     min_tracks_in_seed: float, min_dip_density: float, min_density: float,

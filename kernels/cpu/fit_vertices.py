@@ -11,6 +11,8 @@ import threading
 import numba
 import numpy as np
 
+from . import FASTMATH
+
 __all__ = ["fit_vertices"]
 
 # exp(-χ²/2) underflows to exactly 0.0 in float64 once χ²/2 > 745.13, so skipping the exp beyond
@@ -36,7 +38,7 @@ _DENSITY, _SLOPE, _REACH = 0, 1, 2
 _workspaces = threading.local()
 
 
-@numba.njit(cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=FASTMATH)
 def _track_chi2(x, y, z, tx, ty, wx, wy, vx, vy, vz):
     """Transverse χ² of a straight track, moved to z = vz, with respect to (vx, vy)."""
     dz = vz - z
@@ -45,13 +47,13 @@ def _track_chi2(x, y, z, tx, ty, wx, wy, vx, vy, vz):
     return rx * rx * wx + ry * ry * wy
 
 
-@numba.njit(cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=FASTMATH)
 def _seed_term(chi2):
     """exp(-χ²/2), the Gaussian term of a track–seed pair (exactly 0 once it underflows)."""
     return math.exp(-0.5 * chi2) if chi2 < _UNDERFLOW_CHI2 else 0.0
 
 
-@numba.njit(cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=FASTMATH)
 def _inverse_sym3(a_xx, a_xy, a_yy, a_xz, a_yz, a_zz):
     """Closed-form (cofactor) inverse of a symmetric 3×3 matrix.
 
@@ -70,7 +72,7 @@ def _inverse_sym3(a_xx, a_xy, a_yy, a_xz, a_yz, a_zz):
             (a_xy * a_xz - a_xx * a_yz) * inv, (a_xx * a_yy - a_xy * a_xy) * inv)
 
 
-@numba.njit(cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=FASTMATH)
 def _may_reach(slope, reach, z, centre_z, rho):
     """Whether a track can have χ² < max_chi2 with some vertex at most ``_CANDIDATE_DZ`` from
     ``centre_z`` in z and ``rho`` from the beamline.
@@ -83,7 +85,7 @@ def _may_reach(slope, reach, z, centre_z, rho):
     return not slope * (abs(z - centre_z) - _CANDIDATE_DZ) > reach + rho
 
 
-@numba.njit(cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=FASTMATH)
 def _collect_candidates(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others,
                         beam_x, beam_y, seed_z, centre_z, rho):
     """Fill ``candidates`` with the usable tracks that :func:`_may_reach` a vertex in the box
@@ -102,7 +104,7 @@ def _collect_candidates(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, ot
     return n
 
 
-@numba.njit(cache=True, fastmath=False, error_model="numpy")
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _fit_seed(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others, n_candidates,
               seed_z, beam_x, beam_y, max_chi2, chi2_cut, min_weight, min_iter, max_iter,
               max_delta_z, min_tracks, max_rho2, pos, cov, weights):
@@ -283,7 +285,7 @@ def _largest_event(offsets, n_seeds, max_seeds):
     return max_tracks, max_block
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=False, error_model="numpy")
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight_offsets,
                 beam_x, beam_y, max_chi2, chi2_cut, min_weight, min_iter, max_iter,
                 max_delta_z, min_tracks, max_rho2, out_pos, out_cov, out_chi2, out_ndof,

@@ -10,6 +10,8 @@ import math
 import numba
 import numpy as np
 
+from . import FASTMATH
+
 __all__ = ["histogram", "poly_cdf"]
 
 # Half-width of the kernel in units of σ_z. The polynomial CDF below integrates the density
@@ -18,7 +20,7 @@ __all__ = ["histogram", "poly_cdf"]
 HALF_WIDTH = math.sqrt(7.0)
 
 
-@numba.njit(cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=FASTMATH)
 def _cdf_of_scaled(s: float) -> float:
     """:func:`poly_cdf` of ``u = a·s``: the hot loop works in units of the half-width.
 
@@ -29,7 +31,7 @@ def _cdf_of_scaled(s: float) -> float:
     return 0.5 + s * (0.5 + eta * (0.25 + eta * 0.1875))
 
 
-@numba.njit(cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=FASTMATH)
 def poly_cdf(u: float) -> float:
     """Cheap cumulative function of the track z probability, in units of σ_z.
 
@@ -40,7 +42,7 @@ def poly_cdf(u: float) -> float:
     return _cdf_of_scaled(u / HALF_WIDTH)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=False, error_model="numpy")
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def histogram(
     offsets: np.ndarray, z_beam: np.ndarray, sigma_z: np.ndarray, usable: np.ndarray,
     zmin: float, bin_width: float, out_hist: np.ndarray,
