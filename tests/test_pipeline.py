@@ -185,3 +185,25 @@ def test_mapping_of_cupy_arrays_is_checked_on_the_device(sample, monkeypatch):
     bad["cov_yy"][int(tracks.offsets[7]) + 2] = -1.0
     with pytest.raises(ValueError, match="variance 'cov_yy' is negative .* in event 7"):
         as_track_batch({"offsets": tracks.offsets, **bad})
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cpu_and_cuda_pipelines_agree_on_simulated_events(sample):
+    """The whole chain on both backends, 1000 events at ν = 7.6: vertex counts exactly, floats
+    to the tolerances of the stage-by-stage comparison (tests/test_cuda_stages.py): positions
+    1e-4 mm, covariances 1e-6 relative, χ², n_tracks and weights 1e-6 relative."""
+    cpu = find_vertices(sample.tracks, backend="cpu")
+    gpu = find_vertices(sample.tracks, backend="cuda")
+    np.testing.assert_array_equal(gpu.offsets, cpu.offsets)
+    np.testing.assert_array_equal(gpu.weight_offsets, cpu.weight_offsets)
+    for field, rtol, atol in [("x", 0, 1e-4), ("y", 0, 1e-4), ("z", 0, 1e-4),
+                              ("chi2", 1e-6, 1e-9), ("ndof", 1e-6, 1e-9),
+                              ("n_tracks", 1e-6, 1e-9)]:
+        np.testing.assert_allclose(getattr(gpu, field), getattr(cpu, field), rtol=rtol,
+                                   atol=atol, err_msg=field)
+    for field in ("cov_xx", "cov_xy", "cov_yy", "cov_xz", "cov_yz", "cov_zz"):
+        np.testing.assert_allclose(getattr(gpu, field), getattr(cpu, field), rtol=1e-6,
+                                   atol=1e-15, err_msg=field)
+    np.testing.assert_allclose(gpu.weights, cpu.weights, rtol=1e-6, atol=1e-9)
+    assert len(cpu.z) > 5000  # the comparison covers the sample's vertices
