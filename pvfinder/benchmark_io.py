@@ -139,13 +139,8 @@ def _measure(inputs: list[Path], finder: PVFinder, backend: str, step_size: int 
         _check_done(reconstruct_files(plan_outputs(inputs, folder / "single"), backend=backend,
                                       step_size=step_size))
 
-    # The two that the I/O share compares alternate, so that a change in the machine's load
-    # does not fall between them; each is the best of its runs.
-    runs: dict[str, list[float]] = {"reconstruction": [], "end_to_end": []}
-    for _ in range(repeats):
-        runs["reconstruction"].append(_timed(reconstruct))
-        runs["end_to_end"].append(_timed(end_to_end))
-    timings.update({name: min(seconds) for name, seconds in runs.items()})
+    timings.update(_best_taking_turns(
+        {"reconstruction": reconstruct, "end_to_end": end_to_end}, repeats))
     timings["write"] = _write_seconds(chunks, finder, outputs, folder / "parts.root")
     chunks.clear()  # memory back before the Dask run
     run: dict[str, Any] = {"input_mb": round(sum(p.stat().st_size for p in inputs) / 1e6, 1),
@@ -172,6 +167,16 @@ def _timed(job: Callable[[], Any]) -> float:
     start = time.perf_counter()
     job()
     return time.perf_counter() - start
+
+
+def _best_taking_turns(jobs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Each job's best time of ``repeats`` runs, the jobs taking turns: a change in the
+    machine's load then does not fall between the two timings that the I/O share compares."""
+    runs: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(repeats):
+        for name, job in jobs.items():
+            runs[name].append(_timed(job))
+    return {name: min(seconds) for name, seconds in runs.items()}
 
 
 def _write_seconds(chunks: list[Any], finder: PVFinder, outputs: Any, output: Path) -> float:
