@@ -183,23 +183,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark, run_latency_benchmark
 
+    # Each benchmark has its own default size (the figures); -n overrides it.
+    size = {} if args.n_events is None else {"n_events": args.n_events}
     if args.io:
         from .benchmark_io import run_io_benchmark
 
-        result = run_io_benchmark(n_events=args.n_events, backend=args.backend, seed=args.seed,
-                                  progress=print)
+        result = run_io_benchmark(backend=args.backend, seed=args.seed, progress=print, **size)
     elif args.latency:
         result = run_latency_benchmark(backend=args.backend, batch_sizes=args.batch,
                                        seed=args.seed, progress=print)
     else:
         result = run_benchmark(
             backend=args.backend,
-            n_events=args.n_events,
             nu_values=args.nu,
             threads=args.threads,
             batch_sizes=args.batch,
             seed=args.seed,
             progress=print,
+            **size,
         )
     text = json.dumps(result, indent=2)
     if args.output:
@@ -303,8 +304,9 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure throughput (events/s) per stage")
     bench.add_argument("--backend", default="cpu", choices=["auto", "cpu", "cuda"])
-    bench.add_argument("-n", "--n-events", type=int, default=20000,
-                       help="events per measurement (CPU)")
+    bench.add_argument("-n", "--n-events", type=int, default=None,
+                       help="events per measurement on the CPU (default 20 000 per ν); with "
+                            "--io: events in all (default 200 000)")
     bench.add_argument("--nu", type=float, nargs="+", default=[2.0, 5.0, 7.6, 11.0, 15.0],
                        help="pile-up values to scan")
     bench.add_argument("--threads", type=int, nargs="+", default=None,

@@ -72,6 +72,28 @@ def test_info_names_backends(capsys):
     assert "cpu    available" in out and "cuda" in out and "'auto' selects" in out
 
 
+@pytest.mark.parametrize(("argv", "module", "function", "default"), [
+    (["bench"], "pvfinder.benchmark", "run_benchmark", 20_000),
+    (["bench", "--io"], "pvfinder.benchmark_io", "run_io_benchmark", 200_000),
+])
+def test_bench_sizes_default_per_kind_and_n_overrides(argv, module, function, default, tmp_path,
+                                                      monkeypatch):
+    """`bench` measures 20 000 events per ν, `bench --io` 200 000 in all (the issues'
+    figures), unless -n says otherwise."""
+    import importlib
+    import inspect
+
+    target = importlib.import_module(module)
+    assert inspect.signature(getattr(target, function)).parameters["n_events"].default == default
+    calls = []
+    monkeypatch.setattr(target, function, lambda **options: calls.append(options) or {})
+    output = str(tmp_path / "bench.json")
+    assert main([*argv, "-o", output]) == 0
+    assert main([*argv, "-n", "500", "-o", output]) == 0
+    assert "n_events" not in calls[0]  # the function's own default applies
+    assert calls[1]["n_events"] == 500
+
+
 # -- reconstruct: many files, schemas, bad inputs, resuming ---------------------------------
 
 
