@@ -24,7 +24,6 @@ from .events import VERTEX_FIELDS
 from .io import (
     DEFAULT_STEP_SIZE,
     VertexWriter,
-    inspect_tracks,
     iterate_tracks,
     read_vertices,
     write_sample,
@@ -123,11 +122,11 @@ def _simulate_files(folder: Path, n_events: int, n_files: int, seed: int,
 def _measure(inputs: list[Path], finder: PVFinder, backend: str, step_size: int | str,
              workers: int, repeats: int, folder: Path, progress: Callable[[str], None]
              ) -> dict[str, Any]:
-    n_events = sum(source.n_entries for source in map(inspect_tracks, inputs))
     # Each part alone, chunk by chunk as the end-to-end job goes.
     chunks: list[Any] = []
     timings = {"read_and_convert": _timed(
         lambda: chunks.extend(iterate_tracks(inputs, step_size=step_size)))}
+    n_events = sum(chunk.tracks.n_events for chunk in chunks)
     n_tracks = sum(chunk.tracks.n_tracks for chunk in chunks)
     outputs = finder.output_buffers()  # reused, as the end-to-end job reuses its own
 
