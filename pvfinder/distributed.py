@@ -32,6 +32,7 @@ from .config import PVFinderConfig
 from .events import VERTEX_FIELDS, VertexBatch
 from .io import (
     DEFAULT_STEP_SIZE,
+    LOCAL_SOURCE,
     TrackSchema,
     TrackSource,
     VertexWriter,
@@ -423,7 +424,7 @@ def vertex_collection(source: TrackSource, *, config: PVFinderConfig | None = No
 
     dak, _ = _import_dask()
     tracks = uproot.dask({source.path: source.tree}, filter_name=source.read_branches,
-                         step_size=step_size)
+                         step_size=step_size, handler=LOCAL_SOURCE)
     # The entry numbers, partitioned as the tracks: each partition learns where it starts,
     # for event numbers and for errors that name the entry.
     divisions = tracks.divisions

@@ -119,6 +119,19 @@ def test_step_size_in_bytes_bounds_the_chunks(small_file):
     assert sum(c.tracks.n_tracks for c in chunks) == 2 * read_tracks(small_file).n_tracks
 
 
+def test_chunks_of_an_uncompressed_file_outlive_its_mapping(tmp_path, small, small_file):
+    """Files are memory-mapped: what a chunk holds must be copied out of the mapping, or it
+    would change or vanish when the file is closed or rewritten."""
+    path = tmp_path / "raw.root"
+    write_sample(path, small.tracks, precision=np.float64, compression="none")
+    chunks = list(iterate_tracks(path, step_size=50))  # the file is closed again here
+    path.unlink()
+    expected = read_tracks(small_file)
+    for name in TRACK_FIELDS:
+        np.testing.assert_array_equal(np.concatenate([getattr(c.tracks, name) for c in chunks]),
+                                      getattr(expected, name), err_msg=name)
+
+
 def test_track_association_picks_the_heaviest_vertex():
     # event 0: 2 vertices × 3 tracks; event 1: no vertex, 2 tracks; event 2: 1 vertex × 1 track
     vertices = VertexBatch.from_arrays(
