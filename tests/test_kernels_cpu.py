@@ -507,6 +507,36 @@ def test_compact_copies_kept_slots_in_order_with_their_weights():
     np.testing.assert_array_equal(out_weights, [0.5, 0.6, 0.1, 0.2])
 
 
+@pytest.mark.parametrize("chi2_cut", [1.0, 4.0, 9.0, 25.0])
+@pytest.mark.parametrize("max_seeds", [1, 64, 1024])
+def test_negligible_seed_terms_stay_below_rounding(chi2_cut, max_seeds):
+    """Every seed's term left out of D_t, together, is below 2^-60 of the smallest possible
+    denominator of a weight, exp(-chi2_cut/2)."""
+    negligible = fit_module.negligible_chi2(chi2_cut, max_seeds)
+    assert chi2_cut < negligible <= fit_module._UNDERFLOW_CHI2
+    assert max_seeds * math.exp(-0.5 * negligible) <= 2.0**-60 * math.exp(-0.5 * chi2_cut) \
+        * (1 + 1e-12)
+
+
+def test_negligible_chi2_never_exceeds_the_underflow():
+    assert fit_module.negligible_chi2(2000.0, 64) == fit_module._UNDERFLOW_CHI2
+
+
+def test_leaving_out_negligible_terms_changes_no_vertex(sample, monkeypatch):
+    """The whole pipeline with D_t summed up to the underflow of exp gives the same vertices
+    (counts exactly, floats to rounding) as with the negligible terms left out."""
+    pruned = find_vertices(sample.tracks, backend="cpu")
+    monkeypatch.setattr(fit_module, "negligible_chi2", lambda *_: fit_module._UNDERFLOW_CHI2)
+    full = find_vertices(sample.tracks, backend="cpu")
+    assert pruned.n_vertices > 5000
+    np.testing.assert_array_equal(pruned.offsets, full.offsets)
+    np.testing.assert_array_equal(pruned.weight_offsets, full.weight_offsets)
+    for name in ("x", "y", "z", "cov_zz", "chi2", "n_tracks"):
+        np.testing.assert_allclose(getattr(pruned, name), getattr(full, name), rtol=1e-12,
+                                   atol=1e-15, err_msg=name)
+    np.testing.assert_allclose(pruned.weights, full.weights, rtol=1e-12, atol=1e-15)
+
+
 def test_fit_workspace_grows_for_a_larger_event_and_is_per_thread(sample):
     """The fit's scratch is kept per calling thread and grown for a larger event: results do
     not depend on what the thread reconstructed before."""

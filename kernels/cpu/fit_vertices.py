@@ -15,9 +15,11 @@ from . import FASTMATH
 
 __all__ = ["fit_vertices"]
 
-# exp(-χ²/2) underflows to exactly 0.0 in float64 once χ²/2 > 745.13, so skipping the exp beyond
-# this χ² changes no result; it spares the exp for the (many) tracks far from a seed.
+# exp(-χ²/2) underflows to exactly 0.0 in float64 once χ²/2 > 745.13.
 _UNDERFLOW_CHI2 = 1500.0
+# Seed terms below 2^-60 of exp(-chi2_cut/2) in all cannot move a weight's denominator
+# (≥ exp(-chi2_cut/2)) beyond float64 rounding (2^-53): see negligible_chi2.
+_NEGLIGIBLE_BITS = 60
 # A 3×3 positive semi-definite matrix has 0 ≤ det ≤ product of its diagonal (Hadamard); below
 # this fraction of that product the half-Hessian is treated as singular.
 _SINGULAR_DET_FRACTION = 1e-12
@@ -47,10 +49,24 @@ def _track_chi2(x, y, z, tx, ty, wx, wy, vx, vy, vz):
     return rx * rx * wx + ry * ry * wy
 
 
+def negligible_chi2(chi2_cut: float, max_seeds: int) -> float:
+    """The χ² from which a track–seed term ``exp(-χ²/2)`` is left out of ``D_t`` (taken as 0).
+
+    ``D_t`` only enters a weight's denominator ``exp(-chi2_cut/2) + term + D_t - own``, which
+    is at least ``exp(-chi2_cut/2)``. The terms of at most ``max_seeds`` seeds at
+    ``χ² ≥ chi2_cut + 2 ln(max_seeds) + 120 ln 2`` add up to less than ``2^-60`` of that, far
+    below float64 rounding (``2^-53``): leaving them out can change a weight by rounding at
+    most, and spares the exp (and the pair) for most tracks far from a seed. Never above the
+    χ² where the term underflows to 0 anyway.
+    """
+    bound = chi2_cut + 2.0 * math.log(max(max_seeds, 1)) + 2.0 * _NEGLIGIBLE_BITS * math.log(2.0)
+    return min(bound, _UNDERFLOW_CHI2)
+
+
 @numba.njit(cache=True, fastmath=FASTMATH)
-def _seed_term(chi2):
-    """exp(-χ²/2), the Gaussian term of a track–seed pair (exactly 0 once it underflows)."""
-    return math.exp(-0.5 * chi2) if chi2 < _UNDERFLOW_CHI2 else 0.0
+def _seed_term(chi2, negligible):
+    """exp(-χ²/2), the Gaussian term of a track–seed pair (0 from ``negligible`` on)."""
+    return math.exp(-0.5 * chi2) if chi2 < negligible else 0.0
 
 
 @numba.njit(cache=True, fastmath=FASTMATH)
@@ -87,7 +103,7 @@ def _may_reach(slope, reach, z, centre_z, rho):
 
 @numba.njit(cache=True, fastmath=FASTMATH)
 def _collect_candidates(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others,
-                        beam_x, beam_y, seed_z, centre_z, rho):
+                        beam_x, beam_y, seed_z, centre_z, rho, negligible):
     """Fill ``candidates`` with the usable tracks that :func:`_may_reach` a vertex in the box
     around ``centre_z``, and ``others`` with their ``D_t`` minus their own term for the seed
     at ``seed_z``; return how many."""
@@ -97,7 +113,7 @@ def _collect_candidates(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, ot
                                             centre_z, rho):
             continue
         own = _seed_term(_track_chi2(x[t], y[t], z[t], tx[t], ty[t], wx[t], wy[t],
-                                     beam_x, beam_y, seed_z))
+                                     beam_x, beam_y, seed_z), negligible)
         candidates[n] = t
         others[n] = scratch[_DENSITY, t] - own
         n += 1
@@ -106,8 +122,8 @@ def _collect_candidates(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, ot
 
 @numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _fit_seed(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others, n_candidates,
-              seed_z, beam_x, beam_y, max_chi2, chi2_cut, min_weight, min_iter, max_iter,
-              max_delta_z, min_tracks, max_rho2, pos, cov, weights):
+              seed_z, beam_x, beam_y, max_chi2, chi2_cut, negligible, min_weight, min_iter,
+              max_iter, max_delta_z, min_tracks, max_rho2, pos, cov, weights):
     """Fit one seed: write its position, covariance and track weights; return
     ``(chi2, n_tracks, valid)``.
 
@@ -128,7 +144,7 @@ def _fit_seed(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others, n_ca
             weights[:] = 0.0
             n_candidates = _collect_candidates(x, y, z, tx, ty, wx, wy, usable, scratch,
                                                candidates, others, beam_x, beam_y, seed_z,
-                                               centre_z, rho_box)
+                                               centre_z, rho_box, negligible)
         n_pass, sum_w, sum_chi2 = 0, 0.0, 0.0
         a_xx = a_yy = a_xz = a_yz = a_zz = 0.0
         g_x = g_y = g_z = 0.0
@@ -195,10 +211,11 @@ def fit_vertices(
 
     Each seed starts at ``(beam_x, beam_y, seed)``; the seeds are fitted independently but
     share tracks through ``D_t = Σ_seeds exp(-χ²(t, seed)/2)``, computed once per event from
-    the seed positions. ``χ²(t, v)`` is the transverse χ² of track ``t`` moved along its line
-    to ``v_z``: ``r = v_xy - (x_t + t·(v_z - z_t))``, ``χ² = r_x² W_x + r_y² W_y`` with the
-    state and weights from ``extrapolate``. In every iteration a usable track with
-    ``χ² < max_chi2`` gets ::
+    the seed positions (terms at ``χ² ≥`` :func:`negligible_chi2` left out: they cannot
+    change a weight beyond rounding). ``χ²(t, v)`` is the transverse χ² of track ``t`` moved
+    along its line to ``v_z``: ``r = v_xy - (x_t + t·(v_z - z_t))``,
+    ``χ² = r_x² W_x + r_y² W_y`` with the state and weights from ``extrapolate``. In every
+    iteration a usable track with ``χ² < max_chi2`` gets ::
 
         w = exp(-χ²/2) / (exp(-chi2_cut/2) + exp(-χ²/2) + D_t - exp(-χ²(t, seed)/2))
 
@@ -254,7 +271,8 @@ def fit_vertices(
     max_tracks, max_block = _largest_event(offsets, n_seeds, seeds.shape[1])
     floats, ints = _workspace(3 * max_tracks + max_block, max_block + seeds.shape[1])
     _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight_offsets,
-                beam_x, beam_y, max_chi2, chi2_cut, min_weight, min_iter, max_iter,
+                beam_x, beam_y, max_chi2, chi2_cut, negligible_chi2(chi2_cut, seeds.shape[1]),
+                min_weight, min_iter, max_iter,
                 max_delta_z, min_tracks, max_rho2, out_pos, out_cov, out_chi2, out_ndof,
                 out_n_tracks, out_valid, out_weights, floats, ints)
 
@@ -287,7 +305,7 @@ def _largest_event(offsets, n_seeds, max_seeds):
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight_offsets,
-                beam_x, beam_y, max_chi2, chi2_cut, min_weight, min_iter, max_iter,
+                beam_x, beam_y, max_chi2, chi2_cut, negligible, min_weight, min_iter, max_iter,
                 max_delta_z, min_tracks, max_rho2, out_pos, out_cov, out_chi2, out_ndof,
                 out_n_tracks, out_valid, out_weights, floats, ints):
     """The kernel of :func:`fit_vertices`, with its scratch rows ``floats`` and ``ints``."""
@@ -321,15 +339,16 @@ def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight
                 reach = (math.sqrt(max_chi2 / w_min) + rho) * _CANDIDATE_SLACK
                 scratch[_SLOPE, t], scratch[_REACH, t] = slope, reach
                 # Seeds with slope·|Δz| beyond this neither are within the track's reach nor
-                # get a term (χ² ≥ _UNDERFLOW_CHI2: exactly 0), by the bound of _may_reach;
-                # skipping them changes no result and spares most pairs at high pile-up.
-                window = max((math.sqrt(_UNDERFLOW_CHI2 / w_min) + rho) * _CANDIDATE_SLACK,
+                # get a term (χ² ≥ negligible: 0), by the bound of _may_reach; skipping them
+                # spares most pairs at high pile-up.
+                window = max((math.sqrt(negligible / w_min) + rho) * _CANDIDATE_SLACK,
                              reach + _CANDIDATE_RHO + slope * _CANDIDATE_DZ)
                 for s in range(n_slots):
                     if slope * abs(ez[t] - seed_row[s]) > window:
                         continue
                     own = _seed_term(_track_chi2(ex[t], ey[t], ez[t], etx[t], ety[t],
-                                                 ewx[t], ewy[t], beam_x, beam_y, seed_row[s]))
+                                                 ewx[t], ewy[t], beam_x, beam_y, seed_row[s]),
+                                     negligible)
                     density += own
                     if _may_reach(slope, reach, ez[t], seed_row[s], _CANDIDATE_RHO):
                         k = n_candidates[s]
@@ -343,9 +362,9 @@ def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight
             start = weight_offsets[e] + s * n_tracks
             chi2, sum_w, valid = _fit_seed(
                 ex, ey, ez, etx, ety, ewx, ewy, eusable, scratch, candidates[s], others[s],
-                n_candidates[s], seed_row[s], beam_x, beam_y, max_chi2, chi2_cut, min_weight,
-                min_iter, max_iter, max_delta_z, min_tracks, max_rho2, out_pos[e, s],
-                out_cov[e, s], out_weights[start:start + n_tracks])
+                n_candidates[s], seed_row[s], beam_x, beam_y, max_chi2, chi2_cut, negligible,
+                min_weight, min_iter, max_iter, max_delta_z, min_tracks, max_rho2,
+                out_pos[e, s], out_cov[e, s], out_weights[start:start + n_tracks])
             out_chi2[e, s] = chi2
             out_n_tracks[e, s] = sum_w
             out_ndof[e, s] = 2.0 * sum_w - 3.0

@@ -7,9 +7,11 @@
 #ifndef PVFINDER_COMMON_CUH
 #define PVFINDER_COMMON_CUH
 
-// exp(-chi2/2) underflows to exactly 0 in double precision once chi2/2 > 745.13: skipping the
-// exp beyond this chi2 changes no result (same constant as the Numba twin).
+// exp(-chi2/2) underflows to exactly 0 in double precision once chi2/2 > 745.13.
 #define PVF_UNDERFLOW_CHI2 1500.0
+// Seed terms below 2^-60 of exp(-chi2_cut/2) in all cannot move a weight's denominator beyond
+// double rounding (2^-53); see pvf_negligible_chi2 (same constant as the Numba twin).
+#define PVF_NEGLIGIBLE_BITS 60
 // A 3x3 positive semi-definite matrix has 0 <= det <= product of its diagonal (Hadamard); below
 // this fraction of that product the half-Hessian is treated as singular (as the Numba twin).
 #define PVF_SINGULAR_DET_FRACTION 1e-12
@@ -46,9 +48,19 @@ static __device__ __forceinline__ double pvf_track_chi2(double x, double y, doub
     return rx * rx * wx + ry * ry * wy;
 }
 
-// exp(-chi2/2), exactly 0 once it underflows.
-static __device__ __forceinline__ double pvf_seed_term(double chi2) {
-    return chi2 < PVF_UNDERFLOW_CHI2 ? exp(-0.5 * chi2) : 0.0;
+// The chi2 from which a track-seed term is left out of D_t: the terms of at most max_seeds seeds
+// beyond it add up to less than 2^-60 of exp(-chi2_cut/2), the smallest possible denominator of
+// a weight, so leaving them out changes a weight by rounding at most (as negligible_chi2 of the
+// Numba twin).
+static __device__ __forceinline__ double pvf_negligible_chi2(double chi2_cut, int max_seeds) {
+    const double bound = chi2_cut + 2.0 * log((double)max(max_seeds, 1)) +
+                         2.0 * PVF_NEGLIGIBLE_BITS * log(2.0);
+    return fmin(bound, PVF_UNDERFLOW_CHI2);
+}
+
+// exp(-chi2/2), the term of a track-seed pair; 0 from `negligible` on.
+static __device__ __forceinline__ double pvf_seed_term(double chi2, double negligible) {
+    return chi2 < negligible ? exp(-0.5 * chi2) : 0.0;
 }
 
 // Sums of n values over one warp, in place in v[0..n): a butterfly, so that every lane ends

@@ -42,13 +42,15 @@ extern "C" __global__ void pvf_fit_vertices(
     const double* seed_row = seeds + e * max_seeds;
 
     // D_t = sum over seeds of exp(-chi2(t, seed)/2), from the seed positions.
+    const double negligible = pvf_negligible_chi2(chi2_cut, max_seeds);
     for (int t = threadIdx.x; t < n_tracks; t += blockDim.x) {
         const long long i = first + t;
         double sum = 0.0;
         if (usable[i] != 0)
             for (int s = 0; s < n_slots; ++s)
                 sum += pvf_seed_term(pvf_track_chi2(x[i], y[i], z[i], tx[i], ty[i], wx[i], wy[i],
-                                                    beam_x, beam_y, seed_row[s]));
+                                                    beam_x, beam_y, seed_row[s]),
+                                     negligible);
         density[i] = sum;
     }
     __syncthreads();  // every warp reads every track's D_t below
@@ -76,7 +78,8 @@ extern "C" __global__ void pvf_fit_vertices(
                     if (chi2 < max_chi2) {
                         const double term = exp(-0.5 * chi2);
                         const double own = pvf_seed_term(pvf_track_chi2(
-                            x[i], y[i], z[i], txt, tyt, wxt, wyt, beam_x, beam_y, seed_z));
+                            x[i], y[i], z[i], txt, tyt, wxt, wyt, beam_x, beam_y, seed_z),
+                            negligible);
                         w = term / (exp_cut + term + (density[i] - own));
                     }
                     if (w > min_weight && chi2 < max_chi2) {
