@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -70,6 +72,17 @@ def test_info_names_backends(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "cpu    available" in out and "cuda" in out and "'auto' selects" in out
+
+
+def test_runs_as_a_module_with_its_exit_code(tmp_path):
+    """``python -m pvfinder`` is the command, exit code included."""
+    ran = subprocess.run([sys.executable, "-m", "pvfinder", "info"], capture_output=True,
+                         text=True, check=False)
+    assert ran.returncode == 0 and "cpu    available" in ran.stdout
+    missing = tmp_path / "missing.root"
+    ran = subprocess.run([sys.executable, "-m", "pvfinder", "reconstruct", str(missing), "-o",
+                          str(tmp_path / "out")], capture_output=True, text=True, check=False)
+    assert ran.returncode == 2 and f"{missing}: no such file" in ran.stderr
 
 
 @pytest.mark.parametrize(("argv", "module", "function", "default"), [
