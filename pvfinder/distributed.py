@@ -12,6 +12,7 @@ Dask is optional: ``pip install "pvfinder[dask]"``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -20,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from .events import VERTEX_FIELDS, VertexBatch
 from .io import (
     DEFAULT_STEP_SIZE,
     LOCAL_SOURCE,
+    TrackChunk,
     TrackSchema,
     TrackSource,
     VertexWriter,
@@ -54,6 +56,9 @@ DASK_HINT = 'Dask is not installed: pip install "pvfinder[dask]"'
 
 # What one chunk of one input becomes: its vertices, event identifiers and track counts.
 Piece = tuple[VertexBatch, dict[str, np.ndarray], np.ndarray]
+# What the local reader hands over: the input's position among those submitted, and one of
+# its chunks or the error that ended it.
+_Read = tuple[int, TrackChunk | Exception]
 
 
 # -- inputs and outputs --------------------------------------------------------------------
@@ -206,7 +211,16 @@ def reconstruct_files(
     -------
     list of FileResult
         One per input.
+
+    Raises
+    ------
+    ValueError
+        When an input appears more than once in ``plan``.
     """
+    repeated = [str(path) for path, n in collections.Counter(
+        path for inputs in plan.values() for path in inputs).items() if n > 1]
+    if repeated:
+        raise ValueError(f"input(s) given more than once: {', '.join(repeated)}")
     schema = schema or TrackSchema()
     report = on_result or (lambda _: None)
     results: list[FileResult] = []
@@ -285,38 +299,79 @@ def _run_input(source: TrackSource, writer: VertexWriter, engine: Any, buffered:
 def _engine(scheduler: str | None, schema: TrackSchema, config: PVFinderConfig | None,
             backend: str, step_size: int | str, with_weights: bool) -> Iterator[Any]:
     if scheduler is None:
-        yield _LocalEngine(schema, PVFinder(config, backend), step_size)
+        engine = _LocalEngine(schema, PVFinder(config, backend), step_size)
+        try:
+            yield engine
+        finally:
+            engine.close()
         return
     with dask_client(scheduler) as client:
         yield _DaskEngine(client, config, backend, step_size, with_weights)
 
 
 class _LocalEngine:
-    """Chunks read in this process and reconstructed by one finder into reused outputs."""
+    """Chunks read in this process and reconstructed by one finder into reused outputs.
+
+    One background thread reads the chunks of all submitted inputs in order, one chunk ahead
+    of the finder: the next chunk, also the first of the next input, is read while this one
+    is reconstructed (the kernels release the GIL), so at most two chunks are in memory at
+    once. Close the engine to stop the reader.
+    """
 
     def __init__(self, schema: TrackSchema, finder: PVFinder, step_size: int | str) -> None:
         self.schema, self.finder, self.step_size = schema, finder, step_size
         self.outputs = finder.output_buffers()
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="pvfinder-reader")
+        self._positions: dict[str, int] = {}
+        self._stream = self._read([])
+        self._upcoming: Future[_Read | None] = self._reader.submit(next, self._stream, None)
 
     def submit(self, sources: list[TrackSource]) -> None:
-        """Nothing to start ahead: chunks are read when asked for."""
+        """Start reading ``sources`` (distinct inputs), to be asked for in this order by
+        :meth:`pieces`."""
+        self._stop_reading()
+        self._positions = {source.path: i for i, source in enumerate(sources)}
+        self._stream = self._read(sources)
+        self._upcoming = self._reader.submit(next, self._stream, None)
+
+    def _read(self, sources: list[TrackSource]) -> Iterator[_Read]:
+        """``(position, chunk)`` for every chunk of every input; an input that cannot be
+        read gives ``(position, error)`` as its last item, and the next input follows."""
+        for position, source in enumerate(sources):
+            chunks = iterate_tracks(source.path, self.schema, self.step_size)
+            try:
+                for chunk in chunks:
+                    yield position, chunk
+            except (ValueError, OSError) as error:
+                yield position, error
+            finally:
+                chunks.close()  # closes the file now, not at collection
 
     def pieces(self, source: TrackSource) -> Iterator[Piece]:
-        """Each chunk's vertices, valid until the next chunk is asked for.
+        """Each chunk's vertices, valid until the next chunk is asked for."""
+        position = self._positions[source.path]
+        # An item of a later input means this one has ended; leave it for its own call.
+        while (entry := self._upcoming.result()) is not None and entry[0] <= position:
+            self._upcoming = self._reader.submit(next, self._stream, None)
+            read_position, chunk = entry
+            if read_position < position:
+                continue  # what is left of an earlier input whose consumer gave up on it
+            if isinstance(chunk, Exception):
+                raise chunk
+            vertices = self.finder(chunk.tracks, out=self.outputs, to_host=True)
+            yield vertices, chunk.event_ids, chunk.tracks.counts
 
-        The next chunk is read in a background thread while this one is reconstructed (the
-        kernels release the GIL), so at most two chunks are in memory at once.
-        """
-        chunks = iterate_tracks(source.path, self.schema, self.step_size)
-        try:
-            with ThreadPoolExecutor(1, thread_name_prefix="pvfinder-reader") as reader:
-                upcoming = reader.submit(next, chunks, None)
-                while (chunk := upcoming.result()) is not None:
-                    upcoming = reader.submit(next, chunks, None)
-                    vertices = self.finder(chunk.tracks, out=self.outputs, to_host=True)
-                    yield vertices, chunk.event_ids, chunk.tracks.counts
-        finally:
-            chunks.close()  # the reader has stopped: closes the file now, not at collection
+    def close(self) -> None:
+        """Stop reading and end the reader thread."""
+        self._stop_reading()
+        self._reader.shutdown()
+
+    def _stop_reading(self) -> None:
+        """Wait for the chunk being read (an error there belongs to an input nobody asks
+        for any more), then close the input it came from."""
+        with contextlib.suppress(Exception):
+            self._upcoming.result()
+        self._stream.close()
 
 
 class _DaskEngine:

@@ -125,15 +125,20 @@ def test_skip_existing_leaves_finished_outputs(tmp_path, files):
 
 
 def test_next_chunk_is_read_while_this_one_is_reconstructed(files, monkeypatch):
-    asked_past = [threading.Event() for _ in range(3)]  # files[0]: 60 events, chunks of 20
+    """Each chunk is reconstructed only once the one after it has been read, also across
+    inputs: the first chunk of the next file is read during the last one of this file."""
+    read = [threading.Event() for _ in range(5)]  # files[0]: 60 events, files[1]: 40; by 20
+    n_read = 0
 
     def reading(*args, **kwargs):
-        for i, chunk in enumerate(iterate_tracks(*args, **kwargs)):
+        nonlocal n_read
+        for chunk in iterate_tracks(*args, **kwargs):
+            read[n_read].set()
+            n_read += 1
             yield chunk
-            asked_past[i].set()  # the engine wants the chunk after chunk i
 
     class WaitingFinder:
-        """Reconstructs a chunk only once the engine has asked for the one after it."""
+        """Reconstructs a chunk only once the chunk after it has been read."""
 
         def __init__(self):
             self.finder, self.overlapped = PVFinder(backend="cpu"), []
@@ -142,15 +147,36 @@ def test_next_chunk_is_read_while_this_one_is_reconstructed(files, monkeypatch):
             return self.finder.output_buffers()
 
         def __call__(self, tracks, **options):
-            self.overlapped.append(asked_past[len(self.overlapped)].wait(timeout=30))
+            following = len(self.overlapped) + 1
+            self.overlapped.append(following == len(read) or read[following].wait(timeout=30))
             return self.finder(tracks, **options)
 
     monkeypatch.setattr(distributed, "iterate_tracks", reading)
     finder = WaitingFinder()
     engine = distributed._LocalEngine(TrackSchema(), finder, step_size=20)
-    n_events = sum(len(counts) for _, _, counts in engine.pieces(inspect_tracks(files[0])))
-    assert n_events == 60
-    assert finder.overlapped == [True, True, True]
+    sources = [inspect_tracks(path) for path in files[:2]]
+    engine.submit(sources)
+    n_events = [sum(len(counts) for _, _, counts in engine.pieces(source)) for source in sources]
+    engine.close()
+    assert n_events == [60, 40]
+    assert finder.overlapped == [True] * 5
+
+
+def test_input_given_up_on_leaves_the_next_one_whole(files):
+    """When the consumer of an input stops early, the next input still gets all its chunks."""
+    engine = distributed._LocalEngine(TrackSchema(), PVFinder(backend="cpu"), step_size=20)
+    sources = [inspect_tracks(path) for path in files[:2]]
+    engine.submit(sources)
+    next(engine.pieces(sources[0]))  # the first of three chunks, then given up on
+    pieces = list(engine.pieces(sources[1]))
+    engine.close()
+    assert [len(counts) for _, _, counts in pieces] == [20, 20]
+
+
+def test_an_input_given_twice_is_refused(tmp_path, files):
+    with pytest.raises(ValueError, match="given more than once: .*run0.root"):
+        reconstruct_files({tmp_path / "a.root": [files[0]], tmp_path / "b.root": [files[0]]},
+                          backend="cpu")
 
 
 def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch):

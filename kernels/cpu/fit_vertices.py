@@ -13,7 +13,7 @@ import numpy as np
 
 from . import FASTMATH
 
-__all__ = ["fit_vertices"]
+__all__ = ["fit_vertices", "negligible_chi2"]
 
 # exp(-χ²/2) underflows to exactly 0.0 in float64 once χ²/2 > 745.13.
 _UNDERFLOW_CHI2 = 1500.0
