@@ -508,6 +508,13 @@ def find_vertices(
     -------
     VertexBatch
         Vertices per event (host arrays), sorted by z, with track–vertex weights.
+
+    Notes
+    -----
+    Each call builds a new :class:`PVFinder` with fresh work buffers, whose first touch
+    costs time: on 1000 events a call takes about 90 ms where a kept finder takes 26 ms
+    (2-core VM). For batch after batch keep one finder and call it, as
+    ``pvfinder reconstruct`` does.
     """
     return PVFinder(config, backend)(tracks)
 
