@@ -324,7 +324,8 @@ class _LocalEngine:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="pvfinder-reader")
         self._positions: dict[str, int] = {}
         self._stream = self._read([])
-        self._upcoming: Future[_Read | None] = self._reader.submit(next, self._stream, None)
+        self._upcoming: Future[_Read | None] = Future()  # nothing to read until submit()
+        self._upcoming.set_result(None)
 
     def submit(self, sources: list[TrackSource]) -> None:
         """Start reading ``sources`` (distinct inputs), to be asked for in this order by
