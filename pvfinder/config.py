@@ -144,4 +144,5 @@ class PVFinderConfig:
         return cls().replace(**dict(mapping))
 
     def to_dict(self) -> dict[str, Any]:
+        """Every parameter by name, as :meth:`from_mapping` takes them back."""
         return dataclasses.asdict(self)

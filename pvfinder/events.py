@@ -123,6 +123,7 @@ class _Jagged:
 
     @property
     def n_events(self) -> int:
+        """Number of events."""
         return len(self.offsets) - 1
 
     @property
@@ -286,6 +287,7 @@ class TrackBatch(_Jagged):
 
     @property
     def n_tracks(self) -> int:
+        """Tracks in all events together."""
         return len(self.x)
 
     @classmethod
@@ -330,6 +332,7 @@ class TrackBatch(_Jagged):
         return TrackBatch(**self.event_slice(start, stop))
 
     def to_host(self) -> TrackBatch:
+        """This batch with numpy arrays (arrays on a GPU are copied to the host)."""
         return TrackBatch(
             offsets=_to_host(self.offsets),
             **{name: _to_host(a) for name, a in self._field_arrays().items()},
@@ -356,9 +359,11 @@ class MCVertices(_Jagged):
 
     @property
     def n_vertices(self) -> int:
+        """MC PVs in all events together."""
         return len(self.x)
 
     def select_events(self, start: int, stop: int) -> MCVertices:
+        """Events ``start:stop`` (views of these arrays)."""
         return MCVertices(**self.event_slice(start, stop))
 
 
@@ -384,6 +389,7 @@ class MCTruth:
 
     @property
     def n_events(self) -> int:
+        """Events described."""
         return self.vertices.n_events
 
     def check_matches(self, tracks: TrackBatch) -> None:
@@ -407,6 +413,7 @@ class MCTruth:
             )
 
     def select_events(self, start: int, stop: int, tracks: TrackBatch) -> MCTruth:
+        """The truth of events ``start:stop`` of ``tracks``, the batch this truth describes."""
         lo, hi = int(tracks.offsets[start]), int(tracks.offsets[stop])
         return MCTruth(self.vertices.select_events(start, stop), self.track_mc_pv[lo:hi])
 
@@ -446,6 +453,7 @@ class VertexBatch(_Jagged):
 
     @property
     def n_vertices(self) -> int:
+        """Vertices in all events together."""
         return len(self.x)
 
     @classmethod
@@ -483,6 +491,8 @@ class VertexBatch(_Jagged):
 
     @classmethod
     def from_awkward(cls, array: Any) -> VertexBatch:
+        """The inverse of :meth:`to_awkward`: per-event vertex records, with their
+        ``weights`` when the records hold them."""
         offsets, fields = cls._fields_from_awkward(array)
         array = ak.Array(array)
         if "weights" in ak.fields(array):
@@ -541,4 +551,5 @@ class VertexBatch(_Jagged):
 
     @property
     def sigma_z(self) -> np.ndarray:
+        """Uncertainty of each vertex's z, ``sqrt(cov_zz)`` (mm, host array)."""
         return np.sqrt(_to_host(self.cov_zz))

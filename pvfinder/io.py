@@ -296,6 +296,7 @@ class TrackChunk:
 
     @property
     def n_events(self) -> int:
+        """Events in this chunk."""
         return self.entry_stop - self.entry_start
 
 

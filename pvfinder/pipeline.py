@@ -72,6 +72,7 @@ class ZHistograms:
 
     @property
     def bin_centres(self) -> np.ndarray:
+        """Centre of each bin of the z histogram (mm)."""
         return 0.5 * (self.bin_edges[1:] + self.bin_edges[:-1])
 
 
@@ -208,6 +209,7 @@ class PVFinder:
 
     def __call__(self, tracks: Any, *, out: VertexBuffers | None = None,
                  to_host: bool | None = None) -> VertexBatch:
+        """Same as :meth:`run`."""
         return self.run(tracks, out=out, to_host=to_host)
 
     def run(

@@ -207,6 +207,7 @@ class Curve:
 
     @classmethod
     def of(cls, variable: np.ndarray, passed: np.ndarray, edges: np.ndarray) -> Curve:
+        """The fraction of ``passed`` entries in each ``[lo, hi)`` bin of ``variable``."""
         n_bins = len(edges) - 1
         index = _bin_index(variable, edges)
         inside = index >= 0
