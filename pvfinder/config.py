@@ -21,7 +21,10 @@ class PVFinderConfig:
     Parameters
     ----------
     beamline : tuple of float
-        Transverse position ``(x, y)`` of the beamline [mm]; it runs parallel to z.
+        The beamline: its transverse position ``(x, y)`` at z = 0 [mm], parallel to z, or
+        ``(x, y, tx, ty)`` with its slopes ``dx/dz, dy/dz`` when it is tilted. The finder
+        works in the beamline's frame: with slopes, every track is first sheared to
+        ``x - tx·z``, ``tx - tx_beam`` (the same in y) and the vertices are sheared back.
     zmin, zmax : float
         Range of the z histogram and of usable track z [mm].
     bin_width : float
@@ -56,7 +59,7 @@ class PVFinderConfig:
         Two vertices with ``(z1 - z2)² / (σ²z1 + σ²z2)`` below this are duplicates.
     """
 
-    beamline: tuple[float, float] = (0.0, 0.0)
+    beamline: tuple[float, ...] = (0.0, 0.0)
     zmin: float = -300.0
     zmax: float = 300.0
     bin_width: float = 0.25
@@ -78,8 +81,9 @@ class PVFinderConfig:
 
     def __post_init__(self) -> None:
         beamline = tuple(float(v) for v in self.beamline)
-        if len(beamline) != 2:
-            raise ValueError(f"beamline must be (x, y), got {self.beamline!r}")
+        if len(beamline) not in (2, 4) or not all(math.isfinite(v) for v in beamline):
+            raise ValueError(
+                f"beamline must be (x, y) or (x, y, tx, ty), all finite, got {self.beamline!r}")
         object.__setattr__(self, "beamline", beamline)
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
@@ -125,6 +129,11 @@ class PVFinderConfig:
     def n_bins(self) -> int:
         """Number of histogram bins, ``(zmax - zmin) / bin_width``."""
         return round((self.zmax - self.zmin) / self.bin_width)
+
+    @property
+    def beamline_slopes(self) -> tuple[float, float]:
+        """Slopes ``(dx/dz, dy/dz)`` of the beamline; ``(0.0, 0.0)`` when it is parallel to z."""
+        return (self.beamline[2], self.beamline[3]) if len(self.beamline) == 4 else (0.0, 0.0)
 
     @property
     def seed_threshold(self) -> float:

@@ -337,6 +337,8 @@ class PVFinder:
             chunk_tracks = {name: array[lo:hi] for name, array in beamline.items()}
             n_vertices, n_weights = self._vertices_of_chunk(
                 chunk_offsets, chunk_tracks, start, target, n_vertices, n_weights, clock)
+        if self.config.beamline_slopes != (0.0, 0.0):
+            _shear_back(target.vertices[:, :n_vertices], *self.config.beamline_slopes)
         backend.check_errors()
         return n_vertices, n_weights
 
@@ -358,6 +360,8 @@ class PVFinder:
         offsets = self._input("offsets", batch.offsets, np.int64)
         state = {name: self._input(name, getattr(batch, name), np.float64)
                  for name in TRACK_FIELDS}
+        if cfg.beamline_slopes != (0.0, 0.0):
+            state = self._in_beamline_frame(state)
         n_tracks = len(state["x"])
         out = {name: buffers.get(f"beam_{name}", (n_tracks,), np.float64)
                for name in ("x", "y", "z", "wx", "wy", "sigma_z")}
@@ -371,6 +375,22 @@ class PVFinder:
         out["tx"], out["ty"] = state["tx"], state["ty"]
         clock.tick("extrapolate")
         return offsets, out
+
+    def _in_beamline_frame(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The track states sheared so that the tilted beamline runs parallel to z:
+        ``x - tx_beam·z`` and ``tx - tx_beam``, the same in y. The shear moves every point
+        at a given z alike, so residuals at fixed z, and the covariances, do not change."""
+        xp, buffers = self.backend.xp, self._buffers
+        sheared = dict(state)
+        n_tracks = len(state["z"])
+        for axis, beam_slope in zip("xy", self.config.beamline_slopes):
+            position = buffers.get(f"frame_{axis}", (n_tracks,), np.float64)
+            xp.multiply(state["z"], -beam_slope, out=position)
+            xp.add(position, state[axis], out=position)
+            direction = buffers.get(f"frame_t{axis}", (n_tracks,), np.float64)
+            xp.subtract(state[f"t{axis}"], beam_slope, out=direction)
+            sheared[axis], sheared[f"t{axis}"] = position, direction
+        return sheared
 
     def _seeds(self, offsets: Any, tracks: dict[str, Any], clock: _StageClock) -> tuple:
         """Stages 2 and 3: the z histogram of each event and the seeds found in it."""
@@ -452,14 +472,36 @@ def _prefix_sum(xp: Any, out: Any, values: Any, first: int) -> Any:
     return out
 
 
+def _shear_back(rows: Any, beam_tx: float, beam_ty: float) -> None:
+    """Move vertices found in the frame of a beamline with slopes ``(beam_tx, beam_ty)`` back
+    to the detector frame, in place: ``x += beam_tx·z``, ``y += beam_ty·z`` and the covariance
+    ``C → J C Jᵀ`` with ``J = [[1, 0, beam_tx], [0, 1, beam_ty], [0, 0, 1]]``.
+
+    ``rows`` holds the vertices as :class:`VertexBuffers` does, one row per field.
+    """
+    x, y, z, cxx, cxy, cyy, cxz, cyz, czz = (rows[VERTEX_FIELDS.index(name)] for name in
+                                             ("x", "y", "z", "cov_xx", "cov_xy", "cov_yy",
+                                              "cov_xz", "cov_yz", "cov_zz"))
+    x += beam_tx * z
+    y += beam_ty * z
+    # The terms in x and y first: they need cov_xz and cov_yz as they were.
+    cxx += beam_tx * (2.0 * cxz + beam_tx * czz)
+    cxy += beam_tx * cyz + beam_ty * (cxz + beam_tx * czz)
+    cyy += beam_ty * (2.0 * cyz + beam_ty * czz)
+    cxz += beam_tx * czz
+    cyz += beam_ty * czz
+
+
 def _compile_batch(config: PVFinderConfig) -> TrackBatch:
     """One event of two tracks from the beamline at z = 0, given at z = 1 mm: enough to
     compile and launch every kernel."""
-    bx, by = config.beamline
+    bx, by = config.beamline[:2]
+    beam_tx, beam_ty = config.beamline_slopes
     slope, variance = 0.1, 1e-4  # any small slope, any well-measured state
+    tx = np.array([beam_tx + slope, beam_tx - slope])
     fields = {name: np.zeros(2) for name in TRACK_FIELDS}
-    fields.update(x=np.array([bx + slope, bx - slope]), y=np.full(2, by), z=np.ones(2),
-                  tx=np.array([slope, -slope]), cov_xx=np.full(2, variance),
+    fields.update(x=bx + tx, y=np.full(2, by + beam_ty), z=np.ones(2), tx=tx,
+                  ty=np.full(2, beam_ty), cov_xx=np.full(2, variance),
                   cov_yy=np.full(2, variance))
     return TrackBatch.from_arrays(counts=[2], **fields)
 

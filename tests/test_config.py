@@ -23,6 +23,14 @@ def test_replace_and_mapping():
         PVFinderConfig().replace(nonsense=1)
 
 
+def test_beamline_with_and_without_slopes():
+    assert PVFinderConfig().beamline_slopes == (0.0, 0.0)
+    tilted = PVFinderConfig.from_mapping({"beamline": [0.1, -0.2, 2e-4, -1e-4]})
+    assert tilted.beamline == (0.1, -0.2, 2e-4, -1e-4)
+    assert tilted.beamline_slopes == (2e-4, -1e-4)
+    assert PVFinderConfig.from_mapping(tilted.to_dict()) == tilted
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -36,6 +44,7 @@ def test_replace_and_mapping():
         ({"min_dip_density": -1.0}, "must not be negative"),
         ({"zmax": float("inf")}, "must be finite"),
         ({"beamline": (0.0, 0.0, 1.0)}, "beamline must be"),
+        ({"beamline": (0.0, 0.0, float("nan"), 0.0)}, "beamline must be"),
         ({"min_tracks_per_vertex": 1}, "at least 2"),
     ],
 )

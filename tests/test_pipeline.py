@@ -67,6 +67,48 @@ def test_chunking_does_not_change_results(sample):
     np.testing.assert_array_equal(chunked.weights, whole.weights)
 
 
+def test_a_tilted_beamline_is_a_change_of_frame(sample, backend_name):
+    # Shear every event as if the beamline ran through (0.3, -0.2) at z = 0 with slopes of a
+    # few mrad: 0.6 mm off at z = 200, far beyond the track errors. Told the tilted beamline,
+    # the finder must find the sheared vertices of the untilted events, with the covariance
+    # J C Jᵀ; told only the position, it loses some (tracks fail the beamline χ² cut).
+    tracks = sample.tracks.select_events(0, 200)
+    bx, by, beam_tx, beam_ty = 0.3, -0.2, 3e-3, -2e-3
+    tilted_fields = {name: getattr(tracks, name) for name in TRACK_FIELDS}
+    tilted_fields.update(x=tracks.x + bx + beam_tx * tracks.z, tx=tracks.tx + beam_tx,
+                         y=tracks.y + by + beam_ty * tracks.z, ty=tracks.ty + beam_ty)
+    tilted = TrackBatch.from_arrays(counts=tracks.counts, **tilted_fields)
+
+    straight = find_vertices(tracks, backend=backend_name)
+    config = PVFinderConfig(beamline=(bx, by, beam_tx, beam_ty))
+    found = find_vertices(tilted, config=config, backend=backend_name)
+
+    np.testing.assert_array_equal(found.offsets, straight.offsets)
+    z = straight.z
+    shear = np.zeros((len(z), 3, 3))
+    shear[:, 0, 0] = shear[:, 1, 1] = shear[:, 2, 2] = 1.0
+    shear[:, 0, 2], shear[:, 1, 2] = beam_tx, beam_ty
+    expected_cov = shear @ _covariances(straight) @ shear.transpose(0, 2, 1)
+    tolerance = {"rtol": 1e-9, "atol": 1e-12}
+    np.testing.assert_allclose(found.x, straight.x + bx + beam_tx * z, **tolerance)
+    np.testing.assert_allclose(found.y, straight.y + by + beam_ty * z, **tolerance)
+    np.testing.assert_allclose(found.z, z, **tolerance)
+    np.testing.assert_allclose(_covariances(found), expected_cov, **tolerance)
+    for name in ("chi2", "ndof", "n_tracks", "weights"):
+        np.testing.assert_allclose(getattr(found, name), getattr(straight, name), **tolerance)
+
+    unaware = find_vertices(tilted, config=PVFinderConfig(beamline=(bx, by)), backend=backend_name)
+    assert unaware.n_vertices < 0.95 * straight.n_vertices
+
+
+def _covariances(vertices) -> np.ndarray:
+    """Each vertex's 3×3 covariance matrix."""
+    xx, xy, yy, xz, yz, zz = (getattr(vertices, f"cov_{name}")
+                              for name in ("xx", "xy", "yy", "xz", "yz", "zz"))
+    return np.stack([np.stack([xx, xy, xz], -1), np.stack([xy, yy, yz], -1),
+                     np.stack([xz, yz, zz], -1)], -2)
+
+
 def test_weights_describe_the_event_tracks(sample, backend_name):
     tracks = sample.tracks.select_events(0, 40)
     vertices = find_vertices(tracks, backend=backend_name)
