@@ -12,6 +12,7 @@ from pvfinder.backends import get_backend
 from pvfinder.config import PVFinderConfig
 from pvfinder.events import TRACK_FIELDS, TrackBatch
 from pvfinder.pipeline import PVFinder, SeedOverflowWarning, as_track_batch
+from pvfinder.simulation import simulate
 from pvfinder.validation import validate
 
 from .conftest import requires_cuda
@@ -44,6 +45,18 @@ def test_physics_on_simulated_sample(sample, backend_name):
     for axis in "xyz":
         assert abs(report.pull_mean[axis]) < 0.15
         assert 0.8 < report.pull_width[axis] < 1.3
+
+
+def test_a_wide_luminous_region_costs_efficiency(sample):
+    # Stage 1's beamline χ² cut assumes PVs on the beamline to within the track errors (the
+    # nominal 18 µm luminous width): at 280 µm tracks of PVs off the axis fail it. 20 000
+    # events gave efficiencies of 89.5 % and 51 % (README, physics notebook).
+    wide = simulate(300, seed=11, sigma_x=0.28, sigma_y=0.28)
+    finder = PVFinder(backend="cpu")
+    nominal_efficiency = validate(finder(sample.tracks), sample.truth).efficiency
+    wide_efficiency = validate(finder(wide.tracks), wide.truth).efficiency
+    assert nominal_efficiency > 0.85
+    assert wide_efficiency < nominal_efficiency - 0.2
 
 
 def test_input_forms_agree(sample):
