@@ -23,8 +23,9 @@ class PVFinderConfig:
     beamline : tuple of float
         The beamline: its transverse position ``(x, y)`` at z = 0 [mm], parallel to z, or
         ``(x, y, tx, ty)`` with its slopes ``dx/dz, dy/dz`` when it is tilted. The finder
-        works in the beamline's frame: with slopes, every track is first sheared to
-        ``x - tx·z``, ``tx - tx_beam`` (the same in y) and the vertices are sheared back.
+        works in the beamline's frame: with slopes ``(tx_b, ty_b)``, every track state is
+        first sheared to ``(x - tx_b·z, tx - tx_b)`` (the same in y) and the vertices found
+        are sheared back.
     zmin, zmax : float
         Range of the z histogram and of usable track z [mm].
     bin_width : float
