@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from pvfinder.events import MCTruth, MCVertices, VertexBatch
-from pvfinder.validation import core_gaussian, validate
+from pvfinder.events import TRACK_FIELDS, MCTruth, MCVertices, TrackBatch, VertexBatch
+from pvfinder.validation import core_gaussian, truth_fit, validate
 
 
 def make_truth(counts, z, n_reconstructible=None, x=None, y=None) -> MCTruth:
@@ -325,3 +325,48 @@ def test_plot_without_mplhep_says_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r"pip install pvfinder\[plot\]"):
         report.plot(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+# 10 µm and 0.1 mrad, uncorrelated: the track errors of the hand-made truth-fit events.
+ERRORS = {"cov_xx": 1e-4, "cov_yy": 1e-4, "cov_xtx": 0.0, "cov_yty": 0.0, "cov_txtx": 1e-8,
+          "cov_tyty": 1e-8}
+
+
+def test_truth_fit_finds_the_point_its_tracks_come_from():
+    # Event 0: PV 0 at (0.1, -0.2, 5) with four exact lines, PV 1 with one track (not fitted),
+    # a ghost (label -1); event 1: PV 0 at (0, 0, -30) with three exact lines.
+    points = [(0.1, -0.2, 5.0), (0.0, 0.0, 40.0), (0.0, 0.0, -30.0)]
+    slopes = [[(0.1, 0.05), (-0.08, 0.1), (0.02, -0.15), (-0.2, -0.03)], [(0.1, 0.1)],
+              [(0.12, -0.07), (-0.05, 0.2), (0.3, 0.1)]]
+    fields = {name: [] for name in TRACK_FIELDS}
+    labels = [0, 0, 0, 0, 1, -1, 0, 0, 0]
+    for (px, py, pz), lines in zip(points, slopes):
+        for tx, ty in lines:
+            z = pz + 20.0
+            state = {"x": px + tx * 20.0, "y": py + ty * 20.0, "z": z, "tx": tx, "ty": ty}
+            for name in TRACK_FIELDS:
+                fields[name].append(state.get(name, ERRORS.get(name)))
+    ghost = {"x": 1.0, "y": 1.0, "z": 0.0, "tx": 0.1, "ty": 0.1, **ERRORS}
+    for name in TRACK_FIELDS:
+        fields[name].insert(5, ghost[name])
+    tracks = TrackBatch.from_arrays(counts=[6, 3], **{k: np.array(v) for k, v in fields.items()})
+    vertices = MCVertices.from_arrays(counts=[2, 1], x=[0.1, 0.0, 0.0], y=[-0.2, 0.0, 0.0],
+                                      z=[5.0, 40.0, -30.0], n_reconstructible=[4, 1, 3])
+    fit = truth_fit(tracks, MCTruth(vertices, np.array(labels)))
+
+    np.testing.assert_array_equal(fit.n_tracks, [4, 1, 3])
+    np.testing.assert_allclose(fit.position[[0, 2]], np.array(points)[[0, 2]], atol=1e-9)
+    np.testing.assert_allclose(fit.residual[[0, 2]], 0.0, atol=1e-9)
+    assert np.all(np.isnan(fit.position[1])) and np.all(np.isnan(fit.covariance[1]))
+    assert np.all(np.linalg.eigvalsh(fit.covariance[[0, 2]]) > 0)
+    with pytest.raises(ValueError, match="min_tracks"):
+        truth_fit(tracks, MCTruth(vertices, np.array(labels)), min_tracks=1)
+
+
+def test_truth_fit_covariance_describes_its_spread(sample):
+    fit = truth_fit(sample.tracks, sample.truth)
+    many = fit.n_tracks > 20
+    for axis in range(3):
+        pulls = fit.residual[many, axis] / np.sqrt(fit.covariance[many, axis, axis])
+        mean, width, _ = core_gaussian(pulls)
+        assert abs(mean) < 0.05 and 0.93 < width < 1.07
