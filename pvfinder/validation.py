@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .events import MCTruth, TrackBatch, VertexBatch, _to_host
+from .events import TRACK_FIELDS, MCTruth, TrackBatch, VertexBatch, _to_host
 
 __all__ = [
     "AXES",
@@ -73,6 +73,9 @@ _CORE_FRACTION = math.erf(_CLIP / math.sqrt(2.0))  # share of a Gaussian within 
 _MAD_TO_SIGMA = 1.4826
 _MAX_CLIP_ITERATIONS = 100
 _UM_PER_MM = 1000.0
+# truth_fit leaves out a normal matrix whose determinant is at most this fraction of its
+# diagonal's product (Hadamard's bound), the finder's fit's test for a singular vertex.
+_SINGULAR_DET_FRACTION = 1e-12
 
 
 def _ratio(passed: int | np.ndarray, total: int | np.ndarray) -> tuple[Any, Any]:
@@ -895,8 +898,7 @@ def truth_fit(tracks: TrackBatch, truth: MCTruth, *, min_tracks: int = 2) -> Tru
     first_pv = np.asarray(_to_host(mc.offsets))[:-1]
     pv = first_pv[event[own]] + label[own]
     state = {name: np.asarray(_to_host(getattr(tracks, name)), dtype=np.float64)[own]
-             for name in ("x", "y", "z", "tx", "ty", "cov_xx", "cov_yy", "cov_xtx", "cov_yty",
-                          "cov_txtx", "cov_tyty")}
+             for name in TRACK_FIELDS}
     dz = mc_position[pv, 2] - state["z"]
     w_x = 1.0 / (state["cov_xx"] + dz * (2.0 * state["cov_xtx"] + dz * state["cov_txtx"]))
     w_y = 1.0 / (state["cov_yy"] + dz * (2.0 * state["cov_yty"] + dz * state["cov_tyty"]))
@@ -919,7 +921,7 @@ def truth_fit(tracks: TrackBatch, truth: MCTruth, *, min_tracks: int = 2) -> Tru
     n_tracks = np.bincount(pv, minlength=n_mc)
     # Parallel lines fix no point: leave out a singular system, as the finder's fit does.
     diagonal = normal[:, 0, 0] * normal[:, 1, 1] * normal[:, 2, 2]
-    fitted = (n_tracks >= min_tracks) & (np.linalg.det(normal) > 1e-12 * diagonal)
+    fitted = (n_tracks >= min_tracks) & (np.linalg.det(normal) > _SINGULAR_DET_FRACTION * diagonal)
     position = np.full((n_mc, 3), np.nan)
     covariance = np.full((n_mc, 3, 3), np.nan)
     covariance[fitted] = np.linalg.inv(normal[fitted])
