@@ -130,9 +130,9 @@ def _measure(inputs: list[Path], finder: PVFinder, backend: str, step_size: int 
     n_tracks = sum(chunk.tracks.n_tracks for chunk in chunks)
     outputs = finder.output_buffers()  # reused, as the end-to-end job reuses its own
 
-    def reconstruct() -> None:
+    def reconstruct() -> None:  # the job's work: it writes no per-track weights
         for chunk in chunks:
-            finder(chunk.tracks, out=outputs, to_host=True)
+            finder(chunk.tracks, out=outputs, to_host=True, weights=False)
 
     def end_to_end() -> None:
         _check_done(reconstruct_files(plan_outputs(inputs, folder / "single"), backend=backend,
@@ -183,7 +183,7 @@ def _write_seconds(chunks: list[Any], finder: PVFinder, outputs: Any, output: Pa
     seconds = 0.0
     with VertexWriter(output) as writer:
         for chunk in chunks:
-            vertices = finder(chunk.tracks, out=outputs, to_host=True)
+            vertices = finder(chunk.tracks, out=outputs, to_host=True, weights=False)
             start = time.perf_counter()
             writer.write(vertices, chunk.event_ids, chunk.tracks.counts)
             seconds += time.perf_counter() - start

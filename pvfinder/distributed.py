@@ -299,7 +299,7 @@ def _run_input(source: TrackSource, writer: VertexWriter, engine: Any, buffered:
 def _engine(scheduler: str | None, schema: TrackSchema, config: PVFinderConfig | None,
             backend: str, step_size: int | str, with_weights: bool) -> Iterator[Any]:
     if scheduler is None:
-        engine = _LocalEngine(schema, PVFinder(config, backend), step_size)
+        engine = _LocalEngine(schema, PVFinder(config, backend), step_size, with_weights)
         try:
             yield engine
         finally:
@@ -310,7 +310,8 @@ def _engine(scheduler: str | None, schema: TrackSchema, config: PVFinderConfig |
 
 
 class _LocalEngine:
-    """Chunks read in this process and reconstructed by one finder into reused outputs.
+    """Chunks read in this process and reconstructed by one finder into reused outputs,
+    with the per-track weights only when they are written (``with_weights``).
 
     One background thread reads the chunks of all submitted inputs in order, one chunk ahead
     of the finder: the next chunk, also the first of the next input, is read while this one
@@ -318,8 +319,10 @@ class _LocalEngine:
     once. Close the engine to stop the reader.
     """
 
-    def __init__(self, schema: TrackSchema, finder: PVFinder, step_size: int | str) -> None:
+    def __init__(self, schema: TrackSchema, finder: PVFinder, step_size: int | str,
+                 with_weights: bool = False) -> None:
         self.schema, self.finder, self.step_size = schema, finder, step_size
+        self.with_weights = with_weights
         self.outputs = finder.output_buffers()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="pvfinder-reader")
         self._positions: dict[str, int] = {}
@@ -359,7 +362,8 @@ class _LocalEngine:
                 continue  # what is left of an earlier input whose consumer gave up on it
             if isinstance(chunk, Exception):
                 raise chunk
-            vertices = self.finder(chunk.tracks, out=self.outputs, to_host=True)
+            vertices = self.finder(chunk.tracks, out=self.outputs, to_host=True,
+                                   weights=self.with_weights)
             yield vertices, chunk.event_ids, chunk.tracks.counts
 
     def close(self) -> None:
@@ -533,7 +537,7 @@ def _partition_vertices(tracks: ak.Array, entries: ak.Array, *, source: TrackSou
     entry_numbers = ak.to_numpy(entries)
     start = int(entry_numbers[0]) if len(entry_numbers) else 0
     chunk = source.chunk({name: tracks[name] for name in source.read_branches}, start)
-    vertices = _finder(config, backend)(chunk.tracks)
+    vertices = _finder(config, backend)(chunk.tracks, weights=with_weights)
     return _records(vertices, chunk.event_ids, chunk.tracks.counts, with_weights)
 
 

@@ -158,9 +158,12 @@ class VertexBuffers:
             weights[:keep_weights] = self.weights[:keep_weights]
             self.weights = weights
 
-    def view(self, n_events: int, n_vertices: int, n_weights: int) -> VertexBatch:
-        """The first ``n_events`` events written, as a batch of views."""
+    def view(self, n_events: int, n_vertices: int, n_weights: int | None) -> VertexBatch:
+        """The first ``n_events`` events written, as a batch of views (without weights when
+        ``n_weights`` is ``None``)."""
         rows = dict(zip(VERTEX_FIELDS, self.vertices[:, :n_vertices]))
+        if n_weights is None:
+            return VertexBatch(offsets=self.offsets[: n_events + 1], **rows)
         return VertexBatch(offsets=self.offsets[: n_events + 1],
                            weights=self.weights[:n_weights],
                            weight_offsets=self.weight_offsets[: n_vertices + 1], **rows)
@@ -208,9 +211,9 @@ class PVFinder:
         return f"PVFinder(backend={self.backend.name!r}, config={self.config!r})"
 
     def __call__(self, tracks: Any, *, out: VertexBuffers | None = None,
-                 to_host: bool | None = None) -> VertexBatch:
+                 to_host: bool | None = None, weights: bool = True) -> VertexBatch:
         """Same as :meth:`run`."""
-        return self.run(tracks, out=out, to_host=to_host)
+        return self.run(tracks, out=out, to_host=to_host, weights=weights)
 
     def run(
         self,
@@ -219,6 +222,7 @@ class PVFinder:
         out: VertexBuffers | None = None,
         to_host: bool | None = None,
         timings: dict[str, float] | None = None,
+        weights: bool = True,
     ) -> VertexBatch:
         """Find the vertices of every event of ``tracks``.
 
@@ -236,17 +240,24 @@ class PVFinder:
         timings : dict, optional
             When given, the seconds spent in each stage are added to it (the device is
             synchronised after every stage, which costs a little on a GPU).
+        weights : bool
+            Return each vertex's per-track weights (the track–vertex association). They
+            take one float per vertex and input track of its event, about 12 kB per event at
+            ν = 7.6: a job that only keeps the vertices saves that memory traffic with
+            ``False``.
 
         Returns
         -------
         VertexBatch
-            The vertices of each event sorted by z, with per-track weights.
+            The vertices of each event sorted by z, with per-track weights unless
+            ``weights=False`` (then its ``weights`` is ``None``).
         """
         batch = as_track_batch(tracks)
         target = self._output if out is None else out
         with self.backend.launch_guard:
-            sizes = self._find(batch, target, _StageClock(self.backend, timings))
-        vertices = target.view(batch.n_events, *sizes)
+            n_vertices, n_weights = self._find(batch, target, weights,
+                                               _StageClock(self.backend, timings))
+        vertices = target.view(batch.n_events, n_vertices, n_weights if weights else None)
         if out is None:  # the finder's own buffers: hand out arrays the caller owns
             return vertices.to_host(copy=True) if to_host in (None, True) else vertices.copy()
         return vertices.to_host() if to_host else vertices
@@ -316,9 +327,10 @@ class PVFinder:
 
     # -- stages ---------------------------------------------------------------------------
 
-    def _find(self, batch: TrackBatch, target: VertexBuffers, clock: _StageClock
-              ) -> tuple[int, int]:
-        """Run the five stages chunk by chunk into ``target``; (vertices, weights) written."""
+    def _find(self, batch: TrackBatch, target: VertexBuffers, weights: bool,
+              clock: _StageClock) -> tuple[int, int]:
+        """Run the five stages chunk by chunk into ``target`` (with the per-track weights
+        when ``weights``); (vertices, weights) written."""
         backend = self.backend
         offsets, beamline = self._inputs_at_beamline(batch, clock)
         n_events = batch.n_events
@@ -336,7 +348,8 @@ class PVFinder:
                 backend.xp.subtract(offsets[start : stop + 1], lo, out=chunk_offsets)
             chunk_tracks = {name: array[lo:hi] for name, array in beamline.items()}
             n_vertices, n_weights = self._vertices_of_chunk(
-                chunk_offsets, chunk_tracks, start, target, n_vertices, n_weights, clock)
+                chunk_offsets, chunk_tracks, start, target, n_vertices, n_weights, weights,
+                clock)
         if self.config.beamline_slopes != (0.0, 0.0):
             _shear_back(target.vertices[:, :n_vertices], *self.config.beamline_slopes)
         backend.check_errors()
@@ -410,7 +423,7 @@ class PVFinder:
 
     def _vertices_of_chunk(
         self, offsets: Any, tracks: dict[str, Any], first_event: int, target: VertexBuffers,
-        vertices_before: int, weights_before: int, clock: _StageClock,
+        vertices_before: int, weights_before: int, with_weights: bool, clock: _StageClock,
     ) -> tuple[int, int]:
         """Stages 2–5 on one chunk, appended to ``target``; returns the new totals."""
         cfg, backend, buffers, xp = self.config, self.backend, self._buffers, self.backend.xp
@@ -451,12 +464,21 @@ class PVFinder:
         vertex_offsets = _prefix_sum(
             xp, target.offsets[first_event : first_event + n_events + 1], n_kept,
             vertices_before)
-        xp.multiply(n_kept, counts, out=slots)
+        # Each kept vertex takes one weight per track of its event; without weights, zero
+        # track counts make compact copy the vertices alone.
+        weighted_offsets = offsets
+        if with_weights:
+            xp.multiply(n_kept, counts, out=slots)
+        else:
+            weighted_offsets = buffers.get("no_tracks", (n_events + 1,), np.int64)
+            weighted_offsets[...] = 0
+            slots[...] = 0
         weight_base = _prefix_sum(
             xp, buffers.get("weight_base", (n_events + 1,), np.int64), slots, weights_before)
         n_vertices, n_weights = int(vertex_offsets[-1]), int(weight_base[-1])
         target.reserve(n_vertices, n_weights, vertices_before, weights_before)
-        backend.compact(offsets, weight_offsets, order, n_kept, vertex_offsets, weight_base,
+        backend.compact(weighted_offsets, weight_offsets, order, n_kept, vertex_offsets,
+                        weight_base,
                         pos, cov, chi2, ndof, n_vtx_tracks, weights,
                         target.vertices, target.weight_offsets, target.weights)
         clock.tick("cleanup")  # the compaction into flat arrays counts as part of clean-up
@@ -535,7 +557,8 @@ def _report_overflow(n_seeds: np.ndarray, max_seeds: int, first_event: int) -> N
 
 
 def find_vertices(
-    tracks: Any, config: PVFinderConfig | None = None, backend: str | Backend = "auto"
+    tracks: Any, config: PVFinderConfig | None = None, backend: str | Backend = "auto",
+    *, weights: bool = True,
 ) -> VertexBatch:
     """Find the primary vertices of every event: the one-line entry point.
 
@@ -547,11 +570,14 @@ def find_vertices(
         Algorithm parameters; the published defaults when omitted.
     backend : {"auto", "cpu", "cuda"}
         Where to run.
+    weights : bool
+        Return the track–vertex weights too (see :meth:`PVFinder.run`).
 
     Returns
     -------
     VertexBatch
-        Vertices per event (host arrays), sorted by z, with track–vertex weights.
+        Vertices per event (host arrays), sorted by z, with track–vertex weights unless
+        ``weights=False``.
 
     Notes
     -----
@@ -560,5 +586,5 @@ def find_vertices(
     (2-core VM). For batch after batch keep one finder and call it, as
     ``pvfinder reconstruct`` does.
     """
-    return PVFinder(config, backend)(tracks)
+    return PVFinder(config, backend)(tracks, weights=weights)
 

@@ -10,7 +10,7 @@ import pytest
 from pvfinder import find_vertices
 from pvfinder.backends import get_backend
 from pvfinder.config import PVFinderConfig
-from pvfinder.events import TRACK_FIELDS, TrackBatch
+from pvfinder.events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch
 from pvfinder.pipeline import PVFinder, SeedOverflowWarning, as_track_batch
 from pvfinder.simulation import simulate
 from pvfinder.validation import core_gaussian, truth_fit, validate
@@ -145,6 +145,25 @@ def test_weights_describe_the_event_tracks(sample, backend_name):
     sums = np.add.reduceat(vertices.weights, vertices.weight_offsets[:-1]) if len(per_vertex) else []
     np.testing.assert_allclose(sums, vertices.n_tracks, rtol=1e-9)
     assert np.all(np.diff(vertices.z)[np.diff(np.repeat(np.arange(40), vertices.counts)) == 0] > 0)
+
+
+def test_vertices_without_weights_are_the_same(sample, backend_name):
+    """weights=False leaves out the per-track weights and nothing else, chunk by chunk, and
+    the same output buffers then serve a call with weights again."""
+    tracks = sample.tracks.select_events(0, 300)
+    backend = dataclasses.replace(get_backend(backend_name), events_per_chunk=70)
+    finder = PVFinder(backend=backend)
+    full = finder(tracks)
+    buffers = finder.output_buffers()
+    lean = finder(tracks, out=buffers, to_host=True, weights=False)
+    assert lean.weights is None and lean.weight_offsets is None
+    np.testing.assert_array_equal(lean.offsets, full.offsets)
+    for field in VERTEX_FIELDS:
+        np.testing.assert_array_equal(getattr(lean, field), getattr(full, field), err_msg=field)
+    again = finder(tracks, out=buffers, to_host=True)
+    np.testing.assert_array_equal(again.weight_offsets, full.weight_offsets)
+    np.testing.assert_array_equal(again.weights, full.weights)
+    assert find_vertices(tracks, backend=backend_name, weights=False).weights is None
 
 
 def test_one_clean_vertex_is_found_where_it_is(backend_name):
