@@ -32,6 +32,17 @@ _CANDIDATE_RHO = 0.05
 # Relative slack on the candidate bound, far above float64 rounding of the χ² arithmetic.
 _CANDIDATE_SLACK = 1.0 + 1e-6
 
+# exp(x) for x ≤ 0 inlined (see _exp_nonpositive): x = -(64m + j)·ln2/64 + r with |r| ≤ ln2/128,
+# exp(x) = 2^-m · 2^(-j/64) · e^r from two tables and a polynomial.
+_EXP_STEPS = 64
+_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10  # ln 2 = hi + lo,
+# hi with 32 significant bits, so that n·hi/64 is exact for the n used here (fdlibm's split)
+_EXP_LOWEST = -745.2  # exp(x) rounds to 0.0 below
+# 2^-m for every m that x ≥ _EXP_LOWEST reaches (0.0 beyond 2^-1074), and 2^(-j/64).
+_EXP_WHOLE = np.array([math.ldexp(1.0, -m) for m in range(
+    int(-_EXP_LOWEST * _EXP_STEPS / math.log(2.0) + 0.5) // _EXP_STEPS + 1)])
+_EXP_FRACTION = np.array([2.0 ** (-j / _EXP_STEPS) for j in range(_EXP_STEPS)])
+
 # Rows of the per-event track scratch array.
 _DENSITY, _SLOPE, _REACH = 0, 1, 2
 
@@ -64,9 +75,26 @@ def negligible_chi2(chi2_cut: float, max_seeds: int) -> float:
 
 
 @numba.njit(cache=True, fastmath=FASTMATH)
+def _exp_nonpositive(x):
+    """``exp(x)`` for ``x ≤ 0`` (NaN and x < -745.2 give 0), within 3 ulp of libm's.
+
+    Through libm's out-of-line ``exp`` the fit's exponentials took a sixth of its time;
+    inlined, two table lookups and a degree-6 polynomial cost 40 % less per call (3.4 against
+    5.7 ns) and the fit 9 % less at ν = 7.6 (26.4 against 29.1 µs per event, timed in turns).
+    """
+    if not x >= _EXP_LOWEST:
+        return 0.0
+    n = int(x * (-_EXP_STEPS / math.log(2.0)) + 0.5)  # round(-x·64/ln2) ≥ 0
+    r = (x + n * (_LN2_HI / _EXP_STEPS)) + n * (_LN2_LO / _EXP_STEPS)
+    e_r = 1.0 + r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (
+        1.0 / 120 + r * (1.0 / 720))))))
+    return _EXP_WHOLE[n // _EXP_STEPS] * _EXP_FRACTION[n % _EXP_STEPS] * e_r
+
+
+@numba.njit(cache=True, fastmath=FASTMATH)
 def _seed_term(chi2, negligible):
     """exp(-χ²/2), the Gaussian term of a track–seed pair (0 from ``negligible`` on)."""
-    return math.exp(-0.5 * chi2) if chi2 < negligible else 0.0
+    return _exp_nonpositive(-0.5 * chi2) if chi2 < negligible else 0.0
 
 
 @numba.njit(cache=True, fastmath=FASTMATH)
@@ -157,7 +185,7 @@ def _fit_seed(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others, n_ca
             chi2 = rx * rx * wxt + ry * ry * wyt
             w = 0.0
             if chi2 < max_chi2:
-                term = math.exp(-0.5 * chi2)
+                term = _exp_nonpositive(-0.5 * chi2)
                 w = term / (exp_cut + term + others[k])
             if w > min_weight and chi2 < max_chi2:
                 n_pass += 1
