@@ -65,8 +65,8 @@ def run_io_benchmark(
         ``pvfinder simulate`` writes; ``zlib`` decompresses about three times slower, ``lz4``
         faster).
     repeats : int
-        The reconstruction alone and the one-process job, which the I/O share compares,
-        run this many times each, alternately, and each keeps its best (the others run once).
+        Reading alone, the reconstruction alone and the one-process job run this many times
+        each, in turns, and each keeps its best (writing alone and the Dask job run once).
     directory : path, optional
         Where to put the files (a temporary directory, removed afterwards, by default).
 
@@ -74,8 +74,10 @@ def run_io_benchmark(
     -------
     dict
         JSON-serialisable: date, hardware, sample and, per input codec, the seconds and
-        events/s of each measurement and ``io_overhead``: (end-to-end − reconstruction) /
-        reconstruction, to compare with the target of 0.30.
+        events/s of each measurement (with the CPU seconds of this process's threads for the
+        repeated ones: what reading costs the cores that also reconstruct) and
+        ``io_overhead``: (end-to-end − reconstruction) / reconstruction, to compare with the
+        target of 0.30.
     """
     with tempfile.TemporaryDirectory(dir=directory) as folder:
         folder = Path(folder)
@@ -93,7 +95,8 @@ def run_io_benchmark(
             "runs": [],
         }
         if workers:
-            result["dask_startup_seconds"] = round(_timed(lambda: _start_and_stop(workers)), 3)
+            result["dask_startup_seconds"] = round(
+                _timed(lambda: _start_and_stop(workers))[0], 3)
         for codec, paths in inputs.items():
             run = _measure(paths, finder, backend, step_size, workers, repeats, folder / codec,
                            progress)
@@ -122,13 +125,16 @@ def _simulate_files(folder: Path, n_events: int, n_files: int, seed: int,
 def _measure(inputs: list[Path], finder: PVFinder, backend: str, step_size: int | str,
              workers: int, repeats: int, folder: Path, progress: Callable[[str], None]
              ) -> dict[str, Any]:
-    # Each part alone, chunk by chunk as the end-to-end job goes.
-    chunks: list[Any] = []
-    timings = {"read_and_convert": _timed(
-        lambda: chunks.extend(iterate_tracks(inputs, step_size=step_size)))}
+    # Each part alone, chunk by chunk as the end-to-end job goes. The chunks are also held in
+    # memory once, untimed, for the reconstruction alone.
+    chunks = list(iterate_tracks(inputs, step_size=step_size))
     n_events = sum(chunk.tracks.n_events for chunk in chunks)
     n_tracks = sum(chunk.tracks.n_tracks for chunk in chunks)
     outputs = finder.output_buffers()  # reused, as the end-to-end job reuses its own
+
+    def read_and_convert() -> None:  # each chunk dropped when the next comes, as in the job
+        for _ in iterate_tracks(inputs, step_size=step_size):
+            pass
 
     def reconstruct() -> None:  # the job's work: it writes no per-track weights
         for chunk in chunks:
@@ -138,19 +144,21 @@ def _measure(inputs: list[Path], finder: PVFinder, backend: str, step_size: int 
         _check_done(reconstruct_files(plan_outputs(inputs, folder / "single"), backend=backend,
                                       step_size=step_size))
 
-    timings.update(_best_taking_turns(
-        {"reconstruction": reconstruct, "end_to_end": end_to_end}, repeats))
+    timings, cpu = _best_taking_turns({"read_and_convert": read_and_convert,
+                                       "reconstruction": reconstruct, "end_to_end": end_to_end},
+                                      repeats)
     timings["write"] = _write_seconds(chunks, finder, outputs, folder / "parts.root")
     chunks.clear()  # memory back before the Dask run
     run: dict[str, Any] = {"input_mb": round(sum(p.stat().st_size for p in inputs) / 1e6, 1),
                            "tracks": n_tracks}
     if workers:
-        timings["end_to_end_dask"] = _timed(lambda: _check_done(reconstruct_files(
+        timings["end_to_end_dask"], _ = _timed(lambda: _check_done(reconstruct_files(
             plan_outputs(inputs, folder / "dask"), backend=backend, step_size=step_size,
             scheduler=f"local:{workers}")))
         run["dask_matches_single"] = _same_outputs(folder / "single", folder / "dask")
     run["measurements"] = {
         name: {"seconds": round(seconds, 3), "events_per_s": round(n_events / seconds)}
+        | ({"cpu_seconds": round(cpu[name], 3)} if name in cpu else {})
         for name, seconds in timings.items()}
     reco = timings["reconstruction"]
     run["io_overhead"] = {"end_to_end": round((timings["end_to_end"] - reco) / reco, 3),
@@ -162,20 +170,25 @@ def _measure(inputs: list[Path], finder: PVFinder, backend: str, step_size: int 
     return run
 
 
-def _timed(job: Callable[[], Any]) -> float:
-    start = time.perf_counter()
+def _timed(job: Callable[[], Any]) -> tuple[float, float]:
+    """Wall-clock seconds of ``job()``, and the CPU seconds of all this process's threads."""
+    wall, cpu = time.perf_counter(), time.process_time()
     job()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _best_taking_turns(jobs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Each job's best time of ``repeats`` runs, the jobs taking turns: a change in the
-    machine's load then does not fall between the two timings that the I/O share compares."""
-    runs: dict[str, list[float]] = {name: [] for name in jobs}
+def _best_taking_turns(jobs: dict[str, Callable[[], Any]], repeats: int
+                       ) -> tuple[dict[str, float], dict[str, float]]:
+    """Each job's best wall-clock time of ``repeats`` runs, and that run's CPU time, the jobs
+    taking turns: a change in the machine's load then does not fall between the timings that
+    the I/O share compares."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in jobs}
     for _ in range(repeats):
         for name, job in jobs.items():
             runs[name].append(_timed(job))
-    return {name: min(seconds) for name, seconds in runs.items()}
+    best = {name: min(times) for name, times in runs.items()}
+    return ({name: wall for name, (wall, _) in best.items()},
+            {name: cpu for name, (_, cpu) in best.items()})
 
 
 def _write_seconds(chunks: list[Any], finder: PVFinder, outputs: Any, output: Path) -> float:

@@ -250,6 +250,10 @@ def test_io_benchmark_times_each_part_and_checks_dask_agrees(tmp_path):
     assert set(seconds) == {"read_and_convert", "reconstruction", "write", "end_to_end",
                             "end_to_end_dask"}
     assert all(value > 0 for value in seconds.values())
+    cpu = {name: row["cpu_seconds"] for name, row in run["measurements"].items()
+           if "cpu_seconds" in row}
+    assert set(cpu) == {"read_and_convert", "reconstruction", "end_to_end"}
+    assert all(value > 0 for value in cpu.values())
     # The shares come from the unrounded times; the file's seconds are rounded to 1 ms.
     read, reco = seconds["read_and_convert"], seconds["reconstruction"]
     rounding = 0.0005 / read + 0.0005 / reco
