@@ -320,7 +320,7 @@ class _LocalEngine:
     """
 
     def __init__(self, schema: TrackSchema, finder: PVFinder, step_size: int | str,
-                 with_weights: bool = False) -> None:
+                 with_weights: bool) -> None:
         self.schema, self.finder, self.step_size = schema, finder, step_size
         self.with_weights = with_weights
         self.outputs = finder.output_buffers()

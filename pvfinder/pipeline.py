@@ -262,7 +262,7 @@ class PVFinder:
             return vertices.to_host(copy=True) if to_host in (None, True) else vertices.copy()
         return vertices.to_host() if to_host else vertices
 
-    def warmup(self, tracks: Any = None) -> PVFinder:
+    def warmup(self, tracks: Any = None, *, weights: bool = True) -> PVFinder:
         """Compile the kernels and size the work buffers now rather than on the first call.
 
         Parameters
@@ -271,13 +271,18 @@ class PVFinder:
             A batch as large as the largest that will be passed later: every work buffer
             (and the finder's output buffers) is sized for it, with some room to spare.
             Without it, only the kernels are compiled.
+        weights : bool
+            Whether the later calls ask for the per-track weights (see :meth:`run`): with
+            ``False`` no room is made for them, in this finder's outputs nor in those of
+            :meth:`output_buffers`.
 
         Returns
         -------
         PVFinder
             This finder, so that ``finder = PVFinder(...).warmup(batch)`` reads naturally.
         """
-        self.run(_compile_batch(self.config) if tracks is None else tracks, out=self._output)
+        self.run(_compile_batch(self.config) if tracks is None else tracks, out=self._output,
+                 weights=weights)
         return self
 
     def output_buffers(self) -> VertexBuffers:

@@ -153,7 +153,7 @@ def test_next_chunk_is_read_while_this_one_is_reconstructed(files, monkeypatch):
 
     monkeypatch.setattr(distributed, "iterate_tracks", reading)
     finder = WaitingFinder()
-    engine = distributed._LocalEngine(TrackSchema(), finder, step_size=20)
+    engine = distributed._LocalEngine(TrackSchema(), finder, step_size=20, with_weights=False)
     sources = [inspect_tracks(path) for path in files[:2]]
     engine.submit(sources)
     n_events = [sum(len(counts) for _, _, counts in engine.pieces(source)) for source in sources]
@@ -164,7 +164,8 @@ def test_next_chunk_is_read_while_this_one_is_reconstructed(files, monkeypatch):
 
 def test_input_given_up_on_leaves_the_next_one_whole(files):
     """When the consumer of an input stops early, the next input still gets all its chunks."""
-    engine = distributed._LocalEngine(TrackSchema(), PVFinder(backend="cpu"), step_size=20)
+    engine = distributed._LocalEngine(TrackSchema(), PVFinder(backend="cpu"), step_size=20,
+                                      with_weights=True)
     sources = [inspect_tracks(path) for path in files[:2]]
     engine.submit(sources)
     next(engine.pieces(sources[0]))  # the first of three chunks, then given up on

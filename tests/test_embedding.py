@@ -81,19 +81,22 @@ def repeated(tracks: TrackBatch, times: int) -> TrackBatch:
         for name in TRACK_FIELDS})
 
 
-def steady_call_allocations(finder: PVFinder, batch: TrackBatch) -> tuple[int, int, int]:
+def steady_call_allocations(finder: PVFinder, batch: TrackBatch, weights: bool
+                            ) -> tuple[int, int, int]:
     """One warm call into reused buffers: (bytes Python still holds after it, peak bytes
     Python allocated during it, Numba runtime allocations during it)."""
     from numba.core.runtime import _nrt_python, rtsys
 
-    finder.warmup(batch)
+    finder.warmup(batch, weights=weights)
     buffers = finder.output_buffers()
-    finder(batch, out=buffers)
+    if not weights:  # no room made for weights nobody asks for
+        assert len(buffers.weights) == 0
+    finder(batch, out=buffers, weights=weights)
     _nrt_python.memsys_enable_stats()
     tracemalloc.start()
     try:
         before, numba_before = tracemalloc.get_traced_memory()[0], rtsys.get_allocation_stats()
-        result = finder(batch, out=buffers)
+        result = finder(batch, out=buffers, weights=weights)
         del result
         after, peak = tracemalloc.get_traced_memory()
         numba_allocations = rtsys.get_allocation_stats().alloc - numba_before.alloc
@@ -103,12 +106,15 @@ def steady_call_allocations(finder: PVFinder, batch: TrackBatch) -> tuple[int, i
     return after - before, peak - before, numba_allocations
 
 
-def test_steady_calls_allocate_nothing_that_outlives_them_or_grows_with_the_batch(sample):
+@pytest.mark.parametrize("weights", [True, False], ids=["weights", "no-weights"])
+def test_steady_calls_allocate_nothing_that_outlives_them_or_grows_with_the_batch(sample,
+                                                                                    weights):
     # Both batches in one chunk, so that both calls make the same kernel launches.
     finder = PVFinder(backend=dataclasses.replace(get_backend("cpu"), events_per_chunk=4096))
     small = repeated(sample.tracks, 1)
-    held_small, peak_small, numba_small = steady_call_allocations(finder, small)
-    held_big, peak_big, numba_big = steady_call_allocations(finder, repeated(sample.tracks, 4))
+    held_small, peak_small, numba_small = steady_call_allocations(finder, small, weights)
+    held_big, peak_big, numba_big = steady_call_allocations(finder, repeated(sample.tracks, 4),
+                                                            weights)
     # Nothing is kept from one call to the next (a few Python objects at most) ...
     assert held_small < 4096 and held_big < 4096
     # ... Python allocates only fixed-size temporaries (numpy's casting buffers, frames): a
