@@ -82,8 +82,7 @@ def _exp_nonpositive(x):
     Through libm's out-of-line ``exp`` the fit's exponentials took about a sixth of its
     time; inlined, two table lookups and a polynomial cost less (``pvfinder bench``).
     """
-    if x > 0.0:
-        x = 0.0
+    x = min(x, 0.0)  # NaN stays NaN
     if not x >= _EXP_LOWEST:
         return 0.0
     n = int(x * (-_EXP_STEPS / math.log(2.0)) + 0.5)  # round(-x·64/ln2) ≥ 0
