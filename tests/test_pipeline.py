@@ -11,7 +11,7 @@ from pvfinder import find_vertices
 from pvfinder.backends import get_backend
 from pvfinder.config import PVFinderConfig
 from pvfinder.events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch
-from pvfinder.pipeline import PVFinder, SeedOverflowWarning, as_track_batch
+from pvfinder.pipeline import PVFinder, SeedOverflowWarning, VertexBuffers, as_track_batch
 from pvfinder.simulation import simulate
 from pvfinder.validation import core_gaussian, truth_fit, validate
 
@@ -92,6 +92,26 @@ def test_chunking_does_not_change_results(sample):
     np.testing.assert_array_equal(chunked.offsets, whole.offsets)
     np.testing.assert_array_equal(chunked.z, whole.z)
     np.testing.assert_array_equal(chunked.weights, whole.weights)
+
+
+def test_a_batch_grows_the_outputs_about_once(sample):
+    """Chunk after chunk, fresh outputs grow for the whole batch at the rate seen so far
+    rather than a little at each chunk (every growth copies what is already written)."""
+    tracks = sample.tracks.select_events(0, 600)
+    finder = PVFinder(backend=dataclasses.replace(get_backend("cpu"), events_per_chunk=40))
+    outputs, grown = VertexBuffers(np), []
+    reserve = outputs.reserve
+
+    def counting(*args, **kwargs):
+        before = outputs.vertices, outputs.weights
+        reserve(*args, **kwargs)
+        grown.append((outputs.vertices is not before[0], outputs.weights is not before[1]))
+
+    outputs.reserve = counting
+    vertices = finder(tracks, out=outputs)
+    assert len(grown) == 15
+    assert sum(v for v, _ in grown) <= 2 and sum(w for _, w in grown) <= 2, grown
+    np.testing.assert_array_equal(vertices.weights, PVFinder(backend="cpu")(tracks).weights)
 
 
 def test_a_tilted_beamline_is_a_change_of_frame(sample, backend_name):
