@@ -11,7 +11,12 @@ from pvfinder import find_vertices
 from pvfinder.backends import get_backend
 from pvfinder.config import PVFinderConfig
 from pvfinder.events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch
-from pvfinder.pipeline import PVFinder, SeedOverflowWarning, VertexBuffers, as_track_batch
+from pvfinder.pipeline import (
+    PVFinder,
+    SeedOverflowWarning,
+    VertexBuffers,
+    as_track_batch,
+)
 from pvfinder.simulation import simulate
 from pvfinder.validation import core_gaussian, truth_fit, validate
 
