@@ -491,11 +491,9 @@ def vertex_collection(source: TrackSource, *, config: PVFinderConfig | None = No
     entries = dak.from_map(_entry_numbers, list(itertools.pairwise(divisions)),
                            divisions=divisions, meta=_typetracer(_entry_numbers((0, 0))),
                            label="entries")
-    meta = _typetracer(_records(_empty_vertices(), _empty_ids(source),
-                                np.zeros(0, np.int64), with_weights))
     return dak.map_partitions(_partition_vertices, tracks, entries, source=source,
                               config=config, backend=backend, with_weights=with_weights,
-                              meta=meta, label="pvfinder")
+                              meta=_output_type(source, with_weights), label="pvfinder")
 
 
 def _entry_numbers(bounds: tuple[int, int]) -> ak.Array:
@@ -506,10 +504,13 @@ def _typetracer(array: ak.Array) -> ak.Array:
     return ak.Array(array.layout.to_typetracer(forget_length=True))
 
 
-def _empty_vertices() -> VertexBatch:
-    return VertexBatch.from_arrays(counts=np.zeros(0, np.int64),
-                                   weights=np.zeros(0), weight_counts=np.zeros(0, np.int64),
-                                   **{name: np.zeros(0) for name in VERTEX_FIELDS})
+def _output_type(source: TrackSource, with_weights: bool) -> ak.Array:
+    """A typetracer of the records :func:`_partition_vertices` returns."""
+    weights = {"weights": np.zeros(0), "weight_counts": np.zeros(0, np.int64)}
+    vertices = VertexBatch.from_arrays(counts=np.zeros(0, np.int64),
+                                       **(weights if with_weights else {}),
+                                       **{name: np.zeros(0) for name in VERTEX_FIELDS})
+    return _typetracer(_records(vertices, _empty_ids(source), np.zeros(0, np.int64)))
 
 
 def _empty_ids(source: TrackSource) -> dict[str, np.ndarray]:
@@ -532,19 +533,18 @@ def _partition_vertices(tracks: ak.Array, entries: ak.Array, *, source: TrackSou
         # are needed: all of them. Run no kernels; answer with the output's type.
         ak.typetracer.touch_data(tracks)
         ak.typetracer.touch_data(entries)
-        return _typetracer(_records(_empty_vertices(), _empty_ids(source),
-                                    np.zeros(0, np.int64), with_weights))
+        return _output_type(source, with_weights)
     entry_numbers = ak.to_numpy(entries)
     start = int(entry_numbers[0]) if len(entry_numbers) else 0
     chunk = source.chunk({name: tracks[name] for name in source.read_branches}, start)
     vertices = _finder(config, backend)(chunk.tracks, weights=with_weights)
-    return _records(vertices, chunk.event_ids, chunk.tracks.counts, with_weights)
+    return _records(vertices, chunk.event_ids, chunk.tracks.counts)
 
 
-def _records(vertices: VertexBatch, event_ids: Mapping[str, np.ndarray], track_counts: Any,
-             with_weights: bool) -> ak.Array:
-    if not with_weights:
-        vertices = dataclasses.replace(vertices, weights=None, weight_offsets=None)
+def _records(vertices: VertexBatch, event_ids: Mapping[str, np.ndarray], track_counts: Any
+             ) -> ak.Array:
+    """One record per event: its identifiers, input track count and vertices (with their
+    weights when ``vertices`` has them)."""
     return ak.zip({**event_ids, "n_input_tracks": np.asarray(track_counts, dtype=np.int64),
                    "vertices": vertices.to_awkward()}, depth_limit=1)
 
