@@ -50,8 +50,8 @@ class Backend:
     stages : dict
         Stage name → kernel launch function (see ``kernels/README.md`` for the contract).
     events_per_chunk : int
-        How many events the pipeline hands to the histogram and later stages at once;
-        bounds the size of the per-event work buffers.
+        How many events the pipeline hands to the stages at once; bounds the size of the
+        work buffers (tracks at the beamline, histograms, weights), whatever the batch.
     launch_guard : context manager
         Held while a batch runs: a lock where kernel launches from several threads at once
         are unsafe, otherwise a no-op.

@@ -318,7 +318,8 @@ class PVFinder:
         backend, cfg = self.backend, self.config
         clock = _StageClock(backend, None)
         with backend.launch_guard:
-            offsets, beamline = self._inputs_at_beamline(batch, clock)
+            offsets, state = self._inputs(batch)
+            beamline = self._at_beamline(state, clock)
             hist, seeds, n_seeds = self._seeds(offsets, beamline, clock)
             backend.check_errors()
         counts = batch.counts
@@ -342,13 +343,16 @@ class PVFinder:
         """Run the five stages chunk by chunk into ``target`` (with the per-track weights
         when ``weights``); (vertices, weights) written."""
         backend = self.backend
-        offsets, beamline = self._inputs_at_beamline(batch, clock)
+        offsets, state = self._inputs(batch)
         n_events = batch.n_events
         target.reserve_events(n_events)
         target.offsets[0] = 0
         target.weight_offsets[0] = 0
         host_offsets = _to_host(batch.offsets)  # chunk boundaries
         n_vertices = n_weights = 0
+        # All five stages run chunk by chunk, stage 1 included: a chunk's tracks at the
+        # beamline, histograms and weights then stay in the CPU's caches from one stage to
+        # the next instead of going through memory.
         for start in range(0, n_events, backend.events_per_chunk):
             stop = min(start + backend.events_per_chunk, n_events)
             lo, hi = int(host_offsets[start]), int(host_offsets[stop])
@@ -356,7 +360,8 @@ class PVFinder:
             if (start, stop) != (0, n_events):
                 chunk_offsets = self._buffers.get("chunk_offsets", (stop - start + 1,), np.int64)
                 backend.xp.subtract(offsets[start : stop + 1], lo, out=chunk_offsets)
-            chunk_tracks = {name: array[lo:hi] for name, array in beamline.items()}
+            chunk_tracks = self._at_beamline(
+                {name: array[lo:hi] for name, array in state.items()}, clock)
             n_vertices, n_weights = self._vertices_of_chunk(
                 chunk_offsets, chunk_tracks, start, n_events, target, n_vertices, n_weights,
                 weights, clock)
@@ -377,14 +382,18 @@ class PVFinder:
             return buffer
         return self.backend.asarray(array, dtype=dtype)  # other devices' arrays, DLPack, lists
 
-    def _inputs_at_beamline(self, batch: TrackBatch, clock: _StageClock) -> tuple[Any, dict]:
-        """Stage 1: the batch's offsets and its tracks moved to the beamline, on the device."""
-        cfg, buffers = self.config, self._buffers
+    def _inputs(self, batch: TrackBatch) -> tuple[Any, dict[str, Any]]:
+        """The batch's offsets and track states on the device, in the beamline's frame."""
         offsets = self._input("offsets", batch.offsets, np.int64)
         state = {name: self._input(name, getattr(batch, name), np.float64)
                  for name in TRACK_FIELDS}
-        if cfg.beamline_slopes != (0.0, 0.0):
+        if self.config.beamline_slopes != (0.0, 0.0):
             state = self._in_beamline_frame(state)
+        return offsets, state
+
+    def _at_beamline(self, state: dict[str, Any], clock: _StageClock) -> dict[str, Any]:
+        """Stage 1: the tracks of ``state`` moved to the beamline (work buffers)."""
+        cfg, buffers = self.config, self._buffers
         n_tracks = len(state["x"])
         out = {name: buffers.get(f"beam_{name}", (n_tracks,), np.float64)
                for name in ("x", "y", "z", "wx", "wy", "sigma_z")}
@@ -397,7 +406,7 @@ class PVFinder:
         )
         out["tx"], out["ty"] = state["tx"], state["ty"]
         clock.tick("extrapolate")
-        return offsets, out
+        return out
 
     def _in_beamline_frame(self, state: dict[str, Any]) -> dict[str, Any]:
         """The track states sheared so that the tilted beamline runs parallel to z:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -117,6 +118,23 @@ def test_a_batch_grows_the_outputs_about_once(sample):
     assert len(grown) == 15
     assert sum(v for v, _ in grown) <= 2 and sum(w for _, w in grown) <= 2, grown
     np.testing.assert_array_equal(vertices.weights, PVFinder(backend="cpu")(tracks).weights)
+
+
+def test_work_memory_follows_the_chunk_not_the_batch(sample):
+    """Stage 1 runs chunk by chunk too: a batch ten chunks long allocates about one chunk's
+    work arrays, not a copy of every track at the beamline."""
+    batch = sample.tracks.select_events(0, 500)
+    finder = PVFinder(backend=dataclasses.replace(get_backend("cpu"), events_per_chunk=50))
+    finder.warmup(batch.select_events(0, 50))
+    outputs = PVFinder(backend="cpu").warmup(batch).output_buffers()  # room for the batch
+    tracemalloc.start()
+    try:
+        finder(batch, out=outputs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    at_beamline = batch.n_tracks * (6 * 8 + 1)  # six float64 arrays and the usable flags
+    assert peak < 0.25 * at_beamline, (peak, at_beamline)
 
 
 def test_a_tilted_beamline_is_a_change_of_frame(sample, backend_name):
