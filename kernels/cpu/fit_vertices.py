@@ -45,6 +45,14 @@ _EXP_FRACTION = np.array([2.0 ** (-j / _EXP_STEPS) for j in range(_EXP_STEPS)])
 
 # Rows of the per-event track scratch array.
 _DENSITY, _SLOPE, _REACH = 0, 1, 2
+# Rows of a seed's lanes: its candidates' states, D_t minus their own term, and weights, one
+# column per candidate. Contiguous, so that the fit's inner loop runs in SIMD lanes.
+_LX, _LY, _LZ, _LTX, _LTY, _LWX, _LWY, _LOTHERS, _LWEIGHT = range(9)
+_N_LANES = 9
+# The inner loop's sums may be reordered (fastmath "reassoc"): that is what lets LLVM run it
+# in SIMD lanes (sums of several partial sums); they differ from the sequential order by
+# rounding only.
+_SUM_FASTMATH = FASTMATH | {"reassoc"}
 
 # Scratch of the kernel, one row per Numba worker thread, kept per calling thread so that a
 # steady stream of batches allocates nothing and finders in different threads never share it.
@@ -149,20 +157,69 @@ def _collect_candidates(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, ot
     return n
 
 
+@numba.njit(cache=True, fastmath=FASTMATH)
+def _gather(x, y, z, tx, ty, wx, wy, candidates, others, n_candidates, lanes):
+    """Copy the candidates' states and their ``others`` into the columns of ``lanes``."""
+    for k in range(n_candidates):
+        t = candidates[k]
+        lanes[_LX, k], lanes[_LY, k], lanes[_LZ, k] = x[t], y[t], z[t]
+        lanes[_LTX, k], lanes[_LTY, k] = tx[t], ty[t]
+        lanes[_LWX, k], lanes[_LWY, k] = wx[t], wy[t]
+        lanes[_LOTHERS, k] = others[k]
+
+
+@numba.njit(cache=True, fastmath=_SUM_FASTMATH, error_model="numpy")
+def _accumulate(lanes, n_candidates, vx, vy, vz, max_chi2, exp_cut, min_weight):
+    """One iteration's weights (into ``lanes[_LWEIGHT]``) and weighted sums at ``(vx, vy, vz)``.
+
+    Returns ``(n_pass, Σw, Σw·χ², A_xx, A_yy, A_xz, A_yz, A_zz, g_x, g_y, g_z)``. Branch-free
+    (a failing track gets w = 0 and adds nothing) so that LLVM vectorises it.
+    """
+    n_pass, sum_w, sum_chi2 = 0, 0.0, 0.0
+    a_xx = a_yy = a_xz = a_yz = a_zz = 0.0
+    g_x = g_y = g_z = 0.0
+    for k in range(n_candidates):
+        txt, tyt, wxt, wyt = lanes[_LTX, k], lanes[_LTY, k], lanes[_LWX, k], lanes[_LWY, k]
+        dz = vz - lanes[_LZ, k]
+        rx = vx - (lanes[_LX, k] + txt * dz)
+        ry = vy - (lanes[_LY, k] + tyt * dz)
+        chi2 = rx * rx * wxt + ry * ry * wyt
+        term = _exp_nonpositive(-0.5 * chi2)
+        w = term / (exp_cut + term + lanes[_LOTHERS, k])
+        passed = (chi2 < max_chi2) & (w > min_weight)
+        w = w if passed else 0.0
+        lanes[_LWEIGHT, k] = w
+        n_pass += 1 if passed else 0
+        sum_w += w
+        sum_chi2 += w * chi2 if passed else 0.0  # χ² may be inf where w is 0
+        # Half-Hessian Σ w·H W Hᵀ and half-gradient Σ w·H W r, H = [[1,0],[0,1],[-tx,-ty]].
+        wwx, wwy = w * wxt, w * wyt
+        a_xx += wwx
+        a_yy += wwy
+        a_xz -= wwx * txt
+        a_yz -= wwy * tyt
+        a_zz += wwx * txt * txt + wwy * tyt * tyt
+        g_x += wwx * rx if passed else 0.0
+        g_y += wwy * ry if passed else 0.0
+        g_z -= wwx * txt * rx + wwy * tyt * ry if passed else 0.0
+    return n_pass, sum_w, sum_chi2, a_xx, a_yy, a_xz, a_yz, a_zz, g_x, g_y, g_z
+
+
 @numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _fit_seed(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others, n_candidates,
-              seed_z, beam_x, beam_y, max_chi2, chi2_cut, negligible, min_weight, min_iter,
-              max_iter, max_delta_z, min_tracks, max_rho2, pos, cov, weights):
+              lanes, seed_z, beam_x, beam_y, max_chi2, chi2_cut, negligible, min_weight,
+              min_iter, max_iter, max_delta_z, min_tracks, max_rho2, pos, cov, weights):
     """Fit one seed: write its position, covariance and track weights; return
     ``(chi2, n_tracks, valid)``.
 
     ``candidates[:n_candidates]`` (with ``others``) is the seed's candidate list for the box
-    around ``seed_z`` and ``_CANDIDATE_RHO``, as :func:`_collect_candidates` makes it.
+    around ``seed_z`` and ``_CANDIDATE_RHO``, as :func:`_collect_candidates` makes it;
+    ``lanes`` is scratch of ``_N_LANES`` rows, a column per track.
     """
     exp_cut = math.exp(-0.5 * chi2_cut)
     vx, vy, vz = beam_x, beam_y, seed_z
     centre_z, rho_box = seed_z, _CANDIDATE_RHO
-    weights[:] = 0.0
+    _gather(x, y, z, tx, ty, wx, wy, candidates, others, n_candidates, lanes)
     singular = True
     n_pass, sum_w, sum_chi2 = 0, 0.0, 0.0
     inverse = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
@@ -170,41 +227,13 @@ def _fit_seed(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others, n_ca
         rho = math.sqrt((vx - beam_x) ** 2 + (vy - beam_y) ** 2)
         if abs(vz - centre_z) > _CANDIDATE_DZ or rho > rho_box:
             centre_z, rho_box = vz, max(_CANDIDATE_RHO, 2.0 * rho)
-            weights[:] = 0.0
             n_candidates = _collect_candidates(x, y, z, tx, ty, wx, wy, usable, scratch,
                                                candidates, others, beam_x, beam_y, seed_z,
                                                centre_z, rho_box, negligible)
-        n_pass, sum_w, sum_chi2 = 0, 0.0, 0.0
-        a_xx = a_yy = a_xz = a_yz = a_zz = 0.0
-        g_x = g_y = g_z = 0.0
-        for k in range(n_candidates):
-            t = candidates[k]
-            txt, tyt, wxt, wyt = tx[t], ty[t], wx[t], wy[t]
-            dz = vz - z[t]
-            rx = vx - (x[t] + txt * dz)
-            ry = vy - (y[t] + tyt * dz)
-            chi2 = rx * rx * wxt + ry * ry * wyt
-            w = 0.0
-            if chi2 < max_chi2:
-                term = _exp_nonpositive(-0.5 * chi2)
-                w = term / (exp_cut + term + others[k])
-            if w > min_weight and chi2 < max_chi2:
-                n_pass += 1
-                sum_w += w
-                sum_chi2 += w * chi2
-                # Half-Hessian Σ w·H W Hᵀ and half-gradient Σ w·H W r, H = [[1,0],[0,1],[-tx,-ty]].
-                wwx, wwy = w * wxt, w * wyt
-                a_xx += wwx
-                a_yy += wwy
-                a_xz -= wwx * txt
-                a_yz -= wwy * tyt
-                a_zz += wwx * txt * txt + wwy * tyt * tyt
-                g_x += wwx * rx
-                g_y += wwy * ry
-                g_z -= wwx * txt * rx + wwy * tyt * ry
-            else:
-                w = 0.0
-            weights[t] = w
+            _gather(x, y, z, tx, ty, wx, wy, candidates, others, n_candidates, lanes)
+        (n_pass, sum_w, sum_chi2, a_xx, a_yy, a_xz, a_yz, a_zz,
+         g_x, g_y, g_z) = _accumulate(lanes, n_candidates, vx, vy, vz, max_chi2, exp_cut,
+                                      min_weight)
         result = _inverse_sym3(a_xx, 0.0, a_yy, a_xz, a_yz, a_zz)
         singular, inverse = result[0], result[1:]
         if singular:
@@ -221,8 +250,10 @@ def _fit_seed(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others, n_ca
         cov[j] = inverse[j]
     valid = (not singular and n_pass >= min_tracks
              and (vx - beam_x) ** 2 + (vy - beam_y) ** 2 < max_rho2)
-    if not valid:
-        weights[:] = 0.0
+    weights[:] = 0.0
+    if valid:  # the last iteration's weights, at the position that entered it
+        for k in range(n_candidates):
+            weights[candidates[k]] = lanes[_LWEIGHT, k]
     return sum_chi2, sum_w, valid
 
 
@@ -293,12 +324,13 @@ def fit_vertices(
 
     Notes
     -----
-    The per-event scratch (track bounds, candidate lists) lives in a workspace with one row
+    The per-event scratch (track bounds, candidate lists, the seed's lanes) lives in a workspace with one row
     per Numba thread, kept for the calling thread and grown only when a batch holds a larger
     event than any before: a steady stream of batches allocates nothing.
     """
     max_tracks, max_block = _largest_event(offsets, n_seeds, seeds.shape[1])
-    floats, ints = _workspace(3 * max_tracks + max_block, max_block + seeds.shape[1])
+    floats, ints = _workspace((3 + _N_LANES) * max_tracks + max_block,
+                               max_block + seeds.shape[1])
     _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight_offsets,
                 beam_x, beam_y, max_chi2, chi2_cut, negligible_chi2(chi2_cut, seeds.shape[1]),
                 min_weight, min_iter, max_iter,
@@ -356,6 +388,8 @@ def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight
         # Per seed: its candidate tracks and their D_t minus the own term, built together with
         # D_t in one pass over the track–seed pairs.
         others = own_floats[3 * n_tracks : 3 * n_tracks + block].reshape((n_slots, n_tracks))
+        lanes = own_floats[3 * n_tracks + block : (3 + _N_LANES) * n_tracks + block].reshape(
+            (_N_LANES, n_tracks))
         candidates = own_ints[:block].reshape((n_slots, n_tracks))
         n_candidates = own_ints[block : block + n_slots]
         n_candidates[:] = 0
@@ -391,8 +425,8 @@ def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight
             start = weight_offsets[e] + s * n_tracks
             chi2, sum_w, valid = _fit_seed(
                 ex, ey, ez, etx, ety, ewx, ewy, eusable, scratch, candidates[s], others[s],
-                n_candidates[s], seed_row[s], beam_x, beam_y, max_chi2, chi2_cut, negligible,
-                min_weight, min_iter, max_iter, max_delta_z, min_tracks, max_rho2,
+                n_candidates[s], lanes, seed_row[s], beam_x, beam_y, max_chi2, chi2_cut,
+                negligible, min_weight, min_iter, max_iter, max_delta_z, min_tracks, max_rho2,
                 out_pos[e, s], out_cov[e, s], out_weights[start:start + n_tracks])
             out_chi2[e, s] = chi2
             out_n_tracks[e, s] = sum_w
