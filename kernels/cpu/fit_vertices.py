@@ -324,9 +324,9 @@ def fit_vertices(
 
     Notes
     -----
-    The per-event scratch (track bounds, candidate lists, the seed's lanes) lives in a workspace with one row
-    per Numba thread, kept for the calling thread and grown only when a batch holds a larger
-    event than any before: a steady stream of batches allocates nothing.
+    The per-event scratch (track bounds, candidate lists, the seed's lanes) lives in a
+    workspace with one row per Numba thread, kept for the calling thread and grown only when a
+    batch holds a larger event than any before: a steady stream of batches allocates nothing.
     """
     max_tracks, max_block = _largest_event(offsets, n_seeds, seeds.shape[1])
     floats, ints = _workspace((3 + _N_LANES) * max_tracks + max_block,
