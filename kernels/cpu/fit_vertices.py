@@ -44,7 +44,8 @@ _EXP_WHOLE = np.array([math.ldexp(1.0, -m) for m in range(
 _EXP_FRACTION = np.array([2.0 ** (-j / _EXP_STEPS) for j in range(_EXP_STEPS)])
 
 # Rows of the per-event track scratch array.
-_DENSITY, _SLOPE, _REACH = 0, 1, 2
+_DENSITY, _SLOPE, _REACH, _WINDOW = range(4)
+_N_SCRATCH = 4
 # Rows of a seed's lanes: its candidates' states, D_t minus their own term, and weights, one
 # column per candidate. Contiguous, so that the fit's inner loop runs in SIMD lanes.
 _LX, _LY, _LZ, _LTX, _LTY, _LWX, _LWY, _LOTHERS, _LWEIGHT = range(9)
@@ -329,7 +330,7 @@ def fit_vertices(
     batch holds a larger event than any before: a steady stream of batches allocates nothing.
     """
     max_tracks, max_block = _largest_event(offsets, n_seeds, seeds.shape[1])
-    floats, ints = _workspace((3 + _N_LANES) * max_tracks + max_block,
+    floats, ints = _workspace((_N_SCRATCH + _N_LANES) * max_tracks + max_block,
                                max_block + seeds.shape[1])
     _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight_offsets,
                 beam_x, beam_y, max_chi2, chi2_cut, negligible_chi2(chi2_cut, seeds.shape[1]),
@@ -364,6 +365,25 @@ def _largest_event(offsets, n_seeds, max_seeds):
     return max_tracks, max_block
 
 
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _track_bounds(x, y, tx, ty, wx, wy, beam_x, beam_y, max_chi2, negligible, scratch):
+    """Each track's slope ``|t|``, reach (see :func:`_may_reach`) and window: seeds with
+    ``|t|·|Δz|`` beyond the window neither are within the track's reach nor get a term
+    (``χ² ≥ negligible``: 0), by the bound of :func:`_may_reach`.
+
+    Every track, usable or not, in one branch-free loop that LLVM vectorises: taken one track
+    at a time, the square roots and divisions cost about a sixth of the fit at ν = 7.6.
+    """
+    for t in range(len(x)):
+        slope = math.sqrt(tx[t] * tx[t] + ty[t] * ty[t])
+        w_min = min(wx[t], wy[t])
+        rho = math.sqrt((x[t] - beam_x) ** 2 + (y[t] - beam_y) ** 2)
+        reach = (math.sqrt(max_chi2 / w_min) + rho) * _CANDIDATE_SLACK
+        scratch[_SLOPE, t], scratch[_REACH, t] = slope, reach
+        scratch[_WINDOW, t] = max((math.sqrt(negligible / w_min) + rho) * _CANDIDATE_SLACK,
+                                  reach + _CANDIDATE_RHO + slope * _CANDIDATE_DZ)
+
+
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight_offsets,
                 beam_x, beam_y, max_chi2, chi2_cut, negligible, min_weight, min_iter, max_iter,
@@ -384,28 +404,23 @@ def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight
         block = n_slots * n_tracks
         worker = numba.get_thread_id()
         own_floats, own_ints = floats[worker], ints[worker]
-        scratch = own_floats[: 3 * n_tracks].reshape((3, n_tracks))
+        scratch = own_floats[: _N_SCRATCH * n_tracks].reshape((_N_SCRATCH, n_tracks))
         # Per seed: its candidate tracks and their D_t minus the own term, built together with
         # D_t in one pass over the track–seed pairs.
-        others = own_floats[3 * n_tracks : 3 * n_tracks + block].reshape((n_slots, n_tracks))
-        lanes = own_floats[3 * n_tracks + block : (3 + _N_LANES) * n_tracks + block].reshape(
+        end = _N_SCRATCH * n_tracks
+        others = own_floats[end : end + block].reshape((n_slots, n_tracks))
+        lanes = own_floats[end + block : end + block + _N_LANES * n_tracks].reshape(
             (_N_LANES, n_tracks))
         candidates = own_ints[:block].reshape((n_slots, n_tracks))
         n_candidates = own_ints[block : block + n_slots]
         n_candidates[:] = 0
+        _track_bounds(ex, ey, etx, ety, ewx, ewy, beam_x, beam_y, max_chi2, negligible,
+                      scratch)
         for t in range(n_tracks):
             density = 0.0
             if eusable[t] != 0:
-                slope = math.sqrt(etx[t] * etx[t] + ety[t] * ety[t])
-                w_min = min(ewx[t], ewy[t])
-                rho = math.sqrt((ex[t] - beam_x) ** 2 + (ey[t] - beam_y) ** 2)
-                reach = (math.sqrt(max_chi2 / w_min) + rho) * _CANDIDATE_SLACK
-                scratch[_SLOPE, t], scratch[_REACH, t] = slope, reach
-                # Seeds with slope·|Δz| beyond this neither are within the track's reach nor
-                # get a term (χ² ≥ negligible: 0), by the bound of _may_reach; skipping them
-                # spares most pairs at high pile-up.
-                window = max((math.sqrt(negligible / w_min) + rho) * _CANDIDATE_SLACK,
-                             reach + _CANDIDATE_RHO + slope * _CANDIDATE_DZ)
+                slope, reach = scratch[_SLOPE, t], scratch[_REACH, t]
+                window = scratch[_WINDOW, t]  # skipping the seeds beyond spares most pairs
                 for s in range(n_slots):
                     if slope * abs(ez[t] - seed_row[s]) > window:
                         continue
