@@ -396,6 +396,26 @@ def test_fit_shares_tracks_between_separated_vertices():
     np.testing.assert_allclose(out["pos"][0, 0], out["pos"][1, 1], atol=1e-12)
 
 
+def test_fit_seeds_in_any_order():
+    """find_peaks hands over seeds in increasing z, which the CPU fit exploits to stop its scan
+    over the seeds early; seeds in another order must give the same vertices, only slower."""
+    rng = np.random.default_rng(17)
+    vertices = [(0.0, 0.0, -20.0), (0.0, 0.0, 4.0), (0.0, 0.0, 6.5), (0.0, 0.0, 25.0)]
+    tracks = concat_tracks(*(toy_tracks(rng, v, 14) for v in vertices))
+    n_tracks = len(tracks["x"])
+    seeds = np.array([-20.1, 4.05, 6.45, 25.1])
+    order = np.array([2, 0, 3, 1])
+    increasing = run_fit([0, n_tracks], tracks, [seeds], [4])
+    shuffled = run_fit([0, n_tracks], tracks, [seeds[order]], [4])
+    assert increasing["valid"].all() and shuffled["valid"].all()
+    for name in ("pos", "cov", "chi2", "n_tracks"):
+        np.testing.assert_allclose(shuffled[name][0], increasing[name][0][order], rtol=1e-12,
+                                   atol=1e-15, err_msg=name)
+    np.testing.assert_allclose(shuffled["weights"].reshape(4, n_tracks),
+                               increasing["weights"].reshape(4, n_tracks)[order], rtol=1e-12,
+                               atol=1e-15)
+
+
 def test_fit_rejects_too_few_tracks():
     rng = np.random.default_rng(9)
     tracks = toy_tracks(rng, (0.0, 0.0, 3.0), 3)

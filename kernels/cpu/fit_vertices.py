@@ -31,6 +31,9 @@ _CANDIDATE_DZ = 0.5
 _CANDIDATE_RHO = 0.05
 # Relative slack on the candidate bound, far above float64 rounding of the χ² arithmetic.
 _CANDIDATE_SLACK = 1.0 + 1e-6
+# A track's window in z (window/slope) is widened by these, relative and absolute (mm), far
+# above the rounding of z ± extent: the z range then holds every seed the window test keeps.
+_EXTENT_SLACK, _EXTENT_PAD = 1.0 + 1e-12, 1e-9
 
 # exp(x) for x ≤ 0 inlined (see _exp_nonpositive): x = -(64m + j)·ln2/64 + r with |r| ≤ ln2/128,
 # exp(x) = 2^-m · 2^(-j/64) · e^r from two tables and a polynomial.
@@ -44,8 +47,8 @@ _EXP_WHOLE = np.array([math.ldexp(1.0, -m) for m in range(
 _EXP_FRACTION = np.array([2.0 ** (-j / _EXP_STEPS) for j in range(_EXP_STEPS)])
 
 # Rows of the per-event track scratch array.
-_DENSITY, _SLOPE, _REACH, _WINDOW = range(4)
-_N_SCRATCH = 4
+_DENSITY, _SLOPE, _REACH, _WINDOW, _EXTENT = range(5)
+_N_SCRATCH = 5
 # Rows of a seed's lanes: its candidates' states, D_t minus their own term, and weights, one
 # column per candidate. Contiguous, so that the fit's inner loop runs in SIMD lanes.
 _LX, _LY, _LZ, _LTX, _LTY, _LWX, _LWY, _LOTHERS, _LWEIGHT = range(9)
@@ -380,8 +383,10 @@ def _track_bounds(x, y, tx, ty, wx, wy, beam_x, beam_y, max_chi2, negligible, sc
         rho = math.sqrt((x[t] - beam_x) ** 2 + (y[t] - beam_y) ** 2)
         reach = (math.sqrt(max_chi2 / w_min) + rho) * _CANDIDATE_SLACK
         scratch[_SLOPE, t], scratch[_REACH, t] = slope, reach
-        scratch[_WINDOW, t] = max((math.sqrt(negligible / w_min) + rho) * _CANDIDATE_SLACK,
-                                  reach + _CANDIDATE_RHO + slope * _CANDIDATE_DZ)
+        window = max((math.sqrt(negligible / w_min) + rho) * _CANDIDATE_SLACK,
+                     reach + _CANDIDATE_RHO + slope * _CANDIDATE_DZ)
+        scratch[_WINDOW, t] = window
+        scratch[_EXTENT, t] = window / slope * _EXTENT_SLACK + _EXTENT_PAD
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -416,12 +421,25 @@ def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight
         n_candidates[:] = 0
         _track_bounds(ex, ey, etx, ety, ewx, ewy, beam_x, beam_y, max_chi2, negligible,
                       scratch)
+        # Seeds come in increasing z from find_peaks; then a track's scan over them stops at
+        # the first beyond its window in z (any order is still handled, only slower).
+        increasing = True
+        for s in range(1, n_slots):
+            increasing &= seed_row[s - 1] <= seed_row[s]
         for t in range(n_tracks):
             density = 0.0
             if eusable[t] != 0:
                 slope, reach = scratch[_SLOPE, t], scratch[_REACH, t]
                 window = scratch[_WINDOW, t]  # skipping the seeds beyond spares most pairs
+                lower = ez[t] - scratch[_EXTENT, t]
+                upper = ez[t] + scratch[_EXTENT, t]
                 for s in range(n_slots):
+                    if seed_row[s] < lower:
+                        continue
+                    if seed_row[s] > upper:
+                        if increasing:
+                            break
+                        continue
                     if slope * abs(ez[t] - seed_row[s]) > window:
                         continue
                     own = _seed_term(_track_chi2(ex[t], ey[t], ez[t], etx[t], ety[t],
