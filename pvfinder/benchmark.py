@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import os
 import platform
@@ -50,25 +51,36 @@ def hardware_description(backend_name: str) -> dict[str, Any]:
     return info
 
 
-def _time_run(finder: PVFinder, tracks: Any, repeats: int) -> tuple[float, dict[str, float]]:
-    """Best-of-``repeats`` wall time of a whole run on the steady path (warmed-up finder,
-    reused output buffers), and the best of ``repeats`` per-stage splits (separate runs: the
-    split synchronises the device after every stage)."""
+def _time_in_turns(finder: PVFinder, tracks: Any, setups: dict[Any, Callable[[], Any]],
+                   repeats: int) -> dict[Any, tuple[float, dict[str, float]]]:
+    """For each setup (such as a CPU thread count), the best-of-``repeats`` wall time of a whole
+    run on the steady path (warmed-up finder, reused output buffers) and the best per-stage
+    split (separate runs: the split synchronises the device after every stage).
+
+    The setups take turns run by run, so that a change in the machine's load falls on all of
+    them rather than between the timings that are compared.
+    """
     finder.warmup(tracks)
     buffers = finder.output_buffers()
-    best = float("inf")
+    best = dict.fromkeys(setups, math.inf)
+    stages: dict[Any, dict[str, float]] = {key: {} for key in setups}
     for _ in range(repeats):
-        start = time.perf_counter()
-        finder(tracks, out=buffers)
-        finder.backend.synchronize()
-        best = min(best, time.perf_counter() - start)
-    stages: dict[str, float] = {}
-    for _ in range(repeats):
-        split: dict[str, float] = {}
-        finder.run(tracks, out=buffers, timings=split)
-        stages = {stage: min(seconds, stages.get(stage, math.inf))
-                  for stage, seconds in split.items()}
-    return best, stages
+        for key, setup in setups.items():
+            setup()
+            start = time.perf_counter()
+            finder(tracks, out=buffers)
+            finder.backend.synchronize()
+            best[key] = min(best[key], time.perf_counter() - start)
+            split: dict[str, float] = {}
+            finder.run(tracks, out=buffers, timings=split)
+            stages[key] = {stage: min(seconds, stages[key].get(stage, math.inf))
+                           for stage, seconds in split.items()}
+    return {key: (best[key], stages[key]) for key in setups}
+
+
+def _time_run(finder: PVFinder, tracks: Any, repeats: int) -> tuple[float, dict[str, float]]:
+    """:func:`_time_in_turns` of a single setup."""
+    return _time_in_turns(finder, tracks, {None: lambda: None}, repeats)[None]
 
 
 def _measurement(n_events: int, seconds: float, stages: dict[str, float]) -> dict[str, Any]:
@@ -93,8 +105,9 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Measure the finder on simulated events.
 
-    CPU: ``n_events`` events at each ν, for each thread count (default 1 and all cores) in
-    turn. Every figure is the best of ``repeats`` runs on the steady path.
+    CPU: ``n_events`` events at each ν, for each thread count (default 1 and all cores), the
+    thread counts taking turns. Every figure is the best of ``repeats`` runs on the steady
+    path.
     CUDA: at ν = 7.6 for each batch size (data resident on the GPU, and including the
     host-to-device copy), then the ν scan at 100 000 events.
 
@@ -116,13 +129,13 @@ def run_benchmark(
     if chosen.name == "cpu":
         import numba
 
-        # Thread counts are measured back to back on the same events, so that a drift in
-        # what else the machine does between the two affects their ratio least.
+        thread_counts = threads or sorted({1, numba.config.NUMBA_NUM_THREADS})
         for nu in nu_values:
             tracks = simulate(n_events, seed=seed, nu=nu).tracks
-            for n_threads in threads or sorted({1, numba.config.NUMBA_NUM_THREADS}):
-                numba.set_num_threads(n_threads)
-                seconds, stages = _time_run(finder, tracks, repeats)
+            timed = _time_in_turns(finder, tracks, {
+                n_threads: functools.partial(numba.set_num_threads, n_threads)
+                for n_threads in thread_counts}, repeats)
+            for n_threads, (seconds, stages) in timed.items():
                 row = {"threads": n_threads, "nu": nu, **_measurement(n_events, seconds, stages)}
                 result["measurements"].append(row)
                 progress(f"cpu threads={n_threads} nu={nu}: {row['events_per_s']:,.0f} events/s "

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pvfinder import find_vertices
-from pvfinder.backends import _numba_launch_guard, get_backend
+from pvfinder.backends import STAGES, _numba_launch_guard, get_backend
 from pvfinder.events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch
 from pvfinder.pipeline import PVFinder, VertexBuffers
 
@@ -235,3 +235,28 @@ def test_latency_benchmark_reports_median_and_tail(tmp_path):
     output = tmp_path / "latency.json"
     assert main(["bench", "--latency", "--batch", "2", "-o", str(output)]) == 0
     assert json.loads(output.read_text())["measurements"][0]["batch"] == 2
+
+
+def test_throughput_benchmark_times_the_thread_counts_in_turns(monkeypatch):
+    """Each thread count gets a row per ν with its per-stage split; the counts take turns run
+    by run (so that a change in the machine's load does not fall between the two timings whose
+    ratio is the speed-up), and the thread count is restored afterwards."""
+    import numba
+
+    from pvfinder import benchmark
+
+    chosen = []
+    set_num_threads = numba.set_num_threads
+    monkeypatch.setattr(numba, "set_num_threads",
+                        lambda n: (chosen.append(n), set_num_threads(n))[1])
+    result = benchmark.run_benchmark("cpu", n_events=50, nu_values=[2.0, 7.6], threads=[1, 2],
+                                     repeats=3)
+    rows = result["measurements"]
+    assert [(row["nu"], row["threads"]) for row in rows] == [
+        (2.0, 1), (2.0, 2), (7.6, 1), (7.6, 2)]
+    for row in rows:
+        assert row["events"] == 50 and row["events_per_s"] > 0
+        assert set(row["stage_us_per_event"]) == set(STAGES)
+        assert 0 < sum(row["stage_us_per_event"].values())
+    assert chosen[:6] == [1, 2, 1, 2, 1, 2]
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
