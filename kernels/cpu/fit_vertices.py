@@ -53,6 +53,9 @@ _N_SCRATCH = 5
 # column per candidate. Contiguous, so that the fit's inner loop runs in SIMD lanes.
 _LX, _LY, _LZ, _LTX, _LTY, _LWX, _LWY, _LOTHERS, _LWEIGHT = range(9)
 _N_LANES = 9
+# The lanes are filled up to a multiple of this (one AVX-512 register of float64) with tracks
+# that cannot pass: short loops then never fall back to one candidate at a time.
+_LANE_WIDTH = 8
 # The inner loop's sums may be reordered (fastmath "reassoc"): that is what lets LLVM run it
 # in SIMD lanes (sums of several partial sums); they differ from the sequential order by
 # rounding only.
@@ -163,17 +166,23 @@ def _collect_candidates(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, ot
 
 @numba.njit(cache=True, fastmath=FASTMATH)
 def _gather(x, y, z, tx, ty, wx, wy, candidates, others, n_candidates, lanes):
-    """Copy the candidates' states and their ``others`` into the columns of ``lanes``."""
+    """Copy the candidates' states and their ``others`` into the columns of ``lanes``, padded
+    to a multiple of ``_LANE_WIDTH`` columns with tracks at x = NaN (χ² NaN: they never pass
+    and add nothing); return the number of columns."""
     for k in range(n_candidates):
         t = candidates[k]
         lanes[_LX, k], lanes[_LY, k], lanes[_LZ, k] = x[t], y[t], z[t]
         lanes[_LTX, k], lanes[_LTY, k] = tx[t], ty[t]
         lanes[_LWX, k], lanes[_LWY, k] = wx[t], wy[t]
         lanes[_LOTHERS, k] = others[k]
+    n_columns = -(-n_candidates // _LANE_WIDTH) * _LANE_WIDTH
+    lanes[:, n_candidates:n_columns] = 0.0
+    lanes[_LX, n_candidates:n_columns] = np.nan
+    return n_columns
 
 
 @numba.njit(cache=True, fastmath=_SUM_FASTMATH, error_model="numpy")
-def _accumulate(lanes, n_candidates, vx, vy, vz, max_chi2, exp_cut, min_weight):
+def _accumulate(lanes, n_columns, vx, vy, vz, max_chi2, exp_cut, min_weight):
     """One iteration's weights (into ``lanes[_LWEIGHT]``) and weighted sums at ``(vx, vy, vz)``.
 
     Returns ``(n_pass, Σw, Σw·χ², A_xx, A_yy, A_xz, A_yz, A_zz, g_x, g_y, g_z)``. Branch-free
@@ -182,7 +191,7 @@ def _accumulate(lanes, n_candidates, vx, vy, vz, max_chi2, exp_cut, min_weight):
     n_pass, sum_w, sum_chi2 = 0, 0.0, 0.0
     a_xx = a_yy = a_xz = a_yz = a_zz = 0.0
     g_x = g_y = g_z = 0.0
-    for k in range(n_candidates):
+    for k in range(n_columns):
         txt, tyt, wxt, wyt = lanes[_LTX, k], lanes[_LTY, k], lanes[_LWX, k], lanes[_LWY, k]
         dz = vz - lanes[_LZ, k]
         rx = vx - (lanes[_LX, k] + txt * dz)
@@ -223,7 +232,7 @@ def _fit_seed(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others, n_ca
     exp_cut = math.exp(-0.5 * chi2_cut)
     vx, vy, vz = beam_x, beam_y, seed_z
     centre_z, rho_box = seed_z, _CANDIDATE_RHO
-    _gather(x, y, z, tx, ty, wx, wy, candidates, others, n_candidates, lanes)
+    n_columns = _gather(x, y, z, tx, ty, wx, wy, candidates, others, n_candidates, lanes)
     singular = True
     n_pass, sum_w, sum_chi2 = 0, 0.0, 0.0
     inverse = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
@@ -234,9 +243,10 @@ def _fit_seed(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others, n_ca
             n_candidates = _collect_candidates(x, y, z, tx, ty, wx, wy, usable, scratch,
                                                candidates, others, beam_x, beam_y, seed_z,
                                                centre_z, rho_box, negligible)
-            _gather(x, y, z, tx, ty, wx, wy, candidates, others, n_candidates, lanes)
+            n_columns = _gather(x, y, z, tx, ty, wx, wy, candidates, others, n_candidates,
+                                lanes)
         (n_pass, sum_w, sum_chi2, a_xx, a_yy, a_xz, a_yz, a_zz,
-         g_x, g_y, g_z) = _accumulate(lanes, n_candidates, vx, vy, vz, max_chi2, exp_cut,
+         g_x, g_y, g_z) = _accumulate(lanes, n_columns, vx, vy, vz, max_chi2, exp_cut,
                                       min_weight)
         result = _inverse_sym3(a_xx, 0.0, a_yy, a_xz, a_yz, a_zz)
         singular, inverse = result[0], result[1:]
@@ -333,7 +343,7 @@ def fit_vertices(
     batch holds a larger event than any before: a steady stream of batches allocates nothing.
     """
     max_tracks, max_block = _largest_event(offsets, n_seeds, seeds.shape[1])
-    floats, ints = _workspace((_N_SCRATCH + _N_LANES) * max_tracks + max_block,
+    floats, ints = _workspace((_N_SCRATCH + _N_LANES) * (max_tracks + _LANE_WIDTH) + max_block,
                                max_block + seeds.shape[1])
     _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight_offsets,
                 beam_x, beam_y, max_chi2, chi2_cut, negligible_chi2(chi2_cut, seeds.shape[1]),
@@ -414,8 +424,9 @@ def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight
         # D_t in one pass over the track–seed pairs.
         end = _N_SCRATCH * n_tracks
         others = own_floats[end : end + block].reshape((n_slots, n_tracks))
-        lanes = own_floats[end + block : end + block + _N_LANES * n_tracks].reshape(
-            (_N_LANES, n_tracks))
+        n_columns = -(-n_tracks // _LANE_WIDTH) * _LANE_WIDTH
+        lanes = own_floats[end + block : end + block + _N_LANES * n_columns].reshape(
+            (_N_LANES, n_columns))
         candidates = own_ints[:block].reshape((n_slots, n_tracks))
         n_candidates = own_ints[block : block + n_slots]
         n_candidates[:] = 0
