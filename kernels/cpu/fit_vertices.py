@@ -227,7 +227,8 @@ def _fit_seed(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, others, n_ca
 
     ``candidates[:n_candidates]`` (with ``others``) is the seed's candidate list for the box
     around ``seed_z`` and ``_CANDIDATE_RHO``, as :func:`_collect_candidates` makes it;
-    ``lanes`` is scratch of ``_N_LANES`` rows, a column per track.
+    ``lanes`` is scratch of ``_N_LANES`` rows and a column per track, rounded up to a multiple
+    of ``_LANE_WIDTH`` (see :func:`_gather`).
     """
     exp_cut = math.exp(-0.5 * chi2_cut)
     vx, vy, vz = beam_x, beam_y, seed_z
