@@ -299,7 +299,8 @@ def _run_input(source: TrackSource, writer: VertexWriter, engine: Any, buffered:
 def _engine(scheduler: str | None, schema: TrackSchema, config: PVFinderConfig | None,
             backend: str, step_size: int | str, with_weights: bool) -> Iterator[Any]:
     if scheduler is None:
-        engine = _LocalEngine(schema, PVFinder(config, backend), step_size, with_weights)
+        finder = PVFinder(config, backend)
+        engine = _LocalEngine(schema, finder, step_size, with_weights, _reads_ahead(finder))
         try:
             yield engine
         finally:
@@ -309,20 +310,38 @@ def _engine(scheduler: str | None, schema: TrackSchema, config: PVFinderConfig |
         yield _DaskEngine(client, config, backend, step_size, with_weights)
 
 
+def _reads_ahead(finder: PVFinder) -> bool:
+    """Whether the local engine should read the next chunk while the finder works on this one.
+
+    Not when the finder runs on the CPU with a Numba thread on every core: reading and
+    decompressing then take a core from kernels whose threads all wait for the slowest, which
+    cost more than the overlap won (``pvfinder reconstruct`` on 200 000 events, 2 cores, the
+    two ways taking turns: 6.1–6.8 s reading ahead against 5.4–6.0 s reading in turn from
+    zstd, 5.1 against 4.4 s from lz4). A GPU, or a core left free, does overlap them.
+    """
+    if finder.backend.name != "cpu":
+        return True
+    import numba
+
+    return numba.get_num_threads() < (os.cpu_count() or 1)
+
+
 class _LocalEngine:
     """Chunks read in this process and reconstructed by one finder into reused outputs,
     with the per-track weights only when they are written (``with_weights``).
 
-    One background thread reads the chunks of all submitted inputs in order, one chunk ahead
-    of the finder: the next chunk, also the first of the next input, is read while this one
-    is reconstructed (the kernels release the GIL), so at most two chunks are in memory at
-    once. Close the engine to stop the reader.
+    One background thread reads the chunks of all submitted inputs in order. With
+    ``read_ahead`` it reads one chunk ahead of the finder: the next chunk, also the first of
+    the next input, is read while this one is reconstructed (the kernels release the GIL).
+    Without, the next chunk is read once this one is reconstructed, while its vertices are
+    written (see :func:`_reads_ahead`). Either way at most two chunks are in memory at once.
+    Close the engine to stop the reader.
     """
 
     def __init__(self, schema: TrackSchema, finder: PVFinder, step_size: int | str,
-                 with_weights: bool) -> None:
+                 with_weights: bool, read_ahead: bool) -> None:
         self.schema, self.finder, self.step_size = schema, finder, step_size
-        self.with_weights = with_weights
+        self.with_weights, self.read_ahead = with_weights, read_ahead
         self.outputs = finder.output_buffers()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="pvfinder-reader")
         self._positions: dict[str, int] = {}
@@ -336,7 +355,7 @@ class _LocalEngine:
         self._stop_reading()
         self._positions = {source.path: i for i, source in enumerate(sources)}
         self._stream = self._read(sources)
-        self._upcoming = self._reader.submit(next, self._stream, None)
+        self._read_next()
 
     def _read(self, sources: list[TrackSource]) -> Iterator[_Read]:
         """``(position, chunk)`` for every chunk of every input; an input that cannot be
@@ -356,15 +375,22 @@ class _LocalEngine:
         position = self._positions[source.path]
         # An item of a later input means this one has ended; leave it for its own call.
         while (entry := self._upcoming.result()) is not None and entry[0] <= position:
-            self._upcoming = self._reader.submit(next, self._stream, None)
             read_position, chunk = entry
+            reconstructed = read_position == position and not isinstance(chunk, Exception)
+            if self.read_ahead or not reconstructed:
+                self._read_next()
             if read_position < position:
                 continue  # what is left of an earlier input whose consumer gave up on it
             if isinstance(chunk, Exception):
                 raise chunk
             vertices = self.finder(chunk.tracks, out=self.outputs, to_host=True,
                                    weights=self.with_weights)
+            if not self.read_ahead:
+                self._read_next()
             yield vertices, chunk.event_ids, chunk.tracks.counts
+
+    def _read_next(self) -> None:
+        self._upcoming = self._reader.submit(next, self._stream, None)
 
     def close(self) -> None:
         """Stop reading and end the reader thread."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import awkward as ak
@@ -82,7 +84,10 @@ def test_existing_name_with_glob_characters_is_a_file(tmp_path, files):
     assert_same_vertices(read_vertices(output), expected_vertices(files[0]), weights=False)
 
 
-def test_bad_file_in_a_batch_is_reported_and_the_rest_written(tmp_path, files):
+@pytest.mark.parametrize("read_ahead", [True, False])
+def test_bad_file_in_a_batch_is_reported_and_the_rest_written(tmp_path, files, monkeypatch,
+                                                                read_ahead):
+    monkeypatch.setattr(distributed, "_reads_ahead", lambda finder: read_ahead)
     not_root = tmp_path / "notes.root"
     not_root.write_text("not a ROOT file")
     inputs = [files[0], not_root, files[4], files[1]]
@@ -153,7 +158,8 @@ def test_next_chunk_is_read_while_this_one_is_reconstructed(files, monkeypatch):
 
     monkeypatch.setattr(distributed, "iterate_tracks", reading)
     finder = WaitingFinder()
-    engine = distributed._LocalEngine(TrackSchema(), finder, step_size=20, with_weights=False)
+    engine = distributed._LocalEngine(TrackSchema(), finder, step_size=20, with_weights=False,
+                                      read_ahead=True)
     sources = [inspect_tracks(path) for path in files[:2]]
     engine.submit(sources)
     n_events = [sum(len(counts) for _, _, counts in engine.pieces(source)) for source in sources]
@@ -162,10 +168,56 @@ def test_next_chunk_is_read_while_this_one_is_reconstructed(files, monkeypatch):
     assert finder.overlapped == [True] * 5
 
 
-def test_input_given_up_on_leaves_the_next_one_whole(files):
+def test_next_chunk_is_read_once_this_one_is_reconstructed(files, monkeypatch):
+    """Reading in turn: no chunk is read while the finder works, also across inputs."""
+    working = threading.Event()
+    read_while_working = []
+
+    def reading(*args, **kwargs):
+        for chunk in iterate_tracks(*args, **kwargs):
+            read_while_working.append(working.is_set())
+            yield chunk
+
+    class WatchedFinder:
+        def __init__(self):
+            self.finder = PVFinder(backend="cpu")
+
+        def output_buffers(self):
+            return self.finder.output_buffers()
+
+        def __call__(self, tracks, **options):
+            working.set()
+            time.sleep(0.05)  # time for a reader that did not wait to be caught
+            vertices = self.finder(tracks, **options)
+            working.clear()
+            return vertices
+
+    monkeypatch.setattr(distributed, "iterate_tracks", reading)
+    engine = distributed._LocalEngine(TrackSchema(), WatchedFinder(), step_size=20,
+                                      with_weights=False, read_ahead=False)
+    sources = [inspect_tracks(path) for path in files[:2]]
+    engine.submit(sources)
+    n_events = [sum(len(counts) for _, _, counts in engine.pieces(source)) for source in sources]
+    engine.close()
+    assert n_events == [60, 40]
+    assert read_while_working == [False] * 5
+
+
+def test_reading_ahead_only_where_a_core_is_free(monkeypatch):
+    import numba
+
+    finder = PVFinder(backend="cpu")
+    monkeypatch.setattr(os, "cpu_count", lambda: numba.get_num_threads())
+    assert not distributed._reads_ahead(finder)
+    monkeypatch.setattr(os, "cpu_count", lambda: numba.get_num_threads() + 1)
+    assert distributed._reads_ahead(finder)
+
+
+@pytest.mark.parametrize("read_ahead", [True, False])
+def test_input_given_up_on_leaves_the_next_one_whole(files, read_ahead):
     """When the consumer of an input stops early, the next input still gets all its chunks."""
     engine = distributed._LocalEngine(TrackSchema(), PVFinder(backend="cpu"), step_size=20,
-                                      with_weights=True)
+                                      with_weights=True, read_ahead=read_ahead)
     sources = [inspect_tracks(path) for path in files[:2]]
     engine.submit(sources)
     next(engine.pieces(sources[0]))  # the first of three chunks, then given up on
