@@ -350,9 +350,8 @@ class PVFinder:
         target.weight_offsets[0] = 0
         host_offsets = _to_host(batch.offsets)  # chunk boundaries
         n_vertices = n_weights = 0
-        # All five stages run chunk by chunk, stage 1 included: a chunk's tracks at the
-        # beamline, histograms and weights then stay in the CPU's caches from one stage to
-        # the next instead of going through memory.
+        # All five stages run chunk by chunk, stage 1 included, so that the work arrays
+        # (tracks at the beamline, histograms, weights) are sized by the chunk, not the batch.
         for start in range(0, n_events, backend.events_per_chunk):
             stop = min(start + backend.events_per_chunk, n_events)
             lo, hi = int(host_offsets[start]), int(host_offsets[stop])
