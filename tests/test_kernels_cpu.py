@@ -527,6 +527,40 @@ def test_compact_copies_kept_slots_in_order_with_their_weights():
     np.testing.assert_array_equal(out_weights, [0.5, 0.6, 0.1, 0.2])
 
 
+@pytest.mark.parametrize("n_candidates", [1, 7, 8, 9, 17])
+def test_fit_lanes_add_the_passing_tracks_only(n_candidates):
+    """The fit's vectorised sums over a seed's candidates (gathered into lanes padded to a
+    multiple of the SIMD width) equal plain sums over the tracks that pass; a failing track,
+    here one far away with an infinite weight, adds nothing."""
+    rng = np.random.default_rng(n_candidates)
+    n = n_candidates
+    x, y, z = rng.normal(0, 0.02, n), rng.normal(0, 0.02, n), rng.normal(0, 0.3, n)
+    tx, ty = rng.normal(0, 0.2, n), rng.normal(0, 0.2, n)
+    wx, wy = rng.uniform(1e3, 1e4, n), rng.uniform(1e3, 1e4, n)
+    x[0], wx[0] = 5.0, np.inf
+    others = rng.uniform(0, 0.5, n)
+    lanes = np.full((fit_module._N_LANES, fit_module._padded(n) + 8), 7.0)  # 7: not to be read
+    n_columns = fit_module._gather(x, y, z, tx, ty, wx, wy, np.arange(n), others, n, lanes)
+    assert n_columns % 8 == 0 and n <= n_columns < n + 8
+    vx, vy, vz, exp_cut = 0.01, -0.01, 0.05, math.exp(-2.0)
+    got = fit_module._accumulate(lanes, n_columns, vx, vy, vz, 12.0, exp_cut, 0.0)
+
+    with np.errstate(invalid="ignore"):
+        rx, ry = vx - (x + tx * (vz - z)), vy - (y + ty * (vz - z))
+        chi2 = rx * rx * wx + ry * ry * wy
+        term = np.exp(-0.5 * chi2)
+        w = term / (exp_cut + term + others)
+    ok = (chi2 < 12.0) & (w > 0.0)
+    w, wx, wy, tx, ty, rx, ry, chi2 = (a[ok] for a in (w, wx, wy, tx, ty, rx, ry, chi2))
+    want = (ok.sum(), w.sum(), (w * chi2).sum(), (w * wx).sum(), (w * wy).sum(),
+            -(w * wx * tx).sum(), -(w * wy * ty).sum(), (w * (wx * tx**2 + wy * ty**2)).sum(),
+            (w * wx * rx).sum(), (w * wy * ry).sum(), -(w * (wx * tx * rx + wy * ty * ry)).sum())
+    assert got[0] == want[0] and (n == 1 or got[0] > 0)
+    np.testing.assert_allclose(got[1:], want[1:], rtol=1e-12, atol=1e-9)
+    weights = lanes[fit_module._LWEIGHT, :n]
+    assert weights[0] == 0.0 and np.count_nonzero(weights) == ok.sum()
+
+
 @pytest.mark.parametrize("chi2_cut", [1.0, 4.0, 9.0, 25.0])
 @pytest.mark.parametrize("max_seeds", [1, 64, 1024])
 def test_negligible_seed_terms_stay_below_rounding(chi2_cut, max_seeds):

@@ -164,6 +164,12 @@ def _collect_candidates(x, y, z, tx, ty, wx, wy, usable, scratch, candidates, ot
     return n
 
 
+@numba.njit(cache=True)
+def _padded(n):
+    """``n`` rounded up to a multiple of ``_LANE_WIDTH``."""
+    return -(-n // _LANE_WIDTH) * _LANE_WIDTH
+
+
 @numba.njit(cache=True, fastmath=FASTMATH)
 def _gather(x, y, z, tx, ty, wx, wy, candidates, others, n_candidates, lanes):
     """Copy the candidates' states and their ``others`` into the columns of ``lanes``, padded
@@ -175,7 +181,7 @@ def _gather(x, y, z, tx, ty, wx, wy, candidates, others, n_candidates, lanes):
         lanes[_LTX, k], lanes[_LTY, k] = tx[t], ty[t]
         lanes[_LWX, k], lanes[_LWY, k] = wx[t], wy[t]
         lanes[_LOTHERS, k] = others[k]
-    n_columns = -(-n_candidates // _LANE_WIDTH) * _LANE_WIDTH
+    n_columns = _padded(n_candidates)
     lanes[:, n_candidates:n_columns] = 0.0
     lanes[_LX, n_candidates:n_columns] = np.nan
     return n_columns
@@ -185,8 +191,9 @@ def _gather(x, y, z, tx, ty, wx, wy, candidates, others, n_candidates, lanes):
 def _accumulate(lanes, n_columns, vx, vy, vz, max_chi2, exp_cut, min_weight):
     """One iteration's weights (into ``lanes[_LWEIGHT]``) and weighted sums at ``(vx, vy, vz)``.
 
-    Returns ``(n_pass, Σw, Σw·χ², A_xx, A_yy, A_xz, A_yz, A_zz, g_x, g_y, g_z)``. Branch-free
-    (a failing track gets w = 0 and adds nothing) so that LLVM vectorises it.
+    Returns ``(n_pass, Σw, Σw·χ², A_xx, A_yy, A_xz, A_yz, A_zz, g_x, g_y, g_z)``. No branch
+    but selects (a failing track gets w = 0 and adds nothing, whatever its values), so that
+    LLVM vectorises it.
     """
     n_pass, sum_w, sum_chi2 = 0, 0.0, 0.0
     a_xx = a_yy = a_xz = a_yz = a_zz = 0.0
@@ -200,21 +207,21 @@ def _accumulate(lanes, n_columns, vx, vy, vz, max_chi2, exp_cut, min_weight):
         term = _exp_nonpositive(-0.5 * chi2)
         w = term / (exp_cut + term + lanes[_LOTHERS, k])
         passed = (chi2 < max_chi2) & (w > min_weight)
-        w = w if passed else 0.0
-        lanes[_LWEIGHT, k] = w
-        n_pass += 1 if passed else 0
-        sum_w += w
-        sum_chi2 += w * chi2 if passed else 0.0  # χ² may be inf where w is 0
-        # Half-Hessian Σ w·H W Hᵀ and half-gradient Σ w·H W r, H = [[1,0],[0,1],[-tx,-ty]].
-        wwx, wwy = w * wxt, w * wyt
-        a_xx += wwx
-        a_yy += wwy
-        a_xz -= wwx * txt
-        a_yz -= wwy * tyt
-        a_zz += wwx * txt * txt + wwy * tyt * tyt
-        g_x += wwx * rx if passed else 0.0
-        g_y += wwy * ry if passed else 0.0
-        g_z -= wwx * txt * rx + wwy * tyt * ry if passed else 0.0
+        lanes[_LWEIGHT, k] = w if passed else 0.0
+        if passed:  # LLVM turns this into selects: a failing track adds exactly nothing
+            n_pass += 1
+            sum_w += w
+            sum_chi2 += w * chi2
+            # Half-Hessian Σ w·H W Hᵀ and half-gradient Σ w·H W r, H = [[1,0],[0,1],[-tx,-ty]].
+            wwx, wwy = w * wxt, w * wyt
+            a_xx += wwx
+            a_yy += wwy
+            a_xz -= wwx * txt
+            a_yz -= wwy * tyt
+            a_zz += wwx * txt * txt + wwy * tyt * tyt
+            g_x += wwx * rx
+            g_y += wwy * ry
+            g_z -= wwx * txt * rx + wwy * tyt * ry
     return n_pass, sum_w, sum_chi2, a_xx, a_yy, a_xz, a_yz, a_zz, g_x, g_y, g_z
 
 
@@ -344,8 +351,8 @@ def fit_vertices(
     batch holds a larger event than any before: a steady stream of batches allocates nothing.
     """
     max_tracks, max_block = _largest_event(offsets, n_seeds, seeds.shape[1])
-    floats, ints = _workspace((_N_SCRATCH + _N_LANES) * (max_tracks + _LANE_WIDTH) + max_block,
-                               max_block + seeds.shape[1])
+    n_floats = _N_SCRATCH * max_tracks + _N_LANES * _padded(max_tracks) + max_block
+    floats, ints = _workspace(n_floats, max_block + seeds.shape[1])
     _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight_offsets,
                 beam_x, beam_y, max_chi2, chi2_cut, negligible_chi2(chi2_cut, seeds.shape[1]),
                 min_weight, min_iter, max_iter,
@@ -425,7 +432,7 @@ def _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight
         # D_t in one pass over the track–seed pairs.
         end = _N_SCRATCH * n_tracks
         others = own_floats[end : end + block].reshape((n_slots, n_tracks))
-        n_columns = -(-n_tracks // _LANE_WIDTH) * _LANE_WIDTH
+        n_columns = _padded(n_tracks)
         lanes = own_floats[end + block : end + block + _N_LANES * n_columns].reshape(
             (_N_LANES, n_columns))
         candidates = own_ints[:block].reshape((n_slots, n_tracks))
