@@ -324,7 +324,8 @@ def _reads_ahead(finder: PVFinder) -> bool:
         return True
     import numba
 
-    return numba.get_num_threads() < (os.cpu_count() or 1)
+    # The cores this process may use (its CPU affinity), as Numba counts them.
+    return numba.get_num_threads() < numba.config.NUMBA_DEFAULT_NUM_THREADS
 
 
 class _LocalEngine:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -207,9 +206,10 @@ def test_reading_ahead_only_where_a_core_is_free(monkeypatch):
     import numba
 
     finder = PVFinder(backend="cpu")
-    monkeypatch.setattr(os, "cpu_count", lambda: numba.get_num_threads())
+    cores = numba.get_num_threads()
+    monkeypatch.setattr(numba.config, "NUMBA_DEFAULT_NUM_THREADS", cores)
     assert not distributed._reads_ahead(finder)
-    monkeypatch.setattr(os, "cpu_count", lambda: numba.get_num_threads() + 1)
+    monkeypatch.setattr(numba.config, "NUMBA_DEFAULT_NUM_THREADS", cores + 1)
     assert distributed._reads_ahead(finder)
 
 
