@@ -527,6 +527,28 @@ def test_compact_copies_kept_slots_in_order_with_their_weights():
     np.testing.assert_array_equal(out_weights, [0.5, 0.6, 0.1, 0.2])
 
 
+def test_fit_seed_range_holds_every_seed_in_a_tracks_window():
+    """The fit scans a track's seeds only within z ± extent; every seed that the window test
+    ``|t|·|Δz| ≤ window`` keeps must lie in that range, also at its edges."""
+    rng = np.random.default_rng(23)
+    n = 20_000
+    x, y = rng.normal(0, 0.05, n), rng.normal(0, 0.05, n)
+    z = rng.uniform(-300, 300, n)
+    tx, ty = rng.normal(0, 0.2, n) * rng.choice([1e-6, 1.0], n), rng.normal(0, 0.2, n)
+    wx, wy = 10 ** rng.uniform(0, 6, n), 10 ** rng.uniform(0, 6, n)
+    scratch = np.zeros((fit_module._N_SCRATCH, n))
+    fit_module._track_bounds(x, y, tx, ty, wx, wy, 0.0, 0.0, 12.0,
+                             fit_module.negligible_chi2(4.0, 64), scratch)
+    slope, window = scratch[fit_module._SLOPE], scratch[fit_module._WINDOW]
+    extent = scratch[fit_module._EXTENT]
+    # Seeds exactly at, and one float either side of, the window's edge in z.
+    edge = z + np.where(slope > 0, window / np.maximum(slope, 1e-300), 0.0)
+    for seed in (np.nextafter(edge, -np.inf), edge, np.nextafter(edge, np.inf)):
+        kept = ~(slope * np.abs(z - seed) > window)
+        in_range = (seed >= z - extent) & (seed <= z + extent)
+        assert kept.any() and np.all(in_range[kept])
+
+
 @pytest.mark.parametrize("n_candidates", [1, 7, 8, 9, 17])
 def test_fit_lanes_add_the_passing_tracks_only(n_candidates):
     """The fit's vectorised sums over a seed's candidates (gathered into lanes padded to a
