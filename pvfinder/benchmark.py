@@ -52,17 +52,17 @@ def hardware_description(backend_name: str) -> dict[str, Any]:
 
 
 def _time_in_turns(finder: PVFinder, tracks: Any, setups: dict[Any, Callable[[], Any]],
-                   repeats: int) -> dict[Any, tuple[float, dict[str, float]]]:
-    """For each setup (such as a CPU thread count), the best-of-``repeats`` wall time of a whole
-    run on the steady path (warmed-up finder, reused output buffers) and the best per-stage
-    split (separate runs: the split synchronises the device after every stage).
+                   repeats: int) -> dict[Any, tuple[list[float], dict[str, float]]]:
+    """For each setup (such as a CPU thread count), the wall times of ``repeats`` whole runs on
+    the steady path (warmed-up finder, reused output buffers) and the best per-stage split
+    (separate runs: the split synchronises the device after every stage).
 
     The setups take turns run by run, so that a change in the machine's load falls on all of
     them rather than between the timings that are compared.
     """
     finder.warmup(tracks)
     buffers = finder.output_buffers()
-    best = dict.fromkeys(setups, math.inf)
+    runs: dict[Any, list[float]] = {key: [] for key in setups}
     stages: dict[Any, dict[str, float]] = {key: {} for key in setups}
     for _ in range(repeats):
         for key, setup in setups.items():
@@ -70,25 +70,31 @@ def _time_in_turns(finder: PVFinder, tracks: Any, setups: dict[Any, Callable[[],
             start = time.perf_counter()
             finder(tracks, out=buffers)
             finder.backend.synchronize()
-            best[key] = min(best[key], time.perf_counter() - start)
+            runs[key].append(time.perf_counter() - start)
             split: dict[str, float] = {}
             finder.run(tracks, out=buffers, timings=split)
             stages[key] = {stage: min(seconds, stages[key].get(stage, math.inf))
                            for stage, seconds in split.items()}
-    return {key: (best[key], stages[key]) for key in setups}
+    return {key: (runs[key], stages[key]) for key in setups}
 
 
-def _time_run(finder: PVFinder, tracks: Any, repeats: int) -> tuple[float, dict[str, float]]:
+def _time_run(finder: PVFinder, tracks: Any, repeats: int
+              ) -> tuple[list[float], dict[str, float]]:
     """:func:`_time_in_turns` of a single setup."""
     return _time_in_turns(finder, tracks, {None: lambda: None}, repeats)[None]
 
 
-def _measurement(n_events: int, seconds: float, stages: dict[str, float]) -> dict[str, Any]:
+def _measurement(n_events: int, run_seconds: Sequence[float], stages: dict[str, float]
+                 ) -> dict[str, Any]:
+    """A row of the results: the best run (and, for the spread, the median run) of
+    ``run_seconds`` and the best per-stage split."""
+    best = min(run_seconds)
     return {
         "events": n_events,
-        "seconds": seconds,
-        "events_per_s": n_events / seconds,
-        "us_per_event": 1e6 * seconds / n_events,
+        "seconds": best,
+        "events_per_s": n_events / best,
+        "us_per_event": 1e6 * best / n_events,
+        "median_us_per_event": 1e6 * float(np.median(run_seconds)) / n_events,
         "stage_us_per_event": {s: 1e6 * stages.get(s, 0.0) / n_events for s in STAGES},
     }
 
@@ -107,7 +113,7 @@ def run_benchmark(
 
     CPU: ``n_events`` events at each ν, for each thread count (default 1 and all cores), the
     thread counts taking turns. Every figure is the best of ``repeats`` runs on the steady
-    path.
+    path; ``median_us_per_event`` gives the median run, for the spread.
     CUDA: at ν = 7.6 for each batch size (data resident on the GPU, and including the
     host-to-device copy), then the ν scan at 100 000 events.
 
@@ -135,8 +141,9 @@ def run_benchmark(
             timed = _time_in_turns(finder, tracks, {
                 n_threads: functools.partial(numba.set_num_threads, n_threads)
                 for n_threads in thread_counts}, repeats)
-            for n_threads, (seconds, stages) in timed.items():
-                row = {"threads": n_threads, "nu": nu, **_measurement(n_events, seconds, stages)}
+            for n_threads, (run_seconds, stages) in timed.items():
+                row = {"threads": n_threads, "nu": nu,
+                       **_measurement(n_events, run_seconds, stages)}
                 result["measurements"].append(row)
                 progress(f"cpu threads={n_threads} nu={nu}: {row['events_per_s']:,.0f} events/s "
                          f"({row['us_per_event']:.1f} µs/event)")
@@ -148,22 +155,23 @@ def run_benchmark(
     for size in batch_sizes or DEFAULT_GPU_BATCHES:
         tracks = _tile(pool, size)
         resident = _on_device(tracks, chosen)
-        seconds, stages = _time_run(finder, resident, repeats)
-        row = {"nu": 7.6, "batch": size, "data": "on device", **_measurement(size, seconds, stages)}
+        run_seconds, stages = _time_run(finder, resident, repeats)
+        row = {"nu": 7.6, "batch": size, "data": "on device",
+               **_measurement(size, run_seconds, stages)}
         result["measurements"].append(row)
         progress(f"cuda batch={size} on device: {row['events_per_s']:,.0f} events/s")
         del resident  # a million events fill tens of GB: make room for the copied-in run
         chosen.xp.get_default_memory_pool().free_all_blocks()
-        seconds, stages = _time_run(finder, tracks, repeats)
+        run_seconds, stages = _time_run(finder, tracks, repeats)
         row = {"nu": 7.6, "batch": size, "data": "host, copied in",
-               **_measurement(size, seconds, stages)}
+               **_measurement(size, run_seconds, stages)}
         result["measurements"].append(row)
         progress(f"cuda batch={size} with host-to-device copy: {row['events_per_s']:,.0f} events/s")
     for nu in nu_values:
         tracks = _on_device(simulate(100_000, seed=seed, nu=nu).tracks, chosen)
-        seconds, stages = _time_run(finder, tracks, repeats)
+        run_seconds, stages = _time_run(finder, tracks, repeats)
         row = {"nu": nu, "batch": 100_000, "data": "on device",
-               **_measurement(100_000, seconds, stages)}
+               **_measurement(100_000, run_seconds, stages)}
         result["measurements"].append(row)
         progress(f"cuda nu={nu}: {row['events_per_s']:,.0f} events/s")
     return result

@@ -259,6 +259,7 @@ def test_throughput_benchmark_times_the_thread_counts_in_turns(monkeypatch):
         (2.0, 2), (2.0, 1), (7.6, 2), (7.6, 1)]
     for row in rows:
         assert row["events"] == 50 and row["events_per_s"] > 0
+        assert 0 < row["us_per_event"] <= row["median_us_per_event"]  # best run, median run
         assert set(row["stage_us_per_event"]) == set(STAGES)
         assert 0 < sum(row["stage_us_per_event"].values())
     assert chosen[:6] == [2, 1, 2, 1, 2, 1]
