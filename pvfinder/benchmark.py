@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import math
 import os
 import platform
 import time
@@ -51,31 +50,42 @@ def hardware_description(backend_name: str) -> dict[str, Any]:
     return info
 
 
+def _in_turns(jobs: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, list[Any]]:
+    """What each job returns in ``repeats`` calls, the jobs taking turns call by call: a change
+    in the machine's load then falls on all of them rather than between the timings that are
+    compared."""
+    results: dict[Any, list[Any]] = {key: [] for key in jobs}
+    for _ in range(repeats):
+        for key, job in jobs.items():
+            results[key].append(job())
+    return results
+
+
 def _time_in_turns(finder: PVFinder, tracks: Any, setups: dict[Any, Callable[[], Any]],
                    repeats: int) -> dict[Any, tuple[list[float], dict[str, float]]]:
     """For each setup (such as a CPU thread count), the wall times of ``repeats`` whole runs on
     the steady path (warmed-up finder, reused output buffers) and the best per-stage split
-    (separate runs: the split synchronises the device after every stage).
-
-    The setups take turns run by run, so that a change in the machine's load falls on all of
-    them rather than between the timings that are compared.
-    """
+    (separate runs: the split synchronises the device after every stage), the setups taking
+    turns (see :func:`_in_turns`)."""
     finder.warmup(tracks)
     buffers = finder.output_buffers()
-    runs: dict[Any, list[float]] = {key: [] for key in setups}
-    stages: dict[Any, dict[str, float]] = {key: {} for key in setups}
-    for _ in range(repeats):
-        for key, setup in setups.items():
+
+    def timed(setup: Callable[[], Any]) -> Callable[[], tuple[float, dict[str, float]]]:
+        def run() -> tuple[float, dict[str, float]]:
             setup()
             start = time.perf_counter()
             finder(tracks, out=buffers)
             finder.backend.synchronize()
-            runs[key].append(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
             split: dict[str, float] = {}
             finder.run(tracks, out=buffers, timings=split)
-            stages[key] = {stage: min(seconds, stages[key].get(stage, math.inf))
-                           for stage, seconds in split.items()}
-    return {key: (runs[key], stages[key]) for key in setups}
+            return seconds, split
+        return run
+
+    runs = _in_turns({key: timed(setup) for key, setup in setups.items()}, repeats)
+    return {key: ([seconds for seconds, _ in results],
+                  {stage: min(split[stage] for _, split in results) for stage in results[0][1]})
+            for key, results in runs.items()}
 
 
 def _time_run(finder: PVFinder, tracks: Any, repeats: int

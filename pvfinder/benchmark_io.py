@@ -10,6 +10,7 @@ which the command runs) and the same job on a local Dask cluster.
 from __future__ import annotations
 
 import datetime
+import functools
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .benchmark import hardware_description
+from .benchmark import _in_turns, hardware_description
 from .distributed import dask_client, plan_outputs, reconstruct_files
 from .events import VERTEX_FIELDS
 from .io import (
@@ -180,12 +181,9 @@ def _timed(job: Callable[[], Any]) -> tuple[float, float]:
 def _best_taking_turns(jobs: dict[str, Callable[[], Any]], repeats: int
                        ) -> tuple[dict[str, float], dict[str, float]]:
     """Each job's best wall-clock time of ``repeats`` runs, and that run's CPU time, the jobs
-    taking turns: a change in the machine's load then does not fall between the timings that
-    the I/O share compares."""
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in jobs}
-    for _ in range(repeats):
-        for name, job in jobs.items():
-            runs[name].append(_timed(job))
+    taking turns (see :func:`~pvfinder.benchmark._in_turns`)."""
+    runs = _in_turns({name: functools.partial(_timed, job) for name, job in jobs.items()},
+                     repeats)
     best = {name: min(times) for name, times in runs.items()}
     return ({name: wall for name, (wall, _) in best.items()},
             {name: cpu for name, (_, cpu) in best.items()})
