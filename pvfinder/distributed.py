@@ -378,8 +378,8 @@ class _LocalEngine:
         # An item of a later input means this one has ended; leave it for its own call.
         while (entry := self._upcoming.result()) is not None and entry[0] <= position:
             read_position, chunk = entry
-            reconstructed = read_position == position and not isinstance(chunk, Exception)
-            if self.read_ahead or not reconstructed:
+            to_reconstruct = read_position == position and not isinstance(chunk, Exception)
+            if self.read_ahead or not to_reconstruct:
                 self._read_next()
             if read_position < position:
                 continue  # what is left of an earlier input whose consumer gave up on it

@@ -607,8 +607,8 @@ def find_vertices(
     -----
     Each call builds a new :class:`PVFinder` with fresh work buffers, whose first touch
     costs time: on 1000 events a call takes 30–100 ms (the first touch of fresh memory, which
-    varies from run to run) where a kept finder takes 22 ms (medians of seven, 2-core VM). For batch after batch keep one finder and call it, as
-    ``pvfinder reconstruct`` does.
+    varies from run to run) where a kept finder takes 22 ms (medians of seven, 2-core VM).
+    For batch after batch keep one finder and call it, as ``pvfinder reconstruct`` does.
     """
     return PVFinder(config, backend)(tracks, weights=weights)
 
