@@ -390,10 +390,12 @@ class TrackSource:
                 ) -> Iterator[TrackChunk]:
         """Chunks of the open ``tree`` (uproot's ``iterate``), ``step_size`` entries or bytes
         (``"100 MB"``) at a time."""
-        # zlib and friends release the GIL: baskets decompress on every core.
+        # zlib and friends release the GIL, and so does numpy's byte-swapping copy that
+        # joins a branch's baskets: both run on every core, the joins a branch per thread.
         with ThreadPoolExecutor(os.cpu_count()) as executor:
             reading = tree.iterate(self.read_branches, step_size=step_size, how=dict,
-                                   report=True, decompression_executor=executor)
+                                   report=True, decompression_executor=executor,
+                                   interpretation_executor=executor)
             start = 0
             while True:
                 try:
