@@ -369,11 +369,13 @@ class PVFinder:
         backend.check_errors()
         return n_vertices, n_weights
 
-    def _input(self, name: str, array: Any, dtype: Any) -> Any:
-        """``array`` as a C-contiguous ``dtype`` array on the device: itself when it already
-        is one, else converted into a reused buffer."""
+    def _input(self, name: str, array: Any, dtype: Any, keep: tuple[np.dtype, ...] = ()
+               ) -> Any:
+        """``array`` as a C-contiguous array on the device, of type ``dtype`` or one of
+        ``keep``: itself when it already is one, else converted into a reused buffer."""
         xp = self.backend.xp
-        if isinstance(array, xp.ndarray) and array.dtype == dtype and array.flags.c_contiguous:
+        if (isinstance(array, xp.ndarray) and (array.dtype == dtype or array.dtype in keep)
+                and array.flags.c_contiguous):
             return array
         if isinstance(array, (np.ndarray, xp.ndarray)):
             buffer = self._buffers.get(f"input_{name}", array.shape, dtype)
@@ -384,9 +386,12 @@ class PVFinder:
     def _inputs(self, batch: TrackBatch) -> tuple[Any, dict[str, Any]]:
         """The batch's offsets and track states on the device, in the beamline's frame."""
         offsets = self._input("offsets", batch.offsets, np.int64)
-        state = {name: self._input(name, getattr(batch, name), np.float64)
+        tilted = self.config.beamline_slopes != (0.0, 0.0)
+        # The shear computes in the states' precision: it gets float64 ones.
+        keep = () if tilted else self.backend.state_dtypes
+        state = {name: self._input(name, getattr(batch, name), np.float64, keep)
                  for name in TRACK_FIELDS}
-        if self.config.beamline_slopes != (0.0, 0.0):
+        if tilted:
             state = self._in_beamline_frame(state)
         return offsets, state
 

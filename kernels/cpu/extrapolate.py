@@ -47,9 +47,10 @@ def extrapolate(
 
     Parameters
     ----------
-    x, y, z, tx, ty : ndarray of float64, shape (n_tracks,)
-        Track states (mm, dimensionless slopes).
-    cov_xx, cov_yy, cov_xtx, cov_yty, cov_txtx, cov_tyty : ndarray of float64
+    x, y, z, tx, ty : ndarray of float32 or float64, shape (n_tracks,)
+        Track states (mm, dimensionless slopes). float32 states are read as float64: the
+        results are those of the same states converted to float64, bit for bit.
+    cov_xx, cov_yy, cov_xtx, cov_yty, cov_txtx, cov_tyty : ndarray of float32 or float64
         Covariance terms of the states at ``z``.
     beam_x, beam_y : float
         Beamline position (mm); the beamline is parallel to z.
@@ -63,7 +64,9 @@ def extrapolate(
         Written: 1 for usable tracks, 0 otherwise.
     """
     for i in numba.prange(len(x)):
-        txi, tyi = tx[i], ty[i]
+        # float32 states widen here, exactly; a product of two of them must not round in
+        # float32 (every other term meets a float64 first).
+        txi, tyi = np.float64(tx[i]), np.float64(ty[i])
         slope2 = txi * txi + tyi * tyi
         if slope2 < _MIN_SLOPE2:
             out_x[i], out_y[i], out_z[i] = x[i], y[i], z[i]

@@ -319,7 +319,8 @@ def fit_vertices(
     offsets : ndarray of int64, shape (n_events + 1,)
         Event boundaries in the track arrays.
     x, y, z, tx, ty, wx, wy : ndarray of float64, shape (n_tracks,)
-        Track states at the beamline and their weights 1/C_xx', 1/C_yy' (1/mm²).
+        Track states at the beamline and their weights 1/C_xx', 1/C_yy' (1/mm²). The slopes
+        ``tx``, ``ty`` are stage 1's inputs, passed on: they may be float32, read as float64.
     usable : ndarray of uint8, shape (n_tracks,)
         Only usable tracks take part.
     seeds : ndarray of float64, shape (n_events, max_seeds)
@@ -396,7 +397,8 @@ def _track_bounds(x, y, tx, ty, wx, wy, beam_x, beam_y, max_chi2, negligible, sc
     at a time, the square roots and divisions cost about a sixth of the fit at ν = 7.6.
     """
     for t in range(len(x)):
-        slope = math.sqrt(tx[t] * tx[t] + ty[t] * ty[t])
+        tx_t, ty_t = np.float64(tx[t]), np.float64(ty[t])  # float32 squares in float64
+        slope = math.sqrt(tx_t * tx_t + ty_t * ty_t)
         w_min = min(wx[t], wy[t])
         rho = math.sqrt((x[t] - beam_x) ** 2 + (y[t] - beam_y) ** 2)
         reach = (math.sqrt(max_chi2 / w_min) + rho) * _CANDIDATE_SLACK
