@@ -275,7 +275,8 @@ class PVFinder:
         tracks : TrackBatch, awkward.Array or mapping, optional
             A batch as large as the largest that will be passed later: every work buffer
             (and the finder's output buffers) is sized for it, with some room to spare.
-            Without it, only the kernels are compiled.
+            Without it, only the kernels are compiled, for every precision of track states
+            that the backend reads as it is (float64, and on the CPU float32 too).
         weights : bool
             Whether the later calls ask for the per-track weights (see :meth:`run`): with
             ``False`` no room is made for them, in this finder's outputs nor in those of
@@ -286,8 +287,10 @@ class PVFinder:
         PVFinder
             This finder, so that ``finder = PVFinder(...).warmup(batch)`` reads naturally.
         """
-        self.run(_compile_batch(self.config) if tracks is None else tracks, out=self._output,
-                 weights=weights)
+        batches = ([_compile_batch(self.config, dtype) for dtype in self.backend.state_dtypes]
+                   if tracks is None else [tracks])
+        for batch in batches:
+            self.run(batch, out=self._output, weights=weights)
         return self
 
     def output_buffers(self) -> VertexBuffers:
@@ -543,9 +546,9 @@ def _shear_back(rows: Any, beam_tx: float, beam_ty: float) -> None:
     cyz += beam_ty * czz
 
 
-def _compile_batch(config: PVFinderConfig) -> TrackBatch:
-    """One event of two tracks from the beamline at z = 0, given at z = 1 mm: enough to
-    compile and launch every kernel."""
+def _compile_batch(config: PVFinderConfig, dtype: Any = np.float64) -> TrackBatch:
+    """One event of two tracks from the beamline at z = 0, given at z = 1 mm, with states of
+    type ``dtype``: enough to compile and launch every kernel."""
     bx, by = config.beamline[:2]
     beam_tx, beam_ty = config.beamline_slopes
     slope, variance = 0.1, 1e-4  # any small slope, any well-measured state
@@ -554,7 +557,8 @@ def _compile_batch(config: PVFinderConfig) -> TrackBatch:
     fields.update(x=bx + tx, y=np.full(2, by + beam_ty), z=np.ones(2), tx=tx,
                   ty=np.full(2, beam_ty), cov_xx=np.full(2, variance),
                   cov_yy=np.full(2, variance))
-    return TrackBatch.from_arrays(counts=[2], **fields)
+    return TrackBatch.from_arrays(counts=[2], **{name: values.astype(dtype)
+                                                 for name, values in fields.items()})
 
 
 class _StageClock:

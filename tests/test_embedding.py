@@ -182,8 +182,15 @@ def test_launches_are_serialised_where_numba_cannot_take_concurrent_ones(monkeyp
     assert not isinstance(_numba_launch_guard(), type(threading.Lock()))
 
 
-def test_warmup_without_a_batch_and_an_empty_batch():
-    finder = PVFinder(backend="cpu").warmup()
+def test_warmup_without_a_batch_and_an_empty_batch(monkeypatch):
+    # Without a batch, warmup runs one for every precision the backend reads as it is, so
+    # that float32 states from a file do not compile the kernels on the first call.
+    finder, precisions = PVFinder(backend="cpu"), []
+    run = finder.run
+    monkeypatch.setattr(finder, "run", lambda batch, **kw: (precisions.append(batch.x.dtype),
+                                                            run(batch, **kw))[1])
+    finder.warmup()
+    assert precisions == list(finder.backend.state_dtypes) == [np.float32, np.float64]
     empty = TrackBatch.from_buffers(np.zeros(4, dtype=np.int64),
                                     **{name: np.zeros(0) for name in TRACK_FIELDS})
     vertices = finder(empty, out=finder.output_buffers())
