@@ -271,3 +271,14 @@ def test_throughput_benchmark_times_the_thread_counts_in_turns(monkeypatch):
         assert 0 < sum(row["stage_us_per_event"].values())
     assert chosen[:6] == [2, 1, 2, 1, 2, 1]
     assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    start_up = result["start_up"]  # new processes, each checked to find the 100 events
+    assert start_up["events"] == 100
+    assert 0 < start_up["seconds_to_first_result"] <= start_up["median_seconds"]
+
+
+def test_start_up_benchmark_reports_a_failed_process(sample, monkeypatch):
+    from pvfinder import benchmark
+
+    monkeypatch.setattr(benchmark, "_FIRST_RESULT", "import sys; sys.exit('no vertices')")
+    with pytest.raises(RuntimeError, match="the start-up run failed:\nno vertices"):
+        benchmark._start_up("cpu", sample.tracks.select_events(0, 3), repeats=1)
