@@ -303,7 +303,8 @@ class TrackBatch(_Jagged):
         offsets : array of int, shape (n_events + 1,)
             Start of each event's tracks, non-decreasing, ``offsets[0] == 0``.
         **fields : array of float, shape (offsets[-1],)
-            One array per name in :data:`TRACK_FIELDS` (float64 avoids a conversion).
+            One array per name in :data:`TRACK_FIELDS`. float64 avoids a conversion, and so
+            does float32 on the CPU when every field is float32.
 
         Raises
         ------

@@ -276,7 +276,8 @@ class PVFinder:
             A batch as large as the largest that will be passed later: every work buffer
             (and the finder's output buffers) is sized for it, with some room to spare.
             Without it, only the kernels are compiled, for every precision of track states
-            that the backend reads as it is (float64, and on the CPU float32 too).
+            that they read as it is (float64, and on the CPU float32 too, unless the beamline
+            is tilted).
         weights : bool
             Whether the later calls ask for the per-track weights (see :meth:`run`): with
             ``False`` no room is made for them, in this finder's outputs nor in those of
@@ -287,7 +288,7 @@ class PVFinder:
         PVFinder
             This finder, so that ``finder = PVFinder(...).warmup(batch)`` reads naturally.
         """
-        batches = ([_compile_batch(self.config, dtype) for dtype in self.backend.state_dtypes]
+        batches = ([_compile_batch(self.config, dtype) for dtype in self._state_dtypes]
                    if tracks is None else [tracks])
         for batch in batches:
             self.run(batch, out=self._output, weights=weights)
@@ -372,13 +373,11 @@ class PVFinder:
         backend.check_errors()
         return n_vertices, n_weights
 
-    def _input(self, name: str, array: Any, dtype: Any, keep: tuple[np.dtype, ...] = ()
-               ) -> Any:
-        """``array`` as a C-contiguous array on the device, of type ``dtype`` or one of
-        ``keep``: itself when it already is one, else converted into a reused buffer."""
+    def _input(self, name: str, array: Any, dtype: Any) -> Any:
+        """``array`` as a C-contiguous ``dtype`` array on the device: itself when it already
+        is one, else converted into a reused buffer."""
         xp = self.backend.xp
-        if (isinstance(array, xp.ndarray) and (array.dtype == dtype or array.dtype in keep)
-                and array.flags.c_contiguous):
+        if isinstance(array, xp.ndarray) and array.dtype == dtype and array.flags.c_contiguous:
             return array
         if isinstance(array, (np.ndarray, xp.ndarray)):
             buffer = self._buffers.get(f"input_{name}", array.shape, dtype)
@@ -389,14 +388,25 @@ class PVFinder:
     def _inputs(self, batch: TrackBatch) -> tuple[Any, dict[str, Any]]:
         """The batch's offsets and track states on the device, in the beamline's frame."""
         offsets = self._input("offsets", batch.offsets, np.int64)
-        tilted = self.config.beamline_slopes != (0.0, 0.0)
-        # The shear computes in the states' precision: it gets float64 ones.
-        keep = () if tilted else self.backend.state_dtypes
-        state = {name: self._input(name, getattr(batch, name), np.float64, keep)
+        # One precision for all states, so that the kernels meet only the ones warmup compiled.
+        precisions = {np.dtype(getattr(batch, name).dtype) for name in TRACK_FIELDS}
+        precision = precisions.pop() if len(precisions) == 1 else np.dtype(np.float64)
+        if precision not in self._state_dtypes:
+            precision = np.dtype(np.float64)
+        state = {name: self._input(name, getattr(batch, name), precision)
                  for name in TRACK_FIELDS}
-        if tilted:
+        if self.config.beamline_slopes != (0.0, 0.0):
             state = self._in_beamline_frame(state)
         return offsets, state
+
+    @property
+    def _state_dtypes(self) -> tuple[np.dtype, ...]:
+        """Precisions in which the states go to the kernels as they are (others become
+        float64): the backend's, but only float64 for a tilted beamline, whose shear computes
+        in the states' precision."""
+        if self.config.beamline_slopes != (0.0, 0.0):
+            return (np.dtype(np.float64),)
+        return self.backend.state_dtypes
 
     def _at_beamline(self, state: dict[str, Any], clock: _StageClock) -> dict[str, Any]:
         """Stage 1: the tracks of ``state`` moved to the beamline (work buffers)."""

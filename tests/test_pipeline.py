@@ -286,6 +286,26 @@ def test_float32_tracks_are_read_exactly(sample, backend_name, beamline):
     np.testing.assert_array_equal(single.weights, double.weights)
 
 
+def test_mixed_precision_buffers_meet_the_kernels_in_one_precision(sample):
+    # Wrapped buffers are not made one precision: a float64 field among float32 ones, or a
+    # strided float32 field, must still reach the kernels as warmup compiled them (all
+    # float64 here), not as a new mixture compiled on the call.
+    from pvfinder.kernels.cpu.extrapolate import extrapolate
+
+    tracks = sample.tracks.select_events(0, 20)
+    fields = {name: getattr(tracks, name).astype(np.float32) for name in TRACK_FIELDS}
+    strided = np.repeat(fields["cov_xx"], 2)[::2]
+    finder = PVFinder(backend="cpu").warmup()
+    expected = finder(TrackBatch.from_arrays(offsets=tracks.offsets, **fields)).to_host()
+    compiled = len(extrapolate.signatures)
+    for changed in ({"x": fields["x"].astype(np.float64)}, {"cov_xx": strided}):
+        batch = TrackBatch.from_buffers(tracks.offsets, **{**fields, **changed})
+        vertices = finder(batch).to_host()
+        np.testing.assert_array_equal(vertices.z, expected.z)
+        np.testing.assert_array_equal(vertices.weights, expected.weights)
+    assert len(extrapolate.signatures) == compiled
+
+
 def test_z_histograms_show_what_the_fit_starts_from(sample, backend_name):
     tracks = sample.tracks.select_events(0, 5)
     finder = PVFinder(backend=backend_name)
