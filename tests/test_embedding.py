@@ -276,9 +276,16 @@ def test_throughput_benchmark_times_the_thread_counts_in_turns(monkeypatch):
     assert 0 < start_up["seconds_to_first_result"] <= start_up["median_seconds"]
 
 
-def test_start_up_benchmark_reports_a_failed_process(sample, monkeypatch):
+def test_start_up_benchmark_stops_at_the_result_and_reports_a_failed_process(sample,
+                                                                            monkeypatch):
     from pvfinder import benchmark
 
+    three = sample.tracks.select_events(0, 3)
+    # A process that has its result at once and then takes two seconds to exit.
+    monkeypatch.setattr(benchmark, "_FIRST_RESULT",
+                        "import time; print(3, time.time(), flush=True); time.sleep(2)")
+    start_up = benchmark._start_up("cpu", three, repeats=1)
+    assert 0 < start_up["seconds_to_first_result"] < 1.5
     monkeypatch.setattr(benchmark, "_FIRST_RESULT", "import sys; sys.exit('no vertices')")
     with pytest.raises(RuntimeError, match="the start-up run failed:\nno vertices"):
-        benchmark._start_up("cpu", sample.tracks.select_events(0, 3), repeats=1)
+        benchmark._start_up("cpu", three, repeats=1)
