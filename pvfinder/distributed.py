@@ -317,8 +317,9 @@ def _reads_ahead(finder: PVFinder) -> bool:
     decompressing then take a core from kernels whose threads all wait for the slowest, which
     cost more than the overlap won (``pvfinder reconstruct`` on 200 000 events, 2 cores, the
     two ways taking turns, medians of sets of 3–5 runs: 5.5–6.0 s reading in turn
-    against 6.0–6.7 s reading ahead from zstd, 4.9–5.2 against 5.4–5.7 s from lz4). A GPU, or
-    a core left free, does overlap them.
+    against 6.0–6.7 s reading ahead from zstd, 4.9–5.2 against 5.4–5.7 s from lz4; again
+    after the kernels took float32 states as they are: 5.5 against 6.0 s, 4.72 against
+    4.75 s). A GPU, or a core left free, does overlap them.
     """
     if finder.backend.name != "cpu":
         return True
