@@ -137,6 +137,11 @@ class PVFinderConfig:
         return (self.beamline[2], self.beamline[3]) if len(self.beamline) == 4 else (0.0, 0.0)
 
     @property
+    def beamline_tilted(self) -> bool:
+        """Whether the beamline has a slope: the finder then works in its sheared frame."""
+        return self.beamline_slopes != (0.0, 0.0)
+
+    @property
     def seed_threshold(self) -> float:
         """Bin content that opens a proto-cluster: ``bin_width / (10 · max_track_z0_err)``."""
         return self.bin_width / (10.0 * self.max_track_z0_err)

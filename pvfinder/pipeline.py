@@ -368,7 +368,7 @@ class PVFinder:
             n_vertices, n_weights = self._vertices_of_chunk(
                 chunk_offsets, chunk_tracks, start, n_events, target, n_vertices, n_weights,
                 weights, clock)
-        if self.config.beamline_slopes != (0.0, 0.0):
+        if self.config.beamline_tilted:
             _shear_back(target.vertices[:, :n_vertices], *self.config.beamline_slopes)
         backend.check_errors()
         return n_vertices, n_weights
@@ -395,7 +395,7 @@ class PVFinder:
             precision = np.dtype(np.float64)
         state = {name: self._input(name, getattr(batch, name), precision)
                  for name in TRACK_FIELDS}
-        if self.config.beamline_slopes != (0.0, 0.0):
+        if self.config.beamline_tilted:
             state = self._in_beamline_frame(state)
         return offsets, state
 
@@ -404,7 +404,7 @@ class PVFinder:
         """Precisions in which the states go to the kernels as they are (others become
         float64): the backend's, but only float64 for a tilted beamline, whose shear computes
         in the states' precision."""
-        if self.config.beamline_slopes != (0.0, 0.0):
+        if self.config.beamline_tilted:
             return (np.dtype(np.float64),)
         return self.backend.state_dtypes
 

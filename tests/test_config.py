@@ -25,9 +25,11 @@ def test_replace_and_mapping():
 
 def test_beamline_with_and_without_slopes():
     assert PVFinderConfig().beamline_slopes == (0.0, 0.0)
+    assert not PVFinderConfig().beamline_tilted
+    assert not PVFinderConfig(beamline=(0.1, -0.2, 0.0, 0.0)).beamline_tilted
     tilted = PVFinderConfig.from_mapping({"beamline": [0.1, -0.2, 2e-4, -1e-4]})
     assert tilted.beamline == (0.1, -0.2, 2e-4, -1e-4)
-    assert tilted.beamline_slopes == (2e-4, -1e-4)
+    assert tilted.beamline_slopes == (2e-4, -1e-4) and tilted.beamline_tilted
     assert PVFinderConfig.from_mapping(tilted.to_dict()) == tilted
 
 
