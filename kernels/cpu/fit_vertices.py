@@ -48,11 +48,11 @@ _EXP_FRACTION = np.array([2.0 ** (-j / _EXP_STEPS) for j in range(_EXP_STEPS)])
 
 # Rows of the per-event track scratch array.
 _DENSITY, _SLOPE, _REACH, _WINDOW, _EXTENT = range(5)
-_N_SCRATCH = 5
+_N_SCRATCH = _EXTENT + 1
 # Rows of a seed's lanes: its candidates' states, D_t minus their own term, and weights, one
 # column per candidate. Contiguous, so that the fit's inner loop runs in SIMD lanes.
 _LX, _LY, _LZ, _LTX, _LTY, _LWX, _LWY, _LOTHERS, _LWEIGHT = range(9)
-_N_LANES = 9
+_N_LANES = _LWEIGHT + 1
 # The lanes are filled up to a multiple of this (one AVX-512 register of float64) with tracks
 # that cannot pass: short loops then never fall back to one candidate at a time.
 _LANE_WIDTH = 8
