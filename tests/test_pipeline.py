@@ -24,6 +24,12 @@ from pvfinder.validation import core_gaussian, truth_fit, validate
 from .conftest import requires_cuda
 
 
+def in_precision(tracks: TrackBatch, dtype: type) -> TrackBatch:
+    """``tracks`` with every state converted to ``dtype``."""
+    return TrackBatch.from_arrays(offsets=tracks.offsets, **{
+        name: getattr(tracks, name).astype(dtype) for name in TRACK_FIELDS})
+
+
 def one_vertex_event(n_tracks: int, z0: float = 10.0, seed: int = 0) -> dict[str, np.ndarray]:
     """Flat arrays of ``n_tracks`` straight tracks from (0, 0, z0) with 20 µm errors."""
     rng = np.random.default_rng(seed)
@@ -125,9 +131,7 @@ def test_work_memory_follows_the_chunk_not_the_batch(sample, precision):
     """Stage 1 runs chunk by chunk too: a batch ten chunks long allocates about one chunk's
     work arrays, not a copy of every track at the beamline; nor a float64 copy of float32
     states (the CPU kernels read them as they are)."""
-    tracks = sample.tracks.select_events(0, 500)
-    batch = TrackBatch.from_arrays(offsets=tracks.offsets, **{
-        name: getattr(tracks, name).astype(precision) for name in TRACK_FIELDS})
+    batch = in_precision(sample.tracks.select_events(0, 500), precision)
     finder = PVFinder(backend=dataclasses.replace(get_backend("cpu"), events_per_chunk=50))
     finder.warmup(batch.select_events(0, 50))
     outputs = PVFinder(backend="cpu").warmup(batch).output_buffers()  # room for the batch
@@ -272,11 +276,8 @@ def test_float32_tracks_are_read_exactly(sample, backend_name, beamline):
     # float32 states (as ROOT files hold them) and the same values in float64 give the same
     # vertices and weights to the last bit: the kernels read float32 as float64, whether they
     # take it as it is (CPU) or after a conversion (CUDA, a tilted beamline).
-    tracks = sample.tracks.select_events(0, 60)
-    as32 = TrackBatch.from_arrays(offsets=tracks.offsets,
-                                  **{f: getattr(tracks, f).astype(np.float32) for f in TRACK_FIELDS})
-    as64 = TrackBatch.from_arrays(offsets=tracks.offsets,
-                                  **{f: getattr(as32, f).astype(np.float64) for f in TRACK_FIELDS})
+    as32 = in_precision(sample.tracks.select_events(0, 60), np.float32)
+    as64 = in_precision(as32, np.float64)
     finder = PVFinder(PVFinderConfig(beamline=beamline), backend=backend_name)
     single, double = finder(as32).to_host(), finder(as64).to_host()
     assert single.n_vertices > 100
@@ -289,17 +290,18 @@ def test_float32_tracks_are_read_exactly(sample, backend_name, beamline):
 def test_mixed_precision_buffers_meet_the_kernels_in_one_precision(sample):
     # Wrapped buffers are not made one precision: a float64 field among float32 ones, or a
     # strided float32 field, must still reach the kernels as warmup compiled them (all
-    # float64 here), not as a new mixture compiled on the call.
+    # float64 for the mixture, all float32 with the strided field copied), not as a new
+    # mixture compiled on the call.
     from pvfinder.kernels.cpu.extrapolate import extrapolate
 
-    tracks = sample.tracks.select_events(0, 20)
-    fields = {name: getattr(tracks, name).astype(np.float32) for name in TRACK_FIELDS}
+    as32 = in_precision(sample.tracks.select_events(0, 20), np.float32)
+    fields = {name: getattr(as32, name) for name in TRACK_FIELDS}
     strided = np.repeat(fields["cov_xx"], 2)[::2]
     finder = PVFinder(backend="cpu").warmup()
-    expected = finder(TrackBatch.from_arrays(offsets=tracks.offsets, **fields)).to_host()
+    expected = finder(as32).to_host()
     compiled = len(extrapolate.signatures)
     for changed in ({"x": fields["x"].astype(np.float64)}, {"cov_xx": strided}):
-        batch = TrackBatch.from_buffers(tracks.offsets, **{**fields, **changed})
+        batch = TrackBatch.from_buffers(as32.offsets, **{**fields, **changed})
         vertices = finder(batch).to_host()
         np.testing.assert_array_equal(vertices.z, expected.z)
         np.testing.assert_array_equal(vertices.weights, expected.weights)
