@@ -92,9 +92,9 @@ class TrackSchema:
     branches : mapping of str to str
         Field of :data:`~pvfinder.events.TRACK_FIELDS` → branch name; fields not given are
         read from the branch of the same name. Each branch holds a list of numbers per entry.
-    event_ids : tuple of str
+    event_ids : tuple of str, or str
         Branches identifying the event (one integer per entry), carried over to the vertex
-        file when the input has them.
+        file when the input has them; a single name may be given as a string.
     fill_missing_covariance : mapping of str to float, optional
         Covariance fields (``cov_*``) to fill with this value when the file lacks their
         branch. Only filled when given: by default a missing branch is an error.
@@ -118,7 +118,11 @@ class TrackSchema:
         # Plain dicts (not mapping proxies) so that the schema pickles to Dask workers.
         object.__setattr__(self, "branches", {name: str(self.branches.get(name, name))
                                               for name in TRACK_FIELDS})
-        object.__setattr__(self, "event_ids", tuple(self.event_ids))
+        # One name given as a string means that branch, not its letters.
+        event_ids = (self.event_ids,) if isinstance(self.event_ids, str) else self.event_ids
+        if not all(isinstance(name, str) for name in event_ids):
+            raise ValueError(f"track schema: event_ids must be branch names, got {event_ids!r}")
+        object.__setattr__(self, "event_ids", tuple(event_ids))
         if self.fill_missing_covariance is not None:
             object.__setattr__(self, "fill_missing_covariance",
                                _checked_fill(self.fill_missing_covariance))

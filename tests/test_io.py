@@ -197,6 +197,12 @@ def test_schema_from_file(tmp_path, suffix):
     assert schema.fill_missing_covariance == {"cov_xtx": 0.0}
 
 
+def test_schema_takes_one_event_id_as_a_string(tmp_path):
+    path = tmp_path / "schema.toml"
+    path.write_text('event_ids = "event_number"\n')
+    assert TrackSchema.from_file(path).event_ids == ("event_number",)  # not its letters
+
+
 @pytest.mark.parametrize(
     ("mapping", "message"),
     [
@@ -205,6 +211,7 @@ def test_schema_from_file(tmp_path, suffix):
         ({"fill_missing_covariance": {"x": 0}}, "only covariance fields may be filled"),
         ({"fill_missing_covariance": {"cov_xx": -1}}, "must be finite and non-negative"),
         ({"fill_missing_covariance": {"cov_xtx": "a"}}, "must be a number"),
+        ({"event_ids": ["run", 7]}, "event_ids must be branch names"),
     ],
 )
 def test_schema_mistakes(mapping, message):
