@@ -98,15 +98,20 @@ def _reconstruct_file(result) -> None:
               f"-> {result.output}")
 
 
-def _validate_outputs(results, plots: str | None) -> None:
-    """The PV checker's table for each reconstructed input that carries truth."""
+def _validate_outputs(results, plots: str | None, tracks_tree: str) -> None:
+    """The PV checker's table for each reconstructed input that carries truth; an input whose
+    truth cannot be read is reported and left unvalidated (its vertices are written)."""
     from .events import VertexBatch
     from .io import read_truth, read_vertices
 
     done = [result for result in results if result.status == "done"]
     outputs: dict[Path, VertexBatch] = {}
     for result in done:
-        truth = read_truth(result.input)
+        try:
+            truth = read_truth(result.input, tracks_tree)
+        except (ValueError, OSError) as error:
+            print(f"pvfinder reconstruct: warning: not validated: {error}", file=sys.stderr)
+            continue
         if truth is None:
             continue
         if result.output not in outputs:
@@ -152,7 +157,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     for output in sorted({r.output for r in results if r.status == "done"}):
         print(f"wrote {output}")
     if not args.no_validate:
-        _validate_outputs(results, args.plots)
+        _validate_outputs(results, args.plots, schema.tree)
     n_failed = len(errors) + sum(result.status == "failed" for result in results)
     if n_failed:
         print(f"{n_failed} input(s) failed (errors above)")
@@ -172,7 +177,7 @@ def _print_validation(vertices, truth, plots: str | None) -> None:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .io import read_truth, read_vertices
 
-    truth = read_truth(args.sample)
+    truth = read_truth(args.sample, args.tree)
     if truth is None:
         raise UsageError(f"{args.sample}: holds no truth tree to validate against")
     vertices = read_vertices(args.vertices)
@@ -299,6 +304,8 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="score vertices against a sample's truth")
     validate.add_argument("sample", help="ROOT file with the 'truth' tree")
     validate.add_argument("vertices", help="ROOT file with the 'vertices' tree")
+    validate.add_argument("--tree", default="tracks",
+                          help="the sample's tree of tracks, whose branch mc_pv labels them")
     validate.add_argument("--plots", help="directory for validation plots")
     validate.set_defaults(run=_cmd_validate)
 

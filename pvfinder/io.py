@@ -527,15 +527,28 @@ def _read_jagged(tree: Any, where: str, names: tuple[str, ...]
     return _flatten_jagged(tree.arrays(list(names), how=dict), where)
 
 
-def read_truth(path: PathLike) -> MCTruth | None:
-    """Read the MC truth written by :func:`write_sample`, or ``None`` when the file has none."""
+def read_truth(path: PathLike, tracks_tree: str = TRACKS_TREE) -> MCTruth | None:
+    """Read the MC truth written by :func:`write_sample`, or ``None`` when the file has none.
+
+    Parameters
+    ----------
+    path : path
+        A file with the tree ``truth`` (the MC PVs of each event).
+    tracks_tree : str
+        The tree of tracks, whose branch ``mc_pv`` labels each track with its MC PV.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Naming the file, tree and branch that are missing or malformed.
+    """
     path = Path(path)
     with _open(path) as file:
         if TRUTH_TREE not in file:
             return None
         where = f"{path}:{TRUTH_TREE}"
         offsets, flat = _read_jagged(_tree(file, path, TRUTH_TREE), where, MC_VERTEX_FIELDS)
-        _, labels = _read_jagged(_tree(file, path, TRACKS_TREE), f"{path}:{TRACKS_TREE}",
+        _, labels = _read_jagged(_tree(file, path, tracks_tree), f"{path}:{tracks_tree}",
                                  ("mc_pv",))
     try:
         vertices = MCVertices.from_arrays(offsets=offsets, **flat)

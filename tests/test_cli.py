@@ -41,6 +41,38 @@ def test_reconstruct_then_validate(sample_file, tmp_path, capsys):
     assert list((tmp_path / "plots").glob("*.png"))
 
 
+def test_reconstruct_validates_against_truth_beside_a_renamed_tracks_tree(
+        sample_file, tmp_path, capsys):
+    def copy(path, keep_labels=True):
+        """The sample with its tree of tracks called Velo (and without mc_pv if asked)."""
+        with uproot.open(sample_file) as source, uproot.recreate(path) as target:
+            for name, copied in (("tracks", "Velo"), ("truth", "truth")):
+                counter = "n_tracks" if name == "tracks" else "n_pvs"
+                skipped = {counter} | (set() if keep_labels else {"mc_pv"})
+                arrays = {key: values for key, values in source[name].arrays(how=dict).items()
+                          if key not in skipped}
+                target.mktree(copied, {key: values.type for key, values in arrays.items()},
+                              counter_name=lambda _, counter=counter: counter)
+                target[copied].extend(arrays)
+        return str(path)
+
+    output = str(tmp_path / "pvs.root")
+    renamed = copy(tmp_path / "velo.root")
+    assert main(["reconstruct", renamed, "-o", output, "--backend", "cpu", "--tree", "Velo"]) == 0
+    captured = capsys.readouterr()
+    assert "efficiency" in captured.out.lower() and not captured.err
+    assert main(["validate", renamed, output, "--tree", "Velo"]) == 0
+    assert "efficiency" in capsys.readouterr().out.lower()
+    # Truth that cannot be read leaves the vertices written and the input unvalidated.
+    unlabelled = copy(tmp_path / "unlabelled.root", keep_labels=False)
+    assert main(["reconstruct", unlabelled, "-o", output, "--backend", "cpu", "--tree",
+                 "Velo"]) == 0
+    captured = capsys.readouterr()
+    assert "efficiency" not in captured.out.lower()
+    assert captured.err.startswith("pvfinder reconstruct: warning: not validated: ")
+    assert "unlabelled.root:Velo: missing branch(es) mc_pv" in captured.err
+
+
 def test_config_file_and_overrides(sample_file, tmp_path, capsys):
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps({"min_tracks_per_vertex": 6}))
