@@ -215,12 +215,10 @@ def reconstruct_files(
     Raises
     ------
     ValueError
-        When an input appears more than once in ``plan``.
+        When an input appears more than once in ``plan``, an output is also an input (its
+        tracks would be overwritten) or an output is a directory.
     """
-    repeated = [str(path) for path, n in collections.Counter(
-        path for inputs in plan.values() for path in inputs).items() if n > 1]
-    if repeated:
-        raise ValueError(f"input(s) given more than once: {', '.join(repeated)}")
+    _check_plan(plan)
     schema = schema or TrackSchema()
     report = on_result or (lambda _: None)
     results: list[FileResult] = []
@@ -252,25 +250,50 @@ def reconstruct_files(
     return results
 
 
+def _check_plan(plan: Mapping[Path, Sequence[Path]]) -> None:
+    """Refuse, before anything is read, a plan that would lose data or could not finish."""
+    repeated = [str(path) for path, n in collections.Counter(
+        path for inputs in plan.values() for path in inputs).items() if n > 1]
+    if repeated:
+        raise ValueError(f"input(s) given more than once: {', '.join(repeated)}")
+    inputs = {Path(path).resolve() for paths in plan.values() for path in paths}
+    for output in plan:
+        if Path(output).resolve() in inputs:
+            raise ValueError(f"{output} is an input too: writing the vertices there would "
+                             "destroy its tracks; choose another output")
+        if Path(output).is_dir():
+            raise ValueError(f"{output} is a directory; the vertices need a file name there")
+
+
 def _write_output(writer: VertexWriter, sources: list[TrackSource], engine: Any, bar: Any,
                   record: Callable[[FileResult], None]) -> None:
-    """Write the vertices of ``sources`` through ``writer``; keep the file if one succeeded."""
+    """Write the vertices of ``sources`` through ``writer``; keep the file if one succeeded.
+
+    The inputs are recorded once the file is finished: one that cannot be (no room left, no
+    right to rename it) fails the inputs written into it, and its partial file is removed.
+    """
     # One input streams straight to its own file; inputs merged into one file are held
     # until complete, so that a bad one leaves nothing of itself in the merged file.
     buffered = len(sources) > 1
-    any_done = False
+    results: list[FileResult] = []
     try:
         for source in sources:
-            result = _run_input(source, writer, engine, buffered, bar)
-            any_done |= result.status == "done"
-            record(result)
+            results.append(_run_input(source, writer, engine, buffered, bar))
+        if any(result.status == "done" for result in results):
+            writer.close()
+        else:
+            writer.discard()
+    except OSError as error:
+        writer.discard()
+        results = [result if result.status != "done" else
+                   FileResult(result.input, writer.path, "failed",
+                              error=f"{writer.path}: cannot be written ({error})")
+                   for result in results]
     except BaseException:
         writer.discard()
         raise
-    if any_done:
-        writer.close()
-    else:
-        writer.discard()
+    for result in results:
+        record(result)
 
 
 def _run_input(source: TrackSource, writer: VertexWriter, engine: Any, buffered: bool,

@@ -90,6 +90,8 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
         (["reconstruct", "{sample}", "-o", "x.root", "--set", "zmin"], "--set expects NAME=VALUE"),
         (["reconstruct", "{sample}", "-o", "x.root", "--set", "zmin=500"], "must be greater than zmin"),
         (["simulate", "-n", "10", "--set", "not_a_condition=1"], "not_a_condition"),
+        (["reconstruct", "{sample}", "-o", "{sample}"], "is an input too"),
+        (["reconstruct", "{sample}", "{sample}", "-o", ".", "--merge"], "is a directory"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(argv, message, sample_file, tmp_path, capsys, monkeypatch):

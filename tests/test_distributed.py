@@ -13,6 +13,7 @@ import pytest
 import uproot
 
 from pvfinder import distributed, find_vertices
+from pvfinder import io as pvfinder_io
 from pvfinder.distributed import (
     dask_client,
     expand_inputs,
@@ -230,6 +231,34 @@ def test_an_input_given_twice_is_refused(tmp_path, files):
     with pytest.raises(ValueError, match="given more than once: .*run0.root"):
         reconstruct_files({tmp_path / "a.root": [files[0]], tmp_path / "b.root": [files[0]]},
                           backend="cpu")
+
+
+@pytest.mark.parametrize("output", ["the input", "the input, spelled another way",
+                                    "a directory"])
+def test_a_plan_that_would_lose_data_is_refused(tmp_path, files, monkeypatch, output):
+    monkeypatch.chdir(files[0].parent)
+    before = files[0].read_bytes()
+    target = {"the input": files[0], "the input, spelled another way": Path(files[0].name),
+              "a directory": tmp_path}[output]
+    message = "is a directory" if output == "a directory" else "is an input too"
+    with pytest.raises(ValueError, match=message):
+        reconstruct_files(plan_outputs(files[:2], target, merge=True), backend="cpu")
+    assert files[0].read_bytes() == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_that_cannot_be_finished_fails_its_inputs(tmp_path, files, monkeypatch):
+    def no_room(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pvfinder_io.os, "replace", no_room)
+    seen = []
+    results = reconstruct_files(plan_outputs(files[:2], tmp_path / "merged.root", merge=True),
+                                backend="cpu", on_result=seen.append)
+    assert seen == results and [r.status for r in results] == ["failed", "failed"]
+    assert all("merged.root: cannot be written" in r.error and "No space left" in r.error
+               for r in results)
+    assert list(tmp_path.iterdir()) == []  # the partial file is gone too
 
 
 def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch):
