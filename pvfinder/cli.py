@@ -142,7 +142,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     try:
         results = reconstruct_files(
             plan, schema=schema, config=config, backend=args.backend,
-            step_size=int(args.step_size) if args.step_size.isdigit() else args.step_size,
+            step_size=args.step_size,
             with_weights=args.weights, compression=args.compression,
             skip_existing=args.skip_existing, scheduler=args.dask,
             progress=sys.stderr.isatty(), on_result=_reconstruct_file)

@@ -40,6 +40,7 @@ from .io import (
     VertexWriter,
     inspect_tracks,
     iterate_tracks,
+    parse_step_size,
 )
 from .pipeline import PVFinder
 
@@ -216,10 +217,11 @@ def reconstruct_files(
     ------
     ValueError
         When an input appears more than once in ``plan``, an output is also an input (its
-        tracks would be overwritten) or an output is a directory.
+        tracks would be overwritten), an output is a directory or ``step_size`` is neither
+        entries nor a size with its unit.
     """
     _check_plan(plan)
-    schema = schema or TrackSchema()
+    schema, step_size = schema or TrackSchema(), parse_step_size(step_size)
     report = on_result or (lambda _: None)
     results: list[FileResult] = []
 

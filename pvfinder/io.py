@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -57,6 +58,7 @@ __all__ = [
     "VertexWriter",
     "inspect_tracks",
     "iterate_tracks",
+    "parse_step_size",
     "read_tracks",
     "read_truth",
     "read_vertices",
@@ -76,6 +78,42 @@ DEFAULT_STEP_SIZE = "100 MB"
 # (2-core VM, 2026-12-02).
 LOCAL_SOURCE = uproot.source.file.MemmapSource
 PathLike = str | os.PathLike
+
+
+# A size with a unit, as uproot's step_size takes it: "100 MB", "1.5 GiB", "500kB".
+_SIZE_WITH_UNIT = re.compile(r"\s*(\d+\.?\d*|\.\d+)\s*[kmgtpezy]?i?b\s*", re.IGNORECASE)
+
+
+def parse_step_size(step_size: int | str) -> int | str:
+    """A chunk size as uproot takes it: a positive number of entries, or a size with its unit.
+
+    Parameters
+    ----------
+    step_size : int or str
+        Entries (``10000`` or ``"10000"``) or bytes of uncompressed data (``"100 MB"``,
+        ``"1 GiB"``).
+
+    Returns
+    -------
+    int or str
+        The entries as an int, or the size string.
+
+    Raises
+    ------
+    ValueError
+        For anything else (``"1e4"``, ``0``, ``"0 MB"``, ``"ten"``).
+    """
+    entries = step_size.strip() if isinstance(step_size, str) else step_size
+    if isinstance(entries, str) and entries.isdigit():
+        entries = int(entries)
+    if isinstance(entries, (int, np.integer)) and not isinstance(entries, bool):
+        if entries > 0:
+            return int(entries)
+    elif isinstance(entries, str) and (size := _SIZE_WITH_UNIT.fullmatch(entries)):
+        if float(size.group(1)) > 0:
+            return step_size
+    raise ValueError(f"step size must be a positive number of entries (10000) or a size with "
+                     f"its unit ('100 MB'), got {step_size!r}")
 
 
 # -- schema --------------------------------------------------------------------------------
@@ -477,9 +515,10 @@ def iterate_tracks(paths: PathLike | Iterable[PathLike], schema: TrackSchema | N
     ------
     FileNotFoundError, ValueError
         As :func:`inspect_tracks`, and naming the entry for unreadable data, branches of
-        different lengths in an entry, non-finite states and negative variances.
+        different lengths in an entry, non-finite states and negative variances; a step
+        size that is neither entries nor a size with its unit.
     """
-    schema = schema or TrackSchema()
+    schema, step_size = schema or TrackSchema(), parse_step_size(step_size)
     for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         path = Path(path)
         with _open(path) as file:

@@ -261,6 +261,7 @@ def test_branch_tree_and_fill_options(sample_file, tmp_path, capsys):
         (["--fill-cov", "cov_xx=-1"], "must be finite and non-negative"),
         (["--dask", "local:0"], "positive number of workers"),
         (["--schema", "nope.toml"], "nope.toml: no such file"),
+        (["--step-size", "1e4"], "step size must be a positive number of entries"),
     ],
 )
 def test_reconstruct_option_mistakes_are_one_line_errors(extra, message, sample_file, tmp_path,

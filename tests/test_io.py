@@ -18,6 +18,7 @@ from pvfinder.io import (
     VertexWriter,
     inspect_tracks,
     iterate_tracks,
+    parse_step_size,
     read_tracks,
     read_truth,
     read_vertices,
@@ -201,6 +202,18 @@ def test_schema_takes_one_event_id_as_a_string(tmp_path):
     path = tmp_path / "schema.toml"
     path.write_text('event_ids = "event_number"\n')
     assert TrackSchema.from_file(path).event_ids == ("event_number",)  # not its letters
+
+
+@pytest.mark.parametrize(("given", "taken"), [(64, 64), ("64", 64), (np.int64(64), 64),
+                                             ("100 MB", "100 MB"), ("1.5GiB", "1.5GiB")])
+def test_step_size_in_entries_or_with_a_unit(given, taken):
+    assert parse_step_size(given) == taken
+
+
+@pytest.mark.parametrize("step_size", ["1e4", "ten", "100 M", "0 MB", 0, -5, True, 2.5])
+def test_step_size_mistakes(step_size):
+    with pytest.raises(ValueError, match="step size must be a positive number of entries"):
+        parse_step_size(step_size)
 
 
 @pytest.mark.parametrize(
