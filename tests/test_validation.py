@@ -42,8 +42,9 @@ def make_vertices(counts, z, sigma_z=0.01, x=None, y=None, sigma_xy=0.01, n_trac
     )
 
 
-COUNTS = [2, 1, 3]
-MC_Z = [-40.0, 25.0, 3.0, -100.0, 0.0, 60.0]
+# Twelve PVs in six events: enough entries for a core width (see core_gaussian).
+COUNTS = [2, 1, 3] * 2
+MC_Z = [-40.0, 25.0, 3.0, -100.0, 0.0, 60.0] * 2
 
 
 def test_perfect_reconstruction():
@@ -53,9 +54,9 @@ def test_perfect_reconstruction():
     assert report.efficiency_error == 0.0
     assert report.fake_rate == 0.0
     assert report.clone_rate == 0.0
-    assert report.counts["reconstructible"] == 6
-    assert report.counts["found"] == 6
-    assert report.counts["matched"] == 6
+    assert report.counts["reconstructible"] == 12
+    assert report.counts["found"] == 12
+    assert report.counts["matched"] == 12
     for axis in "xyz":
         assert report.resolution[axis] == 0.0
         assert report.bias[axis] == 0.0
@@ -178,6 +179,13 @@ def test_core_width_ignores_tails():
     assert 0.9 * values.size < n_core < values.size
 
 
+def test_core_width_needs_ten_entries():
+    # Clipping three residuals kept the two closest and reported a width of 0.0002.
+    assert np.isnan(core_gaussian([0.0056, 0.0059, 0.0468])[1])
+    mean, sigma, n_core = core_gaussian(np.linspace(-1.0, 1.0, 10))
+    assert 0.4 < sigma < 1.0 and n_core == 10 and abs(mean) < 1e-12
+
+
 def test_efficiency_vs_multiplicity_binning():
     multiplicity = [3, 4, 9, 10, 19, 20, 150, 150]
     found = [True, True, False, True, True, False, True, False]
@@ -295,12 +303,12 @@ def test_report_outputs():
     report = validate(make_vertices(COUNTS, MC_Z), make_truth(COUNTS, MC_Z))
     data = json.loads(report.to_json())
     assert data["efficiency"] == 1.0
-    assert data["counts"]["found"] == 6
+    assert data["counts"]["found"] == 12
     assert data["efficiency_vs_multiplicity"]["edges"][-1] is None  # inf in strict JSON
     assert data["residuals"]["z"]["core_sigma"] == 0.0
     assert str(report) == report.table()
-    # Rates with their Wilson interval: 6 of 6 gives [6/7, 1].
-    assert "1.0000 +0.0000/-0.1429   (6 / 6)" in report.table()
+    # Rates with their Wilson interval: 12 of 12 gives [12/13, 1].
+    assert "1.0000 +0.0000/-0.0769   (12 / 12)" in report.table()
 
 
 def test_plot_writes_pngs(tmp_path):
