@@ -301,6 +301,10 @@ def _flatten_jagged(arrays: Mapping[str, ak.Array], where: str, entry_start: int
                 raise ValueError(f"{where}: branch {name!r} has {len(other)} entries but "
                                  f"{first!r} has {len(counts)}")
             entry = int(np.flatnonzero(counts != other)[0])
+            for branch, lengths in ((first, counts), (name, other)):
+                if lengths[entry] < 0:  # lists cannot have negative lengths: bad bytes
+                    raise ValueError(f"{where}: branch {branch!r} is damaged: its data give "
+                                     f"entry {entry_start + entry} {lengths[entry]} values")
             raise ValueError(f"{where}: branch {name!r} has {other[entry]} values in entry "
                              f"{entry_start + entry} but branch {first!r} has {counts[entry]}")
         flat[name] = values

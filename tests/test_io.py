@@ -307,6 +307,18 @@ def test_damaged_basket_names_the_entries(tmp_path, small_file):
         list(iterate_tracks(damaged, step_size=50))
 
 
+def test_list_of_negative_length_is_called_damage_not_a_mismatch():
+    from pvfinder.io import _flatten_jagged
+
+    # Damaged bytes that uproot reads without complaint can make list offsets decrease.
+    good = ak.Array([[1.0, 2.0], [3.0]])
+    bad = ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(np.array([0, 2, 1])),
+                                               ak.contents.NumpyArray(np.arange(3.0))))
+    with pytest.raises(ValueError, match="f.root:tracks: branch 'y' is damaged: its data give "
+                                         "entry 11 -1 values"):
+        _flatten_jagged({"x": good, "y": bad}, "f.root:tracks", entry_start=10)
+
+
 def test_missing_tree_and_branch(tmp_path):
     path = tmp_path / "partial.root"
     counts = [2, 1]
