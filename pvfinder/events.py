@@ -541,8 +541,12 @@ class VertexBatch(_Jagged):
                 [offsets_list[0][:1]] + [o[1:] + s for o, s in zip(offsets_list, shifts)]
             )
 
+        with_weights = {b.weights is not None for b in batches}
+        if len(with_weights) > 1:
+            raise ValueError("vertices: cannot concatenate batches with weights and batches "
+                             "without")
+        with_weights = with_weights.pop()
         fields = {name: xp.concatenate([getattr(b, name) for b in batches]) for name in cls.FIELDS}
-        with_weights = batches[0].weights is not None
         return cls(
             offsets=stitched([b.offsets for b in batches]),
             weights=xp.concatenate([b.weights for b in batches]) if with_weights else None,

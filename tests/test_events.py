@@ -82,6 +82,10 @@ def test_vertex_concatenate():
     assert joined.counts.tolist() == [1, 0, 2]
     assert joined.weight_offsets.tolist() == [0, 2, 4, 6]
     assert joined.z.tolist() == [1.0, 1.0, 2.0]
+    without = VertexBatch.from_arrays(counts=[1], **vertex_fields(1))
+    for mixed in ([a, without], [without, a]):  # dropped a's weights, or failed in numpy
+        with pytest.raises(ValueError, match="batches with weights and batches without"):
+            VertexBatch.concatenate(mixed)
 
 
 def test_truth_checks_labels():
