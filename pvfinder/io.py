@@ -109,8 +109,9 @@ def parse_step_size(step_size: int | str) -> int | str:
     if isinstance(entries, (int, np.integer)) and not isinstance(entries, bool):
         if entries > 0:
             return int(entries)
-    elif isinstance(entries, str) and (size := _SIZE_WITH_UNIT.fullmatch(entries)):
-        if float(size.group(1)) > 0:
+    elif isinstance(entries, str):
+        size = _SIZE_WITH_UNIT.fullmatch(entries)
+        if size and float(size.group(1)) > 0:
             return step_size
     raise ValueError(f"step size must be a positive number of entries (10000) or a size with "
                      f"its unit ('100 MB'), got {step_size!r}")
