@@ -70,6 +70,7 @@ def synthetic_tracks(seed: int) -> dict[str, np.ndarray]:
     counts = [len(e["x"]) for e in events]
     tracks = {f: np.concatenate([e[f] for e in events]) for f in TRACK_FIELDS}
     tracks["tx"][::53] = tracks["ty"][::53] = 0.0  # parallel to the beam: unusable
+    tracks["cov_xx"][5::97] *= -1.0  # a covariance that is not positive: unusable
     tracks["offsets"] = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     return tracks
 
@@ -166,6 +167,9 @@ def test_inputs_cover_the_edge_cases(chain):
     assert counts[0] == 0 and counts[1] == 1 and counts.max() == 5000
     assert n_seeds.max() > CONFIG.max_vertices_per_event  # the overflow path is exercised
     assert np.count_nonzero(n_seeds[2:-1] >= 4) >= 10  # the multi-vertex events give seeds
+    *_, beam = cpu["extrapolate"]
+    negative = beam[3] < 0  # W_x
+    assert negative.any() and not beam[6][negative].any()
 
 
 # --- one test per stage -----------------------------------------------------------------------
@@ -245,6 +249,28 @@ def test_fit_vertices(chain):
     bad_events = np.unique(np.searchsorted(weight_offsets, np.flatnonzero(~close), "right") - 1)
     assert close.all(), f"fit_vertices weights differ in events {bad_events[:5]}"
     assert np.count_nonzero(exp_valid == 1) >= 50  # the comparison covers real vertices
+
+
+def test_fit_vertices_with_a_weight_that_is_not_positive():
+    """A direct call may pass a usable track with W_x < 0, so a negative χ²: both backends
+    take its Gaussian term as 1 (plain exp would exceed 1, or overflow)."""
+    from pvfinder.kernels.cuda.fit_vertices import fit_vertices
+
+    angle = np.arange(7) * 2.0 * np.pi / 7.0
+    tx = np.r_[0.0, 0.1 * np.cos(angle)]
+    ty = np.r_[0.2, 0.1 * np.sin(angle)]
+    for shift in (0.01, 0.4):  # χ² of track 0 about -1, then about -1600
+        fit_in = [np.array([0, 8], np.int64), 10.0 * tx + np.r_[shift, np.zeros(7)], 10.0 * ty,
+                  np.full(8, 10.0), tx, ty, np.r_[-1e4, np.full(7, 1e4)], np.full(8, 1e4),
+                  np.ones(8, np.uint8), np.zeros((1, 1)), np.ones(1, np.int32),
+                  np.array([0, 8], np.int64)]
+        expected = fit_outputs(1, 1, 8)
+        cpu_fit_vertices(*fit_in, *fit_numbers(), *expected)
+        outputs = _to_device(fit_outputs(1, 1, 8))
+        fit_vertices(*_to_device(fit_in), *fit_numbers(), *outputs)
+        for name, got, want in zip(("pos", "cov", "chi2", "ndof", "n_tracks", "valid",
+                                    "weights"), _to_host(outputs), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=name)
 
 
 def test_cleanup(chain):

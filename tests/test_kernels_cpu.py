@@ -180,6 +180,18 @@ def test_extrapolate_track_parallel_to_beam_is_unusable_without_nan():
     assert out["wx"][0] == pytest.approx(1e4)
 
 
+def test_extrapolate_track_whose_covariance_is_not_positive_is_unusable():
+    # Both tracks come from the origin along y, 0.01 mm off in x, so the x weight reaches
+    # only the beamline χ²: negative there (C_xx' < 0) it would pass the χ² cut.
+    # Track 0: cov_xx < 0; track 1: |cov_xtx| > sqrt(cov_xx·cov_txtx), C_xx' = 1e-4 - 2e-4·10
+    # + 1e-6·100 < 0 at the beamline (Δz = -10). Track 2, the same with a proper covariance.
+    out = run_extrapolate(x=[0.01] * 3, y=2.0, z=10.0, tx=0.0, ty=0.2,
+                          cov_xx=[-1e-4, 1e-4, 1e-4], cov_xtx=[0.0, 1e-4, 0.0],
+                          cov_txtx=[0.0, 1e-6, 1e-6])
+    assert out["wx"][0] < 0 and out["wx"][1] < 0
+    np.testing.assert_array_equal(out["usable"], [0, 0, 1])
+
+
 def test_extrapolate_empty():
     out = run_extrapolate(x=np.zeros(0), y=np.zeros(0), z=np.zeros(0), tx=np.zeros(0),
                           ty=np.zeros(0))

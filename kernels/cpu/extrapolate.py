@@ -40,8 +40,9 @@ def extrapolate(
         σ_z = 1 / sqrt(tx²·W_x + ty²·W_y)
         χ²_bl = (x' - bx)²·W_x + (y' - by)²·W_y
 
-    A track is usable iff ``zmin < z_beam < zmax``, ``χ²_bl < max_track_beamline_chi2`` and
-    ``σ_z < max_track_z0_err``. A track with ``t² < 1e-12`` keeps its own state (weights from
+    A track is usable iff ``zmin < z_beam < zmax``, ``χ²_bl < max_track_beamline_chi2``,
+    ``σ_z < max_track_z0_err`` and both weights are positive (a covariance that is not
+    positive definite can make ``C_xx'`` negative, and a χ² with it too). A track with ``t² < 1e-12`` keeps its own state (weights from
     its unpropagated covariance, ``σ_z = inf``) and is unusable. A NaN anywhere makes a track
     unusable because every cut is a comparison that NaN fails.
 
@@ -86,5 +87,5 @@ def extrapolate(
         out_x[i], out_y[i], out_z[i] = xb, yb, z_beam
         out_wx[i], out_wy[i], out_sigma_z[i] = wx, wy, sigma_z
         usable = (zmin < z_beam < zmax and chi2 < max_track_beamline_chi2
-                  and sigma_z < max_track_z0_err)
+                  and sigma_z < max_track_z0_err and wx > 0.0 and wy > 0.0)
         out_usable[i] = 1 if usable else 0

@@ -58,9 +58,16 @@ static __device__ __forceinline__ double pvf_negligible_chi2(double chi2_cut, in
     return fmin(bound, PVF_UNDERFLOW_CHI2);
 }
 
+// exp(-chi2/2) for chi2 >= 0; a negative chi2 (from a direct call with a weight that is not
+// positive) counts as 0, as in the Numba twin, so a term never exceeds 1. Callers compare
+// chi2 with a cut first, so NaN (which fmin would turn into 0) never gets here.
+static __device__ __forceinline__ double pvf_gauss_term(double chi2) {
+    return exp(fmin(-0.5 * chi2, 0.0));
+}
+
 // exp(-chi2/2), the term of a track-seed pair; 0 from `negligible` on.
 static __device__ __forceinline__ double pvf_seed_term(double chi2, double negligible) {
-    return chi2 < negligible ? exp(-0.5 * chi2) : 0.0;
+    return chi2 < negligible ? pvf_gauss_term(chi2) : 0.0;
 }
 
 // Sums of n values over one warp, in place in v[0..n): a butterfly, so that every lane ends

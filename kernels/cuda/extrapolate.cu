@@ -44,7 +44,8 @@ extern "C" __global__ void pvf_extrapolate(
         out_wx[i] = wx;
         out_wy[i] = wy;
         out_sigma_z[i] = sigma_z;
+        // Positive weights too: a covariance that is not positive definite gives C_xx' < 0.
         out_usable[i] = (zmin < z_beam && z_beam < zmax && chi2 < max_track_beamline_chi2 &&
-                         sigma_z < max_track_z0_err) ? 1 : 0;
+                         sigma_z < max_track_z0_err && wx > 0.0 && wy > 0.0) ? 1 : 0;
     }
 }

@@ -63,7 +63,7 @@ extern "C" __global__ void pvf_fit_vertices(
         double vx = beam_x, vy = beam_y, vz = seed_z;
         bool singular = true;
         double inv[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-        double sums[N_SUMS];
+        double sums[N_SUMS] = {0.0};  // zero as the outputs' sums when max_iter < 1
         for (int iteration = 0; iteration < max_iter; ++iteration) {
             for (int j = 0; j < N_SUMS; ++j) sums[j] = 0.0;
             for (int t = lane; t < n_tracks; t += 32) {
@@ -76,7 +76,7 @@ extern "C" __global__ void pvf_fit_vertices(
                     const double ry = vy - (y[i] + tyt * dz);
                     const double chi2 = rx * rx * wxt + ry * ry * wyt;
                     if (chi2 < max_chi2) {
-                        const double term = exp(-0.5 * chi2);
+                        const double term = pvf_gauss_term(chi2);
                         const double own = pvf_seed_term(pvf_track_chi2(
                             x[i], y[i], z[i], txt, tyt, wxt, wyt, beam_x, beam_y, seed_z),
                             negligible);

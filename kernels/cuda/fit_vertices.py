@@ -48,7 +48,9 @@ def fit_vertices(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weigh
     n_weights = device_array(stage, "out_weights", out_weights, np.float64, (None,)).shape[0]
     if n_events == 0:
         return
-    density = cupy().empty(n, dtype=np.float64)  # D_t of every track (scratch)
+    # D_t of every track (scratch). From the pool on this stream: the same block each call,
+    # no device allocation, and safe to free before the queued kernel has run.
+    density = cupy().empty(n, dtype=np.float64)
     get_kernel("pvf_fit_vertices")(
         (n_events,), (THREADS,),
         (offsets, x, y, z, tx, ty, wx, wy, usable, np.int64(n), seeds, n_seeds, weight_offsets,
