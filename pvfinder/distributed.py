@@ -439,27 +439,35 @@ class _DaskEngine:
 
     def __init__(self, client: Any, config: PVFinderConfig | None, backend: str,
                  step_size: int | str, with_weights: bool) -> None:
-        self.client = client
-        self.options = {"config": config, "backend": backend, "step_size": step_size,
-                        "with_weights": with_weights}
-        self.futures: dict[str, list[Any]] = {}
+        self.client, self.step_size = client, step_size
+        self.options = {"config": config, "backend": backend, "with_weights": with_weights}
+        # Per input: its partitions' futures and first entries.
+        self.futures: dict[str, tuple[list[Any], tuple[int, ...]]] = {}
         self.errors: dict[str, Exception] = {}
 
     def submit(self, sources: list[TrackSource]) -> None:
         for source in sources:
             try:
-                parts = vertex_collection(source, **self.options).to_delayed()
-                self.futures[source.path] = self.client.compute(parts)
+                tracks = _track_partitions(source, self.step_size)
+                parts = _vertices_of(tracks, source, **self.options).to_delayed()
+                self.futures[source.path] = (self.client.compute(parts), tracks.divisions)
             except (ValueError, OSError) as error:  # kept to be raised for its own input
                 self.errors[source.path] = error
 
     def pieces(self, source: TrackSource) -> Iterator[Piece]:
         if source.path in self.errors:
             raise self.errors.pop(source.path)
-        futures = self.futures.pop(source.path)
+        futures, starts = self.futures.pop(source.path)
         try:
-            for future in futures:
-                records = future.result()
+            for future, start in zip(futures, starts):
+                try:
+                    records = future.result()
+                except (ValueError, OSError):
+                    raise  # the worker's own report on the input
+                except Exception as error:  # noqa: BLE001 (damaged baskets raise codec and
+                    # uproot errors alike; reported as the one-process reader does)
+                    raise ValueError(f"{source.where}: cannot read the entries from {start} "
+                                     f"on ({type(error).__name__}: {error})") from None
                 future.release()
                 yield _piece_of(records, list(source.event_ids) or ["event_number"])
         finally:
@@ -534,11 +542,23 @@ def vertex_collection(source: TrackSource, *, config: PVFinderConfig | None = No
     config, backend, step_size, with_weights
         As for :func:`reconstruct_files`.
     """
+    tracks = _track_partitions(source, step_size)
+    return _vertices_of(tracks, source, config, backend, with_weights)
+
+
+def _track_partitions(source: TrackSource, step_size: int | str) -> Any:
+    """The input's tracks as a dask-awkward array, with known divisions (entry boundaries)."""
     import uproot
 
+    _import_dask()
+    return uproot.dask({source.path: source.tree}, filter_name=source.read_branches,
+                       step_size=step_size, handler=LOCAL_SOURCE)
+
+
+def _vertices_of(tracks: Any, source: TrackSource, config: PVFinderConfig | None,
+                 backend: str, with_weights: bool) -> Any:
+    """:func:`vertex_collection` of the partitions ``tracks``."""
     dak, _ = _import_dask()
-    tracks = uproot.dask({source.path: source.tree}, filter_name=source.read_branches,
-                         step_size=step_size, handler=LOCAL_SOURCE)
     # The entry numbers, partitioned as the tracks: each partition learns where it starts,
     # for event numbers and for errors that name the entry.
     divisions = tracks.divisions

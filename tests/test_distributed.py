@@ -37,7 +37,8 @@ from .test_io import assert_same_vertices
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """Four small samples (40–70 events each) and one with a NaN state in entry 13."""
+    """Four small samples (40–70 events each), one with a NaN state in entry 13 and one whose
+    basket of x for entries 80–119 is damaged (its compressed bytes scrambled)."""
     from pvfinder.simulation import simulate
 
     folder = tmp_path_factory.mktemp("many")
@@ -52,6 +53,14 @@ def files(tmp_path_factory):
     bad = TrackBatch(**{**tracks.event_slice(0, 30), "x": x})
     paths.append(folder / "nan.root")
     write_sample(paths[-1], bad)
+    paths.append(folder / "damaged.root")
+    write_sample(paths[-1], simulate(120, seed=31).tracks, events_per_basket=40)
+    with uproot.open(paths[-1]) as file:
+        third_basket = int(file["tracks"]["x"].member("fBasketSeek")[2])
+    data = bytearray(paths[-1].read_bytes())
+    for i in range(third_basket + 80, third_basket + 400):  # past the key, into the frame
+        data[i] ^= 0x5A
+    paths[-1].write_bytes(bytes(data))
     return paths
 
 
@@ -293,14 +302,18 @@ def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch
 
 
 def test_dask_local_cluster_matches_single_process(tmp_path, files):
-    """Four files (and a bad one) on a LocalCluster of 2 worker processes on loopback: the
-    same outputs, bit for bit, as the single-process run."""
+    """Four files (and two bad ones) on a LocalCluster of 2 worker processes on loopback: the
+    same outputs, bit for bit, and the same errors as the single-process run."""
     single = reconstruct_files(plan_outputs(files, tmp_path / "single"), backend="cpu",
                                step_size=25, with_weights=True)
     on_dask = reconstruct_files(plan_outputs(files, tmp_path / "dask"), backend="cpu",
                                 step_size=25, with_weights=True, scheduler="local:2")
-    assert [r.status for r in on_dask] == [r.status for r in single] == ["done"] * 4 + ["failed"]
+    assert [r.status for r in on_dask] == [r.status for r in single] == (
+        ["done"] * 4 + ["failed"] * 2)
     assert "nan.root:tracks: branch 'x' is nan in entry 13" in on_dask[4].error
+    # A codec error on a worker is reported as the reader in this process reports it.
+    assert "damaged.root:tracks: cannot read the entries from 75 on (" in single[5].error
+    assert on_dask[5].error == single[5].error
     for one, other in zip(single[:4], on_dask[:4]):
         assert (one.n_events, one.n_vertices) == (other.n_events, other.n_vertices)
         assert_same_vertices(read_vertices(other.output), read_vertices(one.output))
