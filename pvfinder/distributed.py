@@ -399,8 +399,10 @@ class _LocalEngine:
                 chunks.close()  # closes the file now, not at collection
 
     def pieces(self, source: TrackSource) -> Iterator[Piece]:
-        """Each chunk's vertices, valid until the next chunk is asked for."""
+        """Each chunk's vertices, valid until the next chunk is asked for; an input without
+        entries gives one empty piece, so that its output has the branches of any other."""
         position = self._positions[source.path]
+        any_chunk = False
         # An item of a later input means this one has ended; leave it for its own call.
         while (entry := self._upcoming.result()) is not None and entry[0] <= position:
             read_position, chunk = entry
@@ -415,7 +417,10 @@ class _LocalEngine:
                                    weights=self.with_weights)
             if not self.read_ahead:
                 self._read_next()
+            any_chunk = True
             yield vertices, chunk.event_ids, chunk.tracks.counts
+        if not any_chunk:
+            yield _no_vertices(self.with_weights), _empty_ids(source), np.zeros(0, np.int64)
 
     def _read_next(self) -> None:
         self._upcoming = self._reader.submit(next, self._stream, None)
@@ -580,11 +585,16 @@ def _typetracer(array: ak.Array) -> ak.Array:
 
 def _output_type(source: TrackSource, with_weights: bool) -> ak.Array:
     """A typetracer of the records :func:`_partition_vertices` returns."""
+    return _typetracer(_records(_no_vertices(with_weights), _empty_ids(source),
+                                np.zeros(0, np.int64)))
+
+
+def _no_vertices(with_weights: bool) -> VertexBatch:
+    """The vertices of no event (with empty weights when ``with_weights``)."""
     weights = {"weights": np.zeros(0), "weight_counts": np.zeros(0, np.int64)}
-    vertices = VertexBatch.from_arrays(counts=np.zeros(0, np.int64),
-                                       **(weights if with_weights else {}),
-                                       **{name: np.zeros(0) for name in VERTEX_FIELDS})
-    return _typetracer(_records(vertices, _empty_ids(source), np.zeros(0, np.int64)))
+    return VertexBatch.from_arrays(counts=np.zeros(0, np.int64),
+                                   **(weights if with_weights else {}),
+                                   **{name: np.zeros(0) for name in VERTEX_FIELDS})
 
 
 def _empty_ids(source: TrackSource) -> dict[str, np.ndarray]:

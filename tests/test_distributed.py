@@ -21,7 +21,7 @@ from pvfinder.distributed import (
     reconstruct_files,
     vertex_collection,
 )
-from pvfinder.events import TrackBatch, VertexBatch
+from pvfinder.events import TRACK_FIELDS, TrackBatch, VertexBatch
 from pvfinder.io import (
     TrackSchema,
     inspect_tracks,
@@ -32,13 +32,14 @@ from pvfinder.io import (
 )
 from pvfinder.pipeline import PVFinder
 
-from .test_io import assert_same_vertices
+from .test_io import assert_same_vertices, write_tree
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """Four small samples (40–70 events each), one with a NaN state in entry 13 and one whose
-    basket of x for entries 80–119 is damaged (its compressed bytes scrambled)."""
+    """Four small samples (40–70 events each), one with a NaN state in entry 13, one whose
+    basket of x for entries 80–119 is damaged (its compressed bytes scrambled) and one
+    without entries (with run and event numbers)."""
     from pvfinder.simulation import simulate
 
     folder = tmp_path_factory.mktemp("many")
@@ -61,6 +62,9 @@ def files(tmp_path_factory):
     for i in range(third_basket + 80, third_basket + 400):  # past the key, into the frame
         data[i] ^= 0x5A
     paths[-1].write_bytes(bytes(data))
+    no_tracks = {name: np.zeros(0, np.float32) for name in TRACK_FIELDS}
+    ids = {"run_number": np.zeros(0, np.int32), "event_number": np.zeros(0, np.int64)}
+    paths.append(write_tree(folder / "empty.root", no_tracks, np.zeros(0, np.int64), flat=ids))
     return paths
 
 
@@ -309,12 +313,12 @@ def test_dask_local_cluster_matches_single_process(tmp_path, files):
     on_dask = reconstruct_files(plan_outputs(files, tmp_path / "dask"), backend="cpu",
                                 step_size=25, with_weights=True, scheduler="local:2")
     assert [r.status for r in on_dask] == [r.status for r in single] == (
-        ["done"] * 4 + ["failed"] * 2)
+        ["done"] * 4 + ["failed"] * 2 + ["done"])
     assert "nan.root:tracks: branch 'x' is nan in entry 13" in on_dask[4].error
     # A codec error on a worker is reported as the reader in this process reports it.
     assert "damaged.root:tracks: cannot read the entries from 75 on (" in single[5].error
     assert on_dask[5].error == single[5].error
-    for one, other in zip(single[:4], on_dask[:4]):
+    for one, other in zip(single[:4] + single[6:], on_dask[:4] + on_dask[6:]):
         assert (one.n_events, one.n_vertices) == (other.n_events, other.n_vertices)
         assert_same_vertices(read_vertices(other.output), read_vertices(one.output))
         for tree in ("vertices", "vertex_weights"):  # every branch, event ids included
