@@ -185,27 +185,55 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_bench_options(args: argparse.Namespace) -> None:
+    """Refuse, before anything runs, an option the chosen benchmark would ignore or a size
+    it cannot run."""
+    import numba
+
+    kind = "--io" if args.io else "--latency" if args.latency else None
+    ignored = {"--io": {"--nu": args.nu, "--threads": args.threads, "--batch": args.batch},
+               "--latency": {"-n": args.n_events, "--threads": args.threads},
+               None: {}}[kind]
+    for option, value in ignored.items():
+        if value is not None:
+            raise UsageError(f"{option} does not apply to bench {kind}")
+    if args.latency and args.nu is not None and len(args.nu) != 1:
+        raise UsageError("bench --latency takes one --nu")
+    if args.n_events is not None and args.n_events < 1:
+        raise UsageError(f"-n must be a positive number of events, got {args.n_events}")
+    for option, values in (("--batch", args.batch), ("--nu", args.nu)):
+        if values is not None and min(values) <= 0:
+            raise UsageError(f"{option} takes positive values, got {min(values)}")
+    available = numba.config.NUMBA_NUM_THREADS
+    if args.threads is not None and not all(1 <= n <= available for n in args.threads):
+        raise UsageError(f"--threads takes 1 to {available} (the cores this process may use), "
+                         f"got {' '.join(map(str, args.threads))}")
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark, run_latency_benchmark
 
-    # Each benchmark has its own default size (the issue's figures); -n overrides it.
+    _check_bench_options(args)
+    # Each benchmark has its own defaults (the issue's figures); the options override them.
     size = {} if args.n_events is None else {"n_events": args.n_events}
     if args.io:
         from .benchmark_io import run_io_benchmark
 
         result = run_io_benchmark(backend=args.backend, seed=args.seed, progress=print, **size)
     elif args.latency:
+        nu = {} if args.nu is None else {"nu": args.nu[0]}
         result = run_latency_benchmark(backend=args.backend, batch_sizes=args.batch,
-                                       seed=args.seed, progress=print)
+                                       seed=args.seed, progress=print, **nu)
     else:
+        nu_values = {} if args.nu is None else {"nu_values": args.nu}
         result = run_benchmark(
             backend=args.backend,
-            nu_values=args.nu,
             threads=args.threads,
             batch_sizes=args.batch,
             seed=args.seed,
             progress=print,
             **size,
+            **nu_values,
         )
     text = json.dumps(result, indent=2)
     if args.output:
@@ -313,14 +341,16 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--backend", default="cpu", choices=["auto", "cpu", "cuda"])
     bench.add_argument("-n", "--n-events", type=int, default=None,
                        help="events per measurement on the CPU (default 20 000 per ν); with "
-                            "--io: events in all (default 200 000)")
-    bench.add_argument("--nu", type=float, nargs="+", default=[2.0, 5.0, 7.6, 11.0, 15.0],
-                       help="pile-up values to scan")
+                            "--io: events in all (default 200 000); not with --latency")
+    bench.add_argument("--nu", type=float, nargs="+", default=None,
+                       help="pile-up values to scan (default 2 5 7.6 11 15); with --latency: "
+                            "one value (default 7.6); not with --io (7.6)")
     bench.add_argument("--threads", type=int, nargs="+", default=None,
-                       help="CPU thread counts (default: 1 and all)")
+                       help="CPU thread counts (default: 1 and all); not with --latency or "
+                            "--io")
     bench.add_argument("--batch", type=int, nargs="+", default=None,
                        help="GPU batch sizes (default: 1000 10000 100000 1000000; "
-                            "with --latency: 1 16 256 4096)")
+                            "with --latency: 1 16 256 4096); not with --io")
     bench.add_argument("--latency", action="store_true",
                        help="per-call latency (median, 99th percentile) of a warmed-up finder "
                             "for small batches, as in a trigger loop")

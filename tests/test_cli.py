@@ -141,6 +141,45 @@ def test_bench_sizes_default_per_kind_and_n_overrides(argv, module, function, de
     assert calls[1]["n_events"] == 500
 
 
+def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
+    import pvfinder.benchmark as benchmark
+
+    calls = []
+    monkeypatch.setattr(benchmark, "run_latency_benchmark",
+                        lambda **options: calls.append(options) or {})
+    assert main(["bench", "--latency", "--nu", "15", "-o", str(tmp_path / "l.json")]) == 0
+    assert calls[0]["nu"] == 15.0  # was dropped: the JSON said 7.6
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--latency", "--nu", "5", "11"], "bench --latency takes one --nu"),
+        (["--latency", "-n", "100"], "-n does not apply to bench --latency"),
+        (["--latency", "--threads", "1"], "--threads does not apply to bench --latency"),
+        (["--io", "--nu", "11"], "--nu does not apply to bench --io"),
+        (["--io", "--batch", "10"], "--batch does not apply to bench --io"),
+        (["-n", "0"], "-n must be a positive number of events"),
+        (["--nu", "0"], "--nu takes positive values"),
+        (["--threads", "999"], "--threads takes 1 to"),
+    ],
+)
+def test_bench_option_mistakes_are_refused_before_anything_runs(extra, message, capsys,
+                                                                 monkeypatch):
+    import pvfinder.benchmark as benchmark
+    import pvfinder.benchmark_io as benchmark_io
+
+    def must_not_run(**_):
+        raise AssertionError("the benchmark ran")
+
+    for module, name in ((benchmark, "run_benchmark"), (benchmark, "run_latency_benchmark"),
+                         (benchmark_io, "run_io_benchmark")):
+        monkeypatch.setattr(module, name, must_not_run)
+    assert main(["bench", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
 # -- reconstruct: many files, schemas, bad inputs, resuming ---------------------------------
 
 
