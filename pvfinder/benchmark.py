@@ -44,6 +44,8 @@ def hardware_description(backend_name: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        # The cores this process may use (its affinity, or NUMBA_NUM_THREADS): "all threads".
+        "cpu_threads_available": numba.config.NUMBA_NUM_THREADS,
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,

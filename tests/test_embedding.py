@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import threading
 import tracemalloc
 
@@ -226,6 +229,17 @@ def test_a_nan_state_in_wrapped_buffers_makes_the_track_unusable(sample):
     ]
     assert nan_track_weights and not np.any(nan_track_weights)
     np.testing.assert_array_equal(vertices.counts, reference.counts)
+
+
+def test_benchmark_hardware_counts_the_cores_the_process_may_use():
+    # A run pinned to one core ("all threads" = 1) must not be labelled with the machine's.
+    script = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+              "from pvfinder.benchmark import hardware_description; "
+              "print(hardware_description('cpu')['cpu_threads_available'])")
+    env = {key: value for key, value in os.environ.items() if key != "NUMBA_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, check=True, timeout=120)
+    assert done.stdout.split() == ["1"]
 
 
 def test_latency_benchmark_reports_median_and_tail(tmp_path):
