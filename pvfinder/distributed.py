@@ -41,6 +41,7 @@ from .io import (
     inspect_tracks,
     iterate_tracks,
     parse_step_size,
+    usable_cores,
 )
 from .pipeline import PVFinder
 
@@ -499,8 +500,8 @@ def dask_client(scheduler: str) -> Iterator[Any]:
     ----------
     scheduler : str
         ``"local:N"``: N worker processes of one thread each on this machine (loopback
-        only, no dashboard); ``"local"``: one per core. Anything else: the address of a
-        running scheduler (``"tcp://host:8786"``).
+        only, no dashboard); ``"local"``: one per core this process may use. Anything
+        else: the address of a running scheduler (``"tcp://host:8786"``).
 
     Raises
     ------
@@ -515,12 +516,13 @@ def dask_client(scheduler: str) -> Iterator[Any]:
         with distributed.Client(scheduler) as client:
             yield client
         return
-    count = count or str(os.cpu_count() or 1)
+    cores = usable_cores()  # those this process may use, as a batch system's slot allows
+    count = count or str(cores)
     if not count.isdigit() or int(count) < 1:
         raise ValueError(f"--dask local:N needs a positive number of workers, got {scheduler!r}")
     n_workers = int(count)
     # One process per worker, one task at a time; the finder's own threads share the cores.
-    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    threads = str(max(1, cores // n_workers))
     with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address=None,
                                   silence_logs=logging.ERROR,

@@ -439,7 +439,7 @@ class TrackSource:
         (``"100 MB"``) at a time."""
         # zlib and friends release the GIL, and so does numpy's byte-swapping copy that
         # joins a branch's baskets: both run on every core, the joins a branch per thread.
-        with ThreadPoolExecutor(_usable_cores()) as executor:
+        with ThreadPoolExecutor(usable_cores()) as executor:
             reading = tree.iterate(self.read_branches, step_size=step_size, how=dict,
                                    report=True, decompression_executor=executor,
                                    interpretation_executor=executor)
@@ -457,7 +457,7 @@ class TrackSource:
                 yield self.chunk(arrays, report.tree_entry_start)
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity, where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))

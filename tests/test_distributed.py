@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -335,6 +336,26 @@ def test_dask_missing_and_bad_scheduler(monkeypatch):
     with pytest.raises(ImportError, match=r'pip install "pvfinder\[dask\]"'), \
             dask_client("local:1"):
         pass
+
+
+def test_local_cluster_is_sized_by_the_cores_the_process_may_use(monkeypatch):
+    dask_distributed = pytest.importorskip("distributed")
+    seen = {}
+
+    @contextlib.contextmanager
+    def cluster(**options):
+        seen.update(options)
+        yield "cluster"
+
+    monkeypatch.setattr(dask_distributed, "LocalCluster", cluster)
+    monkeypatch.setattr(dask_distributed, "Client", lambda _: contextlib.nullcontext("client"))
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 3)  # a batch slot of 3 cores
+    with dask_client("local") as client:
+        assert client == "client"
+    assert seen["n_workers"] == 3 and seen["env"] == {"NUMBA_NUM_THREADS": "1"}
+    with dask_client("local:1"):
+        pass
+    assert seen["n_workers"] == 1 and seen["env"] == {"NUMBA_NUM_THREADS": "3"}
 
 
 def test_io_benchmark_times_each_part_and_checks_dask_agrees(tmp_path):
