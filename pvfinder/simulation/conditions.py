@@ -104,8 +104,10 @@ class Conditions:
     #   η acceptance above. K0S: K0S/charged ≈ 0.06 (CMS JHEP 05 (2011) 064) × 25 tracks ×
     #   BR(π+π−) = 0.69; Λ+Λ̄: ≈ 0.5 of K0S (LHCb JHEP 08 (2011) 034 measures Λ̄/K0S ≈ 0.3 per
     #   species) × BR(pπ) = 0.64; cc̄ and bb̄: LHCb σ(cc̄) ≈ 2.4 mb (JHEP 03 (2016) 159) and
-    #   σ(bb̄) ≈ 0.14 mb (PRL 118 (2017) 052002) in 2 < η < 5 over ≈ 65 mb visible, doubled for
-    #   two hadrons per pair and the backward hemisphere. All approximations.
+    #   σ(bb̄) ≈ 0.14 mb (PRL 118 (2017) 052002) in 2 < η < 5 over ≈ 65 mb visible, times two
+    #   hadrons per pair, spread flat over the 5 units of η of the acceptance (3 forward, 2
+    #   backward: × 5/3): charm 0.037 × 2 × 5/3 = 0.12, beauty 0.0022 × 2 × 5/3 = 0.007 (taken
+    #   as 0.008). All approximations.
     # ctau: PDG mean lifetimes (charm: production-weighted D0, D+, Ds, Λc; beauty: B0, B+, Bs,
     #   Λb; approximations of the mix). mass: PDG (charm: D; beauty: B).
     # mean_pt: parent ⟨pT⟩, approximation of LHCb and ALICE spectra (strange ≈ 0.7–1 GeV,
