@@ -190,15 +190,22 @@ def _best_taking_turns(jobs: dict[str, Callable[[], Any]], repeats: int
 
 
 def _write_seconds(chunks: list[Any], finder: PVFinder, outputs: Any, output: Path) -> float:
-    """Seconds spent writing the vertices of ``chunks``, reconstructed again one by one."""
+    """Seconds spent writing the vertices of ``chunks``, reconstructed again one by one, and
+    finishing the file."""
     seconds = 0.0
-    with VertexWriter(output) as writer:
+    writer = VertexWriter(output)
+    try:
         for chunk in chunks:
             vertices = finder(chunk.tracks, out=outputs, to_host=True, weights=False)
             start = time.perf_counter()
             writer.write(vertices, chunk.event_ids, chunk.tracks.counts)
             seconds += time.perf_counter() - start
-    return seconds
+        start = time.perf_counter()
+        writer.close()
+    except BaseException:
+        writer.discard()
+        raise
+    return seconds + time.perf_counter() - start
 
 
 def _start_and_stop(workers: int) -> None:
