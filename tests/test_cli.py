@@ -142,7 +142,7 @@ def test_bench_sizes_default_per_kind_and_n_overrides(argv, module, function, de
 
 
 def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
-    import pvfinder.benchmark as benchmark
+    from pvfinder import benchmark
 
     calls = []
     monkeypatch.setattr(benchmark, "run_latency_benchmark",
@@ -166,8 +166,7 @@ def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
 )
 def test_bench_option_mistakes_are_refused_before_anything_runs(extra, message, capsys,
                                                                  monkeypatch):
-    import pvfinder.benchmark as benchmark
-    import pvfinder.benchmark_io as benchmark_io
+    from pvfinder import benchmark, benchmark_io
 
     def must_not_run(**_):
         raise AssertionError("the benchmark ran")
