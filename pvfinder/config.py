@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 __all__ = ["PVFinderConfig"]
 
@@ -81,20 +84,22 @@ class PVFinderConfig:
     min_chi2_dist: float = 25.0
 
     def __post_init__(self) -> None:
-        beamline = tuple(float(v) for v in self.beamline)
-        if len(beamline) not in (2, 4) or not all(math.isfinite(v) for v in beamline):
-            raise ValueError(
-                f"beamline must be (x, y) or (x, y, tx, ty), all finite, got {self.beamline!r}")
-        object.__setattr__(self, "beamline", beamline)
+        beamline = self.beamline
+        if (isinstance(beamline, (str, bytes)) or not isinstance(beamline, Sequence | np.ndarray)
+                or len(beamline) not in (2, 4)
+                or not all(_is_number(v) and math.isfinite(v) for v in beamline)):
+            raise ValueError("beamline must be a list (x, y) or (x, y, tx, ty) of finite "
+                             f"numbers, got {beamline!r}")
+        object.__setattr__(self, "beamline", tuple(float(v) for v in beamline))
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.type == "int":
-                if isinstance(value, bool) or int(value) != value:
+                if not (_is_number(value) and float(value).is_integer()):
                     raise ValueError(f"{field.name} must be an integer, got {value!r}")
                 object.__setattr__(self, field.name, int(value))
             elif field.type == "float":
-                if not math.isfinite(float(value)):
-                    raise ValueError(f"{field.name} must be finite, got {value!r}")
+                if not (_is_number(value) and math.isfinite(value)):
+                    raise ValueError(f"{field.name} must be a finite number, got {value!r}")
                 object.__setattr__(self, field.name, float(value))
         if not self.zmax > self.zmin:
             raise ValueError(f"zmax ({self.zmax}) must be greater than zmin ({self.zmin})")
@@ -161,3 +166,8 @@ class PVFinderConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every parameter by name, as :meth:`from_mapping` takes them back."""
         return dataclasses.asdict(self)
+
+
+def _is_number(value: Any) -> bool:
+    """A real number, but not a bool (``true`` in a config file is a mistake, not 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))

@@ -89,6 +89,7 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
         (["reconstruct", "missing.root", "-o", "x.root"], "missing.root: no such file"),
         (["reconstruct", "{sample}", "-o", "x.root", "--set", "zmin"], "--set expects NAME=VALUE"),
         (["reconstruct", "{sample}", "-o", "x.root", "--set", "zmin=500"], "must be greater than zmin"),
+        (["reconstruct", "{sample}", "-o", "x.root", "--set", "zmin=null"], "zmin must be a finite number"),
         (["simulate", "-n", "10", "--set", "not_a_condition=1"], "not_a_condition"),
         (["reconstruct", "{sample}", "-o", "{sample}"], "is an input too"),
         (["reconstruct", "{sample}", "{sample}", "-o", ".", "--merge"], "is a directory"),

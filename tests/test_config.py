@@ -44,10 +44,18 @@ def test_beamline_with_and_without_slopes():
         ({"min_fit_iter": 8}, "min_fit_iter <= max_fit_iter"),
         ({"max_chi2": 0.0}, "max_chi2 must be positive"),
         ({"min_dip_density": -1.0}, "must not be negative"),
-        ({"zmax": float("inf")}, "must be finite"),
+        ({"zmax": float("inf")}, "must be a finite number"),
         ({"beamline": (0.0, 0.0, 1.0)}, "beamline must be"),
         ({"beamline": (0.0, 0.0, float("nan"), 0.0)}, "beamline must be"),
         ({"min_tracks_per_vertex": 1}, "at least 2"),
+        # Wrong types, as a JSON or TOML file or --set can give them: named, never a TypeError.
+        ({"zmin": None}, "zmin must be a finite number, got None"),
+        ({"zmin": [1.0]}, "zmin must be a finite number"),
+        ({"chi2_cut": True}, "chi2_cut must be a finite number, got True"),
+        ({"max_fit_iter": "7"}, "max_fit_iter must be an integer"),
+        ({"beamline": 12}, "beamline must be a list"),
+        ({"beamline": "12"}, "beamline must be a list"),  # not (1.0, 2.0)
+        ({"beamline": (0.1, None)}, "beamline must be a list"),
     ],
 )
 def test_invalid_configs(changes, message):
