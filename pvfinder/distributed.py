@@ -15,10 +15,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import functools
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -604,10 +604,17 @@ def _empty_ids(source: TrackSource) -> dict[str, np.ndarray]:
     return {name: np.zeros(0, dtype) for name, dtype in dtypes.items()}
 
 
-@functools.lru_cache(maxsize=4)
+_WORKER_FINDERS = threading.local()
+
+
 def _finder(config: PVFinderConfig | None, backend: str) -> PVFinder:
-    """One finder per worker process (and configuration): compiled once, buffers reused."""
-    return PVFinder(config, backend)
+    """One finder per worker thread and configuration: compiled once, buffers reused. Not
+    one per process: Dask's threaded scheduler, and workers with several threads, run
+    partitions at once, and a finder must not be called from two threads at once."""
+    finders = _WORKER_FINDERS.__dict__.setdefault("by_setup", {})
+    if (config, backend) not in finders:
+        finders[(config, backend)] = PVFinder(config, backend)
+    return finders[(config, backend)]
 
 
 def _partition_vertices(tracks: ak.Array, entries: ak.Array, *, source: TrackSource,

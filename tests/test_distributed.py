@@ -306,6 +306,19 @@ def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch
         dask.compute(*bad.to_delayed(), scheduler="sync")
 
 
+def test_dask_threaded_scheduler_gives_each_thread_its_own_finder(files):
+    """dask.compute's default for delayed parts runs them on threads of this process: one
+    finder shared by them was called from two threads at once (corrupt weights, or a crash)."""
+    import dask
+
+    expected = find_vertices(read_tracks(files[2]), backend="cpu")
+    collection = vertex_collection(inspect_tracks(files[2]), step_size=5, with_weights=True)
+    for _ in range(3):
+        parts = dask.compute(*collection.to_delayed(), scheduler="threads", num_workers=4)
+        found = VertexBatch.from_awkward(ak.concatenate(parts)["vertices"])
+        assert_same_vertices(found, expected)
+
+
 def test_dask_local_cluster_matches_single_process(tmp_path, files):
     """Four files (and two bad ones) on a LocalCluster of 2 worker processes on loopback: the
     same outputs, bit for bit, and the same errors as the single-process run."""
