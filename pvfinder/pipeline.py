@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -327,7 +329,9 @@ class PVFinder:
             hist, seeds, n_seeds = self._seeds(offsets, beamline, clock)
             backend.check_errors()
         counts = batch.counts
-        n_found = np.minimum(backend.to_host(n_seeds), cfg.max_vertices_per_event)
+        n_seeds = backend.to_host(n_seeds)
+        _report_overflow(n_seeds, cfg.max_vertices_per_event, 0, "kept")
+        n_found = np.minimum(n_seeds, cfg.max_vertices_per_event)
         seeds = backend.to_host(seeds)
         per_track = {name: ak.unflatten(backend.to_host(beamline[name]).copy(), counts)
                      for name in ("z", "sigma_z", "usable")}
@@ -468,7 +472,7 @@ class PVFinder:
         n_events, max_seeds = len(offsets) - 1, cfg.max_vertices_per_event
         _, seeds, n_seeds = self._seeds(offsets, tracks, clock)
         if int(n_seeds.max()) > max_seeds:
-            _report_overflow(backend.to_host(n_seeds), max_seeds, first_event)
+            _report_overflow(backend.to_host(n_seeds), max_seeds, first_event, "fitted")
 
         # Event e's weights: min(n_seeds, max_seeds) fitted slots × its n_e tracks.
         counts = buffers.get("counts", (n_events,), np.int64)
@@ -587,16 +591,30 @@ class _StageClock:
         self._last = now
 
 
-def _report_overflow(n_seeds: np.ndarray, max_seeds: int, first_event: int) -> None:
+def _report_overflow(n_seeds: np.ndarray, max_seeds: int, first_event: int, what: str) -> None:
+    """Warn when events had more clusters than seed slots (``what`` says what became of the
+    ones beyond them)."""
     over = np.flatnonzero(n_seeds > max_seeds)
     if over.size:
         warnings.warn(
             f"{over.size} event(s) had more than max_vertices_per_event={max_seeds} clusters "
             f"(event {first_event + over[0]}: {n_seeds[over[0]]}); only the first {max_seeds} "
-            "in z were fitted. Raise max_vertices_per_event to fit them all.",
+            f"in z were {what}. Raise max_vertices_per_event to keep them all.",
             SeedOverflowWarning,
-            stacklevel=5,
+            stacklevel=_stacklevel_of_caller(),
         )
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _stacklevel_of_caller() -> int:
+    """The ``stacklevel`` for a warning raised in the caller of this function that points at
+    the first line outside pvfinder: the user's call, whichever entry point it went through."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def find_vertices(

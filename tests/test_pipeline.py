@@ -249,13 +249,22 @@ def test_five_thousand_tracks_in_one_event(backend_name):
     np.testing.assert_allclose(vertices.z, np.linspace(-200, 200, 10), atol=0.05)
 
 
-def test_seed_overflow_is_reported():
+def test_seed_overflow_is_reported_at_the_users_line():
     events = [one_vertex_event(30, z0=z, seed=i) for i, z in enumerate((-50.0, 0.0, 50.0))]
-    flat = {k: np.concatenate([e[k] for e in events]) for k in events[0]}
-    finder = PVFinder(PVFinderConfig(max_vertices_per_event=2), backend="cpu")
-    with pytest.warns(SeedOverflowWarning, match="event 0: 3"):
-        vertices = finder({"counts": [90], **flat})
-    assert vertices.counts.tolist() == [2]
+    tracks = {"counts": [90], **{k: np.concatenate([e[k] for e in events]) for k in events[0]}}
+    config = PVFinderConfig(max_vertices_per_event=2)
+    finder = PVFinder(config, backend="cpu")
+    entry_points = {"call": finder, "run": finder.run,
+                    "find_vertices": lambda t: find_vertices(t, config, backend="cpu"),
+                    "z_histograms": finder.z_histograms}
+    for name, entry_point in entry_points.items():
+        what = "kept" if name == "z_histograms" else "fitted"
+        with pytest.warns(SeedOverflowWarning, match=f"event 0: 3.*were {what}") as caught:
+            result = entry_point(tracks)
+        # Whichever entry point: the warning points at the caller's line, here.
+        assert [w.filename for w in caught] == [__file__], name
+        kept = len(result.seeds[0]) if name == "z_histograms" else result.counts[0]
+        assert kept == 2, name
 
 
 def test_bad_input_is_a_clear_error():
