@@ -80,6 +80,12 @@ def offsets_from_counts(counts: Any, what: str = "counts") -> np.ndarray:
     return offsets
 
 
+def _check_event_range(start: int, stop: int, n_events: int, what: str) -> None:
+    if not 0 <= start <= stop <= n_events:
+        raise ValueError(f"{what}: events {start}:{stop} are not a range of the {n_events} "
+                         "events (0 <= start <= stop <= n_events)")
+
+
 def _check_offsets(offsets: np.ndarray, length: int | None, what: str) -> None:
     """Offsets start at 0, never decrease and (when ``length`` is given) end at ``length``."""
     if offsets.ndim != 1 or offsets.size == 0:
@@ -251,7 +257,14 @@ class _Jagged:
         return offsets_from_counts(counts), fields
 
     def event_slice(self, start: int, stop: int) -> dict[str, Any]:
-        """Fields and offsets of events ``start:stop`` (views where possible)."""
+        """Fields and offsets of events ``start:stop`` (views where possible).
+
+        Raises
+        ------
+        ValueError
+            Unless ``0 <= start <= stop <= n_events`` (no negative or reversed ranges).
+        """
+        _check_event_range(start, stop, self.n_events, self.WHAT)
         lo, hi = int(self.offsets[start]), int(self.offsets[stop])
         fields = {name: getattr(self, name)[lo:hi] for name in self.FIELDS}
         return {"offsets": self.offsets[start : stop + 1] - lo, **fields}
@@ -415,8 +428,9 @@ class MCTruth:
 
     def select_events(self, start: int, stop: int, tracks: TrackBatch) -> MCTruth:
         """The truth of events ``start:stop`` of ``tracks``, the batch this truth describes."""
+        vertices = self.vertices.select_events(start, stop)  # checks the range
         lo, hi = int(tracks.offsets[start]), int(tracks.offsets[stop])
-        return MCTruth(self.vertices.select_events(start, stop), self.track_mc_pv[lo:hi])
+        return MCTruth(vertices, self.track_mc_pv[lo:hi])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

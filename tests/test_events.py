@@ -63,6 +63,15 @@ def test_select_events_views():
     np.testing.assert_array_equal(middle.x, tracks.x[1:])
 
 
+@pytest.mark.parametrize(("start", "stop"), [(2, 1), (-1, 3), (0, 5)])
+def test_select_events_outside_the_batch_is_an_error(start, stop):
+    tracks = TrackBatch.from_arrays(counts=[1, 2, 3], **track_fields(6))
+    # Were: a batch of -1 events, an empty batch (not the last event) and an IndexError.
+    with pytest.raises(ValueError, match=f"tracks: events {start}:{stop} are not a range of "
+                                         "the 3 events"):
+        tracks.select_events(start, stop)
+
+
 def test_vertex_awkward_round_trip_with_weights():
     vertices = VertexBatch.from_arrays(
         counts=[2, 0], weights=np.arange(6.0), weight_counts=[3, 3], **vertex_fields(2)
