@@ -217,6 +217,20 @@ def test_from_buffers_wraps_without_copying_and_checks_structure(sample):
         TrackBatch.from_buffers(offsets + 1, **fields)
 
 
+def test_wrapped_offsets_that_run_backwards_are_an_error_on_every_backend(sample, backend_name):
+    # from_buffers does not scan the offsets: the kernels do, and both backends say the same.
+    # The CPU found made-up vertices in the overlapping ranges; CUDA raised.
+    tracks = sample.tracks.select_events(0, 3)
+    offsets = np.array(tracks.offsets, dtype=np.int64)
+    offsets[1] = offsets[2] + 5  # event 0 runs past event 1's end, event 1 backwards
+    batch = TrackBatch.from_buffers(offsets, **{name: np.asarray(getattr(tracks, name),
+                                                                 np.float64)
+                                                for name in TRACK_FIELDS})
+    with pytest.raises(ValueError, match=r"histogram: offsets decrease or point outside the "
+                                         r"track arrays \(first seen in event 1\)"):
+        find_vertices(batch, backend=backend_name)
+
+
 def test_a_nan_state_in_wrapped_buffers_makes_the_track_unusable(sample):
     tracks = sample.tracks.select_events(0, 20)
     fields = {name: np.array(getattr(tracks, name), dtype=np.float64) for name in TRACK_FIELDS}

@@ -67,15 +67,18 @@ def run_find_peaks(hist, max_seeds=64):
     return seeds, n_seeds
 
 
-def run_fit(offsets, tracks, seeds, n_seeds, beam=(0.0, 0.0), **options):
-    """``tracks``: dict of x, y, z, tx, ty, wx, wy, usable; ``seeds``: (n_events, max_seeds)."""
+def run_fit(offsets, tracks, seeds, n_seeds, beam=(0.0, 0.0), weight_offsets=None, **options):
+    """``tracks``: dict of x, y, z, tx, ty, wx, wy, usable; ``seeds``: (n_events, max_seeds);
+    ``weight_offsets`` as the pipeline computes them unless given."""
     params = {**FIT_DEFAULTS, **options}
     offsets = np.asarray(offsets, np.int64)
     seeds = np.atleast_2d(np.asarray(seeds, np.float64))
     n_seeds = np.asarray(n_seeds, np.int32)
     n_events, max_seeds = seeds.shape
     slots = np.minimum(n_seeds, max_seeds).astype(np.int64)
-    weight_offsets = np.concatenate(([0], np.cumsum(slots * np.diff(offsets)))).astype(np.int64)
+    if weight_offsets is None:
+        weight_offsets = np.concatenate(([0], np.cumsum(slots * np.diff(offsets))))
+    weight_offsets = np.asarray(weight_offsets, np.int64)
     out = dict(pos=np.full((n_events, max_seeds, 3), np.nan),
                cov=np.full((n_events, max_seeds, 6), np.nan),
                chi2=np.full((n_events, max_seeds), np.nan),
@@ -226,6 +229,21 @@ def test_histogram_one_track_sums_to_one_around_its_z():
     filled = np.flatnonzero(hist)
     assert centres[filled].min() > z0 - HALF_WIDTH * sigma - BIN_WIDTH
     assert centres[filled].max() < z0 + HALF_WIDTH * sigma + BIN_WIDTH
+
+
+@pytest.mark.parametrize("offsets", [[0, 3, 1, 4], [0, 2, 9, 4], [0, 2, 5]])
+def test_histogram_refuses_offsets_that_do_not_fit_the_tracks(offsets):
+    with pytest.raises(ValueError, match=r"histogram: offsets decrease or point outside the "
+                                         r"track arrays \(first seen in event 1\)"):
+        run_histogram(offsets, z=np.zeros(4), sigma=np.full(4, 0.1))
+
+
+def test_fit_refuses_weight_offsets_that_do_not_fit():
+    tracks = toy_tracks(np.random.default_rng(5), (0.0, 0.0, 10.0), 20)
+    # One weight short of the second event's one seed × 10 tracks.
+    with pytest.raises(ValueError, match=r"fit_vertices: weight_offsets do not give .* "
+                                         r"\(first seen in event 1\)"):
+        run_fit([0, 10, 20], tracks, [[10.0], [10.0]], [1, 1], weight_offsets=[0, 10, 19])
 
 
 def test_histogram_counts_tracks_and_skips_unusable_ones():

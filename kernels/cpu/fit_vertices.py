@@ -11,7 +11,7 @@ import threading
 import numba
 import numpy as np
 
-from . import FASTMATH
+from . import FASTMATH, check_event_ranges
 
 __all__ = ["fit_vertices", "negligible_chi2"]
 
@@ -345,13 +345,21 @@ def fit_vertices(
     out_pos, out_cov, out_chi2, out_ndof, out_n_tracks, out_valid, out_weights : ndarray
         Written for slots ``s < m_e``; other slots are left untouched.
 
+    Raises
+    ------
+    ValueError
+        When the offsets decrease or point outside the track arrays, or the weight offsets
+        do not give each event ``m_e × n_tracks`` weights inside ``out_weights``.
+
     Notes
     -----
     The per-event scratch (track bounds, candidate lists, the seed's lanes) lives in a
     workspace with one row per Numba thread, kept for the calling thread and grown only when a
     batch holds a larger event than any before: a steady stream of batches allocates nothing.
     """
-    max_tracks, max_block = _largest_event(offsets, n_seeds, seeds.shape[1])
+    check_event_ranges(offsets, len(x), "fit_vertices")
+    max_tracks, max_block = _event_sizes(offsets, n_seeds, seeds.shape[1], weight_offsets,
+                                         len(out_weights))
     n_floats = _N_SCRATCH * max_tracks + _N_LANES * _padded(max_tracks) + max_block
     floats, ints = _workspace(n_floats, max_block + seeds.shape[1])
     _fit_events(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight_offsets,
@@ -375,13 +383,20 @@ def _workspace(n_floats: int, n_ints: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True)
-def _largest_event(offsets, n_seeds, max_seeds):
-    """The most tracks in an event with seeds, and the most fitted slots × tracks of one."""
+def _event_sizes(offsets, n_seeds, max_seeds, weight_offsets, n_weights):
+    """The most tracks in an event with seeds, and the most fitted slots × tracks of one;
+    ``ValueError`` (in the CUDA twin's words) where an event's weights would not be its
+    ``min(n_seeds, max_seeds) × n_tracks`` inside ``out_weights``."""
     max_tracks = max_block = 0
     for e in range(len(offsets) - 1):
-        n_slots = min(n_seeds[e], max_seeds)
+        n_slots = max(min(n_seeds[e], max_seeds), 0)
+        n_tracks = offsets[e + 1] - offsets[e]
+        if not (weight_offsets[e] >= 0 and weight_offsets[e + 1] <= n_weights
+                and weight_offsets[e + 1] - weight_offsets[e] == n_slots * n_tracks):
+            raise ValueError("fit_vertices: weight_offsets do not give min(n_seeds, max_seeds) "
+                             "* n_tracks weights per event inside out_weights (first seen in "
+                             "event " + str(e) + ")")
         if n_slots > 0:
-            n_tracks = offsets[e + 1] - offsets[e]
             max_tracks = max(max_tracks, n_tracks)
             max_block = max(max_block, n_slots * n_tracks)
     return max_tracks, max_block

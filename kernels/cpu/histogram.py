@@ -10,7 +10,7 @@ import math
 import numba
 import numpy as np
 
-from . import FASTMATH
+from . import FASTMATH, check_event_ranges
 
 __all__ = ["histogram", "poly_cdf"]
 
@@ -68,7 +68,13 @@ def histogram(
         Lower edge of bin 0 and bin width (mm).
     out_hist : ndarray of float64, shape (n_events, n_bins)
         Written: the histograms.
+
+    Raises
+    ------
+    ValueError
+        When the offsets decrease or point outside the track arrays.
     """
+    check_event_ranges(offsets, len(z_beam), "histogram")
     n_bins = out_hist.shape[1]
     last = n_bins - 2  # last fillable bin
     per_bin = 1.0 / bin_width
