@@ -20,7 +20,8 @@ class UsageError(Exception):
 
 
 def _parse_assignments(items: Sequence[str], what: str) -> dict[str, Any]:
-    """``["nu=5", "zmin=-200"]`` → ``{"nu": 5.0, "zmin": -200.0}`` (JSON values where they parse)."""
+    """``["nu=5", "zmin=-200"]`` → ``{"nu": 5.0, "zmin": -200.0}``: JSON values where they
+    parse, else Python numbers (``.5``, ``2.``, ``+1``), else the text."""
     out: dict[str, Any] = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -29,7 +30,10 @@ def _parse_assignments(items: Sequence[str], what: str) -> dict[str, Any]:
         try:
             out[name] = json.loads(value)
         except json.JSONDecodeError:
-            out[name] = value
+            try:
+                out[name] = float(value)
+            except ValueError:
+                out[name] = value
     return out
 
 
@@ -322,7 +326,8 @@ def _parser() -> argparse.ArgumentParser:
                              help="codec of the output files (default zstd)")
     reconstruct.add_argument("--dask", nargs="?", const="local", metavar="SCHEDULER",
                              help="run on Dask: local:N worker processes or a scheduler "
-                                  "address (alone: one local worker per core); put it "
+                                  "address (alone: one local worker per core this process "
+                                  "may use); put it "
                                   "after the inputs")
     reconstruct.add_argument("--plots", help="directory for validation plots")
     reconstruct.add_argument("--no-validate", action="store_true",

@@ -87,18 +87,21 @@ class PVFinderConfig:
         beamline = self.beamline
         if (isinstance(beamline, (str, bytes)) or not isinstance(beamline, Sequence | np.ndarray)
                 or len(beamline) not in (2, 4)
-                or not all(_is_number(v) and math.isfinite(v) for v in beamline)):
+                or not all(_is_finite_number(v) for v in beamline)):
             raise ValueError("beamline must be a list (x, y) or (x, y, tx, ty) of finite "
                              f"numbers, got {beamline!r}")
         object.__setattr__(self, "beamline", tuple(float(v) for v in beamline))
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.type == "int":
-                if not (_is_number(value) and float(value).is_integer()):
+                if not (isinstance(value, numbers.Integral) and _is_number(value)
+                        or _is_finite_number(value) and float(value).is_integer()):
                     raise ValueError(f"{field.name} must be an integer, got {value!r}")
+                if not -(2**31) <= int(value) < 2**31:  # the kernels take 32-bit integers
+                    raise ValueError(f"{field.name} must fit in 32 bits, got {value!r}")
                 object.__setattr__(self, field.name, int(value))
             elif field.type == "float":
-                if not (_is_number(value) and math.isfinite(value)):
+                if not _is_finite_number(value):
                     raise ValueError(f"{field.name} must be a finite number, got {value!r}")
                 object.__setattr__(self, field.name, float(value))
         if not self.zmax > self.zmin:
@@ -171,3 +174,14 @@ class PVFinderConfig:
 def _is_number(value: Any) -> bool:
     """A real number, but not a bool (``true`` in a config file is a mistake, not 1)."""
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_finite_number(value: Any) -> bool:
+    """A real number (not a bool) that is finite as a float: not nan, inf, or an integer too
+    large for a float."""
+    if not _is_number(value):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

@@ -73,6 +73,13 @@ def test_reconstruct_validates_against_truth_beside_a_renamed_tracks_tree(
     assert "unlabelled.root:Velo: missing branch(es) mc_pv" in captured.err
 
 
+def test_set_takes_python_numbers_json_does_not():
+    from pvfinder.cli import _load_config
+
+    config = _load_config(None, ["bin_width=.5", "max_track_z0_err=2.", "chi2_cut=+4"])
+    assert (config.bin_width, config.max_track_z0_err, config.chi2_cut) == (0.5, 2.0, 4.0)
+
+
 def test_config_file_and_overrides(sample_file, tmp_path, capsys):
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps({"min_tracks_per_vertex": 6}))

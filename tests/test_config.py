@@ -56,6 +56,8 @@ def test_beamline_with_and_without_slopes():
         ({"beamline": 12}, "beamline must be a list"),
         ({"beamline": "12"}, "beamline must be a list"),  # not (1.0, 2.0)
         ({"beamline": (0.1, None)}, "beamline must be a list"),
+        ({"zmin": -10**400}, "zmin must be a finite number"),  # not an OverflowError
+        ({"max_fit_iter": 10**400}, "max_fit_iter must fit in 32 bits"),
     ],
 )
 def test_invalid_configs(changes, message):
