@@ -80,8 +80,9 @@ LOCAL_SOURCE = uproot.source.file.MemmapSource
 PathLike = str | os.PathLike
 
 
-# A size with a unit, as uproot's step_size takes it: "100 MB", "1.5 GiB", "500kB".
-_SIZE_WITH_UNIT = re.compile(r"\s*(\d+\.?\d*|\.\d+)\s*[kmgtpezy]?i?b\s*", re.IGNORECASE)
+# A size with a unit, the forms uproot's step_size takes: "100 MB", "1.5 GiB", "1e2kB".
+_SIZE_WITH_UNIT = re.compile(
+    r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*[kmgtpezy]?i?b\s*", re.IGNORECASE)
 
 
 def parse_step_size(step_size: int | str) -> int | str:
