@@ -295,18 +295,20 @@ def _flatten_jagged(arrays: Mapping[str, ak.Array], where: str, entry_start: int
         these = np.asarray(layout.offsets.data)
         values = np.asarray(layout.content.data)[these[0] : these[-1]]
         these = these - these[0]
+        lengths = np.diff(these)
+        damaged = np.flatnonzero(lengths < 0)  # lists cannot have negative lengths: bad bytes
+        if damaged.size:
+            entry = int(damaged[0])
+            raise ValueError(f"{where}: branch {name!r} is damaged: its data give entry "
+                             f"{entry_start + entry} {lengths[entry]} values")
         if offsets is None:
             offsets, first = these, name
         elif not np.array_equal(offsets, these):
-            counts, other = np.diff(offsets), np.diff(these)
+            counts, other = np.diff(offsets), lengths
             if len(counts) != len(other):
                 raise ValueError(f"{where}: branch {name!r} has {len(other)} entries but "
                                  f"{first!r} has {len(counts)}")
             entry = int(np.flatnonzero(counts != other)[0])
-            for branch, lengths in ((first, counts), (name, other)):
-                if lengths[entry] < 0:  # lists cannot have negative lengths: bad bytes
-                    raise ValueError(f"{where}: branch {branch!r} is damaged: its data give "
-                                     f"entry {entry_start + entry} {lengths[entry]} values")
             raise ValueError(f"{where}: branch {name!r} has {other[entry]} values in entry "
                              f"{entry_start + entry} but branch {first!r} has {counts[entry]}")
         flat[name] = values

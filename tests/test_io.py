@@ -319,6 +319,13 @@ def test_list_of_negative_length_is_called_damage_not_a_mismatch():
     with pytest.raises(ValueError, match="f.root:tracks: branch 'y' is damaged: its data give "
                                          "entry 11 -1 values"):
         _flatten_jagged({"x": good, "y": bad}, "f.root:tracks", entry_start=10)
+    # Offsets that jump up before they come down: the damage, not the first difference.
+    up_down = ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(np.array([0, 5, 3, 3])),
+                                                   ak.contents.NumpyArray(np.arange(5.0))))
+    with pytest.raises(ValueError, match="branch 'y' is damaged: its data give entry 1 -2"):
+        _flatten_jagged({"x": ak.Array([[1.0], [2.0], [3.0]]), "y": up_down}, "f.root:tracks")
+    with pytest.raises(ValueError, match="branch 'y' is damaged"):  # a branch read alone
+        _flatten_jagged({"y": up_down}, "f.root:tracks")
 
 
 def test_missing_tree_and_branch(tmp_path):
