@@ -468,10 +468,13 @@ class _DaskEngine:
             for future, start in zip(futures, starts):
                 try:
                     records = future.result()
-                except (ValueError, OSError):
-                    raise  # the worker's own report on the input
+                except MemoryError:
+                    raise
                 except Exception as error:  # noqa: BLE001 (damaged baskets raise codec and
-                    # uproot errors alike; reported as the one-process reader does)
+                    # uproot errors alike, ValueError included; reported as the one-process
+                    # reader does, unless the worker's message already names the input)
+                    if str(error).startswith(source.where):
+                        raise
                     raise ValueError(f"{source.where}: cannot read the entries from {start} "
                                      f"on ({type(error).__name__}: {error})") from None
                 future.release()

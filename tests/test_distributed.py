@@ -39,8 +39,9 @@ from .test_io import assert_same_vertices, write_tree
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Four small samples (40–70 events each), one with a NaN state in entry 13, one whose
-    basket of x for entries 80–119 is damaged (its compressed bytes scrambled) and one
-    without entries (with run and event numbers)."""
+    basket of x for entries 80–119 is damaged (its compressed bytes scrambled), one without
+    entries (with run and event numbers) and one whose basket for entries 80–119 names no
+    codec."""
     from pvfinder.simulation import simulate
 
     folder = tmp_path_factory.mktemp("many")
@@ -66,6 +67,15 @@ def files(tmp_path_factory):
     no_tracks = {name: np.zeros(0, np.float32) for name in TRACK_FIELDS}
     ids = {"run_number": np.zeros(0, np.int32), "event_number": np.zeros(0, np.int64)}
     paths.append(write_tree(folder / "empty.root", no_tracks, np.zeros(0, np.int64), flat=ids))
+    # A basket whose compression header names no codec: uproot raises a plain ValueError.
+    paths.append(folder / "badheader.root")
+    write_sample(paths[-1], simulate(120, seed=32).tracks, events_per_basket=40)
+    with uproot.open(paths[-1]) as file:
+        third_basket = int(file["tracks"]["x"].member("fBasketSeek")[2])
+    data = bytearray(paths[-1].read_bytes())
+    key_length = int.from_bytes(data[third_basket + 14 : third_basket + 16], "big")
+    data[third_basket + key_length : third_basket + key_length + 2] = b"XX"
+    paths[-1].write_bytes(bytes(data))
     return paths
 
 
@@ -327,12 +337,15 @@ def test_dask_local_cluster_matches_single_process(tmp_path, files):
     on_dask = reconstruct_files(plan_outputs(files, tmp_path / "dask"), backend="cpu",
                                 step_size=25, with_weights=True, scheduler="local:2")
     assert [r.status for r in on_dask] == [r.status for r in single] == (
-        ["done"] * 4 + ["failed"] * 2 + ["done"])
+        ["done"] * 4 + ["failed"] * 2 + ["done", "failed"])
     assert "nan.root:tracks: branch 'x' is nan in entry 13" in on_dask[4].error
     # A codec error on a worker is reported as the reader in this process reports it.
     assert "damaged.root:tracks: cannot read the entries from 75 on (" in single[5].error
     assert on_dask[5].error == single[5].error
-    for one, other in zip(single[:4] + single[6:], on_dask[:4] + on_dask[6:]):
+    assert "badheader.root:tracks: cannot read the entries from 75 on (ValueError" in (
+        single[7].error)
+    assert on_dask[7].error == single[7].error
+    for one, other in zip(single[:4] + single[6:7], on_dask[:4] + on_dask[6:7]):
         assert (one.n_events, one.n_vertices) == (other.n_events, other.n_vertices)
         assert_same_vertices(read_vertices(other.output), read_vertices(one.output))
         for tree in ("vertices", "vertex_weights"):  # every branch, event ids included
