@@ -194,10 +194,15 @@ def _check_bench_options(args: argparse.Namespace) -> None:
     it cannot run."""
     import numba
 
+    from .backends import get_backend
+
     kind = "--io" if args.io else "--latency" if args.latency else None
+    if kind is None:  # the throughput scan: threads and sizes on the CPU, batches on a GPU
+        kind = f"--backend {get_backend(args.backend).name}"
     ignored = {"--io": {"--nu": args.nu, "--threads": args.threads, "--batch": args.batch},
                "--latency": {"-n": args.n_events, "--threads": args.threads},
-               None: {}}[kind]
+               "--backend cpu": {"--batch": args.batch},
+               "--backend cuda": {"-n": args.n_events, "--threads": args.threads}}[kind]
     for option, value in ignored.items():
         if value is not None:
             raise UsageError(f"{option} does not apply to bench {kind}")
@@ -355,7 +360,8 @@ def _parser() -> argparse.ArgumentParser:
                             "--io")
     bench.add_argument("--batch", type=int, nargs="+", default=None,
                        help="GPU batch sizes (default: 1000 10000 100000 1000000; "
-                            "with --latency: 1 16 256 4096); not with --io")
+                            "with --latency: 1 16 256 4096); not with --io, nor on the CPU "
+                            "without --latency")
     bench.add_argument("--latency", action="store_true",
                        help="per-call latency (median, 99th percentile) of a warmed-up finder "
                             "for small batches, as in a trigger loop")

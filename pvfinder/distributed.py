@@ -207,7 +207,8 @@ def reconstruct_files(
     progress : bool
         Show a progress bar with events/s on stderr.
     on_result : callable, optional
-        Called with each input's :class:`FileResult` as soon as it is known.
+        Called with each input's :class:`FileResult` once the output holding its vertices is
+        finished (for a merged output: after its last input).
 
     Returns
     -------

@@ -167,6 +167,7 @@ def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
         (["--latency", "--threads", "1"], "--threads does not apply to bench --latency"),
         (["--io", "--nu", "11"], "--nu does not apply to bench --io"),
         (["--io", "--batch", "10"], "--batch does not apply to bench --io"),
+        (["--backend", "cpu", "--batch", "10"], "--batch does not apply to bench --backend cpu"),
         (["-n", "0"], "-n must be a positive number of events"),
         (["--nu", "0"], "--nu takes positive values"),
         (["--threads", "999"], "--threads takes 1 to"),
