@@ -471,9 +471,10 @@ class _DaskEngine:
                     records = future.result()
                 except MemoryError:
                     raise
-                except Exception as error:  # noqa: BLE001 (damaged baskets raise codec and
-                    # uproot errors alike, ValueError included; reported as the one-process
-                    # reader does, unless the worker's message already names the input)
+                except Exception as error:
+                    # Damaged baskets raise codec and uproot errors alike, ValueError included:
+                    # reported as the one-process reader does, unless the worker's message
+                    # already names the input.
                     if str(error).startswith(source.where):
                         raise
                     raise ValueError(f"{source.where}: cannot read the entries from {start} "
