@@ -302,14 +302,13 @@ def _flatten_jagged(arrays: Mapping[str, ak.Array], where: str, entry_start: int
             raise ValueError(f"{where}: branch {name!r} is damaged: its data give entry "
                              f"{entry_start + entry} {lengths[entry]} values")
         if offsets is None:
-            offsets, first = these, name
+            offsets, counts, first = these, lengths, name
         elif not np.array_equal(offsets, these):
-            counts, other = np.diff(offsets), lengths
-            if len(counts) != len(other):
-                raise ValueError(f"{where}: branch {name!r} has {len(other)} entries but "
+            if len(counts) != len(lengths):
+                raise ValueError(f"{where}: branch {name!r} has {len(lengths)} entries but "
                                  f"{first!r} has {len(counts)}")
-            entry = int(np.flatnonzero(counts != other)[0])
-            raise ValueError(f"{where}: branch {name!r} has {other[entry]} values in entry "
+            entry = int(np.flatnonzero(counts != lengths)[0])
+            raise ValueError(f"{where}: branch {name!r} has {lengths[entry]} values in entry "
                              f"{entry_start + entry} but branch {first!r} has {counts[entry]}")
         flat[name] = values
     if offsets is None:
