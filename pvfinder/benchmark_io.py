@@ -193,18 +193,13 @@ def _write_seconds(chunks: list[Any], finder: PVFinder, outputs: Any, output: Pa
     """Seconds spent writing the vertices of ``chunks``, reconstructed again one by one, and
     finishing the file."""
     seconds = 0.0
-    writer = VertexWriter(output)
-    try:
+    with VertexWriter(output) as writer:
         for chunk in chunks:
             vertices = finder(chunk.tracks, out=outputs, to_host=True, weights=False)
             start = time.perf_counter()
             writer.write(vertices, chunk.event_ids, chunk.tracks.counts)
             seconds += time.perf_counter() - start
-        start = time.perf_counter()
-        writer.close()
-    except BaseException:
-        writer.discard()
-        raise
+        start = time.perf_counter()  # leaving the block finishes the file
     return seconds + time.perf_counter() - start
 
 
