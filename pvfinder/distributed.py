@@ -352,8 +352,7 @@ def _reads_ahead(finder: PVFinder) -> bool:
         return True
     import numba
 
-    # The cores this process may use (its CPU affinity), as Numba counts them.
-    return numba.get_num_threads() < numba.config.NUMBA_DEFAULT_NUM_THREADS
+    return numba.get_num_threads() < usable_cores()
 
 
 class _LocalEngine:

@@ -232,9 +232,9 @@ def test_reading_ahead_only_where_a_core_is_free(monkeypatch):
 
     finder = PVFinder(backend="cpu")
     cores = numba.get_num_threads()
-    monkeypatch.setattr(numba.config, "NUMBA_DEFAULT_NUM_THREADS", cores)
+    monkeypatch.setattr(distributed, "usable_cores", lambda: cores)
     assert not distributed._reads_ahead(finder)
-    monkeypatch.setattr(numba.config, "NUMBA_DEFAULT_NUM_THREADS", cores + 1)
+    monkeypatch.setattr(distributed, "usable_cores", lambda: cores + 1)
     assert distributed._reads_ahead(finder)
 
 
