@@ -37,12 +37,23 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _compile_target() -> str:
+    """The CPU that Numba's LLVM generates code for (``NUMBA_CPU_NAME`` or the host's)."""
+    import llvmlite.binding
+    import numba
+
+    return numba.config.CPU_NAME or llvmlite.binding.get_host_cpu_name()
+
+
 def hardware_description(backend_name: str) -> dict[str, Any]:
     """The machine, the library versions and, for CUDA, the GPU, driver and runtime."""
     import numba
 
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
+        # What Numba compiles the kernels for: a VM may name only the vendor ("AMD EPYC")
+        # while hosts of one name differ by a generation (znver3, znver4) and by AVX-512.
+        "cpu_target": _compile_target(),
         "cpu_count": os.cpu_count(),
         # The cores this process may use (its affinity, or NUMBA_NUM_THREADS): "all threads".
         "cpu_threads_available": numba.config.NUMBA_NUM_THREADS,

@@ -256,6 +256,22 @@ def test_benchmark_hardware_counts_the_cores_the_process_may_use():
     assert done.stdout.split() == ["1"]
 
 
+
+def test_benchmark_hardware_names_the_cpu_the_kernels_are_compiled_for():
+    # A VM's CPU model may be just "AMD EPYC": the compile target tells Zen 3 from Zen 4.
+    import llvmlite.binding
+
+    script = ("from pvfinder.benchmark import hardware_description; "
+              "print(hardware_description('cpu')['cpu_target'])")
+    for override, expected in ((None, llvmlite.binding.get_host_cpu_name()),
+                               ("generic", "generic")):
+        env = {key: value for key, value in os.environ.items() if key != "NUMBA_CPU_NAME"}
+        if override:
+            env["NUMBA_CPU_NAME"] = override
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env=env, check=True, timeout=120)
+        assert done.stdout.split() == [expected]
+
 def test_latency_benchmark_reports_median_and_tail(tmp_path):
     from pvfinder.benchmark import run_latency_benchmark
     from pvfinder.cli import main
