@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pvfinder.events import TRACK_FIELDS, MCTruth, MCVertices, TrackBatch, VertexBatch
-from pvfinder.validation import core_gaussian, truth_fit, validate
+from pvfinder.validation import Spread, core_gaussian, truth_fit, validate
 
 
 def make_truth(counts, z, n_reconstructible=None, x=None, y=None) -> MCTruth:
@@ -168,6 +168,17 @@ def test_gaussian_residuals_give_core_width(width):
     assert report.pull_width["z"] == pytest.approx(1.0, rel=0.05)
     assert abs(report.pull_mean["z"]) < 0.05
 
+
+
+def test_core_width_error_matches_its_spread_over_samples():
+    # 400 Gaussian samples of 2000 entries: the quoted error of the clipped width must be the
+    # spread of the widths found (a plain standard deviation's sqrt(1/2n) is 1.6 times short).
+    rng = np.random.default_rng(11)
+    spreads = [Spread.of(rng.normal(0.0, 1.0, 2000)) for _ in range(400)]
+    widths = np.array([spread.core_sigma for spread in spreads])
+    quoted = np.mean([spread.core_sigma_error for spread in spreads])
+    # The spread of 400 widths is known to ±3.5 % (one σ): allow 4 σ.
+    assert np.std(widths) == pytest.approx(quoted, rel=0.14)
 
 def test_core_width_ignores_tails():
     rng = np.random.default_rng(3)
