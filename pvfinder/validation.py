@@ -1,13 +1,16 @@
 """The PV checker: score reconstructed primary vertices against Monte Carlo truth.
 
-It follows LHCb's ``PrimaryVertexChecker`` (matching by distance in z):
+It is modelled on LHCb's ``PrimaryVertexChecker`` (matching by distance in z), with the
+matching of the specification:
 
 * an MC PV is *reconstructible* when it has at least ``min_reconstructible_tracks``
   reconstructible VELO tracks;
 * every reconstructed PV is matched to the reconstructible MC PV of its own event that is
   nearest in z, provided ``|Δz| < match_nsigma · σ_z(rec)``; unmatched reconstructed PVs
   are *fakes* (a PV near only a non-reconstructible MC PV is therefore a fake);
-* an MC PV with at least one match is *found*; further matches to it are *clones*;
+* an MC PV with at least one match is *found*; further matches to it are *clones*
+  (LHCb's checker matches one to one instead: it passes over MC PVs already matched, so a
+  second reconstructed PV goes to the next MC PV within reach or counts as a fake);
 * an MC PV is *isolated* when no other reconstructible MC PV of its event lies within
   ``isolation_distance`` in 3D, *close* otherwise.
 
@@ -35,7 +38,7 @@ import dataclasses
 import json
 import math
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -131,6 +134,16 @@ def wilson_interval(passed: Any, total: Any) -> tuple[Any, Any]:
     if lower.ndim == 0:
         return float(lower), float(upper)
     return lower, upper
+
+
+def _poisson_interval(count: int, per: int) -> tuple[float, float]:
+    """68.3 % score interval of a Poisson rate ``count / per`` (a count per unit, which
+    unlike a fraction may exceed 1): ``(k + 1/2 ∓ sqrt(k + 1/4)) / n``; nan where ``per``
+    is 0."""
+    if per <= 0:
+        return math.nan, math.nan
+    half = math.sqrt(count + 0.25)
+    return (count + 0.5 - half) / per, (count + 0.5 + half) / per
 
 
 def core_gaussian(values: np.ndarray) -> tuple[float, float, int]:
@@ -416,8 +429,10 @@ class ValidationReport:
     def table(self) -> str:
         """A printable summary in the manner of LHCb's PV checker.
 
-        Rates are shown with their 68.3 % Wilson score interval (``+up/-down``), which stays
-        meaningful at 0 and 1, where the binomial ``*_error`` attributes vanish.
+        Rates are shown with their 68.3 % score interval (``+up/-down``): Wilson's for the
+        efficiencies and the fake rate, which stays meaningful at 0 and 1, where the binomial
+        ``*_error`` attributes vanish; Poisson's for the clone rate, a number of extra
+        matches per found MC PV that may exceed 1.
         """
         c = self.counts
         s = self.settings
@@ -436,7 +451,7 @@ class ValidationReport:
             _rate_line("Close", c["found_close"], c["close"]),
             _rate_line(f"Isolated & >= {PLATEAU_MULTIPLICITY} tr", n_20_found, n_20),
             _rate_line("False rate", c["fakes"], c["rec_pvs"]),
-            _rate_line("Clone rate", c["clones"], c["found"]),
+            _rate_line("Clone rate", c["clones"], c["found"], _poisson_interval),
             "",
             f" {'best match, rec - MC':<26}{'x':>10}{'y':>10}{'z':>10}",
             _axes_line("core mean [um]", self.residuals, "core_mean", _UM_PER_MM),
@@ -484,9 +499,10 @@ def _value_interval(value: float, lower: float, upper: float) -> str:
     return f"{value:.4f} +{upper - value:.4f}/-{value - lower:.4f}"
 
 
-def _rate_line(name: str, passed: int, total: int) -> str:
-    """``passed / total`` with its Wilson interval, and the counts."""
-    rate = _value_interval(_ratio(passed, total)[0], *wilson_interval(passed, total))
+def _rate_line(name: str, passed: int, total: int,
+               interval: Callable[[int, int], tuple[Any, Any]] = wilson_interval) -> str:
+    """``passed / total`` with its interval (Wilson's for a fraction), and the counts."""
+    rate = _value_interval(_ratio(passed, total)[0], *interval(passed, total))
     return f" {name:<24}: {rate:>24}   ({passed} / {total})"
 
 

@@ -84,6 +84,15 @@ def test_match_window_is_five_sigma_z():
     assert near.fake_rate == 0.0
 
 
+
+def test_clone_rate_interval_is_a_poisson_one():
+    # Two clones of one found MC PV: a rate of 2, which a fraction's (Wilson) interval cannot
+    # hold. The Poisson score interval (k + 1/2 ∓ sqrt(k + 1/4)) / n gives [1, 4].
+    report = validate(make_vertices([3], [0.0, 0.001, -0.001]), make_truth([1], [0.0]))
+    assert report.counts["clones"] == 2 and report.clone_rate == 2.0
+    (line,) = [line for line in report.table().splitlines() if "Clone rate" in line]
+    assert "2.0000 +2.0000/-1.0000" in line
+
 def test_duplicated_vertex_is_one_clone():
     truth = make_truth([2], [0.0, 30.0])
     # The MC PV at 0 is found twice; the exact copy is its best match.
