@@ -252,7 +252,11 @@ class _Jagged:
         missing = [name for name in cls.FIELDS if name not in names]
         if missing:
             raise ValueError(f"{cls.WHAT}: awkward array lacks field(s) {', '.join(missing)}")
-        counts = ak.to_numpy(ak.num(array, axis=1))
+        missing_events = np.flatnonzero(ak.to_numpy(ak.is_none(array, axis=0)))
+        if missing_events.size:  # an option type's None: its count would be garbage
+            raise ValueError(f"{cls.WHAT}: event {missing_events[0]} is None, not a list "
+                             f"(an event without {cls.WHAT} is an empty list)")
+        counts = ak.to_numpy(ak.fill_none(ak.num(array, axis=1), 0))
         fields = {name: ak.to_numpy(ak.flatten(array[name], axis=1)) for name in cls.FIELDS}
         return offsets_from_counts(counts), fields
 

@@ -167,6 +167,17 @@ def test_awkward_input_errors():
         TrackBatch.from_awkward(ak.Array([{"x": 1.0}]))
 
 
+
+def test_awkward_event_that_is_none_is_named():
+    # An option type's None event has no count of its own: it must not give garbage offsets.
+    events = TrackBatch.from_arrays(counts=[2, 1, 3], **track_fields(6)).to_awkward().tolist()
+    with pytest.raises(ValueError, match="event 1 is None"):
+        TrackBatch.from_awkward(ak.Array([events[0], None, events[2]]))
+    # Option-typed events without a None convert as the plain ones.
+    optional = ak.Array([*events, None])[:3]
+    assert optional.type.content.__class__.__name__ == "OptionType"
+    assert TrackBatch.from_awkward(optional).counts.tolist() == [2, 1, 3]
+
 def test_empty_batch():
     tracks = TrackBatch.from_arrays(counts=np.array([], dtype=np.int64),
                                     **{k: np.array([]) for k in TRACK_FIELDS})
