@@ -685,7 +685,16 @@ def track_association(vertices: VertexBatch, track_counts: Any) -> tuple[np.ndar
         above 0 (ties go to the first vertex in z).
     weight : numpy.ndarray of float64, shape (n_tracks,)
         The track's weight in that vertex (0 for −1).
+
+    Raises
+    ------
+    ValueError
+        When ``vertices`` has no weights (found with ``weights=False``) or its weights do
+        not match ``track_counts``.
     """
+    if vertices.weights is None:
+        raise ValueError("vertices: the batch has no per-track weights (it was found with "
+                         "weights=False), so there is no track association to give")
     track_offsets = offsets_from_counts(track_counts, "track counts")
     vertex_event = np.repeat(np.arange(vertices.n_events), vertices.counts)
     weight_counts = np.diff(vertices.weight_offsets)

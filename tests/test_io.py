@@ -144,6 +144,10 @@ def test_track_association_picks_the_heaviest_vertex():
     np.testing.assert_array_equal(weight, [0.9, 0.0, 0.3, 0.0, 0.0, 0.7])
     with pytest.raises(ValueError, match="do not match the given track counts"):
         track_association(vertices, [3, 2, 2])
+    unweighted = VertexBatch.from_arrays(counts=[2, 0, 1],
+                                         **{name: np.zeros(3) for name in VERTEX_FIELDS})
+    with pytest.raises(ValueError, match="no per-track weights"):
+        track_association(unweighted, [3, 2, 1])
 
 
 def test_weights_tree_holds_each_tracks_vertex(tmp_path, small):
