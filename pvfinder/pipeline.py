@@ -209,6 +209,9 @@ class PVFinder:
     """
 
     def __init__(self, config: PVFinderConfig | None = None, backend: str | Backend = "auto"):
+        if config is not None and not isinstance(config, PVFinderConfig):
+            raise TypeError(f"config must be a PVFinderConfig, not {type(config).__name__} "
+                            "(PVFinderConfig.from_mapping builds one from a mapping)")
         self.config = config if config is not None else PVFinderConfig()
         self.backend = get_backend(backend)
         self._buffers = _Buffers(self.backend.xp)
@@ -259,6 +262,9 @@ class PVFinder:
             The vertices of each event sorted by z, with per-track weights unless
             ``weights=False`` (then its ``weights`` is ``None``).
         """
+        if out is not None and not isinstance(out, VertexBuffers):
+            raise TypeError(f"out must be VertexBuffers (from output_buffers()), not "
+                            f"{type(out).__name__}")
         batch = as_track_batch(tracks)
         target = self._output if out is None else out
         with self.backend.launch_guard:

@@ -278,6 +278,11 @@ def test_bad_input_is_a_clear_error():
         find_vertices([1, 2, 3], backend="cpu")
     with pytest.raises(ValueError, match="unknown backend"):
         PVFinder(backend="tpu")
+    # Arguments of the wrong kind fail at once, naming what is expected, not on first use.
+    with pytest.raises(TypeError, match="config must be a PVFinderConfig, not dict"):
+        find_vertices(arrays | {"counts": [5]}, config={"chi2_cut": 9.0}, backend="cpu")
+    with pytest.raises(TypeError, match="out must be VertexBuffers"):
+        PVFinder(backend="cpu")(arrays | {"counts": [5]}, out=np.zeros(3))
 
 
 @pytest.mark.parametrize("beamline", [(0.0, 0.0), (0.1, -0.05, 2e-4, -1e-4)])
