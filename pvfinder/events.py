@@ -9,7 +9,7 @@ validation and awkward conversion work on host arrays. Lengths are in mm.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import awkward as ak
@@ -545,10 +545,15 @@ class VertexBatch(_Jagged):
         return self._mapped(lambda array: array.copy())
 
     @classmethod
-    def concatenate(cls, batches: list[VertexBatch]) -> VertexBatch:
-        """Join batches of consecutive events into one (all with weights or all without)."""
+    def concatenate(cls, batches: Iterable[VertexBatch]) -> VertexBatch:
+        """Join batches of consecutive events into one (all with weights or all without).
+
+        The result owns new arrays, also from a single batch: joining results of
+        ``PVFinder(..., out=...)`` keeps them beyond the next call.
+        """
+        batches = list(batches)
         if len(batches) == 1:
-            return batches[0]
+            return batches[0].copy()
         if not batches:
             raise ValueError("vertices: nothing to concatenate")
         xp = _array_module(batches[0].x)

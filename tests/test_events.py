@@ -95,6 +95,12 @@ def test_vertex_concatenate():
     for mixed in ([a, without], [without, a]):  # dropped a's weights, or failed in numpy
         with pytest.raises(ValueError, match="batches with weights and batches without"):
             VertexBatch.concatenate(mixed)
+    # Any iterable; one batch is copied like several (a finder's out= view is overwritten
+    # by its next call: the joined result must not be that view).
+    assert VertexBatch.concatenate(batch for batch in (a, b)).counts.tolist() == [1, 0, 2]
+    alone = VertexBatch.concatenate([a])
+    assert alone is not a and not np.shares_memory(alone.z, a.z)
+    assert not np.shares_memory(alone.weights, a.weights)
 
 
 def test_truth_checks_labels():
