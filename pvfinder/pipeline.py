@@ -246,7 +246,9 @@ class PVFinder:
             new arrays.
         to_host : bool, optional
             Return numpy arrays (the default without ``out``); ``False`` keeps them on the
-            backend's device (the default with ``out``).
+            backend's device (the default with ``out``). With ``out`` on the CPU the numpy
+            arrays are still the views of ``out`` (from a GPU they are copies): either way
+            rely on them only until ``out`` is passed again.
         timings : dict, optional
             When given, the seconds spent in each stage are added to it (the device is
             synchronised after every stage, which costs a little on a GPU).
