@@ -772,6 +772,11 @@ class VertexWriter:
             event_ids = {"event_number": np.arange(self.n_events, self.n_events + n_events,
                                                    dtype=np.uint64)}
         ids = {name: np.asarray(values) for name, values in event_ids.items()}
+        for name, values in ids.items():  # a cast to the branch's type must not drop anything
+            if values.shape != (n_events,) or not np.issubdtype(values.dtype, np.integer):
+                raise ValueError(f"{self.path}: event identifier {name!r} must be one integer "
+                                 f"per event ({n_events}), got {values.dtype} of shape "
+                                 f"{values.shape}")
         if self._ids is None:
             self._create(ids, track_counts is not None)
         elif list(ids) != list(self._ids) or (

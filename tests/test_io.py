@@ -285,6 +285,18 @@ def test_writer_discards_partial_file_on_error(tmp_path, small):
     assert read_vertices(output).n_events == 0
 
 
+
+@pytest.mark.parametrize("ids", [np.array([0.5, 1.5, 2.5, 3.5, 4.5]), np.arange(4)],
+                         ids=["floats", "one short"])
+def test_writer_refuses_event_ids_it_cannot_store(tmp_path, small, ids):
+    # Branches hold integers, one per event: 0.5 was stored as 0, a short array as whatever
+    # uproot made of it.
+    vertices = find_vertices(small.tracks.select_events(0, 5), backend="cpu")
+    with pytest.raises(ValueError, match="'event_number' must be one integer per event"), \
+            VertexWriter(tmp_path / "pvs.root") as writer:
+        writer.write(vertices, {"event_number": ids})
+    assert list(tmp_path.iterdir()) == []
+
 # -- errors ----------------------------------------------------------------------------------
 
 
