@@ -69,6 +69,8 @@ def offsets_from_counts(counts: Any, what: str = "counts") -> np.ndarray:
     counts = np.asarray(counts)
     if counts.ndim != 1:
         raise ValueError(f"{what} must be one-dimensional, got shape {counts.shape}")
+    if counts.size and not np.issubdtype(counts.dtype, np.number):  # booleans: a mask?
+        raise ValueError(f"{what} must be integers, got {counts.dtype}")
     if counts.size and not np.issubdtype(counts.dtype, np.integer):
         if not np.all(np.mod(counts, 1) == 0):
             raise ValueError(f"{what} must be integers")

@@ -190,6 +190,10 @@ def test_empty_batch():
     assert tracks.n_events == 0 and tracks.n_tracks == 0
     assert len(tracks.to_awkward()) == 0
     assert offsets_from_counts([]).tolist() == [0]
+    for not_counts in ([True, False], ["2", "1"]):  # a mask, or text, is no count
+        with pytest.raises(ValueError, match="counts must be integers, got"):
+            offsets_from_counts(not_counts)
+    assert offsets_from_counts([2.0, 1.0]).tolist() == [0, 2, 3]  # whole floats are counts
 
 
 @settings(max_examples=40, deadline=None)
