@@ -239,6 +239,8 @@ def _check_root_header(path: Path) -> None:
 
 def _open(path: PathLike) -> Any:
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a directory, not a ROOT file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     _check_root_header(path)

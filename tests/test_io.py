@@ -303,6 +303,8 @@ def test_writer_refuses_event_ids_it_cannot_store(tmp_path, small, ids):
 def test_missing_file_not_root_and_truncated(tmp_path, small_file):
     with pytest.raises(FileNotFoundError, match="nope.root: no such file"):
         read_tracks(tmp_path / "nope.root")
+    with pytest.raises(ValueError, match="a directory, not a ROOT file"):  # not "no such file"
+        read_tracks(tmp_path)
     text = tmp_path / "text.root"
     text.write_text("hello")
     with pytest.raises(ValueError, match="text.root: not a ROOT file"):
