@@ -67,7 +67,9 @@ _Read = tuple[int, TrackChunk | Exception]
 
 
 def expand_inputs(patterns: Iterable[str]) -> tuple[list[Path], list[str]]:
-    """Expand glob patterns (``"dir/*.root"``) into files, in order and without repeats.
+    """Expand glob patterns (``"dir/*.root"``, ``"runs/**/*.root"`` recursively) into files,
+    in order and without repeats (a file named twice, also by another path or a link, is
+    kept once, under its first name).
 
     Returns
     -------
@@ -78,18 +80,19 @@ def expand_inputs(patterns: Iterable[str]) -> tuple[list[Path], list[str]]:
     """
     import glob
 
-    files: dict[Path, None] = {}
+    files: dict[Path, Path] = {}  # the file itself → the name it was first given
     errors = []
     for pattern in patterns:
         # A name that exists is a file even when it holds glob characters ("run[1].root").
         if any(char in pattern for char in "*?[") and not Path(pattern).exists():
-            matches = sorted(glob.glob(pattern))
+            matches = sorted(glob.glob(pattern, recursive=True))
             if not matches:
                 errors.append(f"{pattern}: no file matches")
-            files.update((Path(match), None) for match in matches)
         else:
-            files[Path(pattern)] = None
-    return list(files), errors
+            matches = [pattern]
+        for match in map(Path, matches):
+            files.setdefault(match.resolve(), match)
+    return list(files.values()), errors
 
 
 def plan_outputs(inputs: Sequence[Path], output: str | os.PathLike, *, merge: bool = False
@@ -256,11 +259,13 @@ def reconstruct_files(
 
 def _check_plan(plan: Mapping[Path, Sequence[Path]]) -> None:
     """Refuse, before anything is read, a plan that would lose data or could not finish."""
-    repeated = [str(path) for path, n in collections.Counter(
-        path for inputs in plan.values() for path in inputs).items() if n > 1]
+    names: dict[Path, list[str]] = collections.defaultdict(list)  # by file, also via links
+    for path in (path for inputs in plan.values() for path in inputs):
+        names[Path(path).resolve()].append(str(path))
+    repeated = [" = ".join(given) for given in names.values() if len(given) > 1]
     if repeated:
         raise ValueError(f"input(s) given more than once: {', '.join(repeated)}")
-    inputs = {Path(path).resolve() for paths in plan.values() for path in paths}
+    inputs = set(names)
     for output in plan:
         if Path(output).resolve() in inputs:
             raise ValueError(f"{output} is an input too: writing the vertices there would "

@@ -255,6 +255,24 @@ def test_an_input_given_twice_is_refused(tmp_path, files):
     with pytest.raises(ValueError, match="given more than once: .*run0.root"):
         reconstruct_files({tmp_path / "a.root": [files[0]], tmp_path / "b.root": [files[0]]},
                           backend="cpu")
+    # Also under another name: merged, its events were written twice.
+    link = tmp_path / "link.root"
+    link.symlink_to(files[0])
+    spelled = files[0].parent / ".." / files[0].parent.name / files[0].name
+    for other in (link, spelled):
+        with pytest.raises(ValueError, match=f"given more than once: {files[0]} = {other}"):
+            reconstruct_files({tmp_path / "m.root": [files[0], other]}, backend="cpu")
+
+
+def test_expanding_keeps_a_file_once_whatever_its_name(tmp_path, files):
+    link = tmp_path / "link.root"
+    link.symlink_to(files[1])
+    nested = tmp_path / "deep" / "er"
+    nested.mkdir(parents=True)
+    (nested / "run9.root").write_bytes(files[0].read_bytes())
+    found, errors = expand_inputs([str(files[1]), str(link), str(tmp_path / "**" / "*.root")])
+    assert errors == []
+    assert found == [files[1], nested / "run9.root"]  # the link is files[1]: kept once
 
 
 @pytest.mark.parametrize("output", ["the input", "the input, spelled another way",
