@@ -29,6 +29,7 @@ import awkward as ak
 import numpy as np
 from tqdm.auto import tqdm
 
+from .backends import BackendUnavailableError
 from .config import PVFinderConfig
 from .events import VERTEX_FIELDS, VertexBatch
 from .io import (
@@ -38,6 +39,7 @@ from .io import (
     TrackSchema,
     TrackSource,
     VertexWriter,
+    count_entries,
     inspect_tracks,
     iterate_tracks,
     parse_step_size,
@@ -236,25 +238,51 @@ def reconstruct_files(
 
     sources: dict[Path, TrackSource] = {}
     for output, inputs in plan.items():
+        checked: dict[Path, TrackSource] = {}
         for path in inputs:
-            if skip_existing and output.exists():
-                record(FileResult(path, output, "skipped"))
-                continue
             try:  # open and check every input first: bad files show up at once
-                sources[path] = inspect_tracks(path, schema)
+                checked[path] = inspect_tracks(path, schema)
             except (ValueError, OSError) as error:
                 record(FileResult(path, output, "failed", error=str(error)))
+        if skip_existing and output.exists():
+            incomplete = _incomplete(output, checked.values())
+            for path in checked:
+                record(FileResult(path, output, "failed", error=incomplete) if incomplete
+                       else FileResult(path, output, "skipped"))
+            continue
+        sources.update(checked)
     total = sum(source.n_entries for source in sources.values())
     with _engine(scheduler, schema, config, backend, step_size, with_weights) as engine, \
             tqdm(total=total, unit="evt", disable=not progress) as bar:
         engine.submit(list(sources.values()))
         for output, inputs in plan.items():
             todo = [sources[path] for path in inputs if path in sources]
-            if todo:
+            if not todo:
+                continue
+            try:
                 writer = VertexWriter(output, with_weights=with_weights,
                                       compression=compression)
-                _write_output(writer, todo, engine, bar, record)
+            except OSError as error:  # no right to write there, a read-only disk, ...
+                for source in todo:
+                    record(FileResult(Path(source.path), output, "failed",
+                                      error=f"{output}: cannot be written ({error})"))
+                continue
+            _write_output(writer, todo, engine, bar, record)
     return results
+
+
+def _incomplete(output: Path, sources: Iterable[TrackSource]) -> str | None:
+    """Why the existing ``output`` does not hold the vertices of all ``sources`` (an input
+    that failed when it was written left its events out), or None when it does."""
+    expected = sum(source.n_entries for source in sources)
+    try:
+        held = count_entries(output)
+    except (ValueError, OSError) as error:
+        return f"{output} exists but cannot be read ({error}); remove it to redo its inputs"
+    if held != expected:
+        return (f"{output} exists but holds {held} events where its inputs have {expected} "
+                "(an input failed when it was written); remove it to redo them")
+    return None
 
 
 def _check_plan(plan: Mapping[Path, Sequence[Path]]) -> None:
@@ -639,8 +667,22 @@ def _partition_vertices(tracks: ak.Array, entries: ak.Array, *, source: TrackSou
     entry_numbers = ak.to_numpy(entries)
     start = int(entry_numbers[0]) if len(entry_numbers) else 0
     chunk = source.chunk({name: tracks[name] for name in source.read_branches}, start)
-    vertices = _finder(config, backend)(chunk.tracks, weights=with_weights)
+    try:
+        finder = _finder(config, backend)
+    except BackendUnavailableError as error:  # named as the input's own error, not a read's
+        raise ValueError(f"{source.where}: not reconstructed on worker {_worker_name()}: "
+                         f"{error}") from None
+    vertices = finder(chunk.tracks, weights=with_weights)
     return _records(vertices, chunk.event_ids, chunk.tracks.counts)
+
+
+def _worker_name() -> str:
+    from distributed import get_worker
+
+    try:
+        return get_worker().address
+    except ValueError:  # not on a worker (dask.compute's threads)
+        return "(this process)"
 
 
 def _records(vertices: VertexBatch, event_ids: Mapping[str, np.ndarray], track_counts: Any

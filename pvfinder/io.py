@@ -56,6 +56,7 @@ __all__ = [
     "TrackSchema",
     "TrackSource",
     "VertexWriter",
+    "count_entries",
     "inspect_tracks",
     "iterate_tracks",
     "parse_step_size",
@@ -864,6 +865,19 @@ def write_vertices(path: PathLike, vertices: VertexBatch, *, with_weights: bool 
     with VertexWriter(path, with_weights=with_weights and vertices.weights is not None,
                       compression=compression) as writer:
         writer.write(vertices, event_ids, track_counts)
+
+
+def count_entries(path: PathLike, tree: str = VERTICES_TREE) -> int:
+    """Number of entries (events) of ``tree`` in ``path``, reading no data.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        For a missing or unreadable file or a missing tree, naming it.
+    """
+    path = Path(path)
+    with _open(path) as file:
+        return int(_tree(file, path, tree).num_entries)
 
 
 def read_vertices(path: PathLike, *, weights: bool = True) -> VertexBatch:

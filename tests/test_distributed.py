@@ -147,10 +147,41 @@ def test_merged_output_holds_the_good_inputs_in_order(tmp_path, files):
 def test_skip_existing_leaves_finished_outputs(tmp_path, files):
     plan = plan_outputs(files[:2], tmp_path)
     done = tmp_path / "run0_pvs.root"
-    done.write_bytes(b"finished earlier")
+    reconstruct_files({done: [files[0]]}, backend="cpu")
+    finished = done.read_bytes()
     results = reconstruct_files(plan, backend="cpu", skip_existing=True)
     assert [r.status for r in results] == ["skipped", "done"]
-    assert done.read_bytes() == b"finished earlier"
+    assert done.read_bytes() == finished
+
+
+
+def test_an_output_that_cannot_be_created_fails_only_its_inputs(tmp_path, files):
+    # Its folder cannot be made (a file is in the way; a read-only disk or a folder without
+    # the right to write fail the same way): a traceback stopped every input.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    plan = {blocker / "a.root": [files[0]], tmp_path / "b.root": [files[1]]}
+    results = reconstruct_files(plan, backend="cpu")
+    assert [r.status for r in results] == ["failed", "done"]
+    assert results[0].error.startswith(f"{blocker / 'a.root'}: cannot be written")
+    assert_same_vertices(read_vertices(tmp_path / "b.root"), expected_vertices(files[1]),
+                         weights=False)
+
+def test_skip_existing_does_not_take_an_incomplete_output_for_done(tmp_path, files):
+    # A merged output that an input failed to reach holds only the others' events: resuming
+    # must not report that input as done (it was "skipped", exit code 0).
+    merged = tmp_path / "merged.root"
+    first = reconstruct_files({merged: [files[0], files[4]]}, backend="cpu")
+    assert [r.status for r in first] == ["done", "failed"]  # files[4] has a NaN state
+    again = reconstruct_files({merged: [files[0], files[4]]}, backend="cpu", skip_existing=True)
+    assert [r.status for r in again] == ["failed", "failed"]
+    assert "holds 60 events where its inputs have 90" in again[0].error
+    # Something else under the output's name is not a finished output either.
+    other = tmp_path / "run1_pvs.root"
+    other.write_bytes(b"not a vertex file")
+    (result,) = reconstruct_files({other: [files[1]]}, backend="cpu", skip_existing=True)
+    assert result.status == "failed" and "exists but cannot be read" in result.error
+    assert other.read_bytes() == b"not a vertex file"
 
 
 def test_next_chunk_is_read_while_this_one_is_reconstructed(files, monkeypatch):
@@ -333,6 +364,20 @@ def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch
     with pytest.raises(ValueError, match="nan.root:tracks: branch 'x' is nan in entry 13"):
         dask.compute(*bad.to_delayed(), scheduler="sync")
 
+
+
+def test_dask_names_a_backend_the_workers_cannot_run(files):
+    # Reported as the input's own error, not as "cannot read the entries from 0 on (...)".
+    import dask
+
+    from pvfinder.backends import available_backends
+
+    if available_backends()["cuda"] is None:
+        pytest.skip("CUDA runs here: no unavailable backend to ask for")
+    collection = vertex_collection(inspect_tracks(files[1]), backend="cuda")
+    with pytest.raises(ValueError, match=r"run1.root:tracks: not reconstructed on worker "
+                                         r"\(this process\): .*cuda"):
+        dask.compute(*collection.to_delayed(), scheduler="sync")
 
 def test_dask_threaded_scheduler_gives_each_thread_its_own_finder(files):
     """dask.compute's default for delayed parts runs them on threads of this process: one
