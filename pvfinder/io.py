@@ -782,12 +782,15 @@ class VertexWriter:
                                  f"{values.shape}")
         if self._ids is None:
             self._create(ids, track_counts is not None)
-        elif list(ids) != list(self._ids) or (
-                self.with_weights and (track_counts is not None) != self._per_track):
-            raise ValueError(f"{self.path}: every chunk must bring the same event identifiers "
-                             f"({', '.join(self._ids)}) and track counts as the first")
+        elif list(ids) != list(self._ids):
+            raise ValueError(f"{self.path}: these events bring the identifiers "
+                             f"({', '.join(ids)}) but the file holds ({', '.join(self._ids)}) "
+                             "from the first written: merged inputs need the same ones")
+        elif self.with_weights and (track_counts is not None) != self._per_track:
+            raise ValueError(f"{self.path}: track counts must be given with every write or "
+                             "with none (they make the per-track branches)")
         if n_events:
-            ids = {name: values.astype(self._ids[name], copy=False)
+            ids = {name: _fitted(values, self._ids[name], name, self.path)
                    for name, values in ids.items()}
             self._file[VERTICES_TREE].extend({**ids, **_jagged(vertices, VERTEX_FIELDS,
                                                                 np.float64)})
@@ -833,6 +836,18 @@ class VertexWriter:
             self.close()
         else:
             self.discard()
+
+
+def _fitted(values: np.ndarray, dtype: np.dtype, name: str, path: Path) -> np.ndarray:
+    """Integer ``values`` in the branch's integer ``dtype``, refusing any that it cannot hold
+    (a cast would wrap them: -50 into 18446744073709551566 as uint64)."""
+    if values.size:
+        limits = np.iinfo(dtype)
+        low, high = values.min(), values.max()
+        if low < limits.min or high > limits.max:
+            raise ValueError(f"{path}: event identifier {name!r} runs from {low} to {high}, "
+                             f"beyond the {dtype} of its branch (the first events written)")
+    return values.astype(dtype, copy=False)
 
 
 def _var(dtype: str) -> ak.types.ListType:

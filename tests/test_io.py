@@ -297,6 +297,28 @@ def test_writer_refuses_event_ids_it_cannot_store(tmp_path, small, ids):
         writer.write(vertices, {"event_number": ids})
     assert list(tmp_path.iterdir()) == []
 
+
+def test_writer_keeps_identifiers_exact_across_writes(tmp_path, small):
+    # The first write fixes each identifier's branch type: later values it cannot hold are
+    # refused, not wrapped (-50 became 18446744073709551566 under uint64), and a different
+    # set of identifiers is named as such.
+    vertices = find_vertices(small.tracks.select_events(0, 5), backend="cpu")
+    first = {"event_number": np.arange(5, dtype=np.uint64)}
+    with pytest.raises(ValueError, match="'event_number' runs from -50 to -46, beyond the "
+                                         "uint64"), VertexWriter(tmp_path / "a.root") as writer:
+        writer.write(vertices, first)
+        writer.write(vertices, {"event_number": np.arange(-50, -45)})
+    with pytest.raises(ValueError, match=r"bring the identifiers \(event_number, run_number\) "
+                                         r"but the file holds \(event_number\)"), \
+            VertexWriter(tmp_path / "b.root") as writer:
+        writer.write(vertices, first)
+        writer.write(vertices, first | {"run_number": np.zeros(5, np.int32)})
+    with VertexWriter(tmp_path / "c.root") as writer:  # values that fit are cast and kept
+        writer.write(vertices, first)
+        writer.write(vertices, {"event_number": np.arange(5, 10, dtype=np.int32)})
+    stored = uproot.open(tmp_path / "c.root")["vertices"]["event_number"].array(library="np")
+    assert stored.tolist() == list(range(10))
+
 # -- errors ----------------------------------------------------------------------------------
 
 
