@@ -152,6 +152,12 @@ class TrackSchema:
     fill_missing_covariance: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.tree, str):
+            raise ValueError(f"track schema: tree must be a name, got {self.tree!r}")
+        if not (isinstance(self.branches, Mapping)
+                and all(isinstance(name, str) for name in self.branches.values())):
+            raise ValueError("track schema: branches must map fields to branch names, got "
+                             f"{self.branches!r}")
         unknown = sorted(set(self.branches) - set(TRACK_FIELDS))
         if unknown:
             raise ValueError(f"track schema: unknown field(s) {', '.join(unknown)}; "
@@ -187,6 +193,8 @@ class TrackSchema:
             text = path.read_text()
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as error:  # a directory, no right to read, ...
+            raise ValueError(f"{path}: cannot be read as a schema file ({error})") from None
         try:
             if path.suffix == ".toml":
                 import tomllib
@@ -203,6 +211,9 @@ class TrackSchema:
 
 
 def _checked_fill(fill: Mapping[str, Any]) -> dict[str, float]:
+    if not isinstance(fill, Mapping):
+        raise ValueError("track schema: fill_missing_covariance must map covariance fields to "
+                         f"values, got {fill!r}")
     out = {}
     for name, value in fill.items():
         if name not in COVARIANCE_FIELDS:

@@ -231,11 +231,22 @@ def test_step_size_mistakes(step_size):
         ({"fill_missing_covariance": {"cov_xx": -1}}, "must be finite and non-negative"),
         ({"fill_missing_covariance": {"cov_xtx": "a"}}, "must be a number"),
         ({"event_ids": ["run", 7]}, "event_ids must be branch names"),
+        # Values of the wrong kind (a TOML or JSON file may hold anything): no AttributeError
+        # or TypeError from deep inside.
+        ({"tree": 5}, "tree must be a name, got 5"),
+        ({"branches": ["x"]}, "branches must map fields to branch names"),
+        ({"branches": {"x": 3}}, "branches must map fields to branch names"),
+        ({"fill_missing_covariance": [1]}, "fill_missing_covariance must map"),
     ],
 )
 def test_schema_mistakes(mapping, message):
     with pytest.raises(ValueError, match=message):
         TrackSchema.from_mapping(mapping)
+
+
+def test_schema_file_that_cannot_be_read(tmp_path):
+    with pytest.raises(ValueError, match="cannot be read as a schema file"):
+        TrackSchema.from_file(tmp_path)  # a directory
 
 
 def test_missing_covariance_filled_only_when_asked(tmp_path, small):
