@@ -120,11 +120,17 @@ def plan_outputs(inputs: Sequence[Path], output: str | os.PathLike, *, merge: bo
     Raises
     ------
     ValueError
-        When two inputs would write the same output.
+        When two inputs would write the same output, or several inputs without ``merge``
+        are given a file name (ending in ``.root``, or an existing file) rather than a
+        directory: ``--merge`` forgotten, or a glob that matched more than one file.
     """
     output = Path(output)
     if merge or (len(inputs) == 1 and output.suffix == ".root" and not output.is_dir()):
         return {output: list(inputs)}
+    if len(inputs) > 1 and not output.is_dir() and (output.suffix.lower() == ".root"
+                                                     or output.exists()):
+        raise ValueError(f"{output}: {len(inputs)} inputs make one file each in a directory, "
+                         "and this names a file; give a directory, or --merge for one file")
     plan: dict[Path, list[Path]] = {}
     for path in inputs:
         target = output / f"{path.stem}_pvs.root"
