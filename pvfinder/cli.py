@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -42,13 +43,20 @@ def _load_config(path: str | None, overrides: Sequence[str]):
 
     mapping: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        if path.endswith(".toml"):
-            import tomllib
+        try:
+            text = Path(path).read_text()
+            if path.endswith(".toml"):
+                import tomllib
 
-            mapping = tomllib.loads(text)
-        else:
-            mapping = json.loads(text)
+                mapping = tomllib.loads(text)
+            else:
+                mapping = json.loads(text)
+        except (OSError, UnicodeDecodeError, ValueError) as error:  # parsers raise ValueErrors
+            kind = "TOML" if path.endswith(".toml") else "JSON (or name it .toml)"
+            raise UsageError(f"--config {path}: not a readable {kind} file ({error})") from None
+        if not isinstance(mapping, dict):
+            raise UsageError(f"--config {path}: holds {type(mapping).__name__}, not a table of "
+                             "PVFinderConfig fields")
     mapping.update(_parse_assignments(overrides, "--set"))
     return PVFinderConfig.from_mapping(mapping)
 
@@ -58,16 +66,20 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from .simulation import simulate
 
     overrides = _parse_assignments(args.set, "--set")
+    for name, option in (("seed", "--seed"), ("n_events", "-n")):
+        if name in overrides:
+            raise UsageError(f"--set {name}: give it as {option}")
     if args.nu is not None:
         overrides["nu"] = args.nu
     start = time.perf_counter()
     sample = simulate(args.n_events, seed=args.seed, **overrides)
     elapsed = time.perf_counter() - start
+    if args.output:  # before printing: a closed pipe must not lose the sample
+        write_sample(args.output, sample.tracks, sample.truth, compression=args.compression)
     print(f"simulated {args.n_events} events in {elapsed:.1f} s (seed {args.seed})")
     for name, value in sample.statistics().items():
         print(f"  {name:<40s} {value:10.4f}")
     if args.output:
-        write_sample(args.output, sample.tracks, sample.truth, compression=args.compression)
         print(f"wrote {args.output}")
     return 0
 
@@ -110,31 +122,47 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str) -> None:
 
     done = [result for result in results if result.status == "done"]
     outputs: dict[Path, VertexBatch] = {}
+    folders = _plot_folders([result.input for result in done]) if len(done) > 1 else {}
     for result in done:
         try:
             truth = read_truth(result.input, tracks_tree)
-        except (ValueError, OSError) as error:
-            print(f"pvfinder reconstruct: warning: not validated: {error}", file=sys.stderr)
-            continue
-        if truth is None:
-            continue
-        if result.output not in outputs:
-            outputs[result.output] = read_vertices(result.output, weights=False)
-        vertices = outputs[result.output]
-        if vertices.n_events != result.n_events:  # this input's share of a merged output
-            vertices = VertexBatch(**vertices.event_slice(
-                result.first_event, result.first_event + result.n_events))
-        if len(done) > 1:
-            print(f"== {result.input}")
-            _print_validation(vertices, truth, plots and str(Path(plots) / result.input.stem))
-        else:
-            _print_validation(vertices, truth, plots)
+            if truth is None:
+                continue
+            if result.output not in outputs:
+                outputs[result.output] = read_vertices(result.output, weights=False)
+            vertices = outputs[result.output]
+            if vertices.n_events != result.n_events:  # this input's share of a merged output
+                vertices = VertexBatch(**vertices.event_slice(
+                    result.first_event, result.first_event + result.n_events))
+            if len(done) > 1:
+                print(f"== {result.input}")
+            _print_validation(vertices, truth,
+                              plots and str(Path(plots, folders.get(result.input, ""))))
+        except (ValueError, OSError) as error:  # the truth does not fit, cannot be read, ...
+            named = str(error) if str(error).startswith(str(result.input)) else (
+                f"{result.input}: {error}")
+            print(f"pvfinder reconstruct: warning: not validated: {named}", file=sys.stderr)
+
+
+def _plot_folders(inputs: list[Path]) -> dict[Path, str]:
+    """A folder name per input for its plots: its stem, numbered where stems repeat
+    (a/run.root, b/run.root → run, run_2)."""
+    folders: dict[Path, str] = {}
+    seen: dict[str, int] = {}
+    for path in inputs:
+        seen[path.stem] = seen.get(path.stem, 0) + 1
+        folders[path] = path.stem if seen[path.stem] == 1 else f"{path.stem}_{seen[path.stem]}"
+    return folders
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from .backends import get_backend
     from .distributed import expand_inputs, plan_outputs, reconstruct_files
 
+    if args.plots and args.no_validate:
+        raise UsageError("--plots draws the validation, which --no-validate turns off")
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise UsageError(f"--plots {args.plots}: a file, not a directory")
     config = _load_config(args.config, args.set)
     schema = _track_schema(args)
     inputs, errors = expand_inputs(args.inputs)
@@ -181,6 +209,8 @@ def _print_validation(vertices, truth, plots: str | None) -> None:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .io import read_truth, read_vertices
 
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise UsageError(f"--plots {args.plots}: a file, not a directory")
     truth = read_truth(args.sample, args.tree)
     if truth is None:
         raise UsageError(f"{args.sample}: holds no truth tree to validate against")
@@ -211,8 +241,14 @@ def _check_bench_options(args: argparse.Namespace) -> None:
     if args.n_events is not None and args.n_events < 1:
         raise UsageError(f"-n must be a positive number of events, got {args.n_events}")
     for option, values in (("--batch", args.batch), ("--nu", args.nu)):
-        if values is not None and min(values) <= 0:
-            raise UsageError(f"{option} takes positive values, got {min(values)}")
+        bad = [value for value in values or () if not value > 0 or value == float("inf")]
+        if bad:
+            raise UsageError(f"{option} takes positive values, got {bad[0]}")
+    if args.output is not None:  # known before a run of minutes, not after it
+        output = Path(args.output)
+        if output.is_dir() or not output.parent.is_dir():
+            raise UsageError(f"-o {args.output}: cannot be written (a directory, or in a "
+                             "folder that does not exist)")
     available = numba.config.NUMBA_NUM_THREADS
     if args.threads is not None and not all(1 <= n <= available for n in args.threads):
         raise UsageError(f"--threads takes 1 to {available} (the cores this process may use), "
@@ -384,7 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except (UsageError, ValueError, FileNotFoundError, BackendUnavailableError) as error:
+    except BrokenPipeError:  # output piped into a reader that stopped (| head): end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 1
+    except (UsageError, ValueError, OSError, BackendUnavailableError) as error:
         print(f"pvfinder {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

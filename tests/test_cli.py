@@ -100,6 +100,14 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
         (["simulate", "-n", "10", "--set", "not_a_condition=1"], "not_a_condition"),
         (["reconstruct", "{sample}", "-o", "{sample}"], "is an input too"),
         (["reconstruct", "{sample}", "{sample}", "-o", ".", "--merge"], "is a directory"),
+        # Tracebacks before: an OSError other than a missing file, TypeErrors, a late check.
+        (["simulate", "-n", "10", "-o", "."], "Is a directory"),
+        (["simulate", "-n", "10", "--set", "seed=3"], "--set seed: give it as --seed"),
+        (["reconstruct", "{sample}", "-o", "x.root", "--config", "."], "--config .: not a readable"),
+        (["reconstruct", "{sample}", "-o", "x.root", "--plots", "p", "--no-validate"],
+         "--plots draws the validation, which --no-validate turns off"),
+        (["reconstruct", "{sample}", "-o", "x.root", "--plots", "{sample}"], "a file, not a directory"),
+        (["validate", "{sample}", "{sample}", "--plots", "{sample}"], "a file, not a directory"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(argv, message, sample_file, tmp_path, capsys, monkeypatch):
@@ -171,6 +179,8 @@ def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
         (["-n", "0"], "-n must be a positive number of events"),
         (["--nu", "0"], "--nu takes positive values"),
         (["--threads", "999"], "--threads takes 1 to"),
+        (["--nu", "nan"], "--nu takes positive values, got nan"),
+        (["-o", "."], "-o .: cannot be written"),  # found out only after the whole run
     ],
 )
 def test_bench_option_mistakes_are_refused_before_anything_runs(extra, message, capsys,
@@ -242,6 +252,61 @@ def test_bad_input_is_reported_and_the_rest_go_on(two_files, tmp_path, capsys):
     assert f"{notes}: not a ROOT file" in errors[1]
     assert "2 input(s) failed" in captured.out
     assert [p.name for p in out.iterdir()] == ["a_pvs.root"]
+
+
+def test_several_inputs_into_a_file_name_are_refused(two_files, tmp_path, capsys):
+    # --merge forgotten (or a glob that matched two files): a folder named x.root was made.
+    assert main(["reconstruct", *map(str, two_files), "-o", str(tmp_path / "x.root")]) == 2
+    assert "give a directory, or --merge for one file" in capsys.readouterr().err
+    assert not (tmp_path / "x.root").exists()
+
+
+def test_validation_goes_on_after_an_input_whose_truth_does_not_fit(two_files, tmp_path,
+                                                                    capsys):
+    # a.root's truth tree is another sample's (fewer events): the first input stopped the
+    # validation of all the others, with no summary of failures.
+    other = tmp_path / "other.root"
+    assert main(["simulate", "-n", "50", "--seed", "9", "-o", str(other)]) == 0
+    mismatched = tmp_path / "mismatched.root"
+    with uproot.recreate(mismatched) as out:
+        for tree, source, counter in (("tracks", two_files[0], "n_tracks"),
+                                      ("truth", other, "n_pvs")):
+            with uproot.open(source) as file:
+                arrays = file[tree].arrays(how=dict)
+            del arrays[counter]  # remade by mktree
+            out.mktree(tree, {name: array.type if array.ndim > 1 else array.layout.dtype
+                              for name, array in arrays.items()},
+                       counter_name=lambda _, counter=counter: counter)
+            out[tree].extend(arrays)
+    capsys.readouterr()
+    assert main(["reconstruct", str(mismatched), str(two_files[1]), "-o",
+                 str(tmp_path / "out"), "--backend", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"pvfinder reconstruct: warning: not validated: "
+                                   f"{mismatched}: ")
+    assert f"== {two_files[1]}" in captured.out and "efficiency" in captured.out.lower()
+
+
+def test_plots_of_inputs_of_one_name_go_to_folders_of_their_own():
+    from pathlib import Path
+
+    from pvfinder.cli import _plot_folders
+
+    inputs = [Path("a/run.root"), Path("b/run.root"), Path("c/other.root"), Path("d/run.root")]
+    assert list(_plot_folders(inputs).values()) == ["run", "run_2", "other", "run_3"]
+
+
+def test_a_closed_pipe_ends_the_command_quietly_after_its_file_is_written(tmp_path):
+    # `pvfinder simulate ... | head -1`: a traceback, and the sample was never written.
+    output = tmp_path / "piped.root"
+    command = subprocess.Popen([sys.executable, "-m", "pvfinder", "simulate", "-n", "30",
+                                "-o", str(output)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    command.stdout.close()  # the reader is gone before the first line
+    stderr = command.stderr.read().decode()
+    assert command.wait(timeout=120) == 1
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert read_tracks(output).n_events == 30
 
 
 def test_skip_existing_resumes(two_files, tmp_path, capsys):
