@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -45,7 +46,7 @@ from .io import (
     parse_step_size,
     usable_cores,
 )
-from .pipeline import PVFinder
+from .pipeline import PVFinder, SeedOverflowWarning
 
 __all__ = [
     "FileResult",
@@ -453,8 +454,9 @@ class _LocalEngine:
                 continue  # what is left of an earlier input whose consumer gave up on it
             if isinstance(chunk, Exception):
                 raise chunk
-            vertices = self.finder(chunk.tracks, out=self.outputs, to_host=True,
-                                   weights=self.with_weights)
+            with _warnings_located(chunk.path, chunk.tree, chunk.entry_start):
+                vertices = self.finder(chunk.tracks, out=self.outputs, to_host=True,
+                                       weights=self.with_weights)
             if not self.read_ahead:
                 self._read_next()
             any_chunk = True
@@ -476,6 +478,22 @@ class _LocalEngine:
         with contextlib.suppress(Exception):
             self._upcoming.result()
         self._stream.close()
+
+
+@contextlib.contextmanager
+def _warnings_located(path: Path, tree: str, first_entry: int) -> Iterator[None]:
+    """Re-issue the finder's warnings about a chunk naming its file and entries (the finder
+    counts events from the chunk's start); others pass unchanged. In this process only:
+    catching warnings is not safe in the threads of a Dask worker."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for item in caught:
+        message = item.message
+        if isinstance(message, SeedOverflowWarning):
+            message = message.located(f"{path}:{tree}", first_entry)
+        warnings.warn_explicit(message, item.category, item.filename, item.lineno,
+                               source=item.source)
 
 
 class _DaskEngine:

@@ -29,7 +29,41 @@ __all__ = [
 
 
 class SeedOverflowWarning(UserWarning):
-    """An event had more clusters than ``max_vertices_per_event``; the extra ones were not fitted."""
+    """An event had more clusters than ``max_vertices_per_event``; the extra ones were not fitted.
+
+    Attributes
+    ----------
+    events : numpy.ndarray
+        The events concerned: positions in the batch that was run, or entries of ``where``.
+    n_clusters : numpy.ndarray
+        Their numbers of clusters.
+    max_seeds : int
+        ``max_vertices_per_event``.
+    what : str
+        What became of the first ``max_seeds`` clusters ("fitted", "kept").
+    where : str or None
+        ``file:tree`` the events were read from, when known.
+    """
+
+    def __init__(self, events: np.ndarray, n_clusters: np.ndarray, max_seeds: int, what: str,
+                 where: str | None = None) -> None:
+        self.events, self.n_clusters = np.asarray(events), np.asarray(n_clusters)
+        self.max_seeds, self.what, self.where = max_seeds, what, where
+        first = f"event {self.events[0]}" if where is None else f"entry {self.events[0]}"
+        super().__init__(
+            f"{'' if where is None else where + ': '}{self.events.size} event(s) had more than "
+            f"max_vertices_per_event={max_seeds} clusters ({first}: {self.n_clusters[0]}); "
+            f"only the first {max_seeds} in z were {what}. Raise max_vertices_per_event to keep "
+            "them all.")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles with its fields, not its message
+        return type(self), (self.events, self.n_clusters, self.max_seeds, self.what, self.where)
+
+    def located(self, where: str, first_entry: int) -> SeedOverflowWarning:
+        """The same warning about a batch read from ``where`` (``file:tree``) from entry
+        ``first_entry`` on: it names the file and the entries."""
+        return SeedOverflowWarning(self.events + first_entry, self.n_clusters, self.max_seeds,
+                                   self.what, where)
 
 
 def as_track_batch(tracks: Any) -> TrackBatch:
@@ -604,13 +638,8 @@ def _report_overflow(n_seeds: np.ndarray, max_seeds: int, first_event: int, what
     ones beyond them)."""
     over = np.flatnonzero(n_seeds > max_seeds)
     if over.size:
-        warnings.warn(
-            f"{over.size} event(s) had more than max_vertices_per_event={max_seeds} clusters "
-            f"(event {first_event + over[0]}: {n_seeds[over[0]]}); only the first {max_seeds} "
-            f"in z were {what}. Raise max_vertices_per_event to keep them all.",
-            SeedOverflowWarning,
-            stacklevel=_stacklevel_of_caller(),
-        )
+        warnings.warn(SeedOverflowWarning(first_event + over, n_seeds[over], max_seeds, what),
+                      stacklevel=_stacklevel_of_caller())
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep

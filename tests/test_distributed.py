@@ -15,6 +15,7 @@ import uproot
 
 from pvfinder import distributed, find_vertices
 from pvfinder import io as pvfinder_io
+from pvfinder.config import PVFinderConfig
 from pvfinder.distributed import (
     dask_client,
     expand_inputs,
@@ -31,7 +32,7 @@ from pvfinder.io import (
     read_vertices,
     write_sample,
 )
-from pvfinder.pipeline import PVFinder
+from pvfinder.pipeline import PVFinder, SeedOverflowWarning
 
 from .test_io import assert_same_vertices, write_tree
 
@@ -143,6 +144,22 @@ def test_merged_output_holds_the_good_inputs_in_order(tmp_path, files):
     numbers = uproot.open(output)["vertices"]["event_number"].array(library="np")
     np.testing.assert_array_equal(numbers, np.r_[np.arange(60), np.arange(40)])
 
+
+
+def test_a_chunk_s_overflow_warning_names_the_file_and_entry(tmp_path, files):
+    # The finder counts events from the start of each chunk: "event 0" of the second chunk
+    # of 20 is entry 20 of the file.
+    config = PVFinderConfig(max_vertices_per_event=2)
+    tracks = read_tracks(files[1])
+    with pytest.warns(SeedOverflowWarning) as alone:
+        find_vertices(tracks.select_events(20, 40), config, backend="cpu")
+    expected = 20 + int(alone[0].message.events[0])
+    with pytest.warns(SeedOverflowWarning) as caught:
+        reconstruct_files({tmp_path / "a.root": [files[1]]}, config=config, backend="cpu",
+                          step_size=20)
+    messages = [str(item.message) for item in caught]
+    assert len(messages) == 2 and all(m.startswith(f"{files[1]}:tracks: ") for m in messages)
+    assert f"(entry {expected}: " in messages[1]
 
 def test_skip_existing_leaves_finished_outputs(tmp_path, files):
     plan = plan_outputs(files[:2], tmp_path)
