@@ -60,6 +60,7 @@ __all__ = [
     "inspect_tracks",
     "iterate_tracks",
     "parse_step_size",
+    "read_event_numbers",
     "read_tracks",
     "read_truth",
     "read_vertices",
@@ -263,8 +264,9 @@ def _open(path: PathLike) -> Any:
 
 
 def _tree(file: Any, path: Path, name: str) -> Any:
-    if name not in file:
-        trees = ", ".join(sorted({key.split(";")[0] for key in file})) or "none"
+    if name not in file:  # name the trees, also in folders ("Dir/tracks"), not the folders
+        trees = ", ".join(sorted({key.split(";")[0] for key, kind in file.classnames().items()
+                                  if kind == "TTree"})) or "none"
         raise ValueError(f"{path}: no tree {name!r} (trees in the file: {trees})")
     tree = file[name]
     if not isinstance(tree, uproot.TTree):
@@ -904,6 +906,22 @@ def count_entries(path: PathLike, tree: str = VERTICES_TREE) -> int:
     path = Path(path)
     with _open(path) as file:
         return int(_tree(file, path, tree).num_entries)
+
+
+def read_event_numbers(path: PathLike, tree: str) -> np.ndarray | None:
+    """The ``event_number`` branch of ``tree`` in ``path``, or None when the tree has none.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        For a missing or unreadable file or a missing tree, naming it.
+    """
+    path = Path(path)
+    with _open(path) as file:
+        found = _tree(file, path, tree)
+        if "event_number" not in found:
+            return None
+        return found["event_number"].array(library="np")
 
 
 def read_vertices(path: PathLike, *, weights: bool = True) -> VertexBatch:

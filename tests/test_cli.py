@@ -73,6 +73,20 @@ def test_reconstruct_validates_against_truth_beside_a_renamed_tracks_tree(
     assert "unlabelled.root:Velo: missing branch(es) mc_pv" in captured.err
 
 
+
+def test_validate_refuses_vertices_of_other_events(sample_file, tmp_path, capsys):
+    # Same number of events, other event numbers: scored without a word before.
+    from pvfinder.io import VertexWriter
+
+    vertices = find_vertices(read_tracks(sample_file), backend="cpu")
+    shifted = tmp_path / "shifted.root"
+    with VertexWriter(shifted) as writer:
+        writer.write(vertices, {"event_number": np.arange(1000, 1000 + vertices.n_events,
+                                                          dtype=np.uint64)})
+    assert main(["validate", str(sample_file), str(shifted)]) == 2
+    err = capsys.readouterr().err
+    assert "its event 0 is event_number 1000 but" in err and "not this sample's vertices" in err
+
 def test_set_takes_python_numbers_json_does_not():
     from pvfinder.cli import _load_config
 

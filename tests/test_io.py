@@ -383,11 +383,14 @@ def test_missing_tree_and_branch(tmp_path):
     path = tmp_path / "partial.root"
     counts = [2, 1]
     with uproot.recreate(path) as file:
-        file["other"] = {"a": np.arange(3)}
+        file["ntuple"] = {"a": np.arange(3)}  # uproot writes an RNTuple: not a tree to offer
+        file.mktree("other", {"a": "int64"})
+        file.mkdir("Dir").mktree("velo", {"a": "int64"})  # offered with its folder
         file.mktree("tracks", {name: "var * float64" for name in ("x", "y")},
                     counter_name=lambda _: "n_tracks")
         file["tracks"].extend({name: ak.unflatten(np.ones(3), counts) for name in ("x", "y")})
-    with pytest.raises(ValueError, match="no tree 'velo'.*other, tracks"):
+    with pytest.raises(ValueError, match=r"no tree 'velo' \(trees in the file: Dir/velo, "
+                                         r"other, tracks\)"):
         read_tracks(path, tree="velo")
     with pytest.raises(ValueError, match=r"partial.root:tracks: missing branch.*z, tx.*--branch"):
         read_tracks(path)
