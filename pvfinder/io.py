@@ -153,8 +153,10 @@ class TrackSchema:
     fill_missing_covariance: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
+        # ValueErrors, as for every schema mistake: schemas mostly come from files.
         if not isinstance(self.tree, str):
-            raise ValueError(f"track schema: tree must be a name, got {self.tree!r}")
+            raise ValueError(  # noqa: TRY004
+                f"track schema: tree must be a name, got {self.tree!r}")
         if not (isinstance(self.branches, Mapping)
                 and all(isinstance(name, str) for name in self.branches.values())):
             raise ValueError("track schema: branches must map fields to branch names, got "
@@ -213,8 +215,9 @@ class TrackSchema:
 
 def _checked_fill(fill: Mapping[str, Any]) -> dict[str, float]:
     if not isinstance(fill, Mapping):
-        raise ValueError("track schema: fill_missing_covariance must map covariance fields to "
-                         f"values, got {fill!r}")
+        raise ValueError(  # noqa: TRY004 (a schema mistake, as TrackSchema's others)
+            f"track schema: fill_missing_covariance must map covariance fields to values, got "
+            f"{fill!r}")
     out = {}
     for name, value in fill.items():
         if name not in COVARIANCE_FIELDS:
