@@ -328,7 +328,8 @@ class TrackBatch(_Jagged):
         Raises
         ------
         ValueError
-            For a missing or unknown field, a field of the wrong shape, or bad end offsets.
+            For a missing or unknown field, a field of the wrong shape or of other than
+            floats, offsets of other than integers, or bad end offsets.
         """
         missing = [name for name in cls.FIELDS if name not in fields]
         unknown = [name for name in fields if name not in cls.FIELDS]
@@ -337,6 +338,13 @@ class TrackBatch(_Jagged):
                              f"unknown field(s) {', '.join(unknown) or 'none'}")
         if getattr(offsets, "ndim", None) != 1 or len(offsets) == 0:
             raise ValueError("tracks: offsets must be a non-empty 1-d array")
+        # Types only (no scan): float offsets were truncated, text fields parsed as numbers.
+        if getattr(offsets.dtype, "kind", None) not in ("i", "u"):
+            raise ValueError(f"tracks: offsets must be integers, got {offsets.dtype}")
+        for name in cls.FIELDS:
+            if getattr(getattr(fields[name], "dtype", None), "kind", None) != "f":
+                raise ValueError(f"tracks: field {name!r} must hold floats, got "
+                                 f"{getattr(fields[name], 'dtype', type(fields[name]).__name__)}")
         first, length = int(offsets[0]), int(offsets[-1])
         if first != 0:
             raise ValueError(f"tracks: offsets must start at 0, got {first}")

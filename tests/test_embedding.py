@@ -215,6 +215,11 @@ def test_from_buffers_wraps_without_copying_and_checks_structure(sample):
         TrackBatch.from_buffers(offsets, **{**fields, "z": fields["z"][:-1]})
     with pytest.raises(ValueError, match="offsets must start at 0"):
         TrackBatch.from_buffers(offsets + 1, **fields)
+    # Types are structure too: float offsets were truncated, text states parsed.
+    with pytest.raises(ValueError, match="offsets must be integers, got float64"):
+        TrackBatch.from_buffers(offsets + 0.5, **fields)
+    with pytest.raises(ValueError, match="field 'tx' must hold floats, got <U"):
+        TrackBatch.from_buffers(offsets, **{**fields, "tx": fields["tx"].astype(str)})
 
 
 def test_wrapped_offsets_that_run_backwards_are_an_error_on_every_backend(sample, backend_name):
