@@ -67,14 +67,31 @@ class SeedOverflowWarning(UserWarning):
 
 
 def as_track_batch(tracks: Any) -> TrackBatch:
-    """Accept a :class:`TrackBatch`, an awkward array of track records, or a mapping of
-    flat arrays with ``counts`` or ``offsets`` (see :meth:`TrackBatch.from_arrays`)."""
+    """Accept a :class:`TrackBatch`, an awkward array of track records, a mapping of jagged
+    awkward arrays, one list per event for each field (uproot's ``tree.arrays(how=dict)``;
+    other keys are ignored), or a mapping of flat arrays with ``counts`` or ``offsets`` (see
+    :meth:`TrackBatch.from_arrays`)."""
     if isinstance(tracks, TrackBatch):
         return tracks
     if isinstance(tracks, ak.Array):
         return TrackBatch.from_awkward(tracks)
     if isinstance(tracks, Mapping):
-        return TrackBatch.from_arrays(**tracks)
+        jagged = [name for name, value in tracks.items()
+                  if isinstance(value, ak.Array) and value.ndim > 1]
+        if not jagged:
+            return TrackBatch.from_arrays(**tracks)
+        if "counts" in tracks or "offsets" in tracks:
+            raise ValueError(f"tracks: {', '.join(jagged)} are lists per event, which carry "
+                             "their own counts: give either those or flat arrays with counts "
+                             "or offsets")
+        missing = [name for name in TRACK_FIELDS if name not in tracks]
+        if missing:
+            raise ValueError(f"tracks: missing field(s) {', '.join(missing)}")
+        try:  # ak.zip checks that every field has the same list lengths
+            records = ak.zip({name: tracks[name] for name in TRACK_FIELDS})
+        except ValueError as error:
+            raise ValueError(f"tracks: the fields' lists differ in length ({error})") from None
+        return TrackBatch.from_awkward(records)
     raise TypeError(
         "tracks must be a TrackBatch, an awkward array of track records or a mapping of "
         f"arrays, got {type(tracks).__name__}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import tracemalloc
 
+import awkward as ak
 import numpy as np
 import pytest
 
@@ -91,7 +92,10 @@ def test_input_forms_agree(sample):
     reference = finder(tracks)
     from_awkward = finder(tracks.to_awkward())
     from_mapping = finder({"counts": tracks.counts, **{f: getattr(tracks, f) for f in TRACK_FIELDS}})
-    for other in (from_awkward, from_mapping):
+    # Lists per event for each field, as uproot's tree.arrays(how=dict) gives (with others).
+    per_field = {f: ak.unflatten(getattr(tracks, f), tracks.counts) for f in TRACK_FIELDS}
+    from_jagged = finder({**per_field, "n_tracks": tracks.counts})
+    for other in (from_awkward, from_mapping, from_jagged):
         np.testing.assert_array_equal(other.offsets, reference.offsets)
         np.testing.assert_array_equal(other.z, reference.z)
 
@@ -276,6 +280,11 @@ def test_bad_input_is_a_clear_error():
         find_vertices({"counts": [2, 4], **arrays}, backend="cpu")
     with pytest.raises(TypeError, match="TrackBatch, an awkward array"):
         find_vertices([1, 2, 3], backend="cpu")
+    jagged = {name: ak.unflatten(values, [2, 3]) for name, values in arrays.items()}
+    with pytest.raises(ValueError, match="carry their own counts"):
+        find_vertices({**jagged, "counts": [2, 3]}, backend="cpu")
+    with pytest.raises(ValueError, match="lists differ in length"):
+        find_vertices({**jagged, "x": ak.unflatten(arrays["x"], [3, 2])}, backend="cpu")
     with pytest.raises(ValueError, match="unknown backend"):
         PVFinder(backend="tpu")
     # Arguments of the wrong kind fail at once, naming what is expected, not on first use.
