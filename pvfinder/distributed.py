@@ -20,7 +20,6 @@ import logging
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -46,7 +45,7 @@ from .io import (
     parse_step_size,
     usable_cores,
 )
-from .pipeline import PVFinder, SeedOverflowWarning
+from .pipeline import PVFinder
 
 __all__ = [
     "FileResult",
@@ -454,9 +453,9 @@ class _LocalEngine:
                 continue  # what is left of an earlier input whose consumer gave up on it
             if isinstance(chunk, Exception):
                 raise chunk
-            with _warnings_located(chunk.path, chunk.tree, chunk.entry_start):
-                vertices = self.finder(chunk.tracks, out=self.outputs, to_host=True,
-                                       weights=self.with_weights)
+            vertices = self.finder(chunk.tracks, out=self.outputs, to_host=True,
+                                   weights=self.with_weights,
+                                   origin=(source.where, chunk.entry_start))
             if not self.read_ahead:
                 self._read_next()
             any_chunk = True
@@ -478,22 +477,6 @@ class _LocalEngine:
         with contextlib.suppress(Exception):
             self._upcoming.result()
         self._stream.close()
-
-
-@contextlib.contextmanager
-def _warnings_located(path: Path, tree: str, first_entry: int) -> Iterator[None]:
-    """Re-issue the finder's warnings about a chunk naming its file and entries (the finder
-    counts events from the chunk's start); others pass unchanged. In this process only:
-    catching warnings is not safe in the threads of a Dask worker."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for item in caught:
-        message = item.message
-        if isinstance(message, SeedOverflowWarning):
-            message = message.located(f"{path}:{tree}", first_entry)
-        warnings.warn_explicit(message, item.category, item.filename, item.lineno,
-                               source=item.source)
 
 
 class _DaskEngine:
@@ -696,7 +679,7 @@ def _partition_vertices(tracks: ak.Array, entries: ak.Array, *, source: TrackSou
     except BackendUnavailableError as error:  # named as the input's own error, not a read's
         raise ValueError(f"{source.where}: not reconstructed on worker {_worker_name()}: "
                          f"{error}") from None
-    vertices = finder(chunk.tracks, weights=with_weights)
+    vertices = finder(chunk.tracks, weights=with_weights, origin=(source.where, start))
     return _records(vertices, chunk.event_ids, chunk.tracks.counts)
 
 

@@ -33,37 +33,20 @@ class SeedOverflowWarning(UserWarning):
 
     Attributes
     ----------
-    events : numpy.ndarray
-        The events concerned: positions in the batch that was run, or entries of ``where``.
-    n_clusters : numpy.ndarray
+    events : numpy.ndarray or None
+        The events concerned: positions in the batch, or entries of the file it was read
+        from when the finder was told (``origin``).
+    n_clusters : numpy.ndarray or None
         Their numbers of clusters.
-    max_seeds : int
-        ``max_vertices_per_event``.
-    what : str
-        What became of the first ``max_seeds`` clusters ("fitted", "kept").
-    where : str or None
-        ``file:tree`` the events were read from, when known.
     """
 
-    def __init__(self, events: np.ndarray, n_clusters: np.ndarray, max_seeds: int, what: str,
-                 where: str | None = None) -> None:
-        self.events, self.n_clusters = np.asarray(events), np.asarray(n_clusters)
-        self.max_seeds, self.what, self.where = max_seeds, what, where
-        first = f"event {self.events[0]}" if where is None else f"entry {self.events[0]}"
-        super().__init__(
-            f"{'' if where is None else where + ': '}{self.events.size} event(s) had more than "
-            f"max_vertices_per_event={max_seeds} clusters ({first}: {self.n_clusters[0]}); "
-            f"only the first {max_seeds} in z were {what}. Raise max_vertices_per_event to keep "
-            "them all.")
+    def __init__(self, message: str, events: np.ndarray | None = None,
+                 n_clusters: np.ndarray | None = None) -> None:
+        super().__init__(message)
+        self.events, self.n_clusters = events, n_clusters
 
-    def __reduce__(self) -> tuple[Any, ...]:  # pickles with its fields, not its message
-        return type(self), (self.events, self.n_clusters, self.max_seeds, self.what, self.where)
-
-    def located(self, where: str, first_entry: int) -> SeedOverflowWarning:
-        """The same warning about a batch read from ``where`` (``file:tree``) from entry
-        ``first_entry`` on: it names the file and the entries."""
-        return SeedOverflowWarning(self.events + first_entry, self.n_clusters, self.max_seeds,
-                                   self.what, where)
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles with its fields, not only its message
+        return type(self), (str(self), self.events, self.n_clusters)
 
 
 def as_track_batch(tracks: Any) -> TrackBatch:
@@ -272,9 +255,10 @@ class PVFinder:
         return f"PVFinder(backend={self.backend.name!r}, config={self.config!r})"
 
     def __call__(self, tracks: Any, *, out: VertexBuffers | None = None,
-                 to_host: bool | None = None, weights: bool = True) -> VertexBatch:
+                 to_host: bool | None = None, weights: bool = True,
+                 origin: tuple[str, int] | None = None) -> VertexBatch:
         """Same as :meth:`run`."""
-        return self.run(tracks, out=out, to_host=to_host, weights=weights)
+        return self.run(tracks, out=out, to_host=to_host, weights=weights, origin=origin)
 
     def run(
         self,
@@ -284,6 +268,7 @@ class PVFinder:
         to_host: bool | None = None,
         timings: dict[str, float] | None = None,
         weights: bool = True,
+        origin: tuple[str, int] | None = None,
     ) -> VertexBatch:
         """Find the vertices of every event of ``tracks``.
 
@@ -308,6 +293,9 @@ class PVFinder:
             take one float per vertex and input track of its event, about 12 kB per event at
             ν = 7.6: a job that only keeps the vertices saves that memory traffic with
             ``False``.
+        origin : (str, int), optional
+            Where the batch was read: ``("file.root:tracks", first_entry)``. Warnings then
+            name the file and its entries rather than positions in the batch.
 
         Returns
         -------
@@ -322,7 +310,7 @@ class PVFinder:
         target = self._output if out is None else out
         with self.backend.launch_guard:
             n_vertices, n_weights = self._find(batch, target, weights,
-                                               _StageClock(self.backend, timings))
+                                               _StageClock(self.backend, timings), origin)
         vertices = target.view(batch.n_events, n_vertices, n_weights if weights else None)
         if out is None:  # the finder's own buffers: hand out arrays the caller owns
             return vertices.to_host(copy=True) if to_host in (None, True) else vertices.copy()
@@ -406,7 +394,7 @@ class PVFinder:
     # -- stages ---------------------------------------------------------------------------
 
     def _find(self, batch: TrackBatch, target: VertexBuffers, weights: bool,
-              clock: _StageClock) -> tuple[int, int]:
+              clock: _StageClock, origin: tuple[str, int] | None) -> tuple[int, int]:
         """Run the five stages chunk by chunk into ``target`` (with the per-track weights
         when ``weights``); (vertices, weights) written."""
         backend = self.backend
@@ -430,7 +418,7 @@ class PVFinder:
                 {name: array[lo:hi] for name, array in state.items()}, clock)
             n_vertices, n_weights = self._vertices_of_chunk(
                 chunk_offsets, chunk_tracks, start, n_events, target, n_vertices, n_weights,
-                weights, clock)
+                weights, clock, origin)
         if self.config.beamline_tilted:
             _shear_back(target.vertices[:, :n_vertices], *self.config.beamline_slopes)
         backend.check_errors()
@@ -523,7 +511,7 @@ class PVFinder:
     def _vertices_of_chunk(
         self, offsets: Any, tracks: dict[str, Any], first_event: int, batch_events: int,
         target: VertexBuffers, vertices_before: int, weights_before: int, with_weights: bool,
-        clock: _StageClock,
+        clock: _StageClock, origin: tuple[str, int] | None,
     ) -> tuple[int, int]:
         """Stages 2–5 on one chunk (from event ``first_event`` of ``batch_events``), appended to
         ``target``; returns the new totals."""
@@ -531,7 +519,8 @@ class PVFinder:
         n_events, max_seeds = len(offsets) - 1, cfg.max_vertices_per_event
         _, seeds, n_seeds = self._seeds(offsets, tracks, clock)
         if int(n_seeds.max()) > max_seeds:
-            _report_overflow(backend.to_host(n_seeds), max_seeds, first_event, "fitted")
+            _report_overflow(backend.to_host(n_seeds), max_seeds, first_event, "fitted",
+                             origin)
 
         # Event e's weights: min(n_seeds, max_seeds) fitted slots × its n_e tracks.
         counts = buffers.get("counts", (n_events,), np.int64)
@@ -650,13 +639,22 @@ class _StageClock:
         self._last = now
 
 
-def _report_overflow(n_seeds: np.ndarray, max_seeds: int, first_event: int, what: str) -> None:
+def _report_overflow(n_seeds: np.ndarray, max_seeds: int, first_event: int, what: str,
+                     origin: tuple[str, int] | None = None) -> None:
     """Warn when events had more clusters than seed slots (``what`` says what became of the
-    ones beyond them)."""
+    ones beyond them), naming the events by entry of ``origin`` (file:tree, first entry)
+    when given."""
     over = np.flatnonzero(n_seeds > max_seeds)
     if over.size:
-        warnings.warn(SeedOverflowWarning(first_event + over, n_seeds[over], max_seeds, what),
-                      stacklevel=_stacklevel_of_caller())
+        where, first_entry = origin or ("", 0)
+        events = first_entry + first_event + over
+        place = f"{where}: " if where else ""
+        kind = "entry" if where else "event"
+        warnings.warn(SeedOverflowWarning(
+            f"{place}{over.size} event(s) had more than max_vertices_per_event={max_seeds} "
+            f"clusters ({kind} {events[0]}: {n_seeds[over[0]]}); only the first {max_seeds} in "
+            f"z were {what}. Raise max_vertices_per_event to keep them all.",
+            events, n_seeds[over]), stacklevel=_stacklevel_of_caller())
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -6,6 +6,7 @@ import contextlib
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import awkward as ak
@@ -159,7 +160,12 @@ def test_a_chunk_s_overflow_warning_names_the_file_and_entry(tmp_path, files):
                           step_size=20)
     messages = [str(item.message) for item in caught]
     assert len(messages) == 2 and all(m.startswith(f"{files[1]}:tracks: ") for m in messages)
-    assert f"(entry {expected}: " in messages[1]
+    assert f"(entry {expected}: " in messages[1] and caught[1].message.events[0] == expected
+    # Passed down, not caught and re-issued: warning filters and registries stay the user's.
+    with warnings.catch_warnings(), pytest.raises(SeedOverflowWarning, match="run1.root"):
+        warnings.simplefilter("error", SeedOverflowWarning)  # as python -W error would
+        reconstruct_files({tmp_path / "b.root": [files[1]]}, config=config, backend="cpu",
+                          step_size=20)
 
 def test_skip_existing_leaves_finished_outputs(tmp_path, files):
     plan = plan_outputs(files[:2], tmp_path)
