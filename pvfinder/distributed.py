@@ -39,10 +39,10 @@ from .io import (
     TrackSchema,
     TrackSource,
     VertexWriter,
-    count_entries,
     inspect_tracks,
     iterate_tracks,
     parse_step_size,
+    recorded_inputs,
     usable_cores,
 )
 from .pipeline import PVFinder
@@ -244,19 +244,21 @@ def reconstruct_files(
 
     sources: dict[Path, TrackSource] = {}
     for output, inputs in plan.items():
-        checked: dict[Path, TrackSource] = {}
+        resuming = skip_existing and output.exists()
+        held = _inputs_held(output) if resuming else None
         for path in inputs:
+            if resuming:
+                if held is None or str(Path(path).resolve()) in held:
+                    record(FileResult(path, output, "skipped"))
+                else:
+                    record(FileResult(path, output, "failed", error=(
+                        f"{output} exists without the vertices of {path} (an input that failed "
+                        f"when it was written); remove {output} to redo it")))
+                continue
             try:  # open and check every input first: bad files show up at once
-                checked[path] = inspect_tracks(path, schema)
+                sources[path] = inspect_tracks(path, schema)
             except (ValueError, OSError) as error:
                 record(FileResult(path, output, "failed", error=str(error)))
-        if skip_existing and output.exists():
-            incomplete = _incomplete(output, checked.values())
-            for path in checked:
-                record(FileResult(path, output, "failed", error=incomplete) if incomplete
-                       else FileResult(path, output, "skipped"))
-            continue
-        sources.update(checked)
     total = sum(source.n_entries for source in sources.values())
     with _engine(scheduler, schema, config, backend, step_size, with_weights) as engine, \
             tqdm(total=total, unit="evt", disable=not progress) as bar:
@@ -277,18 +279,15 @@ def reconstruct_files(
     return results
 
 
-def _incomplete(output: Path, sources: Iterable[TrackSource]) -> str | None:
-    """Why the existing ``output`` does not hold the vertices of all ``sources`` (an input
-    that failed when it was written left its events out), or None when it does."""
-    expected = sum(source.n_entries for source in sources)
+def _inputs_held(output: Path) -> frozenset[str] | None:
+    """The inputs (absolute paths) whose vertices the existing ``output`` holds, as it
+    recorded them; None when it recorded none (written by an earlier pvfinder, or not a
+    vertex file): then it holds them all, "leave outputs that exist" as before."""
     try:
-        held = count_entries(output)
-    except (ValueError, OSError) as error:
-        return f"{output} exists but cannot be read ({error}); remove it to redo its inputs"
-    if held != expected:
-        return (f"{output} exists but holds {held} events where its inputs have {expected} "
-                "(an input failed when it was written); remove it to redo them")
-    return None
+        recorded = recorded_inputs(output)
+    except (ValueError, OSError):
+        return None
+    return None if recorded is None else frozenset(recorded)
 
 
 def _check_plan(plan: Mapping[Path, Sequence[Path]]) -> None:
@@ -323,6 +322,7 @@ def _write_output(writer: VertexWriter, sources: list[TrackSource], engine: Any,
         for source in sources:
             results.append(_run_input(source, writer, engine, buffered, bar))
         if any(result.status == "done" for result in results):
+            writer.record_inputs(result.input for result in results if result.status == "done")
             writer.close()
         else:
             writer.discard()

@@ -56,10 +56,10 @@ __all__ = [
     "TrackSchema",
     "TrackSource",
     "VertexWriter",
-    "count_entries",
     "inspect_tracks",
     "iterate_tracks",
     "parse_step_size",
+    "recorded_inputs",
     "read_event_numbers",
     "read_tracks",
     "read_truth",
@@ -71,6 +71,8 @@ __all__ = [
 
 TRACKS_TREE, TRUTH_TREE, VERTICES_TREE, WEIGHTS_TREE = (
     "tracks", "truth", "vertices", "vertex_weights")
+# A vertex file's note of the inputs whose vertices it holds (a TObjString, one path a line).
+INPUTS_RECORD = "pvfinder_inputs"
 COVARIANCE_FIELDS = tuple(name for name in TRACK_FIELDS if name.startswith("cov_"))
 COMPRESSION = {"zlib": uproot.ZLIB(1), "lzma": uproot.LZMA(6), "zstd": uproot.ZSTD(1),
                "lz4": uproot.LZ4(1), "none": None}
@@ -770,6 +772,13 @@ class VertexWriter:
         self._file = uproot.recreate(self.partial, compression=_compression(compression))
         self._ids: dict[str, np.dtype] | None = None
         self._per_track: bool | None = None
+        self._inputs: list[str] | None = None
+
+    def record_inputs(self, paths: Iterable[PathLike]) -> None:
+        """Note in the file, when it is closed, the input files whose vertices it holds
+        (read back by :func:`recorded_inputs`; ``pvfinder reconstruct --skip-existing``
+        resumes by it)."""
+        self._inputs = [str(Path(path).resolve()) for path in paths]
 
     def write(self, vertices: VertexBatch, event_ids: Mapping[str, Any] | None = None,
               track_counts: Any = None) -> None:
@@ -835,6 +844,8 @@ class VertexWriter:
         """Finish the file and give it its name; returns that name."""
         if self._ids is None:  # nothing written: still a valid, empty vertex file
             self._create({"event_number": np.zeros(0, np.uint64)}, False)
+        if self._inputs is not None:
+            self._file[INPUTS_RECORD] = "\n".join(self._inputs)
         self._file.close()
         os.replace(self.partial, self.path)
         return self.path
@@ -898,17 +909,19 @@ def write_vertices(path: PathLike, vertices: VertexBatch, *, with_weights: bool 
         writer.write(vertices, event_ids, track_counts)
 
 
-def count_entries(path: PathLike, tree: str = VERTICES_TREE) -> int:
-    """Number of entries (events) of ``tree`` in ``path``, reading no data.
+def recorded_inputs(path: PathLike) -> list[str] | None:
+    """The inputs a vertex file holds the vertices of, as :meth:`VertexWriter.record_inputs`
+    noted them (absolute paths), or None when it noted none.
 
     Raises
     ------
     FileNotFoundError, ValueError
-        For a missing or unreadable file or a missing tree, naming it.
+        For a missing or unreadable file.
     """
-    path = Path(path)
     with _open(path) as file:
-        return int(_tree(file, path, tree).num_entries)
+        if INPUTS_RECORD not in file:
+            return None
+        return str(file[INPUTS_RECORD]).split("\n")
 
 
 def read_event_numbers(path: PathLike, tree: str) -> np.ndarray | None:

@@ -31,6 +31,7 @@ from pvfinder.io import (
     iterate_tracks,
     read_tracks,
     read_vertices,
+    recorded_inputs,
     write_sample,
 )
 from pvfinder.pipeline import PVFinder, SeedOverflowWarning
@@ -192,19 +193,24 @@ def test_an_output_that_cannot_be_created_fails_only_its_inputs(tmp_path, files)
 
 def test_skip_existing_does_not_take_an_incomplete_output_for_done(tmp_path, files):
     # A merged output that an input failed to reach holds only the others' events: resuming
-    # must not report that input as done (it was "skipped", exit code 0).
+    # must not report that input as done (it was "skipped", exit code 0). The output notes
+    # the inputs it holds, so the others are skipped without being opened, even if gone.
     merged = tmp_path / "merged.root"
-    first = reconstruct_files({merged: [files[0], files[4]]}, backend="cpu")
-    assert [r.status for r in first] == ["done", "failed"]  # files[4] has a NaN state
-    again = reconstruct_files({merged: [files[0], files[4]]}, backend="cpu", skip_existing=True)
-    assert [r.status for r in again] == ["failed", "failed"]
-    assert "holds 60 events where its inputs have 90" in again[0].error
-    # Something else under the output's name is not a finished output either.
+    first = tmp_path / "first.root"
+    first.write_bytes(files[0].read_bytes())
+    done = reconstruct_files({merged: [first, files[4]]}, backend="cpu")
+    assert [r.status for r in done] == ["done", "failed"]  # files[4] has a NaN state
+    assert recorded_inputs(merged) == [str(first.resolve())]
+    first.unlink()
+    again = reconstruct_files({merged: [first, files[4]]}, backend="cpu", skip_existing=True)
+    assert [r.status for r in again] == ["skipped", "failed"]
+    assert again[1].error == (f"{merged} exists without the vertices of {files[4]} (an input "
+                              f"that failed when it was written); remove {merged} to redo it")
+    # An output that notes no inputs (an earlier pvfinder's) is left as it is, as before.
     other = tmp_path / "run1_pvs.root"
     other.write_bytes(b"not a vertex file")
     (result,) = reconstruct_files({other: [files[1]]}, backend="cpu", skip_existing=True)
-    assert result.status == "failed" and "exists but cannot be read" in result.error
-    assert other.read_bytes() == b"not a vertex file"
+    assert result.status == "skipped" and other.read_bytes() == b"not a vertex file"
 
 
 def test_next_chunk_is_read_while_this_one_is_reconstructed(files, monkeypatch):
