@@ -148,10 +148,12 @@ def _plot_folders(inputs: list[Path]) -> dict[Path, str]:
     """A folder name per input for its plots: its stem, numbered where stems repeat
     (a/run.root, b/run.root → run, run_2)."""
     folders: dict[Path, str] = {}
-    seen: dict[str, int] = {}
     for path in inputs:
-        seen[path.stem] = seen.get(path.stem, 0) + 1
-        folders[path] = path.stem if seen[path.stem] == 1 else f"{path.stem}_{seen[path.stem]}"
+        name, number = path.stem, 1
+        while name in folders.values():  # also past an input named like a numbered one
+            number += 1
+            name = f"{path.stem}_{number}"
+        folders[path] = name
     return folders
 
 

@@ -71,7 +71,7 @@ _Read = tuple[int, TrackChunk | Exception]
 def expand_inputs(patterns: Iterable[str]) -> tuple[list[Path], list[str]]:
     """Expand glob patterns (``"dir/*.root"``, ``"runs/**/*.root"`` recursively) into files,
     in order and without repeats (a file named twice, also by another path or a link, is
-    kept once, under its first name).
+    kept once, where it first came, under its own name rather than a link's).
 
     Returns
     -------
@@ -82,18 +82,21 @@ def expand_inputs(patterns: Iterable[str]) -> tuple[list[Path], list[str]]:
     """
     import glob
 
-    files: dict[Path, Path] = {}  # the file itself → the name it was first given
+    files: dict[Path, Path] = {}  # the file itself → the name it is read under
     errors = []
     for pattern in patterns:
         # A name that exists is a file even when it holds glob characters ("run[1].root").
         if any(char in pattern for char in "*?[") and not Path(pattern).exists():
-            matches = sorted(glob.glob(pattern, recursive=True))
+            matches = [match for match in sorted(glob.glob(pattern, recursive=True))
+                       if not Path(match).is_dir()]  # "runs/**" also matches the folders
             if not matches:
                 errors.append(f"{pattern}: no file matches")
         else:
             matches = [pattern]
         for match in map(Path, matches):
-            files.setdefault(match.resolve(), match)
+            known = files.setdefault(match.resolve(), match)
+            if known.is_symlink() and not match.is_symlink():  # outputs take its own name
+                files[match.resolve()] = match
     return list(files.values()), errors
 
 
@@ -107,8 +110,8 @@ def plan_outputs(inputs: Sequence[Path], output: str | os.PathLike, *, merge: bo
         The input files.
     output : path
         With ``merge``, the one output file. Else an output file when there is a single input
-        and ``output`` ends in ``.root`` and is not a directory; otherwise a directory that
-        receives ``<stem>_pvs.root`` for each input.
+        and ``output`` ends in ``.root`` (any case), not in a slash, and is not a directory;
+        otherwise a directory that receives ``<stem>_pvs.root`` for each input.
     merge : bool
         Write every input's vertices, in order, into one file.
 
@@ -124,11 +127,12 @@ def plan_outputs(inputs: Sequence[Path], output: str | os.PathLike, *, merge: bo
         are given a file name (ending in ``.root``, or an existing file) rather than a
         directory: ``--merge`` forgotten, or a glob that matched more than one file.
     """
+    folder = str(output).endswith(("/", os.sep))  # "pvs.root/": meant as a directory
     output = Path(output)
-    if merge or (len(inputs) == 1 and output.suffix == ".root" and not output.is_dir()):
+    named_file = output.suffix.lower() == ".root" and not folder and not output.is_dir()
+    if merge or (len(inputs) == 1 and named_file):
         return {output: list(inputs)}
-    if len(inputs) > 1 and not output.is_dir() and (output.suffix.lower() == ".root"
-                                                     or output.exists()):
+    if len(inputs) > 1 and (named_file or (output.exists() and not output.is_dir())):
         raise ValueError(f"{output}: {len(inputs)} inputs make one file each in a directory, "
                          "and this names a file; give a directory, or --merge for one file")
     plan: dict[Path, list[Path]] = {}

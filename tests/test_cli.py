@@ -308,6 +308,8 @@ def test_plots_of_inputs_of_one_name_go_to_folders_of_their_own():
 
     inputs = [Path("a/run.root"), Path("b/run.root"), Path("c/other.root"), Path("d/run.root")]
     assert list(_plot_folders(inputs).values()) == ["run", "run_2", "other", "run_3"]
+    inputs = [Path("a/run.root"), Path("run_2.root"), Path("b/run.root")]
+    assert list(_plot_folders(inputs).values()) == ["run", "run_2", "run_3"]
 
 
 def test_a_closed_pipe_ends_the_command_quietly_after_its_file_is_written(tmp_path):

@@ -99,6 +99,15 @@ def test_expand_inputs_and_plan_outputs(tmp_path, files):
         tmp_path / "out" / "run1_pvs.root": [files[1]]}
     with pytest.raises(ValueError, match="would both write .*run0_pvs.root"):
         plan_outputs([files[0], tmp_path / "run0.root"], tmp_path / "out")
+    # A trailing slash means a directory; the suffix is .root in any case.
+    assert plan_outputs(files[:2], f"{tmp_path / 'pvs.root'}/") == {
+        tmp_path / "pvs.root" / "run0_pvs.root": [files[0]],
+        tmp_path / "pvs.root" / "run1_pvs.root": [files[1]]}
+    assert plan_outputs(files[:1], f"{tmp_path / 'pvs.root'}/") == {
+        tmp_path / "pvs.root" / "run0_pvs.root": [files[0]]}
+    assert plan_outputs(files[:1], tmp_path / "ONE.ROOT") == {tmp_path / "ONE.ROOT": files[:1]}
+    with pytest.raises(ValueError, match="give a directory, or --merge"):
+        plan_outputs(files[:2], tmp_path / "ALL.ROOT")
 
 
 def test_existing_name_with_glob_characters_is_a_file(tmp_path, files):
@@ -333,6 +342,12 @@ def test_expanding_keeps_a_file_once_whatever_its_name(tmp_path, files):
     found, errors = expand_inputs([str(files[1]), str(link), str(tmp_path / "**" / "*.root")])
     assert errors == []
     assert found == [files[1], nested / "run9.root"]  # the link is files[1]: kept once
+    # A link that comes first (in sort order) does not give the outputs its name; the
+    # folders that "**" also matches are no inputs.
+    alias = nested / "a_link.root"
+    alias.symlink_to(nested / "run9.root")
+    assert expand_inputs([str(nested / "*.root")]) == ([nested / "run9.root"], [])
+    assert expand_inputs([str(tmp_path / "deep" / "**")]) == ([nested / "run9.root"], [])
 
 
 @pytest.mark.parametrize("output", ["the input", "the input, spelled another way",
