@@ -217,27 +217,30 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if truth is None:
         raise UsageError(f"{args.sample}: holds no truth tree to validate against")
     vertices = read_vertices(args.vertices)
-    _check_same_events(args.sample, args.vertices)
+    _check_same_events(args.sample, args.tree, args.vertices)
     _print_validation(vertices, truth, args.plots)
     return 0
 
 
-def _check_same_events(sample: str, vertices: str) -> None:
-    """Refuse vertices whose event numbers are not the sample's (another sample of the same
-    size would be scored without a word); files without event numbers are taken as they are."""
+def _check_same_events(sample: str, tracks_tree: str, vertices: str) -> None:
+    """Refuse vertices whose event identifiers are not those of the sample's tracks, which
+    reconstruct carries over (another sample of the same size would be scored without a
+    word); identifiers that only one of the files has are not compared."""
     import numpy as np
 
-    from .io import TRUTH_TREE, VERTICES_TREE, read_event_numbers
+    from .io import VERTICES_TREE, read_event_ids
 
-    expected = read_event_numbers(sample, TRUTH_TREE)
-    found = read_event_numbers(vertices, VERTICES_TREE)
-    if expected is None or found is None or len(expected) != len(found):
-        return  # a different count is validate's own error
-    differ = np.flatnonzero(expected != found)
-    if differ.size:
-        raise UsageError(f"{vertices}: its event {differ[0]} is event_number {found[differ[0]]}"
-                         f" but {sample} has {expected[differ[0]]} there: not this sample's "
-                         "vertices")
+    expected = read_event_ids(sample, tracks_tree)
+    found = read_event_ids(vertices, VERTICES_TREE)
+    for name in expected.keys() & found.keys():
+        if len(expected[name]) != len(found[name]):
+            return  # a different count is validate's own error
+        differ = np.flatnonzero(expected[name] != found[name])
+        if differ.size:
+            event = differ[0]
+            raise UsageError(f"{vertices}: its event {event} has {name} {found[name][event]} "
+                             f"but {sample}:{tracks_tree} has {expected[name][event]} there: "
+                             "not this sample's vertices")
 
 
 def _check_bench_options(args: argparse.Namespace) -> None:

@@ -60,7 +60,7 @@ __all__ = [
     "iterate_tracks",
     "parse_step_size",
     "recorded_inputs",
-    "read_event_numbers",
+    "read_event_ids",
     "read_tracks",
     "read_truth",
     "read_vertices",
@@ -71,6 +71,8 @@ __all__ = [
 
 TRACKS_TREE, TRUTH_TREE, VERTICES_TREE, WEIGHTS_TREE = (
     "tracks", "truth", "vertices", "vertex_weights")
+# The event identifiers carried from tracks to vertices by default (TrackSchema.event_ids).
+EVENT_ID_BRANCHES = ("run_number", "event_number")
 # A vertex file's note of the inputs whose vertices it holds (a TObjString, one path a line).
 INPUTS_RECORD = "pvfinder_inputs"
 COVARIANCE_FIELDS = tuple(name for name in TRACK_FIELDS if name.startswith("cov_"))
@@ -151,7 +153,7 @@ class TrackSchema:
 
     tree: str = TRACKS_TREE
     branches: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    event_ids: tuple[str, ...] = ("run_number", "event_number")
+    event_ids: tuple[str, ...] = EVENT_ID_BRANCHES
     fill_missing_covariance: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
@@ -924,8 +926,9 @@ def recorded_inputs(path: PathLike) -> list[str] | None:
         return str(file[INPUTS_RECORD]).split("\n")
 
 
-def read_event_numbers(path: PathLike, tree: str) -> np.ndarray | None:
-    """The ``event_number`` branch of ``tree`` in ``path``, or None when the tree has none.
+def read_event_ids(path: PathLike, tree: str) -> dict[str, np.ndarray]:
+    """The event identifiers (``run_number``, ``event_number``) that ``tree`` in ``path``
+    holds, by name; empty when it has none.
 
     Raises
     ------
@@ -935,9 +938,8 @@ def read_event_numbers(path: PathLike, tree: str) -> np.ndarray | None:
     path = Path(path)
     with _open(path) as file:
         found = _tree(file, path, tree)
-        if "event_number" not in found:
-            return None
-        return found["event_number"].array(library="np")
+        return {name: found[name].array(library="np") for name in EVENT_ID_BRANCHES
+                if name in found}
 
 
 def read_vertices(path: PathLike, *, weights: bool = True) -> VertexBatch:
