@@ -444,15 +444,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except BrokenPipeError:  # output piped into a reader that stopped (| head): end quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
-        return 1
+    except BrokenPipeError as error:
+        if not _stdout_is_closed():  # another pipe: an error like any other
+            print(f"pvfinder {args.command}: error: {error}", file=sys.stderr)
+            return 2
+        return 1  # output piped into a reader that stopped (| head): end quietly
     except (UsageError, ValueError, OSError, BackendUnavailableError) as error:
         print(f"pvfinder {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _stdout_is_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (the pipe reports an error
+    when polled); if so, point it at the null device so that flushing it at exit raises no
+    second error."""
+    import select
+
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no file descriptor (io.StringIO)
+        return False
+    if not hasattr(select, "poll"):  # Windows: no way to ask; take it as the cause
+        return True
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False
+    os.dup2(os.open(os.devnull, os.O_WRONLY), descriptor)
+    return True
 
 
 if __name__ == "__main__":

@@ -344,6 +344,22 @@ def test_a_closed_pipe_ends_the_command_quietly_after_its_file_is_written(tmp_pa
     assert read_tracks(output).n_events == 30
 
 
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch, capsys):
+    # Only a reader of our output that went away ends the command quietly; a pipe of its
+    # own that breaks (a socket, a worker) is reported, and stdout is left as it was.
+    from pvfinder import cli
+
+    def breaks(_):
+        raise BrokenPipeError(32, "Broken pipe (a socket)")
+
+    monkeypatch.setattr(cli, "_cmd_info", breaks)
+    assert main(["info"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "pvfinder info: error: [Errno 32] Broken pipe (a socket)\n"
+    print("still printed")
+    assert capsys.readouterr().out == "still printed\n"
+
 def test_skip_existing_resumes(two_files, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["reconstruct", *map(str, two_files), "-o", str(out), "--backend", "cpu",
