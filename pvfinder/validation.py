@@ -431,10 +431,10 @@ class ValidationReport:
     def table(self) -> str:
         """A printable summary in the manner of LHCb's PV checker.
 
-        Rates are shown with their 68.3 % score interval (``+up/-down``): Wilson's for the
-        efficiencies and the fake rate, which stays meaningful at 0 and 1, where the binomial
-        ``*_error`` attributes vanish; Poisson's for the clone rate, a number of extra
-        matches per found MC PV that may exceed 1.
+        Rates are shown with their 68.3 % score interval (``+up/-down``), which stays
+        meaningful where the ``*_error`` attributes vanish (at 0, and for fractions at 1):
+        Wilson's for the efficiencies and the fake rate, Poisson's for the clone rate, a
+        number of extra matches per found MC PV that may exceed 1.
         """
         c = self.counts
         s = self.settings
