@@ -148,12 +148,15 @@ def _plot_folders(inputs: list[Path]) -> dict[Path, str]:
     """A folder name per input for its plots: its stem, numbered where stems repeat
     (a/run.root, b/run.root → run, run_2)."""
     folders: dict[Path, str] = {}
+    taken: set[str] = set()
+    last: dict[str, int] = {}  # per stem, the last number given: no rescan from 2
     for path in inputs:
-        name, number = path.stem, 1
-        while name in folders.values():  # also past an input named like a numbered one
+        name, number = path.stem, last.get(path.stem, 1)
+        while name in taken:  # also past an input named like a numbered one
             number += 1
             name = f"{path.stem}_{number}"
-        folders[path] = name
+        folders[path], last[path.stem] = name, number
+        taken.add(name)
     return folders
 
 
@@ -458,9 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _stdout_is_closed() -> bool:
-    """Whether standard output is a pipe whose reader has gone (the pipe reports an error
-    when polled); if so, point it at the null device so that flushing it at exit raises no
-    second error."""
+    """Whether standard output is a pipe or socket whose reader has gone (it reports an
+    error or a hang-up when polled); if so, point it at the null device so that flushing it
+    at exit raises no second error."""
     import select
 
     try:
@@ -471,7 +474,8 @@ def _stdout_is_closed() -> bool:
         return True
     poller = select.poll()
     poller.register(descriptor, select.POLLOUT)
-    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+    # A pipe without reader reports POLLERR on Linux, POLLHUP elsewhere; a socket, POLLHUP.
+    if not any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
         return False
     os.dup2(os.open(os.devnull, os.O_WRONLY), descriptor)
     return True

@@ -329,6 +329,8 @@ def test_plots_of_inputs_of_one_name_go_to_folders_of_their_own():
     assert list(_plot_folders(inputs).values()) == ["run", "run_2", "other", "run_3"]
     inputs = [Path("a/run.root"), Path("run_2.root"), Path("b/run.root")]
     assert list(_plot_folders(inputs).values()) == ["run", "run_2", "run_3"]
+    many = _plot_folders([Path(f"job{i}/output.root") for i in range(3000)])  # grid outputs
+    assert len(set(many.values())) == 3000 and many[Path("job2999/output.root")] == "output_3000"
 
 
 def test_a_closed_pipe_ends_the_command_quietly_after_its_file_is_written(tmp_path):
@@ -344,6 +346,18 @@ def test_a_closed_pipe_ends_the_command_quietly_after_its_file_is_written(tmp_pa
     assert read_tracks(output).n_events == 30
 
 
+
+
+def test_a_socket_whose_reader_left_ends_the_command_quietly_too():
+    # A socket reports a hang-up, not an error, when polled: that too is a reader gone.
+    import socket
+
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    with ours:
+        done = subprocess.run([sys.executable, "-m", "pvfinder", "info"], stdout=ours,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr == ""
 
 def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch, capsys):
     # Only a reader of our output that went away ends the command quietly; a pipe of its
