@@ -59,26 +59,40 @@ def as_track_batch(tracks: Any) -> TrackBatch:
     if isinstance(tracks, ak.Array):
         return TrackBatch.from_awkward(tracks)
     if isinstance(tracks, Mapping):
-        jagged = [name for name, value in tracks.items()
-                  if isinstance(value, ak.Array) and value.ndim > 1]
+        jagged = [name for name in TRACK_FIELDS
+                  if isinstance(tracks.get(name), ak.Array) and tracks[name].ndim > 1]
         if not jagged:
             return TrackBatch.from_arrays(**tracks)
         if "counts" in tracks or "offsets" in tracks:
             raise ValueError(f"tracks: {', '.join(jagged)} are lists per event, which carry "
                              "their own counts: give either those or flat arrays with counts "
                              "or offsets")
-        missing = [name for name in TRACK_FIELDS if name not in tracks]
-        if missing:
-            raise ValueError(f"tracks: missing field(s) {', '.join(missing)}")
-        try:  # ak.zip checks that every field has the same list lengths
-            records = ak.zip({name: tracks[name] for name in TRACK_FIELDS})
-        except ValueError as error:
-            raise ValueError(f"tracks: the fields' lists differ in length ({error})") from None
-        return TrackBatch.from_awkward(records)
+        return TrackBatch.from_awkward(_zipped_lists(tracks))
     raise TypeError(
         "tracks must be a TrackBatch, an awkward array of track records or a mapping of "
         f"arrays, got {type(tracks).__name__}"
     )
+
+
+def _zipped_lists(tracks: Mapping[str, Any]) -> ak.Array:
+    """Records from one list per event for each track field, every field with the same list
+    lengths (zipping would broadcast a number per event, or per batch, to every track)."""
+    missing = [name for name in TRACK_FIELDS if name not in tracks]
+    if missing:
+        raise ValueError(f"tracks: missing field(s) {', '.join(missing)}")
+    counts = None
+    for name in TRACK_FIELDS:
+        field = tracks[name]
+        if not (isinstance(field, ak.Array) and field.ndim == 2):
+            raise ValueError(f"tracks: field {name!r} must be a list per event like the others, "
+                             f"got {getattr(field, 'type', type(field).__name__)}")
+        these = ak.to_numpy(ak.fill_none(ak.num(field, axis=1), -1))
+        if counts is None:
+            counts, first = these, name
+        elif len(these) != len(counts) or not np.array_equal(these, counts):
+            raise ValueError(f"tracks: the lists of {name!r} differ in length from those of "
+                             f"{first!r}")
+    return ak.zip({name: tracks[name] for name in TRACK_FIELDS})
 
 
 @dataclass(frozen=True)

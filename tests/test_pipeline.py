@@ -283,8 +283,14 @@ def test_bad_input_is_a_clear_error():
     jagged = {name: ak.unflatten(values, [2, 3]) for name, values in arrays.items()}
     with pytest.raises(ValueError, match="carry their own counts"):
         find_vertices({**jagged, "counts": [2, 3]}, backend="cpu")
-    with pytest.raises(ValueError, match="lists differ in length"):
+    with pytest.raises(ValueError, match="the lists of 'y' differ in length from those of 'x'"):
         find_vertices({**jagged, "x": ak.unflatten(arrays["x"], [3, 2])}, backend="cpu")
+    # One value per event, or per batch, is not a list per track: zipping broadcast it.
+    for per_event in (np.ones(2), 0.0):
+        with pytest.raises(ValueError, match="field 'x' must be a list per event like the"):
+            find_vertices({**jagged, "x": per_event}, backend="cpu")
+    with pytest.raises(ValueError, match="the lists of 'y' differ in length from those of 'x'"):
+        find_vertices({**jagged, "x": ak.Array(np.ones((2, 1)))}, backend="cpu")
     with pytest.raises(ValueError, match="unknown backend"):
         PVFinder(backend="tpu")
     # Arguments of the wrong kind fail at once, naming what is expected, not on first use.
