@@ -128,6 +128,8 @@ def plan_outputs(inputs: Sequence[Path], output: str | os.PathLike, *, merge: bo
         directory: ``--merge`` forgotten, or a glob that matched more than one file.
     """
     folder = str(output).endswith(("/", os.sep))  # "pvs.root/": meant as a directory
+    if merge and folder:
+        raise ValueError(f"{output}: --merge writes one file, and this names a directory")
     output = Path(output)
     named_file = output.suffix.lower() == ".root" and not folder and not output.is_dir()
     if merge or (len(inputs) == 1 and named_file):
@@ -250,14 +252,20 @@ def reconstruct_files(
     for output, inputs in plan.items():
         resuming = skip_existing and output.exists()
         held = _inputs_held(output) if resuming else None
+        extra = sorted(held - {str(Path(path).resolve()) for path in inputs}) if held else []
         for path in inputs:
             if resuming:
-                if held is None or str(Path(path).resolve()) in held:
+                if extra:  # it holds more than asked for: not this job's output
+                    record(FileResult(path, output, "failed", error=(
+                        f"{output} exists with the vertices of {extra[0]} too, which is not "
+                        f"among its inputs now; remove it, or give its inputs as before")))
+                elif held is None or str(Path(path).resolve()) in held:
                     record(FileResult(path, output, "skipped"))
                 else:
                     record(FileResult(path, output, "failed", error=(
-                        f"{output} exists without the vertices of {path} (an input that failed "
-                        f"when it was written); remove {output} to redo it")))
+                        f"{output} exists without the vertices of {path} (it failed when that "
+                        f"file was written, or was not among its inputs); remove {output} to "
+                        "redo it")))
                 continue
             try:  # open and check every input first: bad files show up at once
                 sources[path] = inspect_tracks(path, schema)

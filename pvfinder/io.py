@@ -73,7 +73,7 @@ TRACKS_TREE, TRUTH_TREE, VERTICES_TREE, WEIGHTS_TREE = (
     "tracks", "truth", "vertices", "vertex_weights")
 # The event identifiers carried from tracks to vertices by default (TrackSchema.event_ids).
 EVENT_ID_BRANCHES = ("run_number", "event_number")
-# A vertex file's note of the inputs whose vertices it holds (a TObjString, one path a line).
+# A vertex file's note of the inputs whose vertices it holds (a TObjString, a JSON list).
 INPUTS_RECORD = "pvfinder_inputs"
 COVARIANCE_FIELDS = tuple(name for name in TRACK_FIELDS if name.startswith("cov_"))
 COMPRESSION = {"zlib": uproot.ZLIB(1), "lzma": uproot.LZMA(6), "zstd": uproot.ZSTD(1),
@@ -846,8 +846,8 @@ class VertexWriter:
         """Finish the file and give it its name; returns that name."""
         if self._ids is None:  # nothing written: still a valid, empty vertex file
             self._create({"event_number": np.zeros(0, np.uint64)}, False)
-        if self._inputs is not None:
-            self._file[INPUTS_RECORD] = "\n".join(self._inputs)
+        if self._inputs is not None:  # JSON: any path (a newline in it) comes back whole
+            self._file[INPUTS_RECORD] = json.dumps(self._inputs)
         self._file.close()
         os.replace(self.partial, self.path)
         return self.path
@@ -923,7 +923,13 @@ def recorded_inputs(path: PathLike) -> list[str] | None:
     with _open(path) as file:
         if INPUTS_RECORD not in file:
             return None
-        return str(file[INPUTS_RECORD]).split("\n")
+        try:
+            recorded = json.loads(str(file[INPUTS_RECORD]))
+        except ValueError:
+            recorded = None
+    if not (isinstance(recorded, list) and all(isinstance(item, str) for item in recorded)):
+        raise ValueError(f"{path}: its {INPUTS_RECORD!r} is not a list of paths")
+    return recorded
 
 
 def read_event_ids(path: PathLike, tree: str) -> dict[str, np.ndarray]:

@@ -108,6 +108,8 @@ def test_expand_inputs_and_plan_outputs(tmp_path, files):
     assert plan_outputs(files[:1], tmp_path / "ONE.ROOT") == {tmp_path / "ONE.ROOT": files[:1]}
     with pytest.raises(ValueError, match="give a directory, or --merge"):
         plan_outputs(files[:2], tmp_path / "ALL.ROOT")
+    with pytest.raises(ValueError, match="--merge writes one file, and this names a directory"):
+        plan_outputs(files[:2], f"{tmp_path / 'merged'}/", merge=True)
 
 
 def test_existing_name_with_glob_characters_is_a_file(tmp_path, files):
@@ -172,10 +174,19 @@ def test_a_chunk_s_overflow_warning_names_the_file_and_entry(tmp_path, files):
     assert len(messages) == 2 and all(m.startswith(f"{files[1]}:tracks: ") for m in messages)
     assert f"(entry {expected}: " in messages[1] and caught[1].message.events[0] == expected
     # Passed down, not caught and re-issued: warning filters and registries stay the user's.
-    with warnings.catch_warnings(), pytest.raises(SeedOverflowWarning, match="run1.root"):
-        warnings.simplefilter("error", SeedOverflowWarning)  # as python -W error would
-        reconstruct_files({tmp_path / "b.root": [files[1]]}, config=config, backend="cpu",
-                          step_size=20)
+    # Jobs in two threads at once leave the process's warning state as it was (catching and
+    # re-issuing the warnings left an "always" filter and a dead recorder behind).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SeedOverflowWarning)
+        filters, shown = list(warnings.filters), warnings.showwarning
+        jobs = [threading.Thread(target=reconstruct_files, args=(
+            {tmp_path / f"thread{i}.root": [files[1]]},),
+            kwargs={"config": config, "backend": "cpu", "step_size": 4}) for i in range(2)]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join()
+        assert warnings.filters == filters and warnings.showwarning is shown
 
 def test_skip_existing_leaves_finished_outputs(tmp_path, files):
     plan = plan_outputs(files[:2], tmp_path)
@@ -213,8 +224,13 @@ def test_skip_existing_does_not_take_an_incomplete_output_for_done(tmp_path, fil
     first.unlink()
     again = reconstruct_files({merged: [first, files[4]]}, backend="cpu", skip_existing=True)
     assert [r.status for r in again] == ["skipped", "failed"]
-    assert again[1].error == (f"{merged} exists without the vertices of {files[4]} (an input "
-                              f"that failed when it was written); remove {merged} to redo it")
+    assert again[1].error == (f"{merged} exists without the vertices of {files[4]} (it "
+                              "failed when that file was written, or was not among its "
+                              f"inputs); remove {merged} to redo it")
+    # Holding an input the job no longer names is not this job's output either.
+    (result,) = reconstruct_files({merged: [files[4]]}, backend="cpu", skip_existing=True)
+    assert result.status == "failed"
+    assert f"with the vertices of {first.resolve()} too, which is not among" in result.error
     # An output that notes no inputs (an earlier pvfinder's) is left as it is, as before.
     other = tmp_path / "run1_pvs.root"
     other.write_bytes(b"not a vertex file")

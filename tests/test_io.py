@@ -22,6 +22,7 @@ from pvfinder.io import (
     read_tracks,
     read_truth,
     read_vertices,
+    recorded_inputs,
     track_association,
     write_sample,
     write_vertices,
@@ -329,6 +330,18 @@ def test_writer_keeps_identifiers_exact_across_writes(tmp_path, small):
         writer.write(vertices, {"event_number": np.arange(5, 10, dtype=np.int32)})
     stored = uproot.open(tmp_path / "c.root")["vertices"]["event_number"].array(library="np")
     assert stored.tolist() == list(range(10))
+
+
+def test_writer_records_inputs_whatever_their_names(tmp_path, small):
+    # JSON in the note: a newline in a name, or no input at all, comes back as it was.
+    vertices = find_vertices(small.tracks.select_events(0, 3), backend="cpu")
+    for inputs in ([tmp_path / "a\nb.root", tmp_path / "ü.root"], []):
+        with VertexWriter(tmp_path / "pvs.root") as writer:
+            writer.write(vertices)
+            writer.record_inputs(inputs)
+        assert recorded_inputs(tmp_path / "pvs.root") == [str(p.resolve()) for p in inputs]
+    write_vertices(tmp_path / "plain.root", vertices)
+    assert recorded_inputs(tmp_path / "plain.root") is None
 
 # -- errors ----------------------------------------------------------------------------------
 
