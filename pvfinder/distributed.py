@@ -255,10 +255,11 @@ def reconstruct_files(
         extra = sorted(held - {str(Path(path).resolve()) for path in inputs}) if held else []
         for path in inputs:
             if resuming:
-                if extra:  # it holds more than asked for: not this job's output
+                if extra:  # it holds vertices not asked for: not this job's output
                     record(FileResult(path, output, "failed", error=(
-                        f"{output} exists with the vertices of {extra[0]} too, which is not "
-                        f"among its inputs now; remove it, or give its inputs as before")))
+                        f"{output} exists with the vertices of {extra[0]}, which is not among "
+                        f"the inputs given for it now; remove {output} to redo them, or "
+                        "write elsewhere")))
                 elif held is None or str(Path(path).resolve()) in held:
                     record(FileResult(path, output, "skipped"))
                 else:

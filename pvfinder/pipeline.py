@@ -75,24 +75,39 @@ def as_track_batch(tracks: Any) -> TrackBatch:
 
 
 def _zipped_lists(tracks: Mapping[str, Any]) -> ak.Array:
-    """Records from one list per event for each track field, every field with the same list
-    lengths (zipping would broadcast a number per event, or per batch, to every track)."""
+    """Records from one list per event for each track field (awkward arrays, lists of lists,
+    2-d numpy arrays), every field with the same list lengths: zipping would broadcast a
+    number per event, or per batch, to every track."""
     missing = [name for name in TRACK_FIELDS if name not in tracks]
     if missing:
         raise ValueError(f"tracks: missing field(s) {', '.join(missing)}")
-    counts = None
+    fields: dict[str, ak.Array] = {}
     for name in TRACK_FIELDS:
-        field = tracks[name]
-        if not (isinstance(field, ak.Array) and field.ndim == 2):
+        try:
+            field = ak.Array(tracks[name])
+        except (TypeError, ValueError):  # a number
+            field = None
+        if field is None or field.ndim != 2:
             raise ValueError(f"tracks: field {name!r} must be a list per event like the others, "
-                             f"got {getattr(field, 'type', type(field).__name__)}")
-        these = ak.to_numpy(ak.fill_none(ak.num(field, axis=1), -1))
-        if counts is None:
-            counts, first = these, name
-        elif len(these) != len(counts) or not np.array_equal(these, counts):
+                             f"got {getattr(field, 'type', type(tracks[name]).__name__)}")
+        missing_events = np.flatnonzero(ak.to_numpy(ak.is_none(field, axis=0)))
+        if missing_events.size:
+            raise ValueError(f"tracks: event {missing_events[0]} of field {name!r} is None, "
+                             "not a list (an event without tracks is an empty list)")
+        fields[name] = field
+    first, *others = TRACK_FIELDS
+    counts = ak.to_numpy(ak.num(fields[first], axis=1))
+    for name in others:
+        these = ak.to_numpy(ak.num(fields[name], axis=1))
+        if len(these) != len(counts):
+            raise ValueError(f"tracks: field {name!r} has {len(these)} events but {first!r} "
+                             f"has {len(counts)}")
+        differ = np.flatnonzero(these != counts)
+        if differ.size:
             raise ValueError(f"tracks: the lists of {name!r} differ in length from those of "
-                             f"{first!r}")
-    return ak.zip({name: tracks[name] for name in TRACK_FIELDS})
+                             f"{first!r} (event {differ[0]}: {these[differ[0]]} against "
+                             f"{counts[differ[0]]})")
+    return ak.zip(fields)
 
 
 @dataclass(frozen=True)

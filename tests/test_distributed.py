@@ -230,7 +230,9 @@ def test_skip_existing_does_not_take_an_incomplete_output_for_done(tmp_path, fil
     # Holding an input the job no longer names is not this job's output either.
     (result,) = reconstruct_files({merged: [files[4]]}, backend="cpu", skip_existing=True)
     assert result.status == "failed"
-    assert f"with the vertices of {first.resolve()} too, which is not among" in result.error
+    assert result.error == (f"{merged} exists with the vertices of {first.resolve()}, which is "
+                            f"not among the inputs given for it now; remove {merged} to redo "
+                            "them, or write elsewhere")
     # An output that notes no inputs (an earlier pvfinder's) is left as it is, as before.
     other = tmp_path / "run1_pvs.root"
     other.write_bytes(b"not a vertex file")

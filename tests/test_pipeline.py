@@ -283,14 +283,23 @@ def test_bad_input_is_a_clear_error():
     jagged = {name: ak.unflatten(values, [2, 3]) for name, values in arrays.items()}
     with pytest.raises(ValueError, match="carry their own counts"):
         find_vertices({**jagged, "counts": [2, 3]}, backend="cpu")
-    with pytest.raises(ValueError, match="the lists of 'y' differ in length from those of 'x'"):
+    with pytest.raises(ValueError, match=r"the lists of 'y' differ in length from those of "
+                                         r"'x' \(event 0: 2 against 3\)"):
         find_vertices({**jagged, "x": ak.unflatten(arrays["x"], [3, 2])}, backend="cpu")
+    with pytest.raises(ValueError, match="field 'y' has 3 events but 'x' has 2"):
+        find_vertices({**jagged, "y": ak.unflatten(arrays["y"], [2, 3, 0])}, backend="cpu")
+    with pytest.raises(ValueError, match="event 1 of field 'x' is None"):
+        find_vertices({**jagged, "x": ak.Array([list(arrays["x"][:2]), None])}, backend="cpu")
+    # A list of lists, or a 2-d numpy array, is a list per event too.
+    as_lists = {**jagged, "x": ak.to_list(jagged["x"])}
+    np.testing.assert_array_equal(find_vertices(as_lists, backend="cpu").z,
+                                  find_vertices(jagged, backend="cpu").z)
     # One value per event, or per batch, is not a list per track: zipping broadcast it.
     for per_event in (np.ones(2), 0.0):
         with pytest.raises(ValueError, match="field 'x' must be a list per event like the"):
             find_vertices({**jagged, "x": per_event}, backend="cpu")
     with pytest.raises(ValueError, match="the lists of 'y' differ in length from those of 'x'"):
-        find_vertices({**jagged, "x": ak.Array(np.ones((2, 1)))}, backend="cpu")
+        find_vertices({**jagged, "x": np.ones((2, 1))}, backend="cpu")
     with pytest.raises(ValueError, match="unknown backend"):
         PVFinder(backend="tpu")
     # Arguments of the wrong kind fail at once, naming what is expected, not on first use.
