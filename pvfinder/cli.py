@@ -166,8 +166,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
     if args.plots and args.no_validate:
         raise UsageError("--plots draws the validation, which --no-validate turns off")
-    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
-        raise UsageError(f"--plots {args.plots}: a file, not a directory")
+    _check_plots_folder(args.plots)
     config = _load_config(args.config, args.set)
     schema = _track_schema(args)
     inputs, errors = expand_inputs(args.inputs)
@@ -214,15 +213,20 @@ def _print_validation(vertices, truth, plots: str | None) -> None:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .io import read_truth, read_vertices
 
-    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
-        raise UsageError(f"--plots {args.plots}: a file, not a directory")
+    _check_plots_folder(args.plots)
     truth = read_truth(args.sample, args.tree)
     if truth is None:
         raise UsageError(f"{args.sample}: holds no truth tree to validate against")
+    _check_same_events(args.sample, args.tree, args.vertices)  # before reading them all
     vertices = read_vertices(args.vertices)
-    _check_same_events(args.sample, args.tree, args.vertices)
     _print_validation(vertices, truth, args.plots)
     return 0
+
+
+def _check_plots_folder(plots: str | None) -> None:
+    """Refuse, before anything runs, a ``--plots`` that names a file."""
+    if plots and Path(plots).exists() and not Path(plots).is_dir():
+        raise UsageError(f"--plots {plots}: a file, not a directory")
 
 
 def _check_same_events(sample: str, tracks_tree: str, vertices: str) -> None:
