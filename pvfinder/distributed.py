@@ -250,24 +250,11 @@ def reconstruct_files(
 
     sources: dict[Path, TrackSource] = {}
     for output, inputs in plan.items():
-        resuming = skip_existing and output.exists()
-        held = _inputs_held(output) if resuming else None
-        extra = sorted(held - {str(Path(path).resolve()) for path in inputs}) if held else []
+        if skip_existing and output.exists():
+            for result in _resumed(output, inputs):
+                record(result)
+            continue
         for path in inputs:
-            if resuming:
-                if extra:  # it holds vertices not asked for: not this job's output
-                    record(FileResult(path, output, "failed", error=(
-                        f"{output} exists with the vertices of {extra[0]}, which is not among "
-                        f"the inputs given for it now; remove {output} to redo them, or "
-                        "write elsewhere")))
-                elif held is None or str(Path(path).resolve()) in held:
-                    record(FileResult(path, output, "skipped"))
-                else:
-                    record(FileResult(path, output, "failed", error=(
-                        f"{output} exists without the vertices of {path} (it failed when that "
-                        f"file was written, or was not among its inputs); remove {output} to "
-                        "redo it")))
-                continue
             try:  # open and check every input first: bad files show up at once
                 sources[path] = inspect_tracks(path, schema)
             except (ValueError, OSError) as error:
@@ -292,15 +279,28 @@ def reconstruct_files(
     return results
 
 
-def _inputs_held(output: Path) -> frozenset[str] | None:
-    """The inputs (absolute paths) whose vertices the existing ``output`` holds, as it
-    recorded them; None when it recorded none (written by an earlier pvfinder, or not a
-    vertex file): then it holds them all, "leave outputs that exist" as before."""
+def _resumed(output: Path, inputs: Sequence[Path]) -> list[FileResult]:
+    """What ``--skip-existing`` makes of ``inputs`` when ``output`` exists: skipped when it
+    holds their vertices, as it recorded them; failed when it lacks one or holds another's.
+    An output that recorded nothing (written by an earlier pvfinder, or not a vertex file)
+    holds them all: "leave outputs that exist", as before."""
     try:
         recorded = recorded_inputs(output)
     except (ValueError, OSError):
-        return None
-    return None if recorded is None else frozenset(recorded)
+        recorded = None
+    if recorded is None:
+        return [FileResult(path, output, "skipped") for path in inputs]
+    held, resolved = set(recorded), {path: str(Path(path).resolve()) for path in inputs}
+    extra = sorted(held - set(resolved.values()))
+    if extra:  # it holds vertices not asked for: not this job's output
+        error = (f"{output} exists with the vertices of {extra[0]}, which is not among the "
+                 f"inputs given for it now; remove {output} to redo them, or write elsewhere")
+        return [FileResult(path, output, "failed", error=error) for path in inputs]
+    return [FileResult(path, output, "skipped") if resolved[path] in held else
+            FileResult(path, output, "failed", error=(
+                f"{output} exists without the vertices of {path} (it failed when that file "
+                f"was written, or was not among its inputs); remove {output} to redo it"))
+            for path in inputs]
 
 
 def _check_plan(plan: Mapping[Path, Sequence[Path]]) -> None:
