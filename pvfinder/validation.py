@@ -29,9 +29,9 @@ and divide the latter by the standard deviation of a unit Gaussian truncated at 
 (0.880)" until the width changes by less than 10⁻⁶ relative. For a pure Gaussian this
 converges to its mean and σ as entries accumulate; non-Gaussian tails barely move it. Few
 entries give too small a width on average: 0.84 σ from 10 Gaussian entries, 0.91 σ from 20,
-0.96 σ from 50, 0.99 σ from 200 (a bin of the tables with few PVs reads low). Below 10 entries there is
-no core width (nan): clipping a handful of values can keep just the two closest. The RMS
-reported next to it is the plain standard deviation of all entries.
+0.96 σ from 50, 0.99 σ from 200 (a bin of the tables with few PVs reads low). Below 10
+entries there is no core width (nan): clipping a handful of values can keep just the two
+closest. The RMS reported next to it is the plain standard deviation of all entries.
 """
 
 from __future__ import annotations
