@@ -125,6 +125,11 @@ def test_truth_checks_labels():
         (lambda f: f.update(z=np.array([0.0, 0.0, np.nan, 0.0])), "'z' is nan in event 1"),
         (lambda f: f.update(tx=np.array([0.0, np.inf, 0.0, 0.0])), "'tx' is inf in event 1"),
         (lambda f: f.update(cov_xx=np.array([1e-3, 1e-3, 1e-3, -1.0])), "negative .* event 2"),
+        # The first bad value is named, whichever kind; a non-finite one before a negative one.
+        (lambda f: f.update(y=np.array([0.0, -np.inf, np.nan, np.inf], np.float32)),
+         "'y' is -inf in event 1 \\(entry 1\\)"),
+        (lambda f: f.update(cov_yy=np.array([-1.0, 1e-3, np.nan, 1e-3])),
+         "'cov_yy' is nan in event 1 \\(entry 2\\)"),
     ],
 )
 def test_track_validation_errors(change, message):
