@@ -24,6 +24,7 @@ from .distributed import dask_client, plan_outputs, reconstruct_files
 from .events import VERTEX_FIELDS
 from .io import (
     DEFAULT_STEP_SIZE,
+    DEFAULT_VERTEX_COMPRESSION,
     VertexWriter,
     iterate_tracks,
     read_vertices,
@@ -90,7 +91,7 @@ def run_io_benchmark(
             "backend": finder.backend.name,
             "hardware": hardware_description(finder.backend.name),
             "sample": {"events": n_events, "files": n_files, "nu": 7.6, "step_size": step_size,
-                       "output_compression": "zstd"},
+                       "output_compression": DEFAULT_VERTEX_COMPRESSION},
             "repeats": repeats,
             "target_io_overhead": TARGET,
             "runs": [],

@@ -34,6 +34,7 @@ from .config import PVFinderConfig
 from .events import VERTEX_FIELDS, VertexBatch
 from .io import (
     DEFAULT_STEP_SIZE,
+    DEFAULT_VERTEX_COMPRESSION,
     LOCAL_SOURCE,
     TrackChunk,
     TrackSchema,
@@ -188,7 +189,7 @@ def reconstruct_files(
     backend: str = "auto",
     step_size: int | str = DEFAULT_STEP_SIZE,
     with_weights: bool = False,
-    compression: str = "zstd",
+    compression: str = DEFAULT_VERTEX_COMPRESSION,
     skip_existing: bool = False,
     scheduler: str | None = None,
     progress: bool = False,

@@ -14,7 +14,7 @@ import uproot
 from pvfinder import find_vertices
 from pvfinder.cli import main
 from pvfinder.events import TRACK_FIELDS
-from pvfinder.io import read_tracks, read_vertices
+from pvfinder.io import DEFAULT_VERTEX_COMPRESSION, read_tracks, read_vertices
 
 from .test_io import write_tree
 
@@ -37,6 +37,8 @@ def test_reconstruct_then_validate(sample_file, tmp_path, capsys):
     assert main(["reconstruct", str(sample_file), "-o", str(output), "--backend", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "reconstructed" in out and "efficiency" in out.lower()
+    with uproot.open(output) as file:  # the library's default codec, not one of the CLI's own
+        assert str(file.file.compression).startswith(DEFAULT_VERTEX_COMPRESSION.upper() + "(")
     assert main(["validate", str(sample_file), str(output), "--plots", str(tmp_path / "plots")]) == 0
     assert list((tmp_path / "plots").glob("*.png"))
 
