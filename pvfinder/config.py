@@ -113,8 +113,9 @@ class PVFinderConfig:
             raise ValueError(
                 f"(zmax - zmin) / bin_width must be an integer number of bins, got {n_bins}"
             )
-        if self.n_bins < 3:
-            raise ValueError(f"the histogram needs at least 3 bins, got {self.n_bins}")
+        if not 3 <= self.n_bins < 2**31:  # the kernels index bins with 32-bit integers
+            raise ValueError(f"the histogram needs 3 to 2^31 - 1 bins, got {self.n_bins} "
+                             "((zmax - zmin) / bin_width)")
         for name in (
             "max_track_beamline_chi2", "max_track_z0_err", "max_chi2", "chi2_cut",
             "max_delta_z_converged", "max_vertex_rho2",
@@ -125,6 +126,13 @@ class PVFinderConfig:
                      "min_chi2_dist"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        # A weight is at most 1 / (1 + exp(-chi2_cut/2)) (a track at χ² = 0 that no other
+        # seed claims): from there on no track would enter any fit.
+        largest_weight = 1.0 / (1.0 + math.exp(-0.5 * self.chi2_cut))
+        if not self.min_weight < largest_weight:
+            raise ValueError(f"min_weight ({self.min_weight}) must be below the largest weight "
+                             f"a track can have, {largest_weight:.6g} at chi2_cut = "
+                             f"{self.chi2_cut}: no track would enter a vertex")
         if self.max_vertices_per_event < 1:
             raise ValueError("max_vertices_per_event must be at least 1")
         if not 1 <= self.min_fit_iter <= self.max_fit_iter:
