@@ -460,6 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError, OSError, BackendUnavailableError) as error:
         print(f"pvfinder {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except MemoryError as error:  # e.g. buffers for a configuration of billions of bins
+        print(f"pvfinder {args.command}: error: out of memory ({error})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -376,6 +376,20 @@ def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch, capsys):
     print("still printed")
     assert capsys.readouterr().out == "still printed\n"
 
+
+def test_running_out_of_memory_is_a_one_line_error(monkeypatch, capsys):
+    # As numpy raises it for the buffers of, e.g., --set max_vertices_per_event=2147483647.
+    from pvfinder import cli
+
+    def allocates(_):
+        raise MemoryError("Unable to allocate 5.86 TiB for an array with shape (367, 2147483647)")
+
+    monkeypatch.setattr(cli, "_cmd_info", allocates)
+    assert main(["info"]) == 2
+    assert capsys.readouterr().err == ("pvfinder info: error: out of memory (Unable to allocate "
+                                       "5.86 TiB for an array with shape (367, 2147483647))\n")
+
+
 def test_skip_existing_resumes(two_files, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["reconstruct", *map(str, two_files), "-o", str(out), "--backend", "cpu",
