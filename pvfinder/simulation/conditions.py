@@ -175,8 +175,16 @@ class Conditions:
                 raise ValueError(f"condition {name} must be non-negative, got {getattr(self, name)}")
         if not 0.0 <= self.track_efficiency <= 1.0:
             raise ValueError(f"condition track_efficiency must lie in [0, 1], got {self.track_efficiency}")
-        if not 0.0 <= self.ghost_fraction < 1.0:
-            raise ValueError(f"condition ghost_fraction must lie in [0, 1), got {self.ghost_fraction}")
+        # Ghosts come at ghost_fraction / (1 - ghost_fraction) per real track: beyond 0.9
+        # (nine each) a sample's size grows without bound (0.99999: 10⁵ per track).
+        if not 0.0 <= self.ghost_fraction <= 0.9:
+            raise ValueError(f"condition ghost_fraction must lie in [0, 0.9], got {self.ghost_fraction}")
+        # numpy's negative-binomial sampler takes p = k / (k + mean): beyond 1e12, p rounds
+        # towards 1 and the mean drifts (1 % at 1e16, 0 at 1e18); towards k = 0 it loses the
+        # mean too (0 instead of 25 at 1e-12) or refuses (1e-300).
+        if not 1e-3 <= self.multiplicity_k <= 1e12:
+            raise ValueError("condition multiplicity_k must lie in [1e-3, 1e12] (a Poisson "
+                             f"multiplicity is k = 1e12), got {self.multiplicity_k}")
         if self.hits_per_track < 3:
             raise ValueError(f"condition hits_per_track must be at least 3, got {self.hits_per_track}")
         if not self.min_pt < self.mean_pt:
@@ -221,9 +229,13 @@ def _number(name: str, value: Any) -> float:
     """``value`` as a finite float, or a ``ValueError`` naming the condition."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"condition {name} must be a number, got {value!r}")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float64 (10**400)
+        number = math.inf
+    if not math.isfinite(number):
         raise ValueError(f"condition {name} must be finite, got {value}")
-    return float(value)
+    return number
 
 
 def _width(edges: tuple[float, float]) -> float:
