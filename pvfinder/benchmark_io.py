@@ -119,7 +119,8 @@ def _simulate_files(folder: Path, n_events: int, n_files: int, seed: int,
         for codec in codecs:
             (folder / codec).mkdir(exist_ok=True)
             paths[codec].append(folder / codec / f"sample_{i}.root")
-            write_sample(paths[codec][-1], sample.tracks, sample.truth, compression=codec)
+            write_sample(paths[codec][-1], sample.tracks, sample.truth,
+                         event_ids=sample.event_ids, compression=codec)
         progress(f"simulated sample_{i}: {size} events")
     return paths
 

@@ -63,19 +63,25 @@ def _load_config(path: str | None, overrides: Sequence[str]):
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .io import write_sample
-    from .simulation import simulate
+    from .simulation import Conditions, simulate
 
     overrides = _parse_assignments(args.set, "--set")
     for name, option in (("seed", "--seed"), ("n_events", "-n")):
         if name in overrides:
             raise UsageError(f"--set {name}: give it as {option}")
     if args.nu is not None:
+        if "nu" in overrides:
+            raise UsageError("ν given twice, by --nu and by --set nu: give it once")
         overrides["nu"] = args.nu
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
+    conditions = Conditions().replace(**overrides)  # only conditions' names, none of simulate's
     start = time.perf_counter()
-    sample = simulate(args.n_events, seed=args.seed, **overrides)
+    sample = simulate(args.n_events, seed=args.seed, conditions=conditions)
     elapsed = time.perf_counter() - start
     if args.output:  # before printing: a closed pipe must not lose the sample
-        write_sample(args.output, sample.tracks, sample.truth, compression=args.compression)
+        write_sample(args.output, sample.tracks, sample.truth, event_ids=sample.event_ids,
+                     compression=args.compression)
     print(f"simulated {args.n_events} events in {elapsed:.1f} s (seed {args.seed})")
     for name, value in sample.statistics().items():
         print(f"  {name:<40s} {value:10.4f}")

@@ -7,10 +7,11 @@ so memory stays bounded whatever the file size.
 
 Layout written by default (all lengths in mm):
 
-* tree ``tracks``: ``event_number`` (uint64), ``n_tracks`` (counter) and one jagged branch per
-  track field of :data:`pvfinder.events.TRACK_FIELDS`; with truth also ``mc_pv`` (int32, index
-  of the track's MC PV in the event, −1 for ghosts and displaced daughters).
-* tree ``truth``: ``event_number``, ``n_pvs`` (counter) and jagged ``x``, ``y``, ``z``,
+* tree ``tracks``: the event identifiers given (a simulated sample's ``run_number``, uint32,
+  and ``event_number``, uint64; else ``event_number``), ``n_tracks`` (counter) and one jagged
+  branch per track field of :data:`pvfinder.events.TRACK_FIELDS`; with truth also ``mc_pv``
+  (int32, index of the track's MC PV in the event, −1 for ghosts and displaced daughters).
+* tree ``truth``: the same identifiers, ``n_pvs`` (counter) and jagged ``x``, ``y``, ``z``,
   ``n_reconstructible`` of the MC PVs.
 * tree ``vertices``: the input's event identifiers (``run_number``, ``event_number`` when
   present, else ``event_number`` counting entries), ``n_vertices`` (counter) and jagged
@@ -647,24 +648,29 @@ def _jagged(batch: Any, fields: tuple[str, ...], dtype: Any) -> dict[str, ak.Arr
 
 
 def _write_tree(file: Any, name: str, counter: str, jagged: dict[str, ak.Array],
-                event_number: np.ndarray, events_per_basket: int) -> None:
-    file.mktree(name, {"event_number": np.uint64, **{k: a.type for k, a in jagged.items()}},
+                event_ids: dict[str, np.ndarray], events_per_basket: int) -> None:
+    file.mktree(name, {**{k: a.dtype for k, a in event_ids.items()},
+                       **{k: a.type for k, a in jagged.items()}},
                 counter_name=lambda _: counter)
     # One basket per extend() call: a reader of a range of entries (a chunk, a Dask
     # partition) then decompresses only the baskets that overlap it.
-    for start in range(0, len(event_number), events_per_basket):
+    branches = {**event_ids, **jagged}
+    for start in range(0, len(next(iter(event_ids.values()))), events_per_basket):
         stop = start + events_per_basket
-        file[name].extend({"event_number": event_number[start:stop],
-                           **{key: array[start:stop] for key, array in jagged.items()}})
+        file[name].extend({key: array[start:stop] for key, array in branches.items()})
 
 
 def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = None,
-                 *, precision: Any = np.float32, compression: str = "zstd",
-                 events_per_basket: int = 2000) -> None:
+                 *, event_ids: Mapping[str, Any] | None = None, precision: Any = np.float32,
+                 compression: str = "zstd", events_per_basket: int = 2000) -> None:
     """Write tracks (and truth) in the layout of this module.
 
     Parameters
     ----------
+    event_ids : mapping of str to array of int, optional
+        Identifier branches of both trees, one integer per event in each (for a simulated
+        sample its :attr:`~pvfinder.simulation.SimulatedSample.event_ids`); without them
+        ``event_number`` counts the events from 0.
     precision : numpy dtype
         How floats are stored (float32 by default, as LHCb stores track states).
     compression : {"zstd", "lz4", "zlib", "lzma", "none"}
@@ -680,20 +686,22 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
     if events_per_basket < 1:
         raise ValueError(f"events_per_basket must be positive, got {events_per_basket}")
     codec = _compression(compression)
-    event_number = np.arange(tracks.n_events, dtype=np.uint64)
+    event_ids = _event_id_arrays(event_ids, 0, tracks.n_events, path)
+    if not event_ids:
+        raise ValueError(f"{path}: event_ids must name at least one identifier branch")
     with uproot.recreate(path, compression=codec) as file:
         jagged = _jagged(tracks, TRACK_FIELDS, precision)
         if truth is not None:
             truth.check_matches(tracks)
             jagged["mc_pv"] = ak.unflatten(np.asarray(truth.track_mc_pv, dtype=np.int32),
                                            tracks.counts)
-        _write_tree(file, TRACKS_TREE, "n_tracks", jagged, event_number, events_per_basket)
+        _write_tree(file, TRACKS_TREE, "n_tracks", jagged, event_ids, events_per_basket)
         if truth is not None:
             pv = truth.vertices
             jagged = _jagged(pv, ("x", "y", "z"), precision)
             jagged["n_reconstructible"] = ak.unflatten(
                 np.asarray(pv.n_reconstructible, dtype=np.int32), pv.counts)
-            _write_tree(file, TRUTH_TREE, "n_pvs", jagged, event_number, events_per_basket)
+            _write_tree(file, TRUTH_TREE, "n_pvs", jagged, event_ids, events_per_basket)
 
 
 def track_association(vertices: VertexBatch, track_counts: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -804,15 +812,7 @@ class VertexWriter:
         """
         vertices = vertices.to_host()
         n_events = vertices.n_events
-        if event_ids is None:
-            event_ids = {"event_number": np.arange(self.n_events, self.n_events + n_events,
-                                                   dtype=np.uint64)}
-        ids = {name: np.asarray(values) for name, values in event_ids.items()}
-        for name, values in ids.items():  # a cast to the branch's type must not drop anything
-            if values.shape != (n_events,) or not np.issubdtype(values.dtype, np.integer):
-                raise ValueError(f"{self.path}: event identifier {name!r} must be one integer "
-                                 f"per event ({n_events}), got {values.dtype} of shape "
-                                 f"{values.shape}")
+        ids = _event_id_arrays(event_ids, self.n_events, n_events, self.path)
         if self._ids is None:
             self._create(ids, track_counts is not None)
         elif list(ids) != list(self._ids):
@@ -871,6 +871,21 @@ class VertexWriter:
             self.close()
         else:
             self.discard()
+
+
+def _event_id_arrays(event_ids: Mapping[str, Any] | None, first: int, n_events: int,
+                     path: PathLike) -> dict[str, np.ndarray]:
+    """Identifier arrays of ``n_events`` events, checked to hold one integer per event (a
+    cast to a branch's type must then drop nothing); without any, ``event_number`` counting
+    from ``first``."""
+    if event_ids is None:
+        return {"event_number": np.arange(first, first + n_events, dtype=np.uint64)}
+    ids = {name: np.asarray(values) for name, values in event_ids.items()}
+    for name, values in ids.items():
+        if values.shape != (n_events,) or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"{path}: event identifier {name!r} must be one integer per "
+                             f"event ({n_events}), got {values.dtype} of shape {values.shape}")
+    return ids
 
 
 def _fitted(values: np.ndarray, dtype: np.dtype, name: str, path: Path) -> np.ndarray:

@@ -76,6 +76,21 @@ def test_reconstruct_validates_against_truth_beside_a_renamed_tracks_tree(
 
 
 
+def test_validate_refuses_the_vertices_of_another_simulated_sample(tmp_path, capsys):
+    # Two samples of one size were both numbered 0, 1, 2, ...: now their run numbers differ.
+    one, other = tmp_path / "one.root", tmp_path / "other.root"
+    for path, seed in ((one, "4"), (other, "5")):
+        assert main(["simulate", "-n", "40", "--nu", "2", "--seed", seed, "-o", str(path)]) == 0
+    output = tmp_path / "pvs.root"
+    assert main(["reconstruct", str(one), "-o", str(output), "--backend", "cpu",
+                 "--no-validate"]) == 0
+    assert main(["validate", str(one), str(output)]) == 0
+    capsys.readouterr()
+    assert main(["validate", str(other), str(output)]) == 2
+    err = capsys.readouterr().err
+    assert "has run_number" in err and "not this sample's vertices" in err
+
+
 def test_validate_refuses_vertices_of_other_events(sample_file, tmp_path, capsys):
     # Same number of events, other event numbers: scored without a word before.
     from pvfinder.io import VertexWriter
@@ -138,6 +153,11 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
         # Tracebacks before: an OSError other than a missing file, TypeErrors, a late check.
         (["simulate", "-n", "10", "-o", "."], "Is a directory"),
         (["simulate", "-n", "10", "--set", "seed=3"], "--set seed: give it as --seed"),
+        # simulate()'s own argument, not a condition: a crash, or ignored when falsy.
+        (["simulate", "-n", "10", "--set", "conditions=null"],
+         "unknown simulation condition(s): conditions"),
+        (["simulate", "-n", "10", "--set", "nu=5", "--nu", "1"], "ν given twice"),
+        (["simulate", "-n", "10", "--seed", "-1"], "--seed must be a non-negative integer"),
         (["reconstruct", "{sample}", "-o", "x.root", "--config", "."], "--config .: not a readable"),
         (["reconstruct", "{sample}", "-o", "x.root", "--plots", "p", "--no-validate"],
          "--plots draws the validation, which --no-validate turns off"),

@@ -198,6 +198,12 @@ def test_overrides_and_conditions_object():
         ({"eta_backward": (0.0, 2.0)}, "eta_backward holds"),
         ({"velo_z_range": (1.0,)}, "velo_z_range must be a pair"),
         ({"min_pt": 1.0}, "min_pt must be below mean_pt"),
+        ({"nu": 10**400}, "nu must be finite"),  # not an OverflowError
+        # Beyond 0.9 the ghosts (g / (1 - g) per track) outgrow memory: 0.99999 asked 303 GiB.
+        ({"ghost_fraction": 0.95}, "ghost_fraction must lie in \\[0, 0.9\\]"),
+        # Where numpy's sampler loses the mean (0 at 1e18) or refuses (1e-300) in its words.
+        ({"multiplicity_k": 1e18}, "multiplicity_k must lie in \\[1e-3, 1e12\\]"),
+        ({"multiplicity_k": 1e-300}, "multiplicity_k must lie in"),
     ],
 )
 def test_invalid_conditions_raise(changes, message):
@@ -215,6 +221,25 @@ def test_invalid_arguments_raise():
     for bad in (-3, 2.5, True):
         with pytest.raises(ValueError, match="n_events must be a non-negative integer"):
             simulate(bad)
+        with pytest.raises(ValueError, match="seed must be a non-negative integer or None"):
+            simulate(5, seed=bad)  # numpy's SeedSequence said it in its own words
+    # A falsy conditions= was taken for "the defaults"; it is not a Conditions at all.
+    for bad in (Conditions, {}, 0, {"nu": 3}):  # the class itself, a dict, a falsy value
+        with pytest.raises(TypeError, match="conditions must be a Conditions"):
+            simulate(5, seed=1, conditions=bad)
+
+
+def test_samples_are_told_apart_by_their_run_number():
+    # Same seed, conditions and size: the same sample, so the same identifiers; anything else
+    # differs, so that validate can refuse another sample's vertices.
+    one = simulate(30, seed=3)
+    assert one.run_number == simulate(30, seed=3).run_number
+    others = [simulate(30, seed=4), simulate(30, seed=3, nu=5.0), simulate(31, seed=3),
+              simulate(30)]
+    assert len({one.run_number, *(sample.run_number for sample in others)}) == 5
+    ids = one.event_ids
+    assert ids["run_number"].dtype == np.uint32 and set(ids["run_number"]) == {one.run_number}
+    assert np.array_equal(ids["event_number"], np.arange(30, dtype=np.uint64))
 
 
 def test_empty_sample():

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
+import numbers
+import zlib
 from typing import Any
 
 import numpy as np
@@ -44,6 +47,10 @@ class SimulatedSample:
         Per track (same flat order as ``tracks``), a :class:`TrackOrigin` value.
     track_backward : numpy.ndarray of bool
         Per track, whether the particle flies towards −z.
+    run_number : int
+        A 32-bit number that names the sample: a checksum of what made it (seed, conditions,
+        number of events), so that two different samples never share their event identifiers
+        (:attr:`event_ids`) but by a chance of one in 4·10⁹, and the same sample always does.
     """
 
     tracks: TrackBatch
@@ -51,6 +58,17 @@ class SimulatedSample:
     conditions: Conditions
     track_origin: np.ndarray
     track_backward: np.ndarray
+    run_number: int
+
+    @property
+    def event_ids(self) -> dict[str, np.ndarray]:
+        """Identifiers of the events, as LHCb's: ``run_number`` (uint32, :attr:`run_number`
+        for all) and ``event_number`` (uint64, 0, 1, 2, ...); ``pvfinder.io.write_sample``
+        writes them with the tracks and ``pvfinder reconstruct`` carries them over to the
+        vertices, which lets ``pvfinder validate`` refuse vertices of another sample."""
+        n_events = self.tracks.n_events
+        return {"run_number": np.full(n_events, self.run_number, dtype=np.uint32),
+                "event_number": np.arange(n_events, dtype=np.uint64)}
 
     def statistics(self) -> dict[str, float]:
         """Means that characterise the sample, to compare with the conditions.
@@ -91,7 +109,8 @@ def simulate(
     n_events : int
         Number of events (bunch crossings).
     seed : int, optional
-        Seed of ``numpy.random.default_rng``: the same seed gives the same sample.
+        Seed of ``numpy.random.default_rng`` (a non-negative integer): the same seed,
+        conditions and ``n_events`` give the same sample; a fresh random one when omitted.
     conditions : Conditions, optional
         The numbers of the simulation; :class:`Conditions` defaults when omitted.
     **overrides
@@ -105,13 +124,23 @@ def simulate(
     Raises
     ------
     ValueError
-        For a negative or non-integer ``n_events``, an unknown condition or an invalid value.
+        For a negative or non-integer ``n_events`` or ``seed``, an unknown condition or an
+        invalid value.
+    TypeError
+        When ``conditions`` is not a :class:`Conditions`.
     """
-    if isinstance(n_events, bool) or not isinstance(n_events, (int, np.integer)) or n_events < 0:
+    if not _is_count(n_events):
         raise ValueError(f"n_events must be a non-negative integer, got {n_events!r}")
+    if seed is not None and not _is_count(seed):
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+    if conditions is None:
+        conditions = Conditions()
+    elif not isinstance(conditions, Conditions):
+        raise TypeError(f"conditions must be a Conditions, not {type(conditions).__name__}")
     n_events = int(n_events)
-    cond = (conditions or Conditions()).replace(**overrides)
-    rng = np.random.default_rng(seed)
+    cond = conditions.replace(**overrides)
+    seeds = np.random.SeedSequence(seed)  # the same stream as default_rng(seed)
+    rng = np.random.default_rng(seeds)
 
     pv_counts = rng.poisson(cond.nu, n_events)
     n_pvs = int(pv_counts.sum())
@@ -147,7 +176,21 @@ def simulate(
         n_reconstructible=np.bincount(prompt.pv, minlength=n_pvs).astype(np.int32),
     )
     truth = MCTruth(vertices, label[order].astype(np.int32))
-    return SimulatedSample(tracks, truth, cond, origin[order], backward[order])
+    return SimulatedSample(tracks, truth, cond, origin[order], backward[order],
+                           _run_number(seeds, cond, n_events))
+
+
+def _is_count(value: Any) -> bool:
+    """Whether ``value`` is a non-negative integer (not a bool)."""
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and value >= 0)
+
+
+def _run_number(seeds: np.random.SeedSequence, cond: Conditions, n_events: int) -> int:
+    """A CRC-32 of what makes a sample: the seed's entropy (drawn by numpy when no seed was
+    given), every condition and the number of events."""
+    made_of = [str(seeds.entropy), dataclasses.asdict(cond), n_events]
+    return zlib.crc32(json.dumps(made_of, sort_keys=True).encode())
 
 
 @dataclasses.dataclass(frozen=True)
