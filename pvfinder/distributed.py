@@ -363,16 +363,33 @@ def _run_input(source: TrackSource, writer: VertexWriter, engine: Any, buffered:
             if buffered:  # the engine may reuse a piece's arrays for the next one
                 held.append((piece[0].copy(), *piece[1:]))
             else:
-                writer.write(*piece)
+                _write(writer, source, piece)
             n_events += piece[0].n_events
             n_vertices += piece[0].n_vertices
             bar.update(piece[0].n_events)
-        for piece in held:
-            writer.write(*piece)
+        if held:  # in one write, which the writer checks whole before any of it lands
+            _write(writer, source, _joined(held))
     except (ValueError, OSError) as error:
         return FileResult(Path(source.path), writer.path, "failed", error=str(error))
     return FileResult(Path(source.path), writer.path, "done", n_events, n_vertices,
                       time.perf_counter() - start, first_event)
+
+
+def _write(writer: VertexWriter, source: TrackSource, piece: Piece) -> None:
+    """``writer.write(*piece)``, its refusals (identifiers that do not fit the file) naming
+    the input too."""
+    try:
+        writer.write(*piece)
+    except ValueError as error:
+        raise ValueError(f"{source.where}: not written to {error}") from None
+
+
+def _joined(pieces: list[Piece]) -> Piece:
+    """Consecutive pieces of one input (identifiers of the same names) as one."""
+    return (VertexBatch.concatenate(piece[0] for piece in pieces),
+            {name: np.concatenate([piece[1][name] for piece in pieces])
+             for name in pieces[0][1]},
+            np.concatenate([piece[2] for piece in pieces]))
 
 
 @contextlib.contextmanager

@@ -158,6 +158,29 @@ def test_merged_output_holds_the_good_inputs_in_order(tmp_path, files):
     np.testing.assert_array_equal(numbers, np.r_[np.arange(60), np.arange(40)])
 
 
+def test_an_input_the_merged_file_refuses_leaves_nothing_of_itself_there(tmp_path, files):
+    # Its first chunk fitted the file, its second not (negative event numbers for uint64):
+    # the first was written before the second failed, unrecorded, between the other inputs.
+    from pvfinder.simulation import simulate
+
+    sample = simulate(50, seed=40)
+    negative = tmp_path / "negative.root"
+    write_sample(negative, sample.tracks, event_ids={
+        "event_number": np.r_[np.arange(30), -np.arange(1, 21)].astype(np.int64)})
+    numbered = tmp_path / "numbered.root"  # identifiers of other names than the file's
+    write_sample(numbered, sample.tracks, event_ids=sample.event_ids)
+    output = tmp_path / "merged.root"
+    inputs = [files[0], negative, numbered, files[1]]
+    results = reconstruct_files({output: inputs}, backend="cpu", step_size=25)
+    assert [r.status for r in results] == ["done", "failed", "failed", "done"]
+    assert results[1].error.startswith(f"{negative}:tracks: not written to {output}: event "
+                                       "identifier 'event_number' runs from -20 to 29")
+    assert results[2].error.startswith(f"{numbered}:tracks: not written to {output}: these "
+                                       "events bring the identifiers (run_number, event_number)")
+    expected = VertexBatch.concatenate([expected_vertices(files[0]), expected_vertices(files[1])])
+    assert_same_vertices(read_vertices(output), expected, weights=False)
+    assert [r.first_event for r in results if r.status == "done"] == [0, 60]
+
 
 def test_a_chunk_s_overflow_warning_names_the_file_and_entry(tmp_path, files):
     # The finder counts events from the start of each chunk: "event 0" of the second chunk
