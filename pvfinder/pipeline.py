@@ -50,24 +50,25 @@ class SeedOverflowWarning(UserWarning):
 
 
 def as_track_batch(tracks: Any) -> TrackBatch:
-    """Accept a :class:`TrackBatch`, an awkward array of track records, a mapping of jagged
-    awkward arrays, one list per event for each field (uproot's ``tree.arrays(how=dict)``;
-    other keys are ignored), or a mapping of flat arrays with ``counts`` or ``offsets`` (see
-    :meth:`TrackBatch.from_arrays`)."""
+    """Accept a :class:`TrackBatch`, an awkward array of track records, a mapping of flat
+    arrays with ``counts`` or ``offsets`` (see :meth:`TrackBatch.from_arrays`), or a mapping
+    without them holding one list per event for each field (uproot's
+    ``tree.arrays(how=dict)`` with either library; lists of lists; 2-d arrays; other keys are
+    ignored)."""
     if isinstance(tracks, TrackBatch):
         return tracks
     if isinstance(tracks, ak.Array):
         return TrackBatch.from_awkward(tracks)
     if isinstance(tracks, Mapping):
+        if "counts" not in tracks and "offsets" not in tracks:
+            return TrackBatch.from_awkward(_zipped_lists(tracks))
         jagged = [name for name in TRACK_FIELDS
                   if isinstance(tracks.get(name), ak.Array) and tracks[name].ndim > 1]
-        if not jagged:
-            return TrackBatch.from_arrays(**tracks)
-        if "counts" in tracks or "offsets" in tracks:
+        if jagged:
             raise ValueError(f"tracks: {', '.join(jagged)} are lists per event, which carry "
                              "their own counts: give either those or flat arrays with counts "
                              "or offsets")
-        return TrackBatch.from_awkward(_zipped_lists(tracks))
+        return TrackBatch.from_arrays(**tracks)
     raise TypeError(
         "tracks must be a TrackBatch, an awkward array of track records or a mapping of "
         f"arrays, got {type(tracks).__name__}"
@@ -76,20 +77,22 @@ def as_track_batch(tracks: Any) -> TrackBatch:
 
 def _zipped_lists(tracks: Mapping[str, Any]) -> ak.Array:
     """Records from one list per event for each track field (awkward arrays, lists of lists,
-    2-d numpy arrays), every field with the same list lengths: zipping would broadcast a
-    number per event, or per batch, to every track."""
+    2-d numpy arrays, numpy arrays of per-event arrays as uproot's ``library="np"`` gives),
+    every field with the same list lengths: zipping would broadcast a number per event, or
+    per batch, to every track."""
     missing = [name for name in TRACK_FIELDS if name not in tracks]
     if missing:
         raise ValueError(f"tracks: missing field(s) {', '.join(missing)}")
     fields: dict[str, ak.Array] = {}
     for name in TRACK_FIELDS:
         try:
-            field = ak.Array(tracks[name])
-        except (TypeError, ValueError):  # a number
+            field = _lists(tracks[name])
+        except (TypeError, ValueError):  # a number, or lists of things other than numbers
             field = None
         if field is None or field.ndim != 2:
-            raise ValueError(f"tracks: field {name!r} must be a list per event like the others, "
-                             f"got {getattr(field, 'type', type(tracks[name]).__name__)}")
+            raise ValueError(f"tracks: field {name!r} must be a list per event like the others "
+                             "(flat arrays need counts or offsets), got "
+                             f"{getattr(field, 'type', type(tracks[name]).__name__)}")
         missing_events = np.flatnonzero(ak.to_numpy(ak.is_none(field, axis=0)))
         if missing_events.size:
             raise ValueError(f"tracks: event {missing_events[0]} of field {name!r} is None, "
@@ -108,6 +111,19 @@ def _zipped_lists(tracks: Mapping[str, Any]) -> ak.Array:
                              f"{first!r} (event {differ[0]}: {these[differ[0]]} against "
                              f"{counts[differ[0]]})")
     return ak.zip(fields)
+
+
+def _lists(values: Any) -> ak.Array:
+    """``values`` as an awkward array; a numpy array of arrays (an object array, which
+    awkward refuses) joined into one list per entry."""
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        entries = [np.asarray(entry) for entry in values]
+        if any(entry.ndim != 1 for entry in entries):
+            raise ValueError("not one list per entry")
+        counts = np.array([len(entry) for entry in entries], dtype=np.int64)
+        flat = np.concatenate(entries) if entries else np.zeros(0)
+        return ak.unflatten(flat, counts)
+    return ak.Array(values)
 
 
 @dataclass(frozen=True)

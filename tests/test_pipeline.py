@@ -95,9 +95,20 @@ def test_input_forms_agree(sample):
     # Lists per event for each field, as uproot's tree.arrays(how=dict) gives (with others).
     per_field = {f: ak.unflatten(getattr(tracks, f), tracks.counts) for f in TRACK_FIELDS}
     from_jagged = finder({**per_field, "n_tracks": tracks.counts})
-    for other in (from_awkward, from_mapping, from_jagged):
+    # The same as Python lists, and as uproot's library="np" gives them (arrays of arrays).
+    from_lists = finder({f: ak.to_list(values) for f, values in per_field.items()})
+    from_objects = finder({f: _object_array([ak.to_numpy(event) for event in per_field[f]])
+                           for f in TRACK_FIELDS})
+    for other in (from_awkward, from_mapping, from_jagged, from_lists, from_objects):
         np.testing.assert_array_equal(other.offsets, reference.offsets)
         np.testing.assert_array_equal(other.z, reference.z)
+
+
+def _object_array(items: list) -> np.ndarray:
+    """A 1-d numpy array of arbitrary objects (np.array would stack equal-length arrays)."""
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
 
 
 def test_chunking_does_not_change_results(sample):
@@ -280,6 +291,9 @@ def test_bad_input_is_a_clear_error():
         find_vertices({"counts": [2, 4], **arrays}, backend="cpu")
     with pytest.raises(TypeError, match="TrackBatch, an awkward array"):
         find_vertices([1, 2, 3], backend="cpu")
+    with pytest.raises(ValueError, match=r"field 'x' must be a list per event like the "
+                                         r"others \(flat arrays need counts or offsets\)"):
+        find_vertices(arrays, backend="cpu")
     jagged = {name: ak.unflatten(values, [2, 3]) for name, values in arrays.items()}
     with pytest.raises(ValueError, match="carry their own counts"):
         find_vertices({**jagged, "counts": [2, 3]}, backend="cpu")
