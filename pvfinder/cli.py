@@ -39,18 +39,13 @@ def _parse_assignments(items: Sequence[str], what: str) -> dict[str, Any]:
 
 
 def _load_config(path: str | None, overrides: Sequence[str]):
+    from ._settings import parse_settings
     from .config import PVFinderConfig
 
     mapping: dict[str, Any] = {}
     if path is not None:
         try:
-            text = Path(path).read_text()
-            if path.endswith(".toml"):
-                import tomllib
-
-                mapping = tomllib.loads(text)
-            else:
-                mapping = json.loads(text)
+            mapping = parse_settings(Path(path).read_text(), path)
         except (OSError, UnicodeDecodeError, ValueError) as error:  # parsers raise ValueErrors
             kind = "TOML" if path.endswith(".toml") else "JSON (or name it .toml)"
             raise UsageError(f"--config {path}: not a readable {kind} file ({error})") from None

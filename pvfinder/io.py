@@ -40,6 +40,7 @@ import uproot
 from uproot.interpretation.jagged import AsJagged
 from uproot.interpretation.numerical import AsDtype
 
+from ._settings import parse_settings
 from .events import (
     _VARIANCE_FIELDS,
     MC_VERTEX_FIELDS,
@@ -209,13 +210,8 @@ class TrackSchema:
         except (OSError, UnicodeDecodeError) as error:  # a directory, no right to read, ...
             raise ValueError(f"{path}: cannot be read as a schema file ({error})") from None
         try:
-            if path.suffix == ".toml":
-                import tomllib
-
-                mapping = tomllib.loads(text)
-            else:
-                mapping = json.loads(text)
-        except ValueError as error:  # both parsers' errors derive from ValueError
+            mapping = parse_settings(text, path)
+        except ValueError as error:
             raise ValueError(f"{path}: not a valid schema file ({error})") from None
         try:
             return cls.from_mapping(mapping)
