@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import glob
 import itertools
 import logging
 import os
@@ -633,7 +634,8 @@ def _track_partitions(source: TrackSource, step_size: int | str) -> Any:
     import uproot
 
     _import_dask()
-    return uproot.dask({source.path: source.tree}, filter_name=source.read_branches,
+    # uproot takes the names as glob patterns: run[1].root would read run1.root.
+    return uproot.dask({glob.escape(source.path): source.tree}, filter_name=source.read_branches,
                        step_size=step_size, handler=LOCAL_SOURCE)
 
 

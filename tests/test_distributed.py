@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 import threading
 import time
@@ -449,6 +450,18 @@ def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch
     with pytest.raises(ValueError, match="nan.root:tracks: branch 'x' is nan in entry 13"):
         dask.compute(*bad.to_delayed(), scheduler="sync")
 
+
+def test_dask_reads_a_file_whose_name_looks_like_a_glob(tmp_path, files):
+    # uproot.dask took "run[1].root" as a pattern and read run1.root beside it, exit 0.
+    import dask
+
+    odd, decoy = tmp_path / "run[1].root", tmp_path / "run1.root"
+    shutil.copy(files[2], odd)
+    shutil.copy(files[1], decoy)
+    parts = dask.compute(*vertex_collection(inspect_tracks(odd), step_size=40).to_delayed(),
+                         scheduler="sync")
+    vertices = VertexBatch.from_awkward(ak.concatenate(parts)["vertices"])
+    assert_same_vertices(vertices, expected_vertices(files[2]), weights=False)
 
 
 def test_dask_names_a_backend_the_workers_cannot_run(files):
