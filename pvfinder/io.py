@@ -855,9 +855,13 @@ class VertexWriter:
         return self.path
 
     def discard(self) -> None:
-        """Drop the partial file."""
-        self._file.close()
-        self.partial.unlink(missing_ok=True)
+        """Drop the partial file (also when it cannot be finished: a full disk)."""
+        try:
+            self._file.close()
+        except OSError:
+            pass  # the file goes anyway
+        finally:
+            self.partial.unlink(missing_ok=True)
 
     def __enter__(self) -> VertexWriter:  # noqa: PYI034 (Self needs Python 3.11)
         return self

@@ -419,6 +419,30 @@ def test_an_output_that_cannot_be_finished_fails_its_inputs(tmp_path, files, mon
                for r in results)
     assert list(tmp_path.iterdir()) == []  # the partial file is gone too
 
+def test_a_full_disk_fails_that_output_alone(tmp_path, files, monkeypatch):
+    # Finishing the file fails, and closing it to throw it away fails again: that second
+    # error escaped, stopped the job before the next output and left the .part behind.
+    full = tmp_path / "full.root"
+    real_close = pvfinder_io.VertexWriter.close
+
+    def close(writer):
+        if writer.path != full:
+            return real_close(writer)
+        writer._file.close()
+
+        def no_room():
+            raise OSError(28, "No space left on device")
+
+        writer._file.close = no_room
+        return no_room()
+
+    monkeypatch.setattr(pvfinder_io.VertexWriter, "close", close)
+    plan = {full: [files[0]], tmp_path / "fine.root": [files[1]]}
+    results = reconstruct_files(plan, backend="cpu")
+    assert [r.status for r in results] == ["failed", "done"]
+    assert results[0].error == f"{full}: cannot be written ([Errno 28] No space left on device)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fine.root"]
+
 
 def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch):
     """dask-awkward's metadata pass must not reach the finder and must see every branch as
