@@ -806,31 +806,53 @@ class VertexWriter:
         track_counts : array of int, optional
             Input tracks per event; needed for the per-track ``vertex_index`` and ``weight``.
         """
-        vertices = vertices.to_host()
-        n_events = vertices.n_events
-        ids = _event_id_arrays(event_ids, self.n_events, n_events, self.path)
-        if self._ids is None:
-            self._create(ids, track_counts is not None)
-        elif list(ids) != list(self._ids):
+        self.write_all([(vertices, event_ids, track_counts)])
+
+    def write_all(self, batches: Iterable[tuple[VertexBatch, Mapping[str, Any] | None, Any]]
+                  ) -> None:
+        """Append batches of consecutive events, all or none: each ``(vertices, event_ids,
+        track_counts)`` (as :meth:`write` takes them) is checked and converted before any is
+        written, so that a refused one leaves the file as it was. Each batch is a basket."""
+        layout = None if self._ids is None else (self._ids, self._per_track)
+        to_extend = []
+        n_events, n_vertices = self.n_events, self.n_vertices
+        for vertices, event_ids, track_counts in batches:
+            vertices = vertices.to_host()
+            ids = _event_id_arrays(event_ids, n_events, vertices.n_events, self.path)
+            if layout is None:  # the first events written give the identifiers' types
+                layout = ({name: values.dtype for name, values in ids.items()},
+                          track_counts is not None)
+            to_extend.append(self._branches(vertices, ids, track_counts, *layout))
+            n_events += vertices.n_events
+            n_vertices += vertices.n_vertices
+        if self._ids is None and layout is not None:
+            self._create(*layout)
+        for trees in to_extend:
+            for tree, branches in trees.items():
+                self._file[tree].extend(branches)
+        self.n_events, self.n_vertices = n_events, n_vertices
+
+    def _branches(self, vertices: VertexBatch, ids: dict[str, np.ndarray], track_counts: Any,
+                  id_types: dict[str, np.dtype], per_track: bool) -> dict[str, dict[str, Any]]:
+        """What one batch adds to each tree, checked against the file's layout."""
+        if list(ids) != list(id_types):
             raise ValueError(f"{self.path}: these events bring the identifiers "
-                             f"({', '.join(ids)}) but the file holds ({', '.join(self._ids)}) "
+                             f"({', '.join(ids)}) but the file holds ({', '.join(id_types)}) "
                              "from the first written: merged inputs need the same ones")
-        elif self.with_weights and (track_counts is not None) != self._per_track:
+        if self.with_weights and (track_counts is not None) != per_track:
             raise ValueError(f"{self.path}: track counts must be given with every write or "
                              "with none (they make the per-track branches)")
-        if n_events:
-            ids = {name: _fitted(values, self._ids[name], name, self.path)
-                   for name, values in ids.items()}
-            self._file[VERTICES_TREE].extend({**ids, **_jagged(vertices, VERTEX_FIELDS,
-                                                                np.float64)})
-            if self.with_weights:
-                self._file[WEIGHTS_TREE].extend({**ids, **_weight_branches(vertices,
-                                                                           track_counts)})
-        self.n_events += n_events
-        self.n_vertices += vertices.n_vertices
+        if not vertices.n_events:
+            return {}
+        ids = {name: _fitted(values, id_types[name], name, self.path)
+               for name, values in ids.items()}
+        trees = {VERTICES_TREE: {**ids, **_jagged(vertices, VERTEX_FIELDS, np.float64)}}
+        if self.with_weights:
+            trees[WEIGHTS_TREE] = {**ids, **_weight_branches(vertices, track_counts)}
+        return trees
 
-    def _create(self, ids: dict[str, np.ndarray], per_track: bool) -> None:
-        self._ids = {name: values.dtype for name, values in ids.items()}
+    def _create(self, id_types: dict[str, np.dtype], per_track: bool) -> None:
+        self._ids = dict(id_types)
         self._per_track = per_track
         jagged = {name: _var("float64") for name in VERTEX_FIELDS}
         self._file.mktree(VERTICES_TREE, {**self._ids, **jagged},
@@ -847,7 +869,7 @@ class VertexWriter:
     def close(self) -> Path:
         """Finish the file and give it its name; returns that name."""
         if self._ids is None:  # nothing written: still a valid, empty vertex file
-            self._create({"event_number": np.zeros(0, np.uint64)}, False)
+            self._create({"event_number": np.dtype(np.uint64)}, False)
         if self._inputs is not None:  # JSON: any path (a newline in it) comes back whole
             self._file[INPUTS_RECORD] = json.dumps(self._inputs)
         self._file.close()

@@ -331,6 +331,25 @@ def test_writer_keeps_identifiers_exact_across_writes(tmp_path, small):
     stored = uproot.open(tmp_path / "c.root")["vertices"]["event_number"].array(library="np")
     assert stored.tolist() == list(range(10))
 
+def test_writer_writes_batches_all_or_none(tmp_path, small):
+    # The second batch's identifiers do not fit the types the first gives the file: neither
+    # is written, and what was written before stays; without a refusal, a basket each.
+    vertices = find_vertices(small.tracks.select_events(0, 5), backend="cpu")
+    counts = small.tracks.select_events(0, 5).counts
+    ids = {"event_number": np.arange(5, dtype=np.uint64)}
+    with VertexWriter(tmp_path / "pvs.root", with_weights=True) as writer:
+        writer.write(vertices, ids, counts)
+        with pytest.raises(ValueError, match="runs from -5 to -1, beyond the uint64"):
+            writer.write_all([(vertices, ids, counts),
+                              (vertices, {"event_number": np.arange(-5, 0)}, counts)])
+        assert (writer.n_events, writer.n_vertices) == (5, vertices.n_vertices)
+        writer.write_all([(vertices, ids, counts), (vertices, ids, counts)])
+    with uproot.open(tmp_path / "pvs.root") as file:
+        assert file["vertices"].num_entries == file["vertex_weights"].num_entries == 15
+        assert file["vertices"]["x"].num_baskets == 3
+    assert_same_vertices(read_vertices(tmp_path / "pvs.root"),
+                         VertexBatch.concatenate([vertices] * 3))
+
 
 def test_writer_records_inputs_whatever_their_names(tmp_path, small):
     # JSON in the note: a newline in a name, or no input at all, comes back as it was.
