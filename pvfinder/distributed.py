@@ -319,7 +319,8 @@ def _check_plan(plan: Mapping[Path, Sequence[Path]]) -> None:
     for output in plan:
         if Path(output).resolve() in inputs:
             raise ValueError(f"{output} is an input too: writing the vertices there would "
-                             "destroy its tracks; choose another output")
+                             "overwrite it; choose another output (or inputs that do not "
+                             "match it)")
         if Path(output).is_dir():
             raise ValueError(f"{output} is a directory; the vertices need a file name there")
 

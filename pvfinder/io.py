@@ -305,7 +305,7 @@ def _require_branches(tree: Any, where: str, names: Iterable[str], *, jagged: bo
             want = "one integer per entry"
         if not ok:
             raise ValueError(f"{where}: branch {name!r} holds {tree[name].typename!r}, "
-                             f"not {want}")
+                             f"not {want}{hint}")
 
 
 def _flatten_jagged(arrays: Mapping[str, ak.Array], where: str, entry_start: int = 0
@@ -505,7 +505,9 @@ def _track_source(file: Any, path: Path, schema: TrackSchema) -> TrackSource:
             + ("" if fill else " or fill missing covariance terms (--fill-cov FIELD=VALUE)"))
     _require_branches(tree, where, branches.values(), hint=hint)
     id_names = [name for name in schema.event_ids if name in present]
-    _require_branches(tree, where, id_names, jagged=False)
+    _require_branches(tree, where, id_names, jagged=False,
+                      hint="; event identifiers are optional: leave it out with a --schema "
+                           "whose event_ids do not name it")
     event_ids = {name: str(tree[name].interpretation.to_dtype) for name in id_names}
     return TrackSource(str(path), schema.tree, int(tree.num_entries), branches, filled,
                        event_ids)

@@ -455,6 +455,20 @@ def test_non_numeric_or_flat_branch(tmp_path, kind, typename):
         inspect_tracks(path)
 
 
+def test_an_identifier_branch_of_floats_says_how_to_leave_it_out(tmp_path, small):
+    # Identifiers are optional, but one that is there must be integers: the error says how
+    # to read the tracks without it, and that way works.
+    tracks = small.tracks.select_events(0, 4)
+    fields = {name: np.asarray(getattr(tracks, name)) for name in TRACK_FIELDS}
+    path = write_tree(tmp_path / "ids.root", fields, tracks.counts,
+                      flat={"event_number": np.arange(4.0)})
+    with pytest.raises(ValueError, match=re.escape(
+            "ids.root:tracks: branch 'event_number' holds 'double', not one integer per entry; "
+            "event identifiers are optional: leave it out with a --schema whose event_ids")):
+        inspect_tracks(path)
+    assert read_tracks(path, schema=TrackSchema(event_ids=())).n_events == 4
+
+
 def test_rntuple_is_not_a_ttree(tmp_path):
     path = tmp_path / "rntuple.root"
     with uproot.recreate(path) as file:
