@@ -9,7 +9,6 @@ validation and awkward conversion work on host arrays. Lengths are in mm.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -107,11 +106,11 @@ def _check_offsets(offsets: np.ndarray, length: int | None, what: str) -> None:
         )
 
 
-def _extremes(array: Any) -> tuple[float, float]:
-    """Smallest and largest value of a float array (NaN when it holds one); 0, 0 when empty."""
-    if array.size == 0:
-        return 0.0, 0.0
-    return float(array.min()), float(array.max())
+def _first_true(xp: Any, mask: Any) -> int | None:
+    """Index of the first true entry of ``mask``, or ``None``; one reduction when all false."""
+    if not bool(mask.any()):
+        return None
+    return int(xp.flatnonzero(mask)[0])
 
 
 def _event_of(offsets: np.ndarray, index: int) -> int:
@@ -157,7 +156,8 @@ class _Jagged:
         length = int(offsets[-1])
         out = {}
         for name in cls.FIELDS:
-            # CuPy arrays stay on the device: only the checks' reductions come back.
+            # CuPy arrays stay on the device: each check is one reduction there, and only a
+            # failing one brings an index back.
             xp = _array_module(fields[name])
             array = xp.asarray(fields[name])
             if array.ndim != 1:
@@ -175,22 +175,19 @@ class _Jagged:
                             f"{cls.WHAT}: field {name!r} must be numeric, got {array.dtype}"
                         )
                     array = array.astype(np.float64)
-                # numpy's and CuPy's min and max propagate NaN, and an infinity is one of
-                # them: two reductions clear a good field, a third of a full scan's cost,
-                # which only a bad field needs, to find where the bad value is.
-                low, high = _extremes(array)
-                if not (math.isfinite(low) and math.isfinite(high)):
-                    bad = int(xp.flatnonzero(~xp.isfinite(array))[0])
+                bad = _first_true(xp, ~xp.isfinite(array))
+                if bad is not None:
                     raise ValueError(
                         f"{cls.WHAT}: field {name!r} is {array[bad]} in event "
                         f"{_event_of(offsets, bad)} (entry {bad})"
                     )
-                if name in _VARIANCE_FIELDS and low < 0:
-                    bad = int(xp.flatnonzero(array < 0)[0])
-                    raise ValueError(
-                        f"{cls.WHAT}: variance {name!r} is negative ({array[bad]}) in "
-                        f"event {_event_of(offsets, bad)} (entry {bad})"
-                    )
+                if name in _VARIANCE_FIELDS:
+                    bad = _first_true(xp, array < 0)
+                    if bad is not None:
+                        raise ValueError(
+                            f"{cls.WHAT}: variance {name!r} is negative ({array[bad]}) in "
+                            f"event {_event_of(offsets, bad)} (entry {bad})"
+                        )
             else:
                 if not np.issubdtype(array.dtype, np.integer):
                     raise ValueError(
