@@ -344,12 +344,13 @@ def _write_output(writer: VertexWriter, sources: list[TrackSource], engine: Any,
             writer.close()
         else:
             writer.discard()
-    except OSError as error:
+    except OSError as error:  # the output's: every input not failed for its own reason fails
         writer.discard()
-        results = [result if result.status != "done" else
-                   FileResult(result.input, writer.path, "failed",
-                              error=f"{writer.path}: cannot be written ({error})")
-                   for result in results]
+        own = {result.input: result for result in results if result.status == "failed"}
+        results = [own.get(Path(source.path)) or FileResult(
+                       Path(source.path), writer.path, "failed",
+                       error=f"{writer.path}: cannot be written ({error})")
+                   for source in sources]
     except BaseException:
         writer.discard()
         raise
@@ -372,19 +373,27 @@ def _run_input(source: TrackSource, writer: VertexWriter, engine: Any, buffered:
             n_vertices += piece[0].n_vertices
             bar.update(piece[0].n_events)
         _write(writer, source, held)  # all checked before any lands
+    except _OutputError:
+        raise  # the file, not this input: _write_output fails them all
     except (ValueError, OSError) as error:
         return FileResult(Path(source.path), writer.path, "failed", error=str(error))
     return FileResult(Path(source.path), writer.path, "done", n_events, n_vertices,
                       time.perf_counter() - start, first_event)
 
 
+class _OutputError(OSError):
+    """The output file could not be written (a full disk): it may hold part of an input."""
+
+
 def _write(writer: VertexWriter, source: TrackSource, pieces: list[Piece]) -> None:
     """``writer.write_all(pieces)``, its refusals (identifiers that do not fit the file)
-    naming the input too."""
+    naming the input too, its failures to write as :class:`_OutputError`."""
     try:
         writer.write_all(pieces)
     except ValueError as error:
         raise ValueError(f"{source.where}: not written to {error}") from None
+    except OSError as error:
+        raise _OutputError(*error.args) from error
 
 
 @contextlib.contextmanager

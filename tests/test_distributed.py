@@ -447,6 +447,29 @@ def test_a_full_disk_fails_that_output_alone(tmp_path, files, monkeypatch):
     assert results[0].error == f"{full}: cannot be written ([Errno 28] No space left on device)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fine.root"]
 
+def test_a_write_that_fails_midway_fails_the_whole_merged_output(tmp_path, files, monkeypatch):
+    # An I/O error while an input's chunks were appended failed that input alone: the file
+    # was kept with part of it, and the next input's first_event was off.
+    real_write_all, calls = pvfinder_io.VertexWriter.write_all, []
+
+    def write_all(writer, batches):
+        calls.append(writer.path)
+        if writer.path.name == "merged.root" and calls.count(writer.path) == 2:
+            raise OSError(5, "Input/output error")
+        return real_write_all(writer, batches)
+
+    monkeypatch.setattr(pvfinder_io.VertexWriter, "write_all", write_all)
+    merged, alone = tmp_path / "merged.root", tmp_path / "alone.root"
+    plan = {merged: [files[0], files[4], files[1], files[2]], alone: [files[3]]}
+    results = reconstruct_files(plan, backend="cpu", step_size=25)
+    assert [(r.input, r.status) for r in results] == [
+        (files[0], "failed"), (files[4], "failed"), (files[1], "failed"), (files[2], "failed"),
+        (files[3], "done")]
+    cannot = f"{merged}: cannot be written ([Errno 5] Input/output error)"
+    assert [r.error == cannot for r in results[:4]] == [True, False, True, True]
+    assert "nan" in results[1].error  # its own error stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alone.root"]
+
 
 def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch):
     """dask-awkward's metadata pass must not reach the finder and must see every branch as
