@@ -815,24 +815,27 @@ class VertexWriter:
         """Append batches of consecutive events, all or none: each ``(vertices, event_ids,
         track_counts)`` (as :meth:`write` takes them) is checked and converted before any is
         written, so that a refused one leaves the file as it was. Each batch is a basket."""
+        batches = list(batches)
         layout = None if self._ids is None else (self._ids, self._per_track)
-        to_extend = []
-        n_events, n_vertices = self.n_events, self.n_vertices
+        checked = []
+        first_event = self.n_events
         for vertices, event_ids, track_counts in batches:
             vertices = vertices.to_host()
-            ids = _event_id_arrays(event_ids, n_events, vertices.n_events, self.path)
+            ids = _event_id_arrays(event_ids, first_event, vertices.n_events, self.path)
             if layout is None:  # the first events written give the identifiers' types
                 layout = ({name: values.dtype for name, values in ids.items()},
                           track_counts is not None)
-            to_extend.append(self._branches(vertices, ids, track_counts, *layout))
-            n_events += vertices.n_events
-            n_vertices += vertices.n_vertices
+            if len(batches) > 1:  # converted here only to check it, again when written:
+                self._branches(vertices, ids, track_counts, *layout)  # one at a time in memory
+            checked.append((vertices, ids, track_counts))
+            first_event += vertices.n_events
         if self._ids is None and layout is not None:
             self._create(*layout)
-        for trees in to_extend:
-            for tree, branches in trees.items():
+        for vertices, ids, track_counts in checked:
+            for tree, branches in self._branches(vertices, ids, track_counts, *layout).items():
                 self._file[tree].extend(branches)
-        self.n_events, self.n_vertices = n_events, n_vertices
+            self.n_events += vertices.n_events
+            self.n_vertices += vertices.n_vertices
 
     def _branches(self, vertices: VertexBatch, ids: dict[str, np.ndarray], track_counts: Any,
                   id_types: dict[str, np.dtype], per_track: bool) -> dict[str, dict[str, Any]]:
