@@ -39,7 +39,7 @@ def _parse_assignments(items: Sequence[str], what: str) -> dict[str, Any]:
 
 
 def _load_config(path: str | None, overrides: Sequence[str]):
-    from ._settings import parse_settings
+    from ._settings import is_toml, parse_settings
     from .config import PVFinderConfig
 
     mapping: dict[str, Any] = {}
@@ -47,7 +47,7 @@ def _load_config(path: str | None, overrides: Sequence[str]):
         try:
             mapping = parse_settings(Path(path).read_text(), path)
         except (OSError, UnicodeDecodeError, ValueError) as error:  # parsers raise ValueErrors
-            kind = "TOML" if path.endswith(".toml") else "JSON (or name it .toml)"
+            kind = "TOML" if is_toml(path) else "JSON (or name it .toml)"
             raise UsageError(f"--config {path}: not a readable {kind} file ({error})") from None
         if not isinstance(mapping, dict):
             raise UsageError(f"--config {path}: holds {type(mapping).__name__}, not a table of "
@@ -462,7 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pvfinder {args.command}: error: {error}", file=sys.stderr)
         return 2
     except MemoryError as error:  # e.g. buffers for a configuration of billions of bins
-        print(f"pvfinder {args.command}: error: out of memory ({error})", file=sys.stderr)
+        detail = f" ({error})" if str(error) else ""
+        print(f"pvfinder {args.command}: error: out of memory{detail}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

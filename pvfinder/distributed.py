@@ -239,8 +239,8 @@ def reconstruct_files(
     Raises
     ------
     ValueError
-        When an input appears more than once in ``plan``, an output is also an input (its
-        tracks would be overwritten), an output is a directory or ``step_size`` is neither
+        When an input appears more than once in ``plan``, an output is also an input (it
+        would be overwritten), an output is a directory or ``step_size`` is neither
         entries nor a size with its unit.
     """
     _check_plan(plan)

@@ -506,8 +506,9 @@ def _track_source(file: Any, path: Path, schema: TrackSchema) -> TrackSource:
     _require_branches(tree, where, branches.values(), hint=hint)
     id_names = [name for name in schema.event_ids if name in present]
     _require_branches(tree, where, id_names, jagged=False,
-                      hint="; event identifiers are optional: leave it out with a --schema "
-                           "whose event_ids do not name it")
+                      hint="; event identifiers are optional: leave it out with a schema "
+                           "whose event_ids do not name it (TrackSchema(event_ids=...), "
+                           "--schema FILE)")
     event_ids = {name: str(tree[name].interpretation.to_dtype) for name in id_names}
     return TrackSource(str(path), schema.tree, int(tree.num_entries), branches, filled,
                        event_ids)
@@ -687,6 +688,11 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
     event_ids = _event_id_arrays(event_ids, 0, tracks.n_events, path)
     if not event_ids:
         raise ValueError(f"{path}: event_ids must name at least one identifier branch")
+    taken = sorted(set(event_ids) & {*TRACK_FIELDS, "mc_pv", "n_tracks", "x", "y", "z",
+                                      "n_reconstructible", "n_pvs"})
+    if taken:
+        raise ValueError(f"{path}: event identifier(s) {', '.join(taken)} would take the name "
+                         "of a branch of the tracks or the truth")
     with uproot.recreate(path, compression=codec) as file:
         jagged = _jagged(tracks, TRACK_FIELDS, precision)
         if truth is not None:

@@ -115,15 +115,21 @@ def _zipped_lists(tracks: Mapping[str, Any]) -> ak.Array:
 
 def _lists(values: Any) -> ak.Array:
     """``values`` as an awkward array; a numpy array of arrays (an object array, which
-    awkward refuses) joined into one list per entry."""
+    awkward refuses) joined into one list per entry, and no entries at all (``[]``, whose
+    type awkward cannot know) as no lists."""
     if isinstance(values, np.ndarray) and values.dtype == object:
+        if any(entry is None for entry in values):  # awkward's path names the event
+            return ak.from_iter(values.tolist())
         entries = [np.asarray(entry) for entry in values]
         if any(entry.ndim != 1 for entry in entries):
             raise ValueError("not one list per entry")
         counts = np.array([len(entry) for entry in entries], dtype=np.int64)
         flat = np.concatenate(entries) if entries else np.zeros(0)
         return ak.unflatten(flat, counts)
-    return ak.Array(values)
+    array = ak.Array(values)
+    if len(array) == 0 and array.ndim == 1:
+        return ak.unflatten(np.zeros(0), np.zeros(0, dtype=np.int64))
+    return array
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,14 @@ def test_validate_refuses_vertices_of_other_events(sample_file, tmp_path, capsys
                  "cpu", "--no-validate"]) == 0
     assert main(["validate", str(foreign), str(tmp_path / "f.root")]) == 0
 
+def test_a_config_file_named_dot_toml_is_toml(tmp_path):
+    # Path(".toml").suffix is "": such a file was parsed as JSON, its error calling it TOML.
+    from pvfinder.cli import _load_config
+
+    (tmp_path / ".toml").write_text("chi2_cut = 9.0\n")
+    assert _load_config(str(tmp_path / ".toml"), []).chi2_cut == 9.0
+
+
 def test_set_takes_python_numbers_json_does_not():
     from pvfinder.cli import _load_config
 
@@ -408,6 +416,13 @@ def test_running_out_of_memory_is_a_one_line_error(monkeypatch, capsys):
     assert main(["info"]) == 2
     assert capsys.readouterr().err == ("pvfinder info: error: out of memory (Unable to allocate "
                                        "5.86 TiB for an array with shape (367, 2147483647))\n")
+
+    def bare(_):
+        raise MemoryError
+
+    monkeypatch.setattr(cli, "_cmd_info", bare)
+    assert main(["info"]) == 2
+    assert capsys.readouterr().err == "pvfinder info: error: out of memory\n"  # not "()"
 
 
 def test_skip_existing_resumes(two_files, tmp_path, capsys):

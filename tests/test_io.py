@@ -464,9 +464,18 @@ def test_an_identifier_branch_of_floats_says_how_to_leave_it_out(tmp_path, small
                       flat={"event_number": np.arange(4.0)})
     with pytest.raises(ValueError, match=re.escape(
             "ids.root:tracks: branch 'event_number' holds 'double', not one integer per entry; "
-            "event identifiers are optional: leave it out with a --schema whose event_ids")):
+            "event identifiers are optional: leave it out with a schema whose event_ids")):
         inspect_tracks(path)
     assert read_tracks(path, schema=TrackSchema(event_ids=())).n_events == 4
+
+
+@pytest.mark.parametrize("name", ["x", "n_tracks", "n_pvs"])
+def test_sample_identifiers_cannot_take_a_branch_s_name(tmp_path, small, name):
+    # "x" silently replaced the tracks' x by the identifiers; n_tracks failed inside uproot.
+    with pytest.raises(ValueError, match=f"identifier\\(s\\) {name} would take the name"):
+        write_sample(tmp_path / "s.root", small.tracks, small.truth,
+                     event_ids={name: np.arange(small.tracks.n_events)})
+    assert not (tmp_path / "s.root").exists()
 
 
 def test_rntuple_is_not_a_ttree(tmp_path):

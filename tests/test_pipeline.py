@@ -304,6 +304,12 @@ def test_bad_input_is_a_clear_error():
         find_vertices({**jagged, "y": ak.unflatten(arrays["y"], [2, 3, 0])}, backend="cpu")
     with pytest.raises(ValueError, match="event 1 of field 'x' is None"):
         find_vertices({**jagged, "x": ak.Array([list(arrays["x"][:2]), None])}, backend="cpu")
+    # No events as Python lists (a type awkward cannot know), and uproot's library="np" form
+    # with a None event, named as the other forms name it.
+    assert find_vertices({name: [] for name in TRACK_FIELDS}, backend="cpu").n_events == 0
+    with_none = _object_array([arrays["x"][:2], None])
+    with pytest.raises(ValueError, match="event 1 of field 'x' is None"):
+        find_vertices({**jagged, "x": with_none}, backend="cpu")
     # A list of lists, or a 2-d numpy array, is a list per event too.
     as_lists = {**jagged, "x": ak.to_list(jagged["x"])}
     np.testing.assert_array_equal(find_vertices(as_lists, backend="cpu").z,
