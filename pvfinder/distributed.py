@@ -346,6 +346,8 @@ def _write_output(writer: VertexWriter, sources: list[TrackSource], engine: Any,
             writer.discard()
     except OSError as error:  # the output's: every input not failed for its own reason fails
         writer.discard()
+        for source in sources[len(results):]:  # the one being written and those not begun
+            engine.drop(source)
         own = {result.input: result for result in results if result.status == "failed"}
         results = [own.get(Path(source.path)) or FileResult(
                        Path(source.path), writer.path, "failed",
@@ -393,7 +395,7 @@ def _write(writer: VertexWriter, source: TrackSource, pieces: list[Piece]) -> No
     except ValueError as error:
         raise ValueError(f"{source.where}: not written to {error}") from None
     except OSError as error:
-        raise _OutputError(*error.args) from error
+        raise _OutputError(error.errno, error.strerror, error.filename) from error
 
 
 @contextlib.contextmanager
@@ -448,6 +450,7 @@ class _LocalEngine:
         self.outputs = finder.output_buffers()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="pvfinder-reader")
         self._positions: dict[str, int] = {}
+        self._dropped: set[int] = set()  # positions of inputs no longer wanted
         self._stream = self._read([])
         self._upcoming: Future[_Read | None] = Future()  # nothing to read until submit()
         self._upcoming.set_result(None)
@@ -457,6 +460,7 @@ class _LocalEngine:
         :meth:`pieces`."""
         self._stop_reading()
         self._positions = {source.path: i for i, source in enumerate(sources)}
+        self._dropped = set()
         self._stream = self._read(sources)
         self._read_next()
 
@@ -464,10 +468,14 @@ class _LocalEngine:
         """``(position, chunk)`` for every chunk of every input; an input that cannot be
         read gives ``(position, error)`` as its last item, and the next input follows."""
         for position, source in enumerate(sources):
+            if position in self._dropped:
+                continue
             chunks = iterate_tracks(source.path, self.schema, self.step_size)
             try:
                 for chunk in chunks:
                     yield position, chunk
+                    if position in self._dropped:
+                        break
             except (ValueError, OSError) as error:
                 yield position, error
             finally:
@@ -497,6 +505,11 @@ class _LocalEngine:
             yield vertices, chunk.event_ids, chunk.tracks.counts
         if not any_chunk:
             yield _no_vertices(self.with_weights), _empty_ids(source), np.zeros(0, np.int64)
+
+    def drop(self, source: TrackSource) -> None:
+        """Read no more of ``source`` (its output cannot be written): the reader moves on to
+        the next input after the chunk it may be reading."""
+        self._dropped.add(self._positions[source.path])
 
     def _read_next(self) -> None:
         self._upcoming = self._reader.submit(next, self._stream, None)
@@ -534,6 +547,12 @@ class _DaskEngine:
                 self.futures[source.path] = (self.client.compute(parts), tracks.divisions)
             except (ValueError, OSError) as error:  # kept to be raised for its own input
                 self.errors[source.path] = error
+
+    def drop(self, source: TrackSource) -> None:
+        """Cancel what is left of ``source`` (its output cannot be written)."""
+        self.errors.pop(source.path, None)
+        futures, _ = self.futures.pop(source.path, ([], ()))
+        self.client.cancel(futures)
 
     def pieces(self, source: TrackSource) -> Iterator[Piece]:
         if source.path in self.errors:

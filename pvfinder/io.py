@@ -81,6 +81,11 @@ COVARIANCE_FIELDS = tuple(name for name in TRACK_FIELDS if name.startswith("cov_
 COMPRESSION = {"zlib": uproot.ZLIB(1), "lzma": uproot.LZMA(6), "zstd": uproot.ZSTD(1),
                "lz4": uproot.LZ4(1), "none": None}
 DEFAULT_STEP_SIZE = "100 MB"
+# Branches (and counters) of the files this module writes, which no event identifier may be named.
+_SAMPLE_BRANCHES = frozenset({*TRACK_FIELDS, "mc_pv", "n_tracks", "x", "y", "z",
+                              "n_reconstructible", "n_pvs"})
+_VERTEX_BRANCHES = frozenset({*VERTEX_FIELDS, "n_vertices", "weight_counts", "weights",
+                              "n_weights", "vertex_index", "weight", "n_tracks"})
 # Vertex files hold float64 values that barely compress: zstd makes them 8 % smaller than lz4
 # and takes twice as long to write them (50 000 events at ν = 7.6, 2-core VM, 2026-12-02:
 # 30.7 MB in 0.40-0.62 s against 33.1 MB in 0.22-0.26 s; uncompressed, 33.3 MB in 0.19-0.25 s).
@@ -685,14 +690,9 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
     if events_per_basket < 1:
         raise ValueError(f"events_per_basket must be positive, got {events_per_basket}")
     codec = _compression(compression)
-    event_ids = _event_id_arrays(event_ids, 0, tracks.n_events, path)
+    event_ids = _event_id_arrays(event_ids, 0, tracks.n_events, path, _SAMPLE_BRANCHES)
     if not event_ids:
         raise ValueError(f"{path}: event_ids must name at least one identifier branch")
-    taken = sorted(set(event_ids) & {*TRACK_FIELDS, "mc_pv", "n_tracks", "x", "y", "z",
-                                      "n_reconstructible", "n_pvs"})
-    if taken:
-        raise ValueError(f"{path}: event identifier(s) {', '.join(taken)} would take the name "
-                         "of a branch of the tracks or the truth")
     with uproot.recreate(path, compression=codec) as file:
         jagged = _jagged(tracks, TRACK_FIELDS, precision)
         if truth is not None:
@@ -819,20 +819,24 @@ class VertexWriter:
     def write_all(self, batches: Iterable[tuple[VertexBatch, Mapping[str, Any] | None, Any]]
                   ) -> None:
         """Append batches of consecutive events, all or none: each ``(vertices, event_ids,
-        track_counts)`` (as :meth:`write` takes them) is checked and converted before any is
-        written, so that a refused one leaves the file as it was. Each batch is a basket."""
+        track_counts)`` (as :meth:`write` takes them) is checked before any is written, so
+        that a refused one (``ValueError``) leaves the file as it was. Each batch is a basket.
+        An ``OSError`` while writing (a full disk) may leave part of them: discard the file."""
         batches = list(batches)
         layout = None if self._ids is None else (self._ids, self._per_track)
         checked = []
         first_event = self.n_events
         for vertices, event_ids, track_counts in batches:
             vertices = vertices.to_host()
-            ids = _event_id_arrays(event_ids, first_event, vertices.n_events, self.path)
+            ids = _event_id_arrays(event_ids, first_event, vertices.n_events, self.path,
+                                   _VERTEX_BRANCHES)
             if layout is None:  # the first events written give the identifiers' types
                 layout = ({name: values.dtype for name, values in ids.items()},
                           track_counts is not None)
-            if len(batches) > 1:  # converted here only to check it, again when written:
-                self._branches(vertices, ids, track_counts, *layout)  # one at a time in memory
+            if len(batches) > 1 or self._ids is None:  # converted only to check it here (a
+                # refused first batch must not make the trees), again when written: one at a
+                # time in memory
+                self._branches(vertices, ids, track_counts, *layout)
             checked.append((vertices, ids, track_counts))
             first_event += vertices.n_events
         if self._ids is None and layout is not None:
@@ -907,12 +911,16 @@ class VertexWriter:
 
 
 def _event_id_arrays(event_ids: Mapping[str, Any] | None, first: int, n_events: int,
-                     path: PathLike) -> dict[str, np.ndarray]:
+                     path: PathLike, taken: frozenset[str]) -> dict[str, np.ndarray]:
     """Identifier arrays of ``n_events`` events, checked to hold one integer per event (a
-    cast to a branch's type must then drop nothing); without any, ``event_number`` counting
-    from ``first``."""
+    cast to a branch's type must then drop nothing) and not to be named as one of the
+    ``taken`` branches of the file; without any, ``event_number`` counting from ``first``."""
     if event_ids is None:
         return {"event_number": np.arange(first, first + n_events, dtype=np.uint64)}
+    clashing = sorted(set(event_ids) & taken)
+    if clashing:
+        raise ValueError(f"{path}: event identifier(s) {', '.join(clashing)} would take the "
+                         "name of another branch of the file")
     ids = {name: np.asarray(values) for name, values in event_ids.items()}
     for name, values in ids.items():
         if values.shape != (n_events,) or not np.issubdtype(values.dtype, np.integer):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import shutil
 import sys
@@ -450,25 +451,52 @@ def test_a_full_disk_fails_that_output_alone(tmp_path, files, monkeypatch):
 def test_a_write_that_fails_midway_fails_the_whole_merged_output(tmp_path, files, monkeypatch):
     # An I/O error while an input's chunks were appended failed that input alone: the file
     # was kept with part of it, and the next input's first_event was off.
+    # The inputs not begun are not read any more (at most the chunk the reader had begun).
     real_write_all, calls = pvfinder_io.VertexWriter.write_all, []
+    real_iterate, chunks_read = distributed.iterate_tracks, collections.Counter()
 
     def write_all(writer, batches):
         calls.append(writer.path)
         if writer.path.name == "merged.root" and calls.count(writer.path) == 2:
-            raise OSError(5, "Input/output error")
+            raise OSError(5, "Input/output error", "/data/merged.root.part")
         return real_write_all(writer, batches)
 
+    def counting(path, *args, **kwargs):
+        for chunk in real_iterate(path, *args, **kwargs):
+            chunks_read[Path(path).name] += 1
+            yield chunk
+
     monkeypatch.setattr(pvfinder_io.VertexWriter, "write_all", write_all)
+    monkeypatch.setattr(distributed, "iterate_tracks", counting)
     merged, alone = tmp_path / "merged.root", tmp_path / "alone.root"
     plan = {merged: [files[0], files[4], files[1], files[2]], alone: [files[3]]}
     results = reconstruct_files(plan, backend="cpu", step_size=25)
     assert [(r.input, r.status) for r in results] == [
         (files[0], "failed"), (files[4], "failed"), (files[1], "failed"), (files[2], "failed"),
         (files[3], "done")]
-    cannot = f"{merged}: cannot be written ([Errno 5] Input/output error)"
+    assert chunks_read[files[2].name] <= 1 and chunks_read[files[3].name] == 2
+    cannot = (f"{merged}: cannot be written ([Errno 5] Input/output error: "
+              "'/data/merged.root.part')")
     assert [r.error == cannot for r in results[:4]] == [True, False, True, True]
     assert "nan" in results[1].error  # its own error stays
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alone.root"]
+
+
+def test_dask_engine_cancels_an_input_it_drops(files):
+    # An output that cannot be written drops its inputs not begun: their partitions were
+    # left to run, and their vertices held by the cluster until the end.
+    class Client:
+        cancelled: list = []
+
+        def cancel(self, futures):
+            self.cancelled.extend(futures)
+
+    engine = distributed._DaskEngine(Client(), None, "cpu", 25, False)
+    source = inspect_tracks(files[0])
+    engine.futures[source.path] = (["part 0", "part 1"], (0, 25))
+    engine.drop(source)
+    engine.drop(inspect_tracks(files[1]))  # nothing submitted for it: nothing to cancel
+    assert Client.cancelled == ["part 0", "part 1"] and engine.futures == {}
 
 
 def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch):

@@ -351,6 +351,32 @@ def test_writer_writes_batches_all_or_none(tmp_path, small):
                          VertexBatch.concatenate([vertices] * 3))
 
 
+def test_a_refused_first_batch_leaves_a_new_file_without_a_layout(tmp_path, small):
+    # It made the trees with its identifiers before it was refused: the next, good batch
+    # was then refused in its turn, and an empty file with the wrong identifiers was left.
+    vertices = find_vertices(small.tracks.select_events(0, 5), backend="cpu")
+    counts = small.tracks.select_events(0, 5).counts
+    without_weights = find_vertices(small.tracks.select_events(0, 5), backend="cpu",
+                                    weights=False)
+    with VertexWriter(tmp_path / "pvs.root", with_weights=True) as writer:
+        with pytest.raises(ValueError, match="the writer writes weights but the batch has none"):
+            writer.write(without_weights, {"run": np.zeros(5, np.int64)}, counts)
+        writer.write(vertices, None, counts)
+    with uproot.open(tmp_path / "pvs.root") as file:
+        assert "run" not in file["vertices"] and file["vertices"].num_entries == 5
+
+
+@pytest.mark.parametrize("name", ["z", "n_vertices", "n_tracks"])
+def test_vertex_identifiers_cannot_take_a_branch_s_name(tmp_path, small, name):
+    # "z" and "n_tracks" were silently replaced by the vertex fields; n_vertices failed in
+    # uproot.
+    vertices = find_vertices(small.tracks.select_events(0, 2), backend="cpu")
+    with pytest.raises(ValueError, match=f"identifier\\(s\\) {name} would take the name"), \
+            VertexWriter(tmp_path / "pvs.root") as writer:
+        writer.write(vertices, {name: np.arange(2)})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_writer_records_inputs_whatever_their_names(tmp_path, small):
     # JSON in the note: a newline in a name, or no input at all, comes back as it was.
     vertices = find_vertices(small.tracks.select_events(0, 3), backend="cpu")
