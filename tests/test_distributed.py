@@ -486,17 +486,19 @@ def test_dask_engine_cancels_an_input_it_drops(files):
     # An output that cannot be written drops its inputs not begun: their partitions were
     # left to run, and their vertices held by the cluster until the end.
     class Client:
-        cancelled: list = []
+        def __init__(self):
+            self.cancelled = []
 
         def cancel(self, futures):
             self.cancelled.extend(futures)
 
-    engine = distributed._DaskEngine(Client(), None, "cpu", 25, False)
+    client = Client()
+    engine = distributed._DaskEngine(client, None, "cpu", 25, False)
     source = inspect_tracks(files[0])
     engine.futures[source.path] = (["part 0", "part 1"], (0, 25))
     engine.drop(source)
     engine.drop(inspect_tracks(files[1]))  # nothing submitted for it: nothing to cancel
-    assert Client.cancelled == ["part 0", "part 1"] and engine.futures == {}
+    assert client.cancelled == ["part 0", "part 1"] and engine.futures == {}
 
 
 def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch):
