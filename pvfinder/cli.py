@@ -120,6 +120,7 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str) -> None:
     truth cannot be read is reported and left unvalidated (its vertices are written)."""
     from .events import VertexBatch
     from .io import read_truth, read_vertices
+    from .validation import validate
 
     done = [result for result in results if result.status == "done"]
     outputs: dict[Path, VertexBatch] = {}
@@ -128,6 +129,9 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str) -> None:
         try:
             truth = read_truth(result.input, tracks_tree)
             if truth is None:
+                if plots:  # asked for, and none will come
+                    print(f"pvfinder reconstruct: warning: {result.input}: no truth to "
+                          "validate against, so no plots", file=sys.stderr)
                 continue
             if result.output not in outputs:
                 outputs[result.output] = read_vertices(result.output, weights=False)
@@ -135,14 +139,16 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str) -> None:
             if vertices.n_events != result.n_events:  # this input's share of a merged output
                 vertices = VertexBatch(**vertices.event_slice(
                     result.first_event, result.first_event + result.n_events))
-            if len(done) > 1:
-                print(f"== {result.input}")
-            _print_validation(vertices, truth,
-                              plots and str(Path(plots, folders.get(result.input, ""))))
+            report = validate(vertices, truth)
         except (ValueError, OSError) as error:  # the truth does not fit, cannot be read, ...
             named = str(error) if str(error).startswith(str(result.input)) else (
                 f"{result.input}: {error}")
             print(f"pvfinder reconstruct: warning: not validated: {named}", file=sys.stderr)
+            continue
+        if len(done) > 1:
+            print(f"== {result.input}")
+        # Plots that cannot be written are an error of the command, not of the validation.
+        _print_validation(report, plots and str(Path(plots, folders.get(result.input, ""))))
 
 
 def _plot_folders(inputs: list[Path]) -> dict[Path, str]:
@@ -201,10 +207,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 2 if n_failed else 0
 
 
-def _print_validation(vertices, truth, plots: str | None) -> None:
-    from .validation import validate
-
-    report = validate(vertices, truth)
+def _print_validation(report, plots: str | None) -> None:
+    """The report's table, and its plots in ``plots`` when given."""
     print(report.table())
     if plots:
         for path in report.plot(plots):
@@ -219,15 +223,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if truth is None:
         raise UsageError(f"{args.sample}: holds no truth tree to validate against")
     _check_same_events(args.sample, args.tree, args.vertices)  # before reading them all
+    from .validation import validate
+
     vertices = read_vertices(args.vertices)
-    _print_validation(vertices, truth, args.plots)
+    _print_validation(validate(vertices, truth), args.plots)
     return 0
 
 
 def _check_plots_folder(plots: str | None) -> None:
-    """Refuse, before anything runs, a ``--plots`` that names a file."""
-    if plots and Path(plots).exists() and not Path(plots).is_dir():
+    """Make the ``--plots`` folder before anything runs; refuse one that names a file or
+    cannot be made (a file on its path, a dangling link)."""
+    if not plots:
+        return
+    if Path(plots).exists() and not Path(plots).is_dir():
         raise UsageError(f"--plots {plots}: a file, not a directory")
+    try:
+        Path(plots).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--plots {plots}: cannot be made a directory ({error})") from None
 
 
 def _check_same_events(sample: str, tracks_tree: str, vertices: str) -> None:

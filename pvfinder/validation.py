@@ -712,10 +712,13 @@ def _isolated(
     return ~has_neighbour
 
 
-def _check_bins(edges: Sequence[float], name: str) -> np.ndarray:
+def _check_bins(edges: Sequence[float], name: str, *, finite: bool = False) -> np.ndarray:
     edges = np.asarray(edges, dtype=np.float64)
     if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0) or np.isnan(edges).any():
         raise ValueError(f"{name} must be at least two increasing edges, got {edges.tolist()}")
+    if finite and not np.isfinite(edges).all():
+        raise ValueError(f"{name} must be finite (an open bin has no place on the plot's "
+                         f"axis), got {edges.tolist()}")
     return edges
 
 
@@ -751,7 +754,7 @@ def validate(
         reconstructed (weighted) track count with the lowest edge opened to 0, because a
         weighted count can fall below the minimum number of tracks.
     z_bins : sequence of float
-        Edges in MC z [mm] for the efficiency curve.
+        Finite edges in MC z [mm] for the efficiency curve.
 
     Returns
     -------
@@ -773,7 +776,7 @@ def validate(
     if not isolation_distance >= 0:
         raise ValueError(f"isolation_distance must be >= 0, got {isolation_distance}")
     multiplicity_edges = _check_bins(multiplicity_bins, "multiplicity_bins")
-    z_edges = _check_bins(z_bins, "z_bins")
+    z_edges = _check_bins(z_bins, "z_bins", finite=True)
 
     rec = vertices.to_host()
     mc = truth.vertices

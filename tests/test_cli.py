@@ -91,6 +91,21 @@ def test_validate_refuses_the_vertices_of_another_simulated_sample(tmp_path, cap
     assert "has run_number" in err and "not this sample's vertices" in err
 
 
+def test_plots_asked_for_an_input_without_truth_are_a_warning(sample_file, tmp_path, capsys):
+    # Nothing was said: the plots folder simply stayed empty.
+    tracks_only = tmp_path / "tracks_only.root"
+    with uproot.open(sample_file) as source, uproot.recreate(tracks_only) as out:
+        arrays = source["tracks"].arrays(how=dict)
+        out.mktree("tracks", {name: array.type if array.ndim > 1 else array.layout.dtype
+                              for name, array in arrays.items()},
+                   counter_name=lambda _: "n_tracks")
+        out["tracks"].extend(arrays)
+    assert main(["reconstruct", str(tracks_only), "-o", str(tmp_path / "pvs.root"),
+                 "--backend", "cpu", "--plots", str(tmp_path / "plots")]) == 0
+    assert capsys.readouterr().err == (f"pvfinder reconstruct: warning: {tracks_only}: no "
+                                       "truth to validate against, so no plots\n")
+
+
 def test_validate_refuses_vertices_of_other_events(sample_file, tmp_path, capsys):
     # Same number of events, other event numbers: scored without a word before.
     from pvfinder.io import VertexWriter
@@ -171,6 +186,12 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
          "--plots draws the validation, which --no-validate turns off"),
         (["reconstruct", "{sample}", "-o", "x.root", "--plots", "{sample}"], "a file, not a directory"),
         (["validate", "{sample}", "{sample}", "--plots", "{sample}"], "a file, not a directory"),
+        # A file on the way: the table was printed, then the plots failed ("not validated"
+        # and exit 0 from reconstruct).
+        (["validate", "{sample}", "{sample}", "--plots", "{sample}/sub"],
+         "--plots {sample}/sub: cannot be made a directory"),
+        (["reconstruct", "{sample}", "-o", "x.root", "--plots", "{sample}/sub"],
+         "--plots {sample}/sub: cannot be made a directory"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(argv, message, sample_file, tmp_path, capsys, monkeypatch):
@@ -178,7 +199,9 @@ def test_user_mistakes_are_one_line_errors(argv, message, sample_file, tmp_path,
     argv = [a.format(sample=sample_file) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
+    message = message.format(sample=sample_file)
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.root").exists()  # refused before anything ran
 
 
 def test_info_names_backends(capsys):

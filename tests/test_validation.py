@@ -239,6 +239,10 @@ def test_efficiency_vs_z():
     report = validate(make_vertices([1], [-5.0]), truth, z_bins=(-200.0, -100.0, 0.0, 100.0))
     np.testing.assert_array_equal(report.efficiency_vs_z.total, [1, 1, 1])
     np.testing.assert_array_equal(report.efficiency_vs_z.passed, [0, 1, 0])
+    # An open bin has no centre on the plot's z axis: its point was not drawn at all.
+    for open_edges in ((-300.0, 0.0, np.inf), (-np.inf, 0.0)):
+        with pytest.raises(ValueError, match="z_bins must be finite"):
+            validate(make_vertices([1], [-5.0]), truth, z_bins=open_edges)
 
 
 def test_resolution_in_bins_of_multiplicity():
