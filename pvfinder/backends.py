@@ -95,26 +95,40 @@ def _load_stages(package: str) -> dict[str, Callable[..., None]]:
     }
 
 
-def _numba_launch_guard() -> contextlib.AbstractContextManager:
-    """A lock around CPU kernel launches when Numba's threading layer is not thread-safe.
+class _NumbaLaunchGuard:
+    """A lock around CPU kernel launches for as long as Numba's threading layer may be
+    ``workqueue``, which aborts the process when two threads launch parallel kernels at once
+    (``omp`` and ``tbb`` take concurrent launches).
 
-    Numba's ``workqueue`` layer (its fallback when neither TBB nor OpenMP loads) aborts the
-    process when two threads launch parallel kernels at once; the ``omp`` and ``tbb`` layers
-    take concurrent launches, so no lock is needed with them.
+    Which layer Numba uses is only known once a parallel kernel has run: the settings do not
+    tell (``forksafe`` falls back to ``workqueue`` without TBB on Linux, and
+    ``NUMBA_THREADING_LAYER_PRIORITY`` reorders the choice). So launches hold the lock until
+    one has run under a thread-safe layer; from then on they go free.
     """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.needed = True
+        self._held = threading.local()  # whether this thread's launch holds the lock
+
+    def __enter__(self) -> None:
+        self._held.value = self.needed
+        if self._held.value:
+            self._lock.acquire()
+
+    def __exit__(self, *_: object) -> None:
+        if self._held.value:
+            self.needed = not _threading_layer_is_thread_safe()
+            self._lock.release()
+
+
+def _threading_layer_is_thread_safe() -> bool:
     import numba
 
-    layer = numba.config.THREADING_LAYER
-    if layer in ("tbb", "omp", "safe", "threadsafe"):
-        return contextlib.nullcontext()
-    if layer in ("default", "forksafe"):
-        for pool in ("tbbpool", "omppool"):
-            try:
-                importlib.import_module(f"numba.np.ufunc.{pool}")
-            except ImportError:
-                continue
-            return contextlib.nullcontext()
-    return threading.Lock()
+    try:
+        return numba.threading_layer() in ("omp", "tbb")
+    except ValueError:  # no parallel kernel has run yet
+        return False
 
 
 def _cpu_backend() -> Backend:
@@ -125,7 +139,7 @@ def _cpu_backend() -> Backend:
         # 2048 events × 2400 bins × 8 B ≈ 40 MB of histogram: stays in memory bandwidth's
         # sweet spot while giving every thread thousands of events.
         events_per_chunk=2048,
-        launch_guard=_numba_launch_guard(),
+        launch_guard=_NumbaLaunchGuard(),
         # Numba compiles the kernels for float32 states too (ROOT files store them so):
         # converting a batch to float64 first took ~8 % of the reconstruction, on one core.
         state_dtypes=(np.dtype(np.float32), np.dtype(np.float64)),

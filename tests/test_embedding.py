@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pvfinder import find_vertices
-from pvfinder.backends import STAGES, _numba_launch_guard, get_backend
+from pvfinder.backends import STAGES, _NumbaLaunchGuard, get_backend
 from pvfinder.events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch
 from pvfinder.pipeline import PVFinder, VertexBuffers
 
@@ -175,14 +175,27 @@ def test_one_finder_per_thread(sample, backend_name):
 
 
 def test_launches_are_serialised_where_numba_cannot_take_concurrent_ones(monkeypatch):
+    # The layer Numba runs, not the one asked for, decides: NUMBA_THREADING_LAYER=forksafe
+    # without TBB runs workqueue, and two finders in two threads aborted the process.
     import numba
 
-    monkeypatch.setattr(numba.config, "THREADING_LAYER", "workqueue")
-    assert isinstance(_numba_launch_guard(), type(threading.Lock()))
-    monkeypatch.setattr(numba.config, "THREADING_LAYER", "omp")
-    with _numba_launch_guard():  # a no-op context
-        pass
-    assert not isinstance(_numba_launch_guard(), type(threading.Lock()))
+    guard = _NumbaLaunchGuard()
+    layers = iter(["workqueue", "workqueue", "omp"])
+    monkeypatch.setattr(numba, "threading_layer", lambda: next(layers))
+    for expected_lock in (True, True, True, False):  # until a launch has run under omp
+        with guard:
+            assert guard._lock.locked() is expected_lock
+    assert not guard.needed
+    # Before any parallel kernel has run, Numba cannot say: the lock stays.
+    def not_yet():
+        raise ValueError("Threading layer is not initialized.")
+
+    monkeypatch.setattr(numba, "threading_layer", not_yet)
+    fresh = _NumbaLaunchGuard()
+    with fresh:
+        assert fresh._lock.locked()
+    assert fresh.needed
+    assert isinstance(get_backend("cpu").launch_guard, _NumbaLaunchGuard)
 
 
 def test_warmup_without_a_batch_and_an_empty_batch(monkeypatch):
