@@ -306,10 +306,11 @@ class PVFinder:
         return f"PVFinder(backend={self.backend.name!r}, config={self.config!r})"
 
     def __call__(self, tracks: Any, *, out: VertexBuffers | None = None,
-                 to_host: bool | None = None, weights: bool = True,
-                 origin: tuple[str, int] | None = None) -> VertexBatch:
+                 to_host: bool | None = None, timings: dict[str, float] | None = None,
+                 weights: bool = True, origin: tuple[str, int] | None = None) -> VertexBatch:
         """Same as :meth:`run`."""
-        return self.run(tracks, out=out, to_host=to_host, weights=weights, origin=origin)
+        return self.run(tracks, out=out, to_host=to_host, timings=timings, weights=weights,
+                        origin=origin)
 
     def run(
         self,

@@ -111,6 +111,16 @@ def _object_array(items: list) -> np.ndarray:
     return array
 
 
+def test_calling_the_finder_takes_what_run_takes(sample):
+    # __call__ is documented as "same as run", but refused timings=.
+    import inspect
+
+    assert inspect.signature(PVFinder.__call__) == inspect.signature(PVFinder.run)
+    timings: dict[str, float] = {}
+    PVFinder(backend="cpu")(sample.tracks.select_events(0, 5), timings=timings)
+    assert set(timings) == {"extrapolate", "histogram", "find_peaks", "fit_vertices", "cleanup"}
+
+
 def test_chunking_does_not_change_results(sample):
     tracks = sample.tracks.select_events(0, 60)
     whole = PVFinder(backend="cpu")(tracks)
