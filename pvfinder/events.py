@@ -485,6 +485,27 @@ class VertexBatch(_Jagged):
         """Vertices in all events together."""
         return len(self.x)
 
+    def event_slice(self, start: int, stop: int) -> dict[str, Any]:
+        """Fields, offsets and (when the batch has them) weights of events ``start:stop``
+        (views where possible).
+
+        Raises
+        ------
+        ValueError
+            Unless ``0 <= start <= stop <= n_events`` (no negative or reversed ranges).
+        """
+        sliced = super().event_slice(start, stop)
+        if self.weights is not None:
+            lo, hi = int(self.offsets[start]), int(self.offsets[stop])
+            first, last = int(self.weight_offsets[lo]), int(self.weight_offsets[hi])
+            sliced["weights"] = self.weights[first:last]
+            sliced["weight_offsets"] = self.weight_offsets[lo : hi + 1] - first
+        return sliced
+
+    def select_events(self, start: int, stop: int) -> VertexBatch:
+        """Events ``start:stop`` as a new batch, with their weights (views of these arrays)."""
+        return VertexBatch(**self.event_slice(start, stop))
+
     @classmethod
     def from_arrays(
         cls,

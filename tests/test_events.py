@@ -103,6 +103,22 @@ def test_vertex_concatenate():
     assert not np.shares_memory(alone.weights, a.weights)
 
 
+def test_vertex_events_are_selected_with_their_weights():
+    # VertexBatch(**batch.event_slice(...)) dropped the weights without a word.
+    batch = VertexBatch.from_arrays(counts=[1, 0, 2], weights=[0.5, 1.0, 1.0, 0.0, 0.0, 1.0],
+                                    weight_counts=[2, 2, 2], **vertex_fields(3))
+    tail = batch.select_events(1, 3)
+    assert tail.counts.tolist() == [0, 2] and tail.z.tolist() == [2.0, 3.0]
+    assert tail.weights.tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert tail.weight_offsets.tolist() == [0, 2, 4]
+    assert np.shares_memory(tail.weights, batch.weights)  # views, as TrackBatch's
+    rejoined = VertexBatch.concatenate([batch.select_events(0, 1), tail])
+    assert rejoined.weights.tolist() == batch.weights.tolist()
+    assert batch.select_events(2, 2).n_events == 0
+    unweighted = VertexBatch.from_arrays(counts=[1, 0, 2], **vertex_fields(3))
+    assert unweighted.select_events(0, 2).weights is None
+
+
 def test_truth_checks_labels():
     pvs = MCVertices.from_arrays(counts=[2], x=[0.0, 0.0], y=[0.0, 0.0], z=[1.0, 2.0],
                                  n_reconstructible=[5, 6])
