@@ -729,7 +729,7 @@ def validate(
     min_reconstructible_tracks: int = 4,
     match_nsigma: float = 5.0,
     isolation_distance: float = 10.0,
-    multiplicity_bins: Sequence[float] = DEFAULT_MULTIPLICITY_BINS,
+    multiplicity_bins: Sequence[float] | None = None,
     z_bins: Sequence[float] = DEFAULT_Z_BINS,
 ) -> ValidationReport:
     """Score reconstructed PVs against MC truth as LHCb's PV checker does.
@@ -748,9 +748,11 @@ def validate(
     isolation_distance : float
         An MC PV is isolated when no other reconstructible MC PV of its event is within
         this 3D distance [mm].
-    multiplicity_bins : sequence of float
+    multiplicity_bins : sequence of float, optional
         Edges in the number of reconstructible tracks of the MC PV (``[lo, hi)`` bins) for
-        the efficiency and resolution curves; the fake rate uses the same edges on the
+        the efficiency and resolution curves; by default :data:`DEFAULT_MULTIPLICITY_BINS`
+        from ``min_reconstructible_tracks`` on (its first edge, 4, moved there), so that every
+        reconstructible PV is in a bin. The fake rate uses the same edges on the
         reconstructed (weighted) track count with the lowest edge opened to 0, because a
         weighted count can fall below the minimum number of tracks.
     z_bins : sequence of float
@@ -775,6 +777,9 @@ def validate(
         raise ValueError(f"match_nsigma must be positive, got {match_nsigma}")
     if not isolation_distance >= 0:
         raise ValueError(f"isolation_distance must be >= 0, got {isolation_distance}")
+    if multiplicity_bins is None:
+        multiplicity_bins = (min_reconstructible_tracks, *(
+            edge for edge in DEFAULT_MULTIPLICITY_BINS[1:] if edge > min_reconstructible_tracks))
     multiplicity_edges = _check_bins(multiplicity_bins, "multiplicity_bins")
     z_edges = _check_bins(z_bins, "z_bins", finite=True)
 

@@ -316,6 +316,21 @@ def test_no_reconstructed_vertices():
     assert math.isnan(report.clone_rate)
 
 
+def test_every_reconstructible_pv_is_in_a_multiplicity_bin():
+    # With min_reconstructible_tracks=3 the default bins began at 4: PVs of 3 tracks counted in
+    # the overall efficiency but in no bin of its curve, nor of the resolution's.
+    truth = make_truth([1, 1, 1], [0.0, 0.0, 0.0], n_reconstructible=[3, 3, 12])
+    report = validate(make_vertices([1, 1, 1], [0.0, 0.0, 0.0]), truth,
+                      min_reconstructible_tracks=3)
+    curve = report.efficiency_vs_multiplicity
+    assert curve.edges[:3].tolist() == [3, 10, 20] and curve.total.sum() == 3
+    assert report.residuals_vs_multiplicity["z"].n[0] == 2
+    # From 15 on, the default edges below it go: (15, 20, 30, ...).
+    high = validate(make_vertices([1, 1, 1], [0.0, 0.0, 0.0]), truth,
+                    min_reconstructible_tracks=15).efficiency_vs_multiplicity
+    assert high.edges[:2].tolist() == [15, 20] and high.total.sum() == 0
+
+
 def test_no_reconstructible_pvs():
     report = validate(make_vertices([1], [0.0]), make_truth([1], [0.0], n_reconstructible=[2]))
     assert math.isnan(report.efficiency)
