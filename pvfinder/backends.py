@@ -53,8 +53,9 @@ class Backend:
         How many events the pipeline hands to the stages at once; bounds the size of the
         work buffers (tracks at the beamline, histograms, weights), whatever the batch.
     launch_guard : context manager
-        Held while a batch runs: a lock where kernel launches from several threads at once
-        are unsafe, otherwise a no-op.
+        Held while a batch runs (not reentrant): for the CPU, a lock for as long as Numba's
+        threading layer may be one that cannot take launches from several threads at once;
+        otherwise a no-op.
     state_dtypes : tuple of numpy dtypes
         Precisions of the track states (stage 1's inputs) that the kernels read as they are;
         states in another one are converted to float64 first.
@@ -103,7 +104,8 @@ class _NumbaLaunchGuard:
     Which layer Numba uses is only known once a parallel kernel has run: the settings do not
     tell (``forksafe`` falls back to ``workqueue`` without TBB on Linux, and
     ``NUMBA_THREADING_LAYER_PRIORITY`` reorders the choice). So launches hold the lock until
-    one has run under a thread-safe layer; from then on they go free.
+    one has run under a thread-safe layer; from then on they go free. Not reentrant, as
+    launches do not nest.
     """
 
     def __init__(self) -> None:
@@ -118,8 +120,10 @@ class _NumbaLaunchGuard:
 
     def __exit__(self, *_: object) -> None:
         if self._held.value:
-            self.needed = not _threading_layer_is_thread_safe()
-            self._lock.release()
+            try:
+                self.needed = not _threading_layer_is_thread_safe()
+            finally:
+                self._lock.release()
 
 
 def _threading_layer_is_thread_safe() -> bool:

@@ -115,9 +115,10 @@ def _reconstruct_file(result) -> None:
               f"-> {result.output}")
 
 
-def _validate_outputs(results, plots: str | None, tracks_tree: str) -> None:
+def _validate_outputs(results, plots: str | None, tracks_tree: str) -> int:
     """The PV checker's table for each reconstructed input that carries truth; an input whose
-    truth cannot be read is reported and left unvalidated (its vertices are written)."""
+    truth cannot be read is reported and left unvalidated (its vertices are written). Returns
+    how many inputs' plots could not be written (each reported, the others go on)."""
     from .events import VertexBatch
     from .io import read_truth, read_vertices
     from .validation import validate
@@ -125,6 +126,7 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str) -> None:
     done = [result for result in results if result.status == "done"]
     outputs: dict[Path, VertexBatch] = {}
     folders = _plot_folders([result.input for result in done]) if len(done) > 1 else {}
+    plots_failed = 0
     for result in done:
         try:
             truth = read_truth(result.input, tracks_tree)
@@ -147,8 +149,13 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str) -> None:
             continue
         if len(done) > 1:
             print(f"== {result.input}")
-        # Plots that cannot be written are an error of the command, not of the validation.
-        _print_validation(report, plots and str(Path(plots, folders.get(result.input, ""))))
+        try:  # an error of the command (exit 2), not of the validation; the next input goes on
+            _print_validation(report, plots and str(Path(plots, folders.get(result.input, ""))))
+        except OSError as error:
+            print(f"pvfinder reconstruct: error: {result.input}: plots not written ({error})",
+                  file=sys.stderr)
+            plots_failed += 1
+    return plots_failed
 
 
 def _plot_folders(inputs: list[Path]) -> dict[Path, str]:
@@ -199,12 +206,11 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
           "and compilation)")
     for output in sorted({r.output for r in results if r.status == "done"}):
         print(f"wrote {output}")
-    if not args.no_validate:
-        _validate_outputs(results, args.plots, schema.tree)
+    plots_failed = 0 if args.no_validate else _validate_outputs(results, args.plots, schema.tree)
     n_failed = len(errors) + sum(result.status == "failed" for result in results)
     if n_failed:
         print(f"{n_failed} input(s) failed (errors above)")
-    return 2 if n_failed else 0
+    return 2 if n_failed or plots_failed else 0
 
 
 def _print_validation(report, plots: str | None) -> None:
@@ -231,16 +237,25 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _check_plots_folder(plots: str | None) -> None:
-    """Make the ``--plots`` folder before anything runs; refuse one that names a file or
-    cannot be made (a file on its path, a dangling link)."""
+    """Refuse, before anything runs (and without making anything), a ``--plots`` that cannot
+    become a folder of plots: a file, a file or a dangling link on its path, or plotting
+    libraries that are not installed."""
     if not plots:
         return
-    if Path(plots).exists() and not Path(plots).is_dir():
-        raise UsageError(f"--plots {plots}: a file, not a directory")
+    path = Path(plots)
+    existing = path  # the nearest part of the path that is there (a dangling link counts)
+    while not (existing.exists() or existing.is_symlink()):
+        existing = existing.parent
+    if not existing.is_dir():
+        what = ("a file, not a directory" if existing == path and path.is_file() else
+                f"cannot be made a directory ({existing} is not one)")
+        raise UsageError(f"--plots {plots}: {what}")
     try:
-        Path(plots).mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"--plots {plots}: cannot be made a directory ({error})") from None
+        import matplotlib  # noqa: F401
+        import mplhep  # noqa: F401
+    except ImportError:
+        raise UsageError("--plots needs matplotlib and mplhep: pip install "
+                         "'pvfinder[plot]'") from None
 
 
 def _check_same_events(sample: str, tracks_tree: str, vertices: str) -> None:

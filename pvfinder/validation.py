@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -771,8 +772,11 @@ def validate(
         raise ValueError(
             f"vertices hold {vertices.n_events} events but the MC truth holds {truth.n_events}"
         )
-    if min_reconstructible_tracks < 0:
-        raise ValueError(f"min_reconstructible_tracks must be >= 0, got {min_reconstructible_tracks}")
+    if (isinstance(min_reconstructible_tracks, bool)
+            or not isinstance(min_reconstructible_tracks, numbers.Integral)
+            or min_reconstructible_tracks < 0):
+        raise ValueError("min_reconstructible_tracks must be a non-negative integer, got "
+                         f"{min_reconstructible_tracks!r}")
     if not match_nsigma > 0:
         raise ValueError(f"match_nsigma must be positive, got {match_nsigma}")
     if not isolation_distance >= 0:

@@ -106,6 +106,30 @@ def test_plots_asked_for_an_input_without_truth_are_a_warning(sample_file, tmp_p
                                        "truth to validate against, so no plots\n")
 
 
+def test_plots_that_cannot_be_written_for_one_input_leave_the_others(two_files, tmp_path,
+                                                                      capsys):
+    # A plot error left the loop: the next inputs had no table and no plots.
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "a").write_text("in the way of a's plots")
+    assert main(["reconstruct", *map(str, two_files), "-o", str(tmp_path / "out"),
+                 "--backend", "cpu", "--plots", str(plots)]) == 2
+    captured = capsys.readouterr()
+    assert f"== {two_files[1]}" in captured.out and list((plots / "b").glob("*.png"))
+    assert captured.err.startswith(f"pvfinder reconstruct: error: {two_files[0]}: plots not "
+                                   "written")
+
+
+def test_plots_without_the_plotting_libraries_are_refused_up_front(sample_file, tmp_path,
+                                                                   monkeypatch, capsys):
+    # An ImportError traceback, exit 1, after the whole reconstruction.
+    monkeypatch.setitem(sys.modules, "mplhep", None)
+    assert main(["reconstruct", str(sample_file), "-o", str(tmp_path / "x.root"),
+                 "--plots", str(tmp_path / "plots")]) == 2
+    assert "--plots needs matplotlib and mplhep" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_validate_refuses_vertices_of_other_events(sample_file, tmp_path, capsys):
     # Same number of events, other event numbers: scored without a word before.
     from pvfinder.io import VertexWriter
@@ -192,6 +216,10 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
          "--plots {sample}/sub: cannot be made a directory"),
         (["reconstruct", "{sample}", "-o", "x.root", "--plots", "{sample}/sub"],
          "--plots {sample}/sub: cannot be made a directory"),
+        # Refused for something else: no plots folder is left behind.
+        (["reconstruct", "missing.root", "-o", "x.root", "--plots", "p/deep"],
+         "missing.root: no such file"),
+        (["validate", "{sample}", "missing.root", "--plots", "p"], "missing.root"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(argv, message, sample_file, tmp_path, capsys, monkeypatch):
@@ -202,6 +230,7 @@ def test_user_mistakes_are_one_line_errors(argv, message, sample_file, tmp_path,
     message = message.format(sample=sample_file)
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.root").exists()  # refused before anything ran
+    assert not (tmp_path / "p").exists()
 
 
 def test_info_names_backends(capsys):

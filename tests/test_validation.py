@@ -329,6 +329,12 @@ def test_every_reconstructible_pv_is_in_a_multiplicity_bin():
     high = validate(make_vertices([1, 1, 1], [0.0, 0.0, 0.0]), truth,
                     min_reconstructible_tracks=15).efficiency_vs_multiplicity
     assert high.edges[:2].tolist() == [15, 20] and high.total.sum() == 0
+    # 3.5 cut at 4 while the table said 3; inf blamed multiplicity_bins, never passed.
+    for bad in (3.5, math.inf, float("nan"), -1, True):
+        with pytest.raises(ValueError, match="min_reconstructible_tracks must be a "
+                                             "non-negative integer"):
+            validate(make_vertices([1, 1, 1], [0.0, 0.0, 0.0]), truth,
+                     min_reconstructible_tracks=bad)
 
 
 def test_no_reconstructible_pvs():
