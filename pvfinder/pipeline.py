@@ -49,6 +49,11 @@ class SeedOverflowWarning(UserWarning):
         return type(self), (str(self), self.events, self.n_clusters)
 
 
+# Every overflow is reported: by default Python shows a warning once per line of code, which
+# in a loop over batches hid all but the first. Appended, so the user's filters still win.
+warnings.filterwarnings("always", category=SeedOverflowWarning, append=True)
+
+
 def as_track_batch(tracks: Any) -> TrackBatch:
     """Accept a :class:`TrackBatch`, an awkward array of track records, a mapping of flat
     arrays with ``counts`` or ``offsets`` (see :meth:`TrackBatch.from_arrays`), or a mapping
@@ -141,7 +146,9 @@ class ZHistograms:
     bin_edges : ndarray, shape (n_bins + 1,)
         Edges of the z histogram.
     density : ndarray, shape (n_events, n_bins)
-        Each event's histogram: the summed probability of its usable tracks per bin.
+        Each event's histogram: the summed probability of its usable tracks per bin. A
+        track adds 1 in all, less the part of its window (±√7·σ_z) beyond the histogram's
+        inner bins (the first and last stay empty) when it lies that close to zmin or zmax.
     seeds : awkward.Array
         Per event, the z of each seed (cluster) found in the histogram, increasing.
     z_beam, sigma_z : awkward.Array

@@ -351,3 +351,23 @@ def test_start_up_benchmark_stops_at_the_result_and_reports_a_failed_process(sam
     monkeypatch.setattr(benchmark, "_FIRST_RESULT", "import sys; sys.exit('no vertices')")
     with pytest.raises(RuntimeError, match="the start-up run failed:\nno vertices"):
         benchmark._start_up("cpu", three, repeats=1)
+
+
+def test_every_overflow_is_reported_in_a_loop_over_batches():
+    # Python's default filter shows a warning once per line of code: a finder called in a
+    # loop reported the first batch's overflow and dropped the later ones' silently. Run in
+    # a fresh interpreter, whose filters are Python's defaults (pytest sets its own).
+    script = (
+        "from pvfinder import PVFinder, PVFinderConfig\n"
+        "from pvfinder.simulation import simulate\n"
+        "finder = PVFinder(PVFinderConfig(max_vertices_per_event=2), backend='cpu')\n"
+        "tracks = simulate(3, seed=5, nu=12.0).tracks\n"
+        "for _ in range(3):\n"
+        "    finder(tracks)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, check=True)
+    assert done.stderr.count("SeedOverflowWarning") == 3
+    # A filter of the user's own still wins.
+    ignored = subprocess.run([sys.executable, "-W", "ignore::UserWarning", "-c", script],
+                             capture_output=True, text=True, timeout=300, check=True)
+    assert "SeedOverflowWarning" not in ignored.stderr

@@ -53,7 +53,8 @@ def find_peaks(
        half of its content to each side. A sub-cluster between consecutive boundaries (or the
        run ends) is kept when its integral exceeds ``min_tracks_in_seed``; when the run keeps
        none and its whole integral exceeds ``min_tracks_in_seed``, the run is one cluster
-       around its highest bin. A run with integral ``≤ min_tracks_in_seed`` gives nothing.
+       around its highest bin. A run with integral ``≤ min_tracks_in_seed``, or in which no
+       maximum reaches ``min_density·bin_width``, gives nothing.
     3. A cluster's seed is the centre of its maximum bin, shifted to the vertex of the parabola
        through that bin and its two neighbours (at most half a bin).
 
