@@ -286,9 +286,12 @@ def _check_bench_options(args: argparse.Namespace) -> None:
 
     from .backends import get_backend
 
+    if args.io and args.latency:
+        raise UsageError("--io and --latency are two benchmarks: run one at a time")
+    backend = get_backend(args.backend).name  # one that cannot run here is refused now
     kind = "--io" if args.io else "--latency" if args.latency else None
     if kind is None:  # the throughput scan: threads and sizes on the CPU, batches on a GPU
-        kind = f"--backend {get_backend(args.backend).name}"
+        kind = f"--backend {backend}"
     ignored = {"--io": {"--nu": args.nu, "--threads": args.threads, "--batch": args.batch},
                "--latency": {"-n": args.n_events, "--threads": args.threads},
                "--backend cpu": {"--batch": args.batch},
@@ -300,19 +303,36 @@ def _check_bench_options(args: argparse.Namespace) -> None:
         raise UsageError("bench --latency takes one --nu")
     if args.n_events is not None and args.n_events < 1:
         raise UsageError(f"-n must be a positive number of events, got {args.n_events}")
-    for option, values in (("--batch", args.batch), ("--nu", args.nu)):
+    for option, values in (("--batch", args.batch), ("--nu", args.nu),
+                           ("--threads", args.threads)):
         bad = [value for value in values or () if not value > 0 or value == float("inf")]
         if bad:
             raise UsageError(f"{option} takes positive values, got {bad[0]}")
+        if values and len(set(values)) != len(values):
+            raise UsageError(f"{option} names a value twice: {' '.join(map(str, values))}")
     if args.output is not None:  # known before a run of minutes, not after it
-        output = Path(args.output)
-        if output.is_dir() or not output.parent.is_dir():
-            raise UsageError(f"-o {args.output}: cannot be written (a directory, or in a "
-                             "folder that does not exist)")
+        _check_writable(args.output)
     available = numba.config.NUMBA_NUM_THREADS
     if args.threads is not None and not all(1 <= n <= available for n in args.threads):
         raise UsageError(f"--threads takes 1 to {available} (the cores this process may use), "
                          f"got {' '.join(map(str, args.threads))}")
+
+
+def _check_writable(path: str) -> None:
+    """Refuse a file that cannot be written, by creating it (and removing it again when it
+    was not there): asking the permissions does not tell (root, /proc, read-only mounts)."""
+    output = Path(path)
+    if output.is_dir() or not output.parent.is_dir():
+        raise UsageError(f"-o {path}: cannot be written (a directory, or in a folder that does "
+                         "not exist)")
+    existed = output.exists()
+    try:
+        with output.open("a"):
+            pass
+    except OSError as error:
+        raise UsageError(f"-o {path}: cannot be written ({error.strerror})") from None
+    if not existed:
+        output.unlink()
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,6 +297,14 @@ def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
         (["--threads", "999"], "--threads takes 1 to"),
         (["--nu", "nan"], "--nu takes positive values, got nan"),
         (["-o", "."], "-o .: cannot be written"),  # found out only after the whole run
+        # Accepted before: duplicate rows, an ignored --latency, a file that cannot be made.
+        (["--nu", "7.6", "7.6"], "--nu names a value twice: 7.6 7.6"),
+        (["--latency", "--batch", "16", "1", "16"], "--batch names a value twice"),
+        (["--threads", "1", "1"], "--threads names a value twice"),
+        (["--io", "--latency"], "--io and --latency are two benchmarks"),
+        pytest.param(["-o", "/proc/pvfinder.json"], "-o /proc/pvfinder.json: cannot be written",
+                     marks=pytest.mark.skipif(not Path("/proc/self").is_dir(),
+                                              reason="no /proc here")),
     ],
 )
 def test_bench_option_mistakes_are_refused_before_anything_runs(extra, message, capsys,
@@ -311,6 +320,20 @@ def test_bench_option_mistakes_are_refused_before_anything_runs(extra, message, 
     assert main(["bench", *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_io_on_a_backend_that_cannot_run_is_refused_before_simulating(monkeypatch,
+                                                                            capsys):
+    # --io --backend cuda without a GPU simulated and wrote all its input files first.
+    from pvfinder import benchmark_io
+    from pvfinder.backends import cuda_unavailable_reason
+
+    if cuda_unavailable_reason() is None:
+        pytest.skip("CUDA runs here")
+    monkeypatch.setattr(benchmark_io, "_simulate_files",
+                        lambda *_: pytest.fail("simulated before refusing"))
+    assert main(["bench", "--io", "--backend", "cuda", "-n", "40"]) == 2
+    assert "the cuda backend is not available" in capsys.readouterr().err
 
 
 # -- reconstruct: many files, schemas, bad inputs, resuming ---------------------------------
