@@ -81,11 +81,14 @@ COVARIANCE_FIELDS = tuple(name for name in TRACK_FIELDS if name.startswith("cov_
 COMPRESSION = {"zlib": uproot.ZLIB(1), "lzma": uproot.LZMA(6), "zstd": uproot.ZSTD(1),
                "lz4": uproot.LZ4(1), "none": None}
 DEFAULT_STEP_SIZE = "100 MB"
+# The jagged branches of the tree of weights, with the counter each shares.
+_WEIGHT_COUNTERS = {"weight_counts": "n_vertices", "weights": "n_weights",
+                    "vertex_index": "n_tracks", "weight": "n_tracks"}
 # Branches (and counters) of the files this module writes, which no event identifier may be named.
 _SAMPLE_BRANCHES = frozenset({*TRACK_FIELDS, "mc_pv", "n_tracks", "x", "y", "z",
                               "n_reconstructible", "n_pvs"})
-_VERTEX_BRANCHES = frozenset({*VERTEX_FIELDS, "n_vertices", "weight_counts", "weights",
-                              "n_weights", "vertex_index", "weight", "n_tracks"})
+_VERTEX_BRANCHES = frozenset({*VERTEX_FIELDS, "n_vertices", *_WEIGHT_COUNTERS,
+                              *_WEIGHT_COUNTERS.values()})
 # Vertex files hold float64 values that barely compress: zstd makes them 8 % smaller than lz4
 # and takes twice as long to write them (50 000 events at ν = 7.6, 2-core VM, 2026-12-02:
 # 30.7 MB in 0.40-0.62 s against 33.1 MB in 0.22-0.26 s; uncompressed, 33.3 MB in 0.19-0.25 s).
@@ -735,12 +738,7 @@ def track_association(vertices: VertexBatch, track_counts: Any) -> tuple[np.ndar
     if vertices.weights is None:
         raise ValueError("vertices: the batch has no per-track weights (it was found with "
                          "weights=False), so there is no track association to give")
-    track_offsets = offsets_from_counts(track_counts, "track counts")
-    vertex_event = np.repeat(np.arange(vertices.n_events), vertices.counts)
-    weight_counts = np.diff(vertices.weight_offsets)
-    if len(track_offsets) != len(vertices.offsets) or not np.array_equal(
-            weight_counts, np.diff(track_offsets)[vertex_event]):
-        raise ValueError("vertices: the weights do not match the given track counts")
+    track_offsets, vertex_event, weight_counts = _weight_rows(vertices, track_counts)
     # Each weight belongs to one vertex and, through its position in the vertex's row, to
     # one track of the event: scatter the rows onto the tracks.
     row_start = track_offsets[vertex_event] - vertices.weight_offsets[:-1]
@@ -756,6 +754,19 @@ def track_association(vertices: VertexBatch, track_counts: Any) -> tuple[np.ndar
     np.minimum.at(index, track[chosen], local[chosen_vertex])
     index[index == unset] = -1
     return index, best
+
+
+def _weight_rows(vertices: VertexBatch, track_counts: Any
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Track offsets, each vertex's event and each vertex's number of weights, checked to give
+    every vertex one weight per track of its event."""
+    track_offsets = offsets_from_counts(track_counts, "track counts")
+    vertex_event = np.repeat(np.arange(vertices.n_events), vertices.counts)
+    weight_counts = np.diff(vertices.weight_offsets)
+    if len(track_offsets) != len(vertices.offsets) or not np.array_equal(
+            weight_counts, np.diff(track_offsets)[vertex_event]):
+        raise ValueError("vertices: the weights do not match the given track counts")
+    return track_offsets, vertex_event, weight_counts
 
 
 class VertexWriter:
@@ -822,7 +833,6 @@ class VertexWriter:
         track_counts)`` (as :meth:`write` takes them) is checked before any is written, so
         that a refused one (``ValueError``) leaves the file as it was. Each batch is a basket.
         An ``OSError`` while writing (a full disk) may leave part of them: discard the file."""
-        batches = list(batches)
         layout = None if self._ids is None else (self._ids, self._per_track)
         checked = []
         first_event = self.n_events
@@ -833,38 +843,45 @@ class VertexWriter:
             if layout is None:  # the first events written give the identifiers' types
                 layout = ({name: values.dtype for name, values in ids.items()},
                           track_counts is not None)
-            if len(batches) > 1 or self._ids is None:  # converted only to check it here (a
-                # refused first batch must not make the trees), again when written: one at a
-                # time in memory
-                self._branches(vertices, ids, track_counts, *layout)
+            self._check(vertices, ids, track_counts, *layout)
             checked.append((vertices, ids, track_counts))
             first_event += vertices.n_events
-        if self._ids is None and layout is not None:
+        if self._ids is None and layout is not None:  # only once nothing was refused
             self._create(*layout)
-        for vertices, ids, track_counts in checked:
-            for tree, branches in self._branches(vertices, ids, track_counts, *layout).items():
-                self._file[tree].extend(branches)
+        for vertices, ids, track_counts in checked:  # converted one at a time
+            if vertices.n_events:
+                ids = {name: values.astype(self._ids[name], copy=False)
+                       for name, values in ids.items()}
+                self._file[VERTICES_TREE].extend(
+                    {**ids, **_jagged(vertices, VERTEX_FIELDS, np.float64)})
+                if self.with_weights:
+                    self._file[WEIGHTS_TREE].extend(
+                        {**ids, **_weight_branches(vertices, track_counts)})
             self.n_events += vertices.n_events
             self.n_vertices += vertices.n_vertices
 
-    def _branches(self, vertices: VertexBatch, ids: dict[str, np.ndarray], track_counts: Any,
-                  id_types: dict[str, np.dtype], per_track: bool) -> dict[str, dict[str, Any]]:
-        """What one batch adds to each tree, checked against the file's layout."""
+    def _check(self, vertices: VertexBatch, ids: dict[str, np.ndarray], track_counts: Any,
+               id_types: dict[str, np.dtype], per_track: bool) -> None:
+        """Refuse a batch that does not fit the file's layout (identifiers of other names,
+        values their branch types cannot hold, weights or track counts missing or not
+        matching)."""
         if list(ids) != list(id_types):
             raise ValueError(f"{self.path}: these events bring the identifiers "
                              f"({', '.join(ids)}) but the file holds ({', '.join(id_types)}) "
                              "from the first written: merged inputs need the same ones")
-        if self.with_weights and (track_counts is not None) != per_track:
+        for name, values in ids.items():
+            _check_fits(values, id_types[name], name, self.path)
+        if not self.with_weights:
+            return
+        if (track_counts is not None) != per_track:
             raise ValueError(f"{self.path}: track counts must be given with every write or "
                              "with none (they make the per-track branches)")
-        if not vertices.n_events:
-            return {}
-        ids = {name: _fitted(values, id_types[name], name, self.path)
-               for name, values in ids.items()}
-        trees = {VERTICES_TREE: {**ids, **_jagged(vertices, VERTEX_FIELDS, np.float64)}}
-        if self.with_weights:
-            trees[WEIGHTS_TREE] = {**ids, **_weight_branches(vertices, track_counts)}
-        return trees
+        if not vertices.n_events:  # nothing of it is written
+            return
+        if vertices.weights is None:
+            raise ValueError("vertices: the writer writes weights but the batch has none")
+        if track_counts is not None:
+            _weight_rows(vertices, track_counts)
 
     def _create(self, id_types: dict[str, np.dtype], per_track: bool) -> None:
         self._ids = dict(id_types)
@@ -876,10 +893,8 @@ class VertexWriter:
             branches = {"weight_counts": _var("int32"), "weights": _var("float64")}
             if per_track:
                 branches.update(vertex_index=_var("int32"), weight=_var("float64"))
-            counters = {"weight_counts": "n_vertices", "weights": "n_weights",
-                        "vertex_index": "n_tracks", "weight": "n_tracks"}
             self._file.mktree(WEIGHTS_TREE, {**self._ids, **branches},
-                              counter_name=counters.__getitem__)
+                              counter_name=_WEIGHT_COUNTERS.__getitem__)
 
     def close(self) -> Path:
         """Finish the file and give it its name; returns that name."""
@@ -929,16 +944,15 @@ def _event_id_arrays(event_ids: Mapping[str, Any] | None, first: int, n_events: 
     return ids
 
 
-def _fitted(values: np.ndarray, dtype: np.dtype, name: str, path: Path) -> np.ndarray:
-    """Integer ``values`` in the branch's integer ``dtype``, refusing any that it cannot hold
-    (a cast would wrap them: -50 into 18446744073709551566 as uint64)."""
+def _check_fits(values: np.ndarray, dtype: np.dtype, name: str, path: Path) -> None:
+    """Refuse integer ``values`` that the branch's integer ``dtype`` cannot hold (a cast would
+    wrap them: -50 into 18446744073709551566 as uint64)."""
     if values.size:
         limits = np.iinfo(dtype)
         low, high = values.min(), values.max()
         if low < limits.min or high > limits.max:
             raise ValueError(f"{path}: event identifier {name!r} runs from {low} to {high}, "
                              f"beyond the {dtype} of its branch (the first events written)")
-    return values.astype(dtype, copy=False)
 
 
 def _var(dtype: str) -> ak.types.ListType:
@@ -948,8 +962,7 @@ def _var(dtype: str) -> ak.types.ListType:
 
 
 def _weight_branches(vertices: VertexBatch, track_counts: Any) -> dict[str, ak.Array]:
-    if vertices.weights is None:
-        raise ValueError("vertices: the writer writes weights but the batch has none")
+    """The tree of weights' branches of a batch (checked by ``VertexWriter._check``)."""
     per_event = np.diff(vertices.weight_offsets[vertices.offsets])
     branches = {
         "weight_counts": ak.unflatten(np.diff(vertices.weight_offsets).astype(np.int32),
