@@ -82,8 +82,6 @@ def expand_inputs(patterns: Iterable[str]) -> tuple[list[Path], list[str]]:
     errors : list of str
         One message per pattern that matched nothing.
     """
-    import glob
-
     files: dict[Path, Path] = {}  # the file itself → the name it is read under
     errors = []
     for pattern in patterns:
