@@ -139,8 +139,8 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str) -> int:
                 outputs[result.output] = read_vertices(result.output, weights=False)
             vertices = outputs[result.output]
             if vertices.n_events != result.n_events:  # this input's share of a merged output
-                vertices = VertexBatch(**vertices.event_slice(
-                    result.first_event, result.first_event + result.n_events))
+                vertices = vertices.select_events(result.first_event,
+                                                  result.first_event + result.n_events)
             report = validate(vertices, truth)
         except (ValueError, OSError) as error:  # the truth does not fit, cannot be read, ...
             named = str(error) if str(error).startswith(str(result.input)) else (
@@ -223,14 +223,13 @@ def _print_validation(report, plots: str | None) -> None:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .io import read_truth, read_vertices
+    from .validation import validate
 
     _check_plots_folder(args.plots)
     truth = read_truth(args.sample, args.tree)
     if truth is None:
         raise UsageError(f"{args.sample}: holds no truth tree to validate against")
     _check_same_events(args.sample, args.tree, args.vertices)  # before reading them all
-    from .validation import validate
-
     vertices = read_vertices(args.vertices)
     _print_validation(validate(vertices, truth), args.plots)
     return 0
@@ -303,11 +302,12 @@ def _check_bench_options(args: argparse.Namespace) -> None:
         raise UsageError("bench --latency takes one --nu")
     if args.n_events is not None and args.n_events < 1:
         raise UsageError(f"-n must be a positive number of events, got {args.n_events}")
-    for option, values in (("--batch", args.batch), ("--nu", args.nu),
-                           ("--threads", args.threads)):
+    for option, values in (("--batch", args.batch), ("--nu", args.nu)):
         bad = [value for value in values or () if not value > 0 or value == float("inf")]
         if bad:
             raise UsageError(f"{option} takes positive values, got {bad[0]}")
+    for option, values in (("--batch", args.batch), ("--nu", args.nu),
+                           ("--threads", args.threads)):
         if values and len(set(values)) != len(values):
             raise UsageError(f"{option} names a value twice: {' '.join(map(str, values))}")
     if args.output is not None:  # known before a run of minutes, not after it
