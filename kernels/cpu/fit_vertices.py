@@ -10,6 +10,9 @@ import threading
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from . import FASTMATH, check_event_ranges
 
@@ -35,16 +38,19 @@ _CANDIDATE_SLACK = 1.0 + 1e-6
 # above the rounding of z ± extent: the z range then holds every seed the window test keeps.
 _EXTENT_SLACK, _EXTENT_PAD = 1.0 + 1e-12, 1e-9
 
-# exp(x) for x ≤ 0 inlined (see _exp_nonpositive): x = -(64m + j)·ln2/64 + r with |r| ≤ ln2/128,
-# exp(x) = 2^-m · 2^(-j/64) · e^r from two tables and a polynomial.
-_EXP_STEPS = 64
-_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10  # ln 2 = hi + lo,
-# hi with 32 significant bits, so that n·hi/64 is exact for the n used here (fdlibm's split)
+# exp(x) for x ≤ 0 inlined (see _exp_nonpositive): x = k·ln2 + r with k an integer and
+# |r| ≤ ln2/2, exp(x) = 2^k · e^r. ln 2 = hi + lo with hi of 32 significant bits, so that k·hi
+# is exact for every k used here (fdlibm's split).
+_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
 _EXP_LOWEST = -745.2  # exp(x) rounds to 0.0 below
-# 2^-m for every m that x ≥ _EXP_LOWEST reaches (0.0 beyond 2^-1074), and 2^(-j/64).
-_EXP_WHOLE = np.array([math.ldexp(1.0, -m) for m in range(
-    int(-_EXP_LOWEST * _EXP_STEPS / math.log(2.0) + 0.5) // _EXP_STEPS + 1)])
-_EXP_FRACTION = np.array([2.0 ** (-j / _EXP_STEPS) for j in range(_EXP_STEPS)])
+_EXP_CLAMP = -746.0  # inputs are clamped here first: every k stays within two normal 2^(k/2)
+# Adding 1.5·2^52 rounds a float64 of magnitude below 2^51 to an integer, which then sits in
+# the sum's low bits: its bits minus those of 1.5·2^52 are that integer.
+_ROUNDER = 1.5 * 2.0**52
+_ROUNDER_BITS = 0x4338000000000000
+# e^r by its Taylor series to r^13, highest power first: the first term left out is below 2e-16
+# of e^r on |r| ≤ ln2/2.
+_EXP_TAYLOR = tuple(1.0 / math.factorial(n) for n in range(13, -1, -1))
 
 # Rows of the per-event track scratch array.
 _DENSITY, _SLOPE, _REACH, _WINDOW, _EXTENT = range(5)
@@ -89,22 +95,45 @@ def negligible_chi2(chi2_cut: float, max_seeds: int) -> float:
     return min(bound, _UNDERFLOW_CHI2)
 
 
+@intrinsic
+def _bits_of(typingctx, value):
+    """The IEEE 754 bits of a float64, as an int64 (a bit cast, no conversion)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _float_of(typingctx, bits):
+    """The float64 whose IEEE 754 bits are the int64 ``bits`` (a bit cast, no conversion)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
 @numba.njit(cache=True, fastmath=FASTMATH)
 def _exp_nonpositive(x):
-    """``exp(x)`` for ``x ≤ 0`` within 3 ulp of libm's; NaN and ``x < -745.2`` give 0, and
+    """``exp(x)`` for ``x ≤ 0`` within 1 ulp of libm's; NaN and ``x < -745.2`` give 0, and
     ``x > 0`` (a negative χ² from a covariance that is not positive) is taken as 0.
 
-    Through libm's out-of-line ``exp`` the fit's exponentials took about a sixth of its
-    time; inlined, two table lookups and a polynomial cost less (``pvfinder bench``).
+    Through libm's out-of-line ``exp``, or with table lookups and a float-to-integer
+    conversion (which x86 has for SIMD lanes only with AVX-512), the fit's inner loop stays
+    one track at a time. This has neither, nor a branch: ``e^r`` is a polynomial and
+    ``2^k`` is built from its bits, as two factors ``2^(k - k//2)·2^(k//2)`` so that each is
+    a normal number even where the result is subnormal; LLVM then runs the loop in SIMD lanes.
     """
-    x = min(x, 0.0)  # NaN stays NaN
-    if not x >= _EXP_LOWEST:
-        return 0.0
-    n = int(x * (-_EXP_STEPS / math.log(2.0)) + 0.5)  # round(-x·64/ln2) ≥ 0
-    r = (x + n * (_LN2_HI / _EXP_STEPS)) + n * (_LN2_LO / _EXP_STEPS)
-    e_r = 1.0 + r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (
-        1.0 / 120 + r * (1.0 / 720))))))
-    return _EXP_WHOLE[n // _EXP_STEPS] * _EXP_FRACTION[n % _EXP_STEPS] * e_r
+    x = min(x, 0.0)
+    clamped = max(x, _EXP_CLAMP)
+    shifted = clamped * (1.0 / math.log(2.0)) + _ROUNDER
+    k = _bits_of(shifted) - _ROUNDER_BITS  # round(x/ln2), an int64 in [-1076, 0]
+    k_float = shifted - _ROUNDER
+    r = (clamped - k_float * _LN2_HI) - k_float * _LN2_LO
+    e_r = 0.0
+    for coefficient in _EXP_TAYLOR:  # Horner's scheme
+        e_r = e_r * r + coefficient
+    half = k >> 1
+    value = e_r * _float_of((half + 1023) << 52) * _float_of((k - half + 1023) << 52)
+    return value if x >= _EXP_LOWEST else 0.0
 
 
 @numba.njit(cache=True, fastmath=FASTMATH)
