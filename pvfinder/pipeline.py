@@ -312,6 +312,15 @@ class PVFinder:
     def __repr__(self) -> str:
         return f"PVFinder(backend={self.backend.name!r}, config={self.config!r})"
 
+    # A finder pickles (and deep-copies) as its configuration and its backend's name, so that
+    # it can go to Dask or multiprocessing workers: the work buffers are not copied, and the
+    # backend is looked up again where it is unpickled (a CUDA finder needs a GPU there).
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "backend": self.backend.name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"], state["backend"])  # type: ignore[misc]
+
     def __call__(self, tracks: Any, *, out: VertexBuffers | None = None,
                  to_host: bool | None = None, timings: dict[str, float] | None = None,
                  weights: bool = True, origin: tuple[str, int] | None = None) -> VertexBatch:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy as copy_module
 import dataclasses
 import json
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -15,6 +17,7 @@ import pytest
 
 from pvfinder import find_vertices
 from pvfinder.backends import STAGES, _NumbaLaunchGuard, get_backend
+from pvfinder.config import PVFinderConfig
 from pvfinder.events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch
 from pvfinder.pipeline import PVFinder, VertexBuffers
 
@@ -172,6 +175,19 @@ def test_one_finder_per_thread(sample, backend_name):
     for outputs in results.values():
         for got, want in zip(outputs, expected * 3):
             assert_same_vertices(got, want)
+
+
+def test_a_finder_pickles_and_deep_copies_as_its_config_and_backend(sample, backend_name):
+    """For Dask or multiprocessing workers: the copy finds the same vertices with its own
+    buffers, and the original's buffers stay its own."""
+    config = dataclasses.replace(PVFinderConfig(), chi2_cut=6.0, min_tracks_per_vertex=5)
+    finder = PVFinder(config, backend=backend_name).warmup(sample.tracks)
+    expected = finder(sample.tracks)
+    for copy in (pickle.loads(pickle.dumps(finder)), copy_module.deepcopy(finder)):
+        assert copy.config == config
+        assert copy.backend.name == finder.backend.name
+        assert copy._buffers is not finder._buffers
+        assert_same_vertices(copy(sample.tracks), expected)
 
 
 def test_launches_are_serialised_where_numba_cannot_take_concurrent_ones(monkeypatch):
