@@ -183,7 +183,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     _check_plots_folder(args.plots)
     config = _load_config(args.config, args.set)
     schema = _track_schema(args)
-    inputs, errors = expand_inputs(args.inputs)
+    inputs, errors = expand_inputs(args.inputs, output=args.output)
     for message in errors:
         print(f"pvfinder reconstruct: error: {message}", file=sys.stderr)
     plan = plan_outputs(inputs, args.output, merge=args.merge)

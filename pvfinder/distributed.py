@@ -70,34 +70,69 @@ _Read = tuple[int, TrackChunk | Exception]
 # -- inputs and outputs --------------------------------------------------------------------
 
 
-def expand_inputs(patterns: Iterable[str]) -> tuple[list[Path], list[str]]:
+def expand_inputs(patterns: Iterable[str], *, output: str | os.PathLike | None = None
+                  ) -> tuple[list[Path], list[str]]:
     """Expand glob patterns (``"dir/*.root"``, ``"runs/**/*.root"`` recursively) into files,
     in order and without repeats (a file named twice, also by another path or a link, is
     kept once, where it first came, under its own name rather than a link's).
+
+    Parameters
+    ----------
+    patterns : iterable of str
+        File names and glob patterns.
+    output : path, optional
+        Where the job writes (as given to :func:`plan_outputs`). A file that a pattern
+        matched is then left out when it is a vertex file this job would write (``output``
+        itself, or ``output/<stem>_pvs.root`` for one of the files) that records the inputs
+        it came from: rerunning a glob over the folder that also receives the outputs must
+        not take them for inputs. Files named without wildcards are always kept.
 
     Returns
     -------
     files : list of Path
         The files; names without wildcards are kept even when missing (reading reports them).
     errors : list of str
-        One message per pattern that matched nothing.
+        One message per pattern that matched nothing (or only this job's outputs).
     """
-    files: dict[Path, Path] = {}  # the file itself → the name it is read under
-    errors = []
+    expanded: list[tuple[str | None, list[Path]]] = []  # (pattern or None if named, files)
     for pattern in patterns:
         # A name that exists is a file even when it holds glob characters ("run[1].root").
         if any(char in pattern for char in "*?[") and not Path(pattern).exists():
-            matches = [match for match in sorted(glob.glob(pattern, recursive=True))
-                       if not Path(match).is_dir()]  # "runs/**" also matches the folders
-            if not matches:
-                errors.append(f"{pattern}: no file matches")
+            expanded.append((pattern, [
+                Path(match) for match in sorted(glob.glob(pattern, recursive=True))
+                if not Path(match).is_dir()]))  # "runs/**" also matches the folders
         else:
-            matches = [pattern]
-        for match in map(Path, matches):
+            expanded.append((None, [Path(pattern)]))
+    own = set() if output is None else _own_outputs(
+        [path for _, paths in expanded for path in paths], output)
+    files: dict[Path, Path] = {}  # the file itself → the name it is read under
+    errors = []
+    for pattern, matches in expanded:
+        if pattern is not None:
+            kept = [match for match in matches if match.resolve() not in own]
+            if not kept:
+                errors.append(f"{pattern}: matches only this job's outputs" if matches else
+                              f"{pattern}: no file matches")
+            matches = kept
+        for match in matches:
             known = files.setdefault(match.resolve(), match)
             if known.is_symlink() and not match.is_symlink():  # outputs take its own name
                 files[match.resolve()] = match
     return list(files.values()), errors
+
+
+def _own_outputs(files: Sequence[Path], output: str | os.PathLike) -> set[Path]:
+    """Those of ``files`` (resolved) that are vertex files, recording their inputs, at a
+    place this job would write to: ``output`` or ``output/<stem>_pvs.root`` for one of them."""
+    output = Path(output)
+    targets = {output.resolve()} | {(output / f"{path.stem}_pvs.root").resolve()
+                                     for path in files}
+    own = set()
+    for path in {path.resolve() for path in files} & targets:
+        with contextlib.suppress(OSError, ValueError):  # unreadable: left to the reading
+            if recorded_inputs(path) is not None:
+                own.add(path)
+    return own
 
 
 def plan_outputs(inputs: Sequence[Path], output: str | os.PathLike, *, merge: bool = False

@@ -513,6 +513,24 @@ def test_skip_existing_resumes(two_files, tmp_path, capsys):
     assert (out / "b_pvs.root").exists()
 
 
+def test_rerun_with_outputs_beside_the_inputs(two_files, capsys):
+    """``reconstruct 'in/*.root' -o in/`` run again: the glob now matches the outputs too,
+    which are this job's, not inputs (they made the whole rerun fail)."""
+    folder = two_files[0].parent
+    args = ["reconstruct", str(folder / "*.root"), "-o", str(folder), "--backend", "cpu",
+            "--no-validate"]
+    assert main(args) == 0
+    written = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert sorted(written) == ["a.root", "a_pvs.root", "b.root", "b_pvs.root"]
+    capsys.readouterr()
+    assert main([*args, "--skip-existing"]) == 0
+    out = capsys.readouterr().out
+    assert f"{two_files[0]}: skipped" in out and f"{two_files[1]}: skipped" in out
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == written
+    assert main(args) == 0  # without --skip-existing: both redone, nothing else read
+    assert sorted(p.name for p in folder.iterdir()) == sorted(written)
+
+
 def test_interrupted_run_leaves_no_finished_looking_file(sample_file, tmp_path, monkeypatch):
     from pvfinder.pipeline import PVFinder
 

@@ -397,6 +397,36 @@ def test_expanding_keeps_a_file_once_whatever_its_name(tmp_path, files):
     assert expand_inputs([str(tmp_path / "deep" / "**")]) == ([nested / "run9.root"], [])
 
 
+def test_expanding_leaves_out_this_jobs_own_outputs_only(tmp_path, files):
+    """A glob over the folder that receives the outputs matches them on a rerun: they are left
+    out where they are vertex files recording their inputs, at a place this job writes to."""
+    folder = tmp_path / "beside"
+    folder.mkdir()
+    for path in files[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    pattern = str(folder / "*.root")
+    inputs, _ = expand_inputs([pattern])
+    assert [r.status for r in reconstruct_files(plan_outputs(inputs, folder), backend="cpu")
+            ] == ["done", "done"]
+    own = [folder / "run0_pvs.root", folder / "run1_pvs.root"]
+    assert expand_inputs([pattern], output=folder) == (inputs, [])
+    assert sorted(expand_inputs([pattern])[0]) == sorted([*inputs, *own])  # no output=
+    assert expand_inputs([str(inputs[0]), str(folder / "*_pvs.root")], output=folder) == (
+        [inputs[0], own[1]], [])  # run1_pvs.root is an input: run1.root is not one
+    assert expand_inputs([str(inputs[0]), str(folder / "run0_*")], output=folder) == (
+        [inputs[0]], [f"{folder / 'run0_*'}: matches only this job's outputs"])
+    # Named without a wildcard, an output stays an input (and the plan is refused).
+    assert expand_inputs([pattern, str(own[0])], output=folder) == ([*inputs, own[0]], [])
+    # Elsewhere, or not a vertex file of ours, a file named like an output is an input.
+    assert sorted(expand_inputs([pattern], output=tmp_path / "elsewhere")[0]) == sorted(
+        [*inputs, *own])
+    own[1].write_bytes(files[2].read_bytes())  # tracks under an output's name
+    assert sorted(expand_inputs([pattern], output=folder)[0]) == sorted([*inputs, own[1]])
+    merged = folder / "all.root"
+    reconstruct_files(plan_outputs(inputs, merged, merge=True), backend="cpu")
+    assert sorted(expand_inputs([pattern], output=merged)[0]) == sorted([*inputs, *own])
+
+
 @pytest.mark.parametrize("output", ["the input", "the input, spelled another way",
                                     "a directory"])
 def test_a_plan_that_would_lose_data_is_refused(tmp_path, files, monkeypatch, output):
