@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import json
 import math
+import os
 import pkgutil
+import subprocess
+import sys
 import threading
 
 import numba
@@ -20,6 +24,7 @@ from pvfinder.kernels.cpu.extrapolate import extrapolate
 from pvfinder.kernels.cpu.find_peaks import find_peaks
 from pvfinder.kernels.cpu.fit_vertices import fit_vertices
 from pvfinder.kernels.cpu.histogram import HALF_WIDTH, histogram, poly_cdf
+from pvfinder.simulation import simulate
 
 # Published defaults (algorithm.md), spelled out so each test reads on its own.
 ZMIN, ZMAX, BIN_WIDTH, N_BINS = -300.0, 300.0, 0.25, 2400
@@ -642,6 +647,23 @@ def test_inlined_exp_matches_libm():
     for value, expected in [(0.0, 1.0), (-0.0, 1.0), (1e-300, 1.0), (0.5, 1.0), (np.inf, 1.0),
                             (-745.2, 0.0), (-1e308, 0.0), (-np.inf, 0.0), (np.nan, 0.0)]:
         assert fit_module._exp_nonpositive(value) == expected
+
+
+def test_kernels_run_as_python_under_numba_disable_jit():
+    """Numba's debugging mode runs the kernels as Python: the fit's bit casts included
+    (intrinsics alone cannot run there), with the compiled kernels' vertices."""
+    script = ("import json, numpy as np, pvfinder\n"
+              "from pvfinder.simulation import simulate\n"
+              "v = pvfinder.find_vertices(simulate(3, seed=1).tracks, backend='cpu')\n"
+              "print(json.dumps([v.counts.tolist(), np.asarray(v.z).tolist()]))\n")
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    counts, z = json.loads(done.stdout)
+    compiled = find_vertices(simulate(3, seed=1).tracks, backend="cpu")
+    assert counts == compiled.counts.tolist() and sum(counts) > 0
+    np.testing.assert_allclose(z, np.asarray(compiled.z), rtol=0, atol=1e-9)
 
 
 def test_leaving_out_negligible_terms_changes_no_vertex(sample, monkeypatch):

@@ -10,9 +10,8 @@ import threading
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from . import FASTMATH, check_event_ranges
 
@@ -95,20 +94,36 @@ def negligible_chi2(chi2_cut: float, max_seeds: int) -> float:
     return min(bound, _UNDERFLOW_CHI2)
 
 
-@intrinsic
-def _bits_of(typingctx, value):
+def _bits_of(value: float) -> int:
     """The IEEE 754 bits of a float64, as an int64 (a bit cast, no conversion)."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(64))
-    return types.int64(types.float64), codegen
+    return int(np.float64(value).view(np.int64))
 
 
+def _float_of(bits: int) -> float:
+    """The float64 whose IEEE 754 bits are the low 64 of ``bits`` (a bit cast)."""
+    return float(np.uint64(bits & 0xFFFF_FFFF_FFFF_FFFF).view(np.float64))
+
+
+# In compiled code the two are LLVM bit casts; the Python versions above serve
+# NUMBA_DISABLE_JIT=1, under which the kernels run as Python.
 @intrinsic
-def _float_of(typingctx, bits):
-    """The float64 whose IEEE 754 bits are the int64 ``bits`` (a bit cast, no conversion)."""
+def _bitcast(typingctx, value, to):
+    """``value``'s bits as the type ``to`` of the same width (numba.types.int64, float64)."""
+    target = to.instance_type
+
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-    return types.float64(types.int64), codegen
+        return builder.bitcast(args[0], context.get_value_type(target))
+    return target(value, to), codegen
+
+
+@overload(_bits_of, jit_options={"cache": True})
+def _bits_of_compiled(value):
+    return lambda value: _bitcast(value, types.int64)
+
+
+@overload(_float_of, jit_options={"cache": True})
+def _float_of_compiled(bits):
+    return lambda bits: _bitcast(bits, types.float64)
 
 
 @numba.njit(cache=True, fastmath=FASTMATH)
@@ -116,7 +131,7 @@ def _exp_nonpositive(x):
     """``exp(x)`` for ``x ≤ 0`` within 1 ulp of libm's; NaN and ``x < -745.2`` give 0, and
     ``x > 0`` (a negative χ² from a covariance that is not positive) is taken as 0.
 
-    Through libm's out-of-line ``exp``, or with table lookups and a float-to-integer
+    Through libm's out-of-line ``exp``, or with table lookups and a float64-to-int64
     conversion (which x86 has for SIMD lanes only with AVX-512), the fit's inner loop stays
     one track at a time. This has neither, nor a branch: ``e^r`` is a polynomial and
     ``2^k`` is built from its bits, as two factors ``2^(k - k//2)·2^(k//2)`` so that each is
@@ -125,11 +140,11 @@ def _exp_nonpositive(x):
     x = min(x, 0.0)
     clamped = max(x, _EXP_CLAMP)
     shifted = clamped * (1.0 / math.log(2.0)) + _ROUNDER
-    k = _bits_of(shifted) - _ROUNDER_BITS  # round(x/ln2), an int64 in [-1076, 0]
+    k = _bits_of(shifted) - _ROUNDER_BITS  # round(x/ln2) in [-1076, 0] (NaN: any; unused)
     k_float = shifted - _ROUNDER
     r = (clamped - k_float * _LN2_HI) - k_float * _LN2_LO
-    e_r = 0.0
-    for coefficient in _EXP_TAYLOR:  # Horner's scheme
+    e_r = _EXP_TAYLOR[0]
+    for coefficient in _EXP_TAYLOR[1:]:  # Horner's scheme
         e_r = e_r * r + coefficient
     half = k >> 1
     value = e_r * _float_of((half + 1023) << 52) * _float_of((k - half + 1023) << 52)
