@@ -407,8 +407,8 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     simulate.add_argument("--compression", choices=["zstd", "lz4", "zlib", "lzma"],
                           default="zstd",
-                          help="compression of the output file (default zstd; lzma: smaller, "
-                               "slower; see pvfinder.io.write_sample)")
+                          help="compression of the output file (default zstd; lzma: 3-4 %% smaller, "
+                               "much slower to read; see pvfinder.io.write_sample)")
     simulate.add_argument("--nu", type=float, help="mean visible interactions per crossing")
     simulate.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                           help="override a simulation condition (repeatable)")

@@ -221,6 +221,9 @@ def test_step_size_in_entries_or_with_a_unit(given, taken):
 def test_step_size_mistakes(step_size):
     with pytest.raises(ValueError, match="step size must be a positive number of entries"):
         parse_step_size(step_size)
+    # iterate_tracks refuses it at the call, not at the first chunk (the file is not read)
+    with pytest.raises(ValueError, match="step size must be a positive number of entries"):
+        iterate_tracks("no such file.root", step_size=step_size)
 
 
 @pytest.mark.parametrize(
