@@ -48,10 +48,16 @@ class Backend:
     xp : module
         ``numpy`` or ``cupy``: where the stage functions expect their arrays.
     stages : dict
-        Stage name → kernel launch function (see ``kernels/README.md`` for the contract).
+        Kernel name → launch function: the five stages and ``compact`` (see :data:`KERNELS`
+        and ``kernels/README.md`` for the contract).
     events_per_chunk : int
         How many events the pipeline hands to the stages at once; bounds the size of the
         work buffers (tracks at the beamline, histograms, weights), whatever the batch.
+    synchronize : callable
+        Waits until the device has finished the work launched so far (a no-op on the CPU).
+    check_errors : callable
+        Raises the first bad input a kernel recorded on the device, naming it (waits for the
+        device; a no-op on the CPU, whose kernels raise at once).
     launch_guard : context manager
         Held while a batch runs (not reentrant): for the CPU, a lock for as long as Numba's
         threading layer may be one that cannot take launches from several threads at once;

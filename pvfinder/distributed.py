@@ -160,7 +160,8 @@ def plan_outputs(inputs: Sequence[Path], output: str | os.PathLike, *, merge: bo
     ValueError
         When two inputs would write the same output, or several inputs without ``merge``
         are given a file name (ending in ``.root``, or an existing file) rather than a
-        directory: ``--merge`` forgotten, or a glob that matched more than one file.
+        directory: ``--merge`` forgotten, or a glob that matched more than one file; or
+        when ``merge`` is given a directory (a name ending in a slash).
     """
     folder = str(output).endswith(("/", os.sep))  # "pvs.root/": meant as a directory
     if merge and folder:
@@ -273,8 +274,13 @@ def reconstruct_files(
     ------
     ValueError
         When an input appears more than once in ``plan``, an output is also an input (it
-        would be overwritten), an output is a directory or ``step_size`` is neither
-        entries nor a size with its unit.
+        would be overwritten), an output is a directory, ``step_size`` is neither entries
+        nor a size with its unit, or the backend name, the compression or a ``local:N``
+        scheduler is not one there is.
+    BackendUnavailableError
+        When the backend asked for cannot run here.
+    ImportError
+        When ``scheduler`` is given and Dask is not installed (the message says how).
     """
     _check_plan(plan)
     schema, step_size = schema or TrackSchema(), parse_step_size(step_size)
@@ -678,7 +684,8 @@ def vertex_collection(source: TrackSource, *, config: PVFinderConfig | None = No
     source : TrackSource
         The checked input, from :func:`pvfinder.io.inspect_tracks`.
     config, backend, step_size, with_weights
-        As for :func:`reconstruct_files`.
+        As for :func:`reconstruct_files`, except that ``backend`` defaults to ``"cpu"``
+        (Dask workers seldom hold a GPU).
     """
     tracks = _track_partitions(source, step_size)
     return _vertices_of(tracks, source, config, backend, with_weights)

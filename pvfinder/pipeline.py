@@ -281,6 +281,15 @@ class PVFinder:
     backend : {"auto", "cpu", "cuda"} or Backend
         Where to run. ``"auto"`` uses the GPU when one is usable.
 
+    Raises
+    ------
+    TypeError
+        For a ``config`` that is not a :class:`PVFinderConfig`.
+    ValueError
+        For an unknown backend name.
+    BackendUnavailableError
+        When the backend asked for cannot run here (the message says why).
+
     Notes
     -----
     For a hot loop (a trigger prototype): call :meth:`warmup` with a batch as large as the
@@ -370,6 +379,15 @@ class PVFinder:
         VertexBatch
             The vertices of each event sorted by z, with per-track weights unless
             ``weights=False`` (then its ``weights`` is ``None``).
+
+        Raises
+        ------
+        TypeError
+            For tracks of a kind not listed above, or an ``out`` that is not
+            :class:`VertexBuffers`.
+        ValueError
+            For malformed tracks: a missing field, fields of different lengths, counts or
+            offsets that do not match them.
         """
         if out is not None and not isinstance(out, VertexBuffers):
             raise TypeError(f"out must be VertexBuffers (from output_buffers()), not "
@@ -749,7 +767,7 @@ def find_vertices(
         VELO track states per event (mm).
     config : PVFinderConfig, optional
         Algorithm parameters; the published defaults when omitted.
-    backend : {"auto", "cpu", "cuda"}
+    backend : {"auto", "cpu", "cuda"} or Backend
         Where to run.
     weights : bool
         Return the track–vertex weights too (see :meth:`PVFinder.run`).
@@ -759,6 +777,15 @@ def find_vertices(
     VertexBatch
         Vertices per event (host arrays), sorted by z, with track–vertex weights unless
         ``weights=False``.
+
+    Raises
+    ------
+    TypeError
+        For a ``config`` that is not a :class:`PVFinderConfig`, or tracks of another kind.
+    ValueError
+        For an unknown backend name, or malformed tracks (see :meth:`PVFinder.run`).
+    BackendUnavailableError
+        When the backend asked for cannot run here (the message says why).
 
     Notes
     -----

@@ -21,7 +21,9 @@ def fit_vertices(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weigh
     """Adaptive multi-vertex fit of every event's seeds, on the GPU.
 
     Arguments, units (mm) and results are those of the Numba twin
-    ``pvfinder.kernels.cpu.fit_vertices`` (``kernels/README.md`` section 4). Queued on the
+    ``pvfinder.kernels.cpu.fit_vertices`` (``kernels/README.md`` section 4), except that every
+    float array, the slopes included, is float64 (the CUDA backend reads states in float64
+    only). Queued on the
     current stream; returns at once. Offsets or weight offsets that do not fit the arrays are
     recorded in the device error buffer (see ``_launch.check_errors``) and their event is
     skipped.

@@ -34,8 +34,56 @@ class DecaySpecies(NamedTuple):
 class Conditions:
     """LHCb Upgrade I conditions for the event generator (immutable, validated).
 
-    Use :meth:`replace` to change fields; invalid values and unknown names raise
-    ``ValueError``. Lengths in mm, momenta and masses in GeV.
+    Use :meth:`replace` to change fields. Lengths in mm, momenta and masses in GeV; each
+    default's source is a comment beside it in ``pvfinder/simulation/conditions.py``.
+
+    Attributes
+    ----------
+    nu : float
+        Mean number of visible pp interactions per crossing (Poisson).
+    beam_x, beam_y, beam_z : float
+        Centre of the luminous region.
+    sigma_x, sigma_y, sigma_z : float
+        Gaussian widths of the luminous region.
+    charged_per_eta : float
+        Prompt charged particles per unit of pseudorapidity per interaction (flat in η).
+    multiplicity_k : float
+        Shape of the negative-binomial multiplicity (1e12 is Poisson).
+    eta_forward, eta_backward : tuple of float
+        ``(low, high)`` |η| ranges seen by the VELO, forward and backward.
+    mean_pt, min_pt : float
+        Mean and lowest transverse momentum of prompt particles.
+    hit_resolution : float
+        Single-hit resolution in x and y.
+    hits_per_track : int
+        Hits in a track's straight-line fit (at least 3).
+    module_spacing : float
+        Distance in z between successive hits.
+    velo_inner_radius, velo_outer_radius : float
+        Radial extent of the sensors.
+    velo_z_range : tuple of float
+        ``(low, high)`` z span of the modules; a track needs its first three hits inside.
+    ms_angle_term : float
+        Multiple-scattering angle (rad) times momentum (GeV) before the first hit.
+    track_efficiency : float
+        Probability that a track in the acceptance is reconstructed, in [0, 1].
+    ghost_fraction : float
+        Fraction of the tracks that are ghosts (random lines), in [0, 0.9].
+    ghost_transverse_spread : float
+        Transverse spread of the ghosts' origins around the beam.
+    <species>_per_pv, _ctau, _mass, _mean_pt, _decay_momentum : float
+        For ``k0s``, ``lambda``, ``charm`` and ``beauty`` decays: decays per interaction,
+        mean lifetime times c, parent mass, parent mean pT and daughter momentum in the
+        parent's frame.
+    <species>_daughters : int
+        Charged daughters per decay.
+
+    Raises
+    ------
+    ValueError
+        For an invalid value, naming the condition.
+    TypeError
+        For an unknown name (:meth:`replace` raises ``ValueError`` for it instead).
     """
 
     # -- pile-up and luminous region -----------------------------------------------------
