@@ -356,7 +356,13 @@ class TrackBatch(_Jagged):
         return cls(offsets=offsets, **fields)
 
     def select_events(self, start: int, stop: int) -> TrackBatch:
-        """Events ``start:stop`` as a new batch (views of these arrays)."""
+        """Events ``start:stop`` as a new batch (views of these arrays).
+
+        Raises
+        ------
+        ValueError
+            Unless ``0 <= start <= stop <= n_events``.
+        """
         return TrackBatch(**self.event_slice(start, stop))
 
     def to_host(self) -> TrackBatch:
@@ -391,7 +397,13 @@ class MCVertices(_Jagged):
         return len(self.x)
 
     def select_events(self, start: int, stop: int) -> MCVertices:
-        """Events ``start:stop`` (views of these arrays)."""
+        """Events ``start:stop`` (views of these arrays).
+
+        Raises
+        ------
+        ValueError
+            Unless ``0 <= start <= stop <= n_events``.
+        """
         return MCVertices(**self.event_slice(start, stop))
 
 
@@ -503,7 +515,13 @@ class VertexBatch(_Jagged):
         return sliced
 
     def select_events(self, start: int, stop: int) -> VertexBatch:
-        """Events ``start:stop`` as a new batch, with their weights (views of these arrays)."""
+        """Events ``start:stop`` as a new batch, with their weights (views of these arrays).
+
+        Raises
+        ------
+        ValueError
+            Unless ``0 <= start <= stop <= n_events``.
+        """
         return VertexBatch(**self.event_slice(start, stop))
 
     @classmethod
@@ -516,7 +534,26 @@ class VertexBatch(_Jagged):
         weight_counts: Any = None,
         **fields: Any,
     ) -> VertexBatch:
-        """Validate flat per-vertex arrays; optionally weights with per-vertex ``weight_counts``."""
+        """Validate flat per-vertex arrays and build the batch.
+
+        Parameters
+        ----------
+        counts, offsets : array of int
+            Vertices per event, or the events' boundaries in the arrays (give one).
+        weights : array of float, optional
+            Every vertex's weights, one after the other (with ``weight_counts``).
+        weight_counts : array of int, optional
+            How many weights each vertex has (its event's input tracks).
+        **fields : array of float
+            One flat array per field of :data:`VERTEX_FIELDS`.
+
+        Raises
+        ------
+        ValueError
+            Naming the field for a missing one, a wrong length or a non-finite value; for
+            inconsistent counts or offsets, and weights given without their counts (or the
+            counts without weights) or not matching them.
+        """
         offsets = cls._offsets_from(counts, offsets)
         checked = cls._validated_fields(offsets, fields)
         weight_offsets = None
@@ -581,6 +618,11 @@ class VertexBatch(_Jagged):
 
         The result owns new arrays, also from a single batch: joining results of
         ``PVFinder(..., out=...)`` keeps them beyond the next call.
+
+        Raises
+        ------
+        ValueError
+            For no batch at all, or batches some of which have weights and some not.
         """
         batches = list(batches)
         if len(batches) == 1:

@@ -540,6 +540,19 @@ def _track_source(file: Any, path: Path, schema: TrackSchema) -> TrackSource:
 def inspect_tracks(path: PathLike, schema: TrackSchema | None = None) -> TrackSource:
     """Open ``path`` and check its tree of tracks against ``schema`` (default: our layout).
 
+    Parameters
+    ----------
+    path : path
+        ROOT file.
+    schema : TrackSchema, optional
+        Tree and branches to find (default: this package's layout).
+
+    Returns
+    -------
+    TrackSource
+        The checked input: file, tree, branches to read, entries and event identifiers
+        found; it holds no open file.
+
     Raises
     ------
     FileNotFoundError, ValueError
@@ -823,6 +836,11 @@ class VertexWriter:
         Codec of the baskets: ``lz4`` (the default) writes fastest, ``zstd`` files are 8 %
         smaller (see ``DEFAULT_VERTEX_COMPRESSION``); ROOT ≥ 6.20 reads all of them.
 
+    Raises
+    ------
+    ValueError
+        For an unknown compression.
+
     Examples
     --------
     >>> with VertexWriter("pvs.root") as writer:                # doctest: +SKIP
@@ -861,6 +879,13 @@ class VertexWriter:
             without it ``event_number`` counts the events written.
         track_counts : array of int, optional
             Input tracks per event; needed for the per-track ``vertex_index`` and ``weight``.
+
+        Raises
+        ------
+        ValueError
+            For identifiers that are not one integer per event (or change names or types
+            between calls, or take a branch name of the layout), a batch without weights
+            given to a writer that writes them, or track counts that do not match them.
         """
         self.write_all([(vertices, event_ids, track_counts)])
 
@@ -1016,8 +1041,27 @@ def _weight_branches(vertices: VertexBatch, track_counts: Any) -> dict[str, ak.A
 def write_vertices(path: PathLike, vertices: VertexBatch, *, with_weights: bool = True,
                    event_ids: Mapping[str, Any] | None = None, track_counts: Any = None,
                    compression: str = DEFAULT_VERTEX_COMPRESSION) -> None:
-    """Write reconstructed vertices (float64) to a new file in one go (see
-    :class:`VertexWriter` for the parameters; weights are written when the batch has them)."""
+    """Write reconstructed vertices (float64) to a new file in one go.
+
+    Parameters
+    ----------
+    path : path
+        The file (written as ``<path>.part``, then renamed; see :class:`VertexWriter`).
+    vertices : VertexBatch
+        The vertices of every event.
+    with_weights : bool
+        Also write the tree ``vertex_weights`` when the batch has weights.
+    event_ids, track_counts
+        As for :meth:`VertexWriter.write`.
+    compression : {"zstd", "lz4", "zlib", "lzma", "none"}
+        As for :class:`VertexWriter`.
+
+    Raises
+    ------
+    ValueError
+        As :class:`VertexWriter` and its :meth:`~VertexWriter.write`; nothing is left
+        behind then.
+    """
     with VertexWriter(path, with_weights=with_weights and vertices.weights is not None,
                       compression=compression) as writer:
         writer.write(vertices, event_ids, track_counts)
@@ -1061,8 +1105,26 @@ def read_event_ids(path: PathLike, tree: str) -> dict[str, np.ndarray]:
 
 
 def read_vertices(path: PathLike, *, weights: bool = True) -> VertexBatch:
-    """Read vertices written by :class:`VertexWriter` (with the weights when present and
-    ``weights``)."""
+    """Read vertices written by :class:`VertexWriter`.
+
+    Parameters
+    ----------
+    path : path
+        A vertex file (the tree ``vertices``, and ``vertex_weights`` when it was written).
+    weights : bool
+        Read the weights too, when the file has them.
+
+    Returns
+    -------
+    VertexBatch
+        One entry per event of the file, with weights when read.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        For a missing or unreadable file, a missing tree or branch, or values that do not
+        make vertices (naming the file and tree).
+    """
     path = Path(path)
     with _open(path) as file:
         where = f"{path}:{VERTICES_TREE}"

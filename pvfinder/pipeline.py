@@ -59,7 +59,16 @@ def as_track_batch(tracks: Any) -> TrackBatch:
     arrays with ``counts`` or ``offsets`` (see :meth:`TrackBatch.from_arrays`), or a mapping
     without them holding one list per event for each field (uproot's
     ``tree.arrays(how=dict)`` with either library; lists of lists; 2-d arrays; other keys are
-    ignored)."""
+    ignored).
+
+    Raises
+    ------
+    TypeError
+        For anything else.
+    ValueError
+        For a missing field, fields of different lengths (per event), or counts or offsets
+        that do not match them.
+    """
     if isinstance(tracks, TrackBatch):
         return tracks
     if isinstance(tracks, ak.Array):
