@@ -11,6 +11,8 @@ import contextlib
 import dataclasses
 import functools
 import importlib
+import os
+import sys
 import threading
 from collections.abc import Callable
 from types import ModuleType
@@ -102,6 +104,36 @@ def _load_stages(package: str) -> dict[str, Callable[..., None]]:
     }
 
 
+# Set in a process forked from one whose Numba had started GNU OpenMP threads: GNU OpenMP
+# cannot run after a fork, and Numba ends such a child (SIGTERM) at its first parallel launch,
+# which leaves a multiprocessing pool waiting for it forever. Launches refuse instead.
+_forked_from_gnu_openmp = False
+
+
+def _note_fork() -> None:
+    global _forked_from_gnu_openmp
+    _forked_from_gnu_openmp = _forked_from_gnu_openmp or _runs_gnu_openmp()
+
+
+def _runs_gnu_openmp() -> bool:
+    """Whether this process's Numba has started its threads under GNU OpenMP."""
+    if "numba" not in sys.modules:  # never imported: no threads (and no import in a fork)
+        return False
+    import numba
+
+    try:
+        if numba.threading_layer() != "omp":
+            return False
+    except ValueError:  # no parallel kernel has run yet
+        return False
+    from numba.np.ufunc import omppool
+
+    return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
 class _NumbaLaunchGuard:
     """A lock around CPU kernel launches for as long as Numba's threading layer may be
     ``workqueue``, which aborts the process when two threads launch parallel kernels at once
@@ -120,6 +152,13 @@ class _NumbaLaunchGuard:
         self._held = threading.local()  # whether this thread's launch holds the lock
 
     def __enter__(self) -> None:
+        if _forked_from_gnu_openmp:
+            raise RuntimeError(
+                "this process was forked from one whose Numba kernels ran on GNU OpenMP "
+                "threads, which cannot run after a fork (Numba would end the process): start "
+                "worker processes with multiprocessing.get_context('spawn') or 'forkserver' "
+                "(or use Dask), or set NUMBA_THREADING_LAYER=workqueue before the first "
+                "reconstruction")
         self._held.value = self.needed
         if self._held.value:
             self._lock.acquire()

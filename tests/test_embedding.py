@@ -190,6 +190,38 @@ def test_a_finder_pickles_and_deep_copies_as_its_config_and_backend(sample, back
         assert_same_vertices(copy(sample.tracks), expected)
 
 
+_FORKED_CHILD = """
+import os, numba, pvfinder
+from pvfinder.backends import _runs_gnu_openmp
+from pvfinder.simulation import simulate
+tracks = simulate(20, seed=1).tracks
+print(pvfinder.find_vertices(tracks, backend="cpu").n_vertices, _runs_gnu_openmp(), flush=True)
+pid = os.fork()
+if pid == 0:
+    try:
+        print(pvfinder.find_vertices(tracks, backend="cpu").n_vertices, flush=True)
+    except RuntimeError as error:
+        print("refused:", error, flush=True)
+    os._exit(0)
+print("child", os.waitpid(pid, 0)[1], flush=True)
+"""
+
+
+def test_a_forked_child_of_a_gnu_openmp_process_refuses_instead_of_being_killed():
+    """GNU OpenMP cannot run after a fork and Numba ends such a child with SIGTERM at its
+    first launch (a multiprocessing pool then waits forever); elsewhere the child works."""
+    done = subprocess.run([sys.executable, "-c", _FORKED_CHILD], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    first, child, status = done.stdout.splitlines()
+    n_vertices, gnu_openmp = first.split()
+    assert status == "child 0"  # it exited by itself
+    if gnu_openmp == "True":
+        assert child.startswith("refused:") and "get_context('spawn')" in child
+    else:
+        assert child == n_vertices
+
+
 def test_launches_are_serialised_where_numba_cannot_take_concurrent_ones(monkeypatch):
     # The layer Numba runs, not the one asked for, decides: NUMBA_THREADING_LAYER=forksafe
     # without TBB runs workqueue, and two finders in two threads aborted the process.
