@@ -235,10 +235,12 @@ class _Jagged:
         return {name: getattr(self, name) for name in self.FIELDS}
 
     def to_awkward(self) -> ak.Array:
-        """Jagged awkward array of records, one list per event (host memory)."""
+        """Jagged awkward array of records, one list per event, in host memory of its own:
+        it stays valid when this batch's arrays are reused (results of ``out=`` calls)."""
         offsets = ak.index.Index64(_to_host(self.offsets).astype(np.int64))
         content = ak.contents.RecordArray(
-            [ak.contents.NumpyArray(_to_host(a)) for a in self._field_arrays().values()],
+            [ak.contents.NumpyArray(np.array(_to_host(a))) for a in
+             self._field_arrays().values()],
             list(self.FIELDS),
         )
         return ak.Array(ak.contents.ListOffsetArray(offsets, content))
@@ -568,11 +570,13 @@ class VertexBatch(_Jagged):
         return cls(offsets=offsets, weights=weights, weight_offsets=weight_offsets, **checked)
 
     def to_awkward(self) -> ak.Array:
-        """Jagged records per event; with weights, each vertex gets a ``weights`` list."""
+        """Jagged records per event; with weights, each vertex gets a ``weights`` list. In
+        host memory of its own, valid when this batch's arrays are reused."""
         array = super().to_awkward()
         if self.weights is None:
             return array
-        per_vertex = ak.unflatten(_to_host(self.weights), np.diff(_to_host(self.weight_offsets)))
+        per_vertex = ak.unflatten(np.array(_to_host(self.weights)),
+                                  np.diff(_to_host(self.weight_offsets)))
         per_event = ak.unflatten(per_vertex, self.counts)
         return ak.with_field(array, per_event, "weights")
 

@@ -57,11 +57,13 @@ def test_result_lives_until_the_buffers_are_used_again(sample):
     finder = PVFinder(backend="cpu").warmup(first)
     buffers = finder.output_buffers()
     result = finder(first, out=buffers)
-    kept = result.copy()
+    kept, as_awkward = result.copy(), result.to_awkward()
     assert np.shares_memory(result.z, buffers.vertices)  # a view, not a copy
     finder(second, out=buffers)
     assert not np.array_equal(result.z[:5], kept.z[:5])  # overwritten, as documented
     assert_same_vertices(kept, find_vertices(first, backend="cpu"))
+    # to_awkward() owns its arrays (the README's trigger loop keeps such results)
+    assert_same_vertices(VertexBatch.from_awkward(as_awkward), kept)
     # Without out=, the caller owns the result: later calls leave it alone.
     owned = finder(first)
     finder(second)
