@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -307,8 +309,9 @@ class PVFinder:
     C-contiguous and on the backend's device are used in place; then a call allocates no
     arrays. Build ``tracks`` with :meth:`TrackBatch.from_buffers` to wrap your own arrays.
 
-    One finder must not be called from two threads at once; one finder per thread is safe
-    (they share only the compiled kernels, which release the GIL while they run).
+    One finder runs one call at a time (a call while it runs in another thread raises
+    ``RuntimeError``); one finder per thread is safe (they share only the compiled kernels,
+    which release the GIL while they run).
 
     Examples
     --------
@@ -326,9 +329,22 @@ class PVFinder:
         self.backend = get_backend(backend)
         self._buffers = _Buffers(self.backend.xp)
         self._output = VertexBuffers(self.backend.xp)
+        self._busy = threading.Lock()
 
     def __repr__(self) -> str:
         return f"PVFinder(backend={self.backend.name!r}, config={self.config!r})"
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Held while a call uses the work buffers: a second thread's call is refused (it
+        would overwrite them under the first one's feet, and both would be wrong)."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("this PVFinder is running in another thread: give each thread "
+                               "a finder of its own (they share the compiled kernels)")
+        try:
+            yield
+        finally:
+            self._busy.release()
 
     # A finder pickles (and deep-copies) as its configuration and its backend's name, so that
     # it can go to Dask or multiprocessing workers: the work buffers are not copied, and the
@@ -394,6 +410,8 @@ class PVFinder:
         TypeError
             For tracks of a kind not listed above, or an ``out`` that is not
             :class:`VertexBuffers`.
+        RuntimeError
+            When this finder is running in another thread.
         ValueError
             For malformed tracks: a missing field, fields of different lengths, counts or
             offsets that do not match them.
@@ -403,12 +421,14 @@ class PVFinder:
                             f"{type(out).__name__}")
         batch = as_track_batch(tracks)
         target = self._output if out is None else out
-        with self.backend.launch_guard:
-            n_vertices, n_weights = self._find(batch, target, weights,
-                                               _StageClock(self.backend, timings), origin)
-        vertices = target.view(batch.n_events, n_vertices, n_weights if weights else None)
-        if out is None:  # the finder's own buffers: hand out arrays the caller owns
-            return vertices.to_host(copy=True) if to_host in (None, True) else vertices.copy()
+        with self._exclusive():
+            with self.backend.launch_guard:
+                n_vertices, n_weights = self._find(batch, target, weights,
+                                                   _StageClock(self.backend, timings), origin)
+            vertices = target.view(batch.n_events, n_vertices, n_weights if weights else None)
+            if out is None:  # the finder's own buffers: hand out arrays the caller owns
+                return (vertices.to_host(copy=True) if to_host in (None, True)
+                        else vertices.copy())
         return vertices.to_host() if to_host else vertices
 
     def warmup(self, tracks: Any = None, *, weights: bool = True) -> PVFinder:
@@ -465,7 +485,7 @@ class PVFinder:
         batch = as_track_batch(tracks)
         backend, cfg = self.backend, self.config
         clock = _StageClock(backend, None)
-        with backend.launch_guard:
+        with self._exclusive(), backend.launch_guard:
             offsets, state = self._inputs(batch)
             beamline = self._at_beamline(state, clock)
             hist, seeds, n_seeds = self._seeds(offsets, beamline, clock)

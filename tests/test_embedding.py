@@ -179,6 +179,37 @@ def test_one_finder_per_thread(sample, backend_name):
             assert_same_vertices(got, want)
 
 
+def test_a_finder_refuses_a_call_from_a_second_thread_while_it_runs(sample):
+    """Two threads sharing one finder overwrote each other's work buffers: wrong vertices,
+    no error. The second call is refused; the first one's result is right."""
+    batch = sample.tracks.select_events(0, 100)
+    finder = PVFinder(backend="cpu")
+    inside, release = threading.Event(), threading.Event()
+    find = finder._find
+
+    def held_inside(*args):
+        inside.set()
+        release.wait(60)
+        return find(*args)
+
+    finder._find = held_inside
+    results = []
+    thread = threading.Thread(target=lambda: results.append(finder(batch)))
+    thread.start()
+    assert inside.wait(60)
+    try:
+        with pytest.raises(RuntimeError, match="running in another thread"):
+            finder(batch)
+        with pytest.raises(RuntimeError, match="running in another thread"):
+            finder.z_histograms(batch)
+    finally:
+        release.set()
+        thread.join()
+    assert_same_vertices(results[0], find_vertices(batch, backend="cpu"))
+    finder._find = find
+    assert_same_vertices(finder(batch), results[0])  # free again
+
+
 def test_a_finder_pickles_and_deep_copies_as_its_config_and_backend(sample, backend_name):
     """For Dask or multiprocessing workers: the copy finds the same vertices with its own
     buffers, and the original's buffers stay its own."""
