@@ -57,11 +57,12 @@ warnings.filterwarnings("always", category=SeedOverflowWarning, append=True)
 
 
 def as_track_batch(tracks: Any) -> TrackBatch:
-    """Accept a :class:`TrackBatch`, an awkward array of track records, a mapping of flat
-    arrays with ``counts`` or ``offsets`` (see :meth:`TrackBatch.from_arrays`), or a mapping
-    without them holding one list per event for each field (uproot's
-    ``tree.arrays(how=dict)`` with either library; lists of lists; 2-d arrays; other keys are
-    ignored).
+    """Accept a :class:`TrackBatch`, an awkward array of track records (one list of records
+    per event, or one record of lists per event as uproot's ``tree.arrays()`` gives; other
+    fields are ignored), a mapping of flat arrays with ``counts`` or ``offsets`` (see
+    :meth:`TrackBatch.from_arrays`), or a mapping without them holding one list per event for
+    each field (uproot's ``tree.arrays(how=dict)`` with either library; lists of lists; 2-d
+    arrays; other keys are ignored).
 
     Raises
     ------
@@ -74,6 +75,9 @@ def as_track_batch(tracks: Any) -> TrackBatch:
     if isinstance(tracks, TrackBatch):
         return tracks
     if isinstance(tracks, ak.Array):
+        if tracks.ndim == 1 and tracks.fields:  # a record of lists per event: tree.arrays()
+            return TrackBatch.from_awkward(_zipped_lists(
+                {name: tracks[name] for name in tracks.fields}))
         return TrackBatch.from_awkward(tracks)
     if isinstance(tracks, Mapping):
         if "counts" not in tracks and "offsets" not in tracks:

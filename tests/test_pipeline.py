@@ -99,7 +99,10 @@ def test_input_forms_agree(sample):
     from_lists = finder({f: ak.to_list(values) for f, values in per_field.items()})
     from_objects = finder({f: _object_array([ak.to_numpy(event) for event in per_field[f]])
                            for f in TRACK_FIELDS})
-    for other in (from_awkward, from_mapping, from_jagged, from_lists, from_objects):
+    # A record of lists per event, as uproot's tree.arrays() gives by default (with others).
+    from_record = finder(ak.zip({**per_field, "n_tracks": tracks.counts}, depth_limit=1))
+    for other in (from_awkward, from_mapping, from_jagged, from_lists, from_objects,
+                  from_record):
         np.testing.assert_array_equal(other.offsets, reference.offsets)
         np.testing.assert_array_equal(other.z, reference.z)
 
