@@ -143,6 +143,14 @@ class _Jagged:
     def __len__(self) -> int:
         return self.n_events
 
+    def __repr__(self) -> str:  # a summary: the arrays may hold millions of numbers
+        where = "" if _array_module(self.offsets) is np else ", on the GPU"
+        return (f"{type(self).__name__}({self.n_events} events, "
+                f"{int(_to_host(self.offsets)[-1])} {self.WHAT}{self._repr_details()}{where})")
+
+    def _repr_details(self) -> str:
+        return ""
+
     @classmethod
     def _validated_fields(
         cls, offsets: np.ndarray, fields: Mapping[str, Any]
@@ -278,7 +286,7 @@ class _Jagged:
         return {"offsets": self.offsets[start : stop + 1] - lo, **fields}
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class TrackBatch(_Jagged):
     """VELO track states of many events.
 
@@ -292,6 +300,9 @@ class TrackBatch(_Jagged):
     FIELDS: ClassVar[tuple[str, ...]] = TRACK_FIELDS
     FLOAT_FIELDS: ClassVar[frozenset[str]] = frozenset(TRACK_FIELDS)
     WHAT: ClassVar[str] = "tracks"
+
+    def _repr_details(self) -> str:
+        return f", {np.dtype(self.x.dtype).name} states"
 
     offsets: Any
     x: Any
@@ -375,7 +386,7 @@ class TrackBatch(_Jagged):
         )
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class MCVertices(_Jagged):
     """True primary vertices of many events.
 
@@ -409,7 +420,7 @@ class MCVertices(_Jagged):
         return MCVertices(**self.event_slice(start, stop))
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class MCTruth:
     """Monte Carlo truth of a sample.
 
@@ -433,6 +444,13 @@ class MCTruth:
     def n_events(self) -> int:
         """Events described."""
         return self.vertices.n_events
+
+    def __len__(self) -> int:
+        return self.n_events
+
+    def __repr__(self) -> str:
+        return (f"MCTruth({self.n_events} events, {int(self.vertices.offsets[-1])} MC vertices, "
+                f"{len(self.track_mc_pv)} tracks)")
 
     def check_matches(self, tracks: TrackBatch) -> None:
         """Raise ``ValueError`` unless this truth describes ``tracks`` event by event."""
@@ -461,7 +479,7 @@ class MCTruth:
         return MCTruth(vertices, self.track_mc_pv[lo:hi])
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class VertexBatch(_Jagged):
     """Reconstructed primary vertices of many events.
 
@@ -477,6 +495,9 @@ class VertexBatch(_Jagged):
     FIELDS: ClassVar[tuple[str, ...]] = VERTEX_FIELDS
     FLOAT_FIELDS: ClassVar[frozenset[str]] = frozenset(VERTEX_FIELDS)
     WHAT: ClassVar[str] = "vertices"
+
+    def _repr_details(self) -> str:
+        return ", with weights" if self.weights is not None else ""
 
     offsets: Any
     x: Any

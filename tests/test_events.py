@@ -225,3 +225,22 @@ def test_awkward_round_trip_any_counts(counts):
     again = TrackBatch.from_awkward(tracks.to_awkward())
     assert again.counts.tolist() == counts
     np.testing.assert_array_equal(again.cov_tyty, tracks.cov_tyty)
+
+
+def test_reprs_summarise_instead_of_printing_every_array():
+    """In a notebook, a 50-event result printed 65 000 characters of arrays."""
+    from pvfinder import find_vertices
+    from pvfinder.simulation import simulate
+
+    sample = simulate(50, seed=1)
+    n_tracks, n_mc = int(sample.tracks.counts.sum()), int(sample.truth.vertices.counts.sum())
+    vertices = find_vertices(sample.tracks, backend="cpu")
+    n_vertices = int(vertices.counts.sum())
+    assert repr(vertices) == f"VertexBatch(50 events, {n_vertices} vertices, with weights)"
+    assert repr(find_vertices(sample.tracks, backend="cpu", weights=False)) == (
+        f"VertexBatch(50 events, {n_vertices} vertices)")
+    assert repr(sample.tracks) == f"TrackBatch(50 events, {n_tracks} tracks, float64 states)"
+    assert repr(sample.truth) == f"MCTruth(50 events, {n_mc} MC vertices, {n_tracks} tracks)"
+    assert repr(sample) == (f"SimulatedSample(50 events at nu = 7.6, {n_tracks} tracks, "
+                            f"{n_mc} MC vertices, run_number={sample.run_number})")
+    assert len(sample) == len(sample.truth) == len(vertices) == 50

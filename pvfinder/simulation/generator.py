@@ -31,7 +31,7 @@ class TrackOrigin(enum.IntEnum):
     GHOST = 2  #: a fake track (random line)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class SimulatedSample:
     """Tracks of a simulated sample, their MC truth and the conditions that made them.
 
@@ -59,6 +59,15 @@ class SimulatedSample:
     track_origin: np.ndarray
     track_backward: np.ndarray
     run_number: int
+
+    def __repr__(self) -> str:  # a summary: the arrays may hold millions of numbers
+        return (f"SimulatedSample({self.tracks.n_events} events at nu = {self.conditions.nu:g}, "
+                f"{int(self.tracks.offsets[-1])} tracks, "
+                f"{int(self.truth.vertices.offsets[-1])} MC vertices, "
+                f"run_number={self.run_number})")
+
+    def __len__(self) -> int:
+        return self.tracks.n_events
 
     @property
     def event_ids(self) -> dict[str, np.ndarray]:
