@@ -310,7 +310,7 @@ class PVFinder:
     For a hot loop (a trigger prototype): call :meth:`warmup` with a batch as large as the
     largest you will pass, get output arrays from :meth:`output_buffers` and call
     ``finder(tracks, out=buffers)``. Inputs that are already float64 (and int64 offsets),
-    C-contiguous and on the backend's device are used in place; then a call allocates no
+    C-contiguous, writable and on the backend's device are used in place; then a call allocates no
     arrays. Build ``tracks`` with :meth:`TrackBatch.from_buffers` to wrap your own arrays.
 
     One finder runs one call at a time (a call while it runs in another thread raises
@@ -443,9 +443,9 @@ class PVFinder:
         tracks : TrackBatch, awkward.Array or mapping, optional
             A batch as large as the largest that will be passed later: every work buffer
             (and the finder's output buffers) is sized for it, with some room to spare.
-            Without it, only the kernels are compiled, for every precision of track states
-            that they read as it is (float64, and on the CPU float32 too, unless the beamline
-            is tilted).
+            Either way the kernels are compiled for every precision of track states that
+            they read as it is (float64, and on the CPU float32 too, unless the beamline is
+            tilted), whatever the batch's.
         weights : bool
             Whether the later calls ask for the per-track weights (see :meth:`run`): with
             ``False`` no room is made for them, in this finder's outputs nor in those of
@@ -456,9 +456,8 @@ class PVFinder:
         PVFinder
             This finder, so that ``finder = PVFinder(...).warmup(batch)`` reads naturally.
         """
-        batches = ([_compile_batch(self.config, dtype) for dtype in self._state_dtypes]
-                   if tracks is None else [tracks])
-        for batch in batches:
+        batches = [_compile_batch(self.config, dtype) for dtype in self._state_dtypes]
+        for batch in batches if tracks is None else [*batches, tracks]:
             self.run(batch, out=self._output, weights=weights)
         return self
 
@@ -547,7 +546,10 @@ class PVFinder:
         """``array`` as a C-contiguous ``dtype`` array on the device: itself when it already
         is one, else converted into a reused buffer."""
         xp = self.backend.xp
-        if isinstance(array, xp.ndarray) and array.dtype == dtype and array.flags.c_contiguous:
+        # Read-only arrays (np.frombuffer, memory maps) would need kernels compiled for them
+        # (a stall of 15 s in the middle of a job): they are copied like the others.
+        if (isinstance(array, xp.ndarray) and array.dtype == dtype
+                and array.flags.c_contiguous and getattr(array.flags, "writeable", True)):
             return array
         if isinstance(array, (np.ndarray, xp.ndarray)):
             buffer = self._buffers.get(f"input_{name}", array.shape, dtype)

@@ -210,6 +210,35 @@ def test_a_finder_refuses_a_call_from_a_second_thread_while_it_runs(sample):
     assert_same_vertices(finder(batch), results[0])  # free again
 
 
+_NOTHING_COMPILED_AFTER_WARMUP = """
+import numpy as np
+from pvfinder.kernels.cpu import extrapolate, fit_vertices
+from pvfinder.pipeline import PVFinder
+from pvfinder.simulation import simulate
+from pvfinder.events import TRACK_FIELDS, TrackBatch
+tracks = simulate(30, seed=2).tracks
+finder = PVFinder(backend="cpu").warmup(tracks)  # float64 states
+def kernels():
+    return len(extrapolate.extrapolate.signatures), len(fit_vertices._fit_events.signatures)
+before = kernels()
+fields = {name: getattr(tracks, name).astype(np.float32) for name in TRACK_FIELDS}
+finder(TrackBatch.from_buffers(tracks.offsets, **fields))  # as ROOT files hold them
+for array in fields.values():
+    array.flags.writeable = False  # np.frombuffer, memory maps
+finder(TrackBatch.from_buffers(tracks.offsets, **fields))
+print(before == kernels())
+"""
+
+
+def test_nothing_is_compiled_after_warmup_for_float32_or_read_only_states():
+    """warmup(batch) of float64 states compiled only those: float32 (ROOT files) and
+    read-only arrays then stalled a call for 15 s each, compiling (in a fresh process)."""
+    done = subprocess.run([sys.executable, "-c", _NOTHING_COMPILED_AFTER_WARMUP],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"]
+
+
 def test_a_finder_pickles_and_deep_copies_as_its_config_and_backend(sample, backend_name):
     """For Dask or multiprocessing workers: the copy finds the same vertices with its own
     buffers, and the original's buffers stay its own."""
