@@ -269,8 +269,18 @@ class _Jagged:
             raise ValueError(f"{cls.WHAT}: event {missing_events[0]} is None, not a list "
                              f"(an event without {cls.WHAT} is an empty list)")
         counts = ak.to_numpy(ak.fill_none(ak.num(array, axis=1), 0))
-        fields = {name: ak.to_numpy(ak.flatten(array[name], axis=1)) for name in cls.FIELDS}
-        return offsets_from_counts(counts), fields
+        offsets = offsets_from_counts(counts)
+        fields = {}
+        for name in cls.FIELDS:
+            flat = ak.flatten(array[name], axis=1)
+            missing_values = np.flatnonzero(ak.to_numpy(ak.is_none(flat, axis=0)))
+            if missing_values.size:  # to_numpy would make them NaN, reported as such
+                entry = int(missing_values[0])
+                event = int(np.searchsorted(offsets, entry, side="right")) - 1
+                raise ValueError(f"{cls.WHAT}: field {name!r} is None (a missing value) in "
+                                 f"event {event} (entry {entry - int(offsets[event])})")
+            fields[name] = ak.to_numpy(flat)
+        return offsets, fields
 
     def event_slice(self, start: int, stop: int) -> dict[str, Any]:
         """Fields and offsets of events ``start:stop`` (views where possible).
@@ -347,8 +357,11 @@ class TrackBatch(_Jagged):
         missing = [name for name in cls.FIELDS if name not in fields]
         unknown = [name for name in fields if name not in cls.FIELDS]
         if missing or unknown:
-            raise ValueError(f"tracks: missing field(s) {', '.join(missing) or 'none'}, "
-                             f"unknown field(s) {', '.join(unknown) or 'none'}")
+            known = ", ".join(cls.FIELDS)
+            problems = ([f"missing field(s) {', '.join(missing)}"] if missing else []) + (
+                [f"unknown field(s) {', '.join(unknown)} (the fields are {known})"]
+                if unknown else [])
+            raise ValueError(f"tracks: {'; '.join(problems)}")
         if getattr(offsets, "ndim", None) != 1 or len(offsets) == 0:
             raise ValueError("tracks: offsets must be a non-empty 1-d array")
         # Types only (no scan): float offsets were truncated, text fields parsed as numbers.

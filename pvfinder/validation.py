@@ -765,9 +765,15 @@ def validate(
 
     Raises
     ------
+    TypeError
+        If ``vertices`` is not a :class:`VertexBatch` or ``truth`` not an :class:`MCTruth`
+        (given the other way round, say).
     ValueError
         If the two inputs hold different numbers of events, or a setting is out of range.
     """
+    if not (isinstance(vertices, VertexBatch) and isinstance(truth, MCTruth)):
+        raise TypeError(f"validate(vertices, truth) takes a VertexBatch and an MCTruth, got "
+                        f"{type(vertices).__name__} and {type(truth).__name__}")
     if vertices.n_events != truth.n_events:
         raise ValueError(
             f"vertices hold {vertices.n_events} events but the MC truth holds {truth.n_events}"

@@ -334,6 +334,10 @@ def test_from_buffers_wraps_without_copying_and_checks_structure(sample):
     assert batch.x is fields["x"] and batch.offsets is offsets
     with pytest.raises(ValueError, match="missing field.*cov_tyty"):
         TrackBatch.from_buffers(offsets, **{k: v for k, v in fields.items() if k != "cov_tyty"})
+    # An extra field alone: no "missing field(s) none"; the message lists the fields.
+    with pytest.raises(ValueError, match=r"^tracks: unknown field\(s\) mc_pv \(the fields "
+                                         r"are x, y, z, tx, ty, .*\)$"):
+        TrackBatch.from_buffers(offsets, **fields, mc_pv=np.zeros(len(fields["x"])))
     with pytest.raises(ValueError, match=r"field 'z' must have shape \(\d+,\)"):
         TrackBatch.from_buffers(offsets, **{**fields, "z": fields["z"][:-1]})
     with pytest.raises(ValueError, match="offsets must start at 0"):

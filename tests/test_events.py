@@ -244,3 +244,15 @@ def test_reprs_summarise_instead_of_printing_every_array():
     assert repr(sample) == (f"SimulatedSample(50 events at nu = 7.6, {n_tracks} tracks, "
                             f"{n_mc} MC vertices, run_number={sample.run_number})")
     assert len(sample) == len(sample.truth) == len(vertices) == 50
+
+
+def test_a_missing_value_is_named_as_such_not_as_nan():
+    """ak.pad_none leaves None in the lists; it was reported as a NaN the input did not hold."""
+    from pvfinder.events import TRACK_FIELDS
+
+    per_event = [{name: [0.1, 0.2] for name in TRACK_FIELDS}, {name: [0.3] for name in TRACK_FIELDS}]
+    array = ak.Array([[dict(zip(e, values)) for values in zip(*e.values())] for e in per_event])
+    array = ak.pad_none(array, 2, axis=1)
+    with pytest.raises(ValueError, match=r"field 'x' is None \(a missing value\) in event 1 "
+                                         r"\(entry 1\)"):
+        TrackBatch.from_awkward(array)

@@ -63,6 +63,13 @@ def test_perfect_reconstruction():
         assert report.pulls[axis].rms == 0.0
 
 
+def test_inputs_the_wrong_way_round_are_named():
+    truth, vertices = make_truth(COUNTS, MC_Z), make_vertices(COUNTS, MC_Z)
+    with pytest.raises(TypeError, match="takes a VertexBatch and an MCTruth, got MCTruth and "
+                                        "VertexBatch"):
+        validate(truth, vertices)  # was: 'MCTruth' object has no attribute 'to_host'
+
+
 def test_shifted_vertices_give_bias_and_pull():
     shifted = np.asarray(MC_Z) + 0.02
     report = validate(make_vertices(COUNTS, shifted, sigma_z=0.01), make_truth(COUNTS, MC_Z))
