@@ -83,7 +83,9 @@ def offsets_from_counts(counts: Any, what: str = "counts") -> np.ndarray:
 
 
 def _check_event_range(start: int, stop: int, n_events: int, what: str) -> None:
-    if not 0 <= start <= stop <= n_events:
+    integers = all(isinstance(bound, (int, np.integer)) and not isinstance(bound, bool)
+                   for bound in (start, stop))
+    if not (integers and 0 <= start <= stop <= n_events):
         raise ValueError(f"{what}: events {start}:{stop} are not a range of the {n_events} "
                          "events (0 <= start <= stop <= n_events)")
 
@@ -146,7 +148,7 @@ class _Jagged:
     def __repr__(self) -> str:  # a summary: the arrays may hold millions of numbers
         where = "" if _array_module(self.offsets) is np else ", on the GPU"
         return (f"{type(self).__name__}({self.n_events} events, "
-                f"{int(_to_host(self.offsets)[-1])} {self.WHAT}{self._repr_details()}{where})")
+                f"{int(self.offsets[-1])} {self.WHAT}{self._repr_details()}{where})")
 
     def _repr_details(self) -> str:
         return ""
@@ -288,7 +290,8 @@ class _Jagged:
         Raises
         ------
         ValueError
-            Unless ``0 <= start <= stop <= n_events`` (no negative or reversed ranges).
+            Unless ``0 <= start <= stop <= n_events`` are integers (no negative or reversed
+            ranges).
         """
         _check_event_range(start, stop, self.n_events, self.WHAT)
         lo, hi = int(self.offsets[start]), int(self.offsets[stop])
@@ -387,7 +390,7 @@ class TrackBatch(_Jagged):
         Raises
         ------
         ValueError
-            Unless ``0 <= start <= stop <= n_events``.
+            Unless ``0 <= start <= stop <= n_events`` are integers.
         """
         return TrackBatch(**self.event_slice(start, stop))
 
@@ -428,7 +431,7 @@ class MCVertices(_Jagged):
         Raises
         ------
         ValueError
-            Unless ``0 <= start <= stop <= n_events``.
+            Unless ``0 <= start <= stop <= n_events`` are integers.
         """
         return MCVertices(**self.event_slice(start, stop))
 
@@ -540,7 +543,8 @@ class VertexBatch(_Jagged):
         Raises
         ------
         ValueError
-            Unless ``0 <= start <= stop <= n_events`` (no negative or reversed ranges).
+            Unless ``0 <= start <= stop <= n_events`` are integers (no negative or reversed
+            ranges).
         """
         sliced = super().event_slice(start, stop)
         if self.weights is not None:
@@ -556,7 +560,7 @@ class VertexBatch(_Jagged):
         Raises
         ------
         ValueError
-            Unless ``0 <= start <= stop <= n_events``.
+            Unless ``0 <= start <= stop <= n_events`` are integers.
         """
         return VertexBatch(**self.event_slice(start, stop))
 

@@ -196,7 +196,8 @@ class TrackSchema:
                                               for name in TRACK_FIELDS})
         # One name given as a string means that branch, not its letters.
         event_ids = (self.event_ids,) if isinstance(self.event_ids, str) else self.event_ids
-        if not all(isinstance(name, str) for name in event_ids):
+        if not (isinstance(event_ids, Iterable)
+                and all(isinstance(name, str) for name in event_ids)):
             raise ValueError(f"track schema: event_ids must be branch names, got {event_ids!r}")
         object.__setattr__(self, "event_ids", tuple(event_ids))
         if self.fill_missing_covariance is not None:
@@ -592,11 +593,11 @@ def iterate_tracks(paths: PathLike | Iterable[PathLike], schema: TrackSchema | N
         states and negative variances.
     """
     schema, step_size = schema or TrackSchema(), parse_step_size(step_size)
-    files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    return _iterate_files(files, schema, step_size)
+    return _iterate_files([paths] if isinstance(paths, (str, os.PathLike)) else paths, schema,
+                          step_size)
 
 
-def _iterate_files(paths: list[PathLike], schema: TrackSchema, step_size: int | str
+def _iterate_files(paths: Iterable[PathLike], schema: TrackSchema, step_size: int | str
                    ) -> Iterator[TrackChunk]:
     """The chunks of :func:`iterate_tracks`, file after file."""
     for path in map(Path, paths):

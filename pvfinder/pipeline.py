@@ -309,9 +309,10 @@ class PVFinder:
     -----
     For a hot loop (a trigger prototype): call :meth:`warmup` with a batch as large as the
     largest you will pass, get output arrays from :meth:`output_buffers` and call
-    ``finder(tracks, out=buffers)``. Inputs that are already float64 (and int64 offsets),
-    C-contiguous, writable and on the backend's device are used in place; then a call allocates no
-    arrays. Build ``tracks`` with :meth:`TrackBatch.from_buffers` to wrap your own arrays.
+    ``finder(tracks, out=buffers)``. Inputs that are already float64 (on the CPU also all
+    float32) with int64 offsets, C-contiguous, writable and on the backend's device are used
+    in place; then a call allocates no arrays. Build ``tracks`` with
+    :meth:`TrackBatch.from_buffers` to wrap your own arrays.
 
     One finder runs one call at a time (a call while it runs in another thread raises
     ``RuntimeError``); one finder per thread is safe (they share only the compiled kernels,
@@ -343,8 +344,9 @@ class PVFinder:
         """Held while a call uses the work buffers: a second thread's call is refused (it
         would overwrite them under the first one's feet, and both would be wrong)."""
         if not self._busy.acquire(blocking=False):
-            raise RuntimeError("this PVFinder is running in another thread: give each thread "
-                               "a finder of its own (they share the compiled kernels)")
+            raise RuntimeError("this PVFinder is running already (in another thread, or this "
+                               "call comes from within that one): give each thread a finder "
+                               "of its own (they share the compiled kernels)")
         try:
             yield
         finally:
@@ -354,6 +356,10 @@ class PVFinder:
     # it can go to Dask or multiprocessing workers: the work buffers are not copied, and the
     # backend is looked up again where it is unpickled (a CUDA finder needs a GPU there).
     def __getstate__(self) -> dict[str, Any]:
+        if get_backend(self.backend.name) is not self.backend:  # the name would lose it
+            raise TypeError(f"a PVFinder on a backend of its own ({self.backend.name!r}, not "
+                            "get_backend's) cannot be copied or pickled: build the finder "
+                            "where it is needed")
         return {"config": self.config, "backend": self.backend.name}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -415,7 +421,8 @@ class PVFinder:
             For tracks of a kind not listed above, or an ``out`` that is not
             :class:`VertexBuffers`.
         RuntimeError
-            When this finder is running in another thread.
+            When this finder is running in another thread, or this process was forked from
+            one whose CPU kernels had run on GNU OpenMP threads (see the README).
         ValueError
             For malformed tracks: a missing field, fields of different lengths, counts or
             offsets that do not match them.
@@ -488,25 +495,27 @@ class PVFinder:
         batch = as_track_batch(tracks)
         backend, cfg = self.backend, self.config
         clock = _StageClock(backend, None)
-        with self._exclusive(), backend.launch_guard:
-            offsets, state = self._inputs(batch)
-            beamline = self._at_beamline(state, clock)
-            hist, seeds, n_seeds = self._seeds(offsets, beamline, clock)
-            backend.check_errors()
-        counts = batch.counts
-        n_seeds = backend.to_host(n_seeds)
+        with self._exclusive():  # until the work buffers are copied
+            with backend.launch_guard:
+                offsets, state = self._inputs(batch)
+                beamline = self._at_beamline(state, clock)
+                hist, seeds, n_seeds = self._seeds(offsets, beamline, clock)
+                backend.check_errors()
+            n_seeds = backend.to_host(n_seeds).copy()
+            seeds = backend.to_host(seeds).copy()
+            density = backend.to_host(hist).copy()
+            per_track = {name: backend.to_host(beamline[name]).copy()
+                         for name in ("z", "sigma_z", "usable")}
         _report_overflow(n_seeds, cfg.max_vertices_per_event, 0, "kept")
         n_found = np.minimum(n_seeds, cfg.max_vertices_per_event)
-        seeds = backend.to_host(seeds)
-        per_track = {name: ak.unflatten(backend.to_host(beamline[name]).copy(), counts)
-                     for name in ("z", "sigma_z", "usable")}
+        per_event = {name: ak.unflatten(values, batch.counts) for name, values in per_track.items()}
         return ZHistograms(
             bin_edges=cfg.zmin + cfg.bin_width * np.arange(cfg.n_bins + 1),
-            density=backend.to_host(hist).copy(),
+            density=density,
             seeds=ak.Array([row[:n] for row, n in zip(seeds.tolist(), n_found)]),
-            z_beam=per_track["z"],
-            sigma_z=per_track["sigma_z"],
-            usable=ak.values_astype(per_track["usable"], bool),
+            z_beam=per_event["z"],
+            sigma_z=per_event["sigma_z"],
+            usable=ak.values_astype(per_event["usable"], bool),
         )
 
     # -- stages ---------------------------------------------------------------------------
@@ -821,6 +830,8 @@ def find_vertices(
         For an unknown backend name, or malformed tracks (see :meth:`PVFinder.run`).
     BackendUnavailableError
         When the backend asked for cannot run here (the message says why).
+    RuntimeError
+        In a process forked from one whose CPU kernels had run on GNU OpenMP threads.
 
     Notes
     -----

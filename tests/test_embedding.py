@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy as copy_module
 import dataclasses
 import json
@@ -12,6 +13,7 @@ import sys
 import threading
 import tracemalloc
 
+import awkward as ak
 import numpy as np
 import pytest
 
@@ -198,9 +200,9 @@ def test_a_finder_refuses_a_call_from_a_second_thread_while_it_runs(sample):
     thread.start()
     assert inside.wait(60)
     try:
-        with pytest.raises(RuntimeError, match="running in another thread"):
+        with pytest.raises(RuntimeError, match="running already"):
             finder(batch)
-        with pytest.raises(RuntimeError, match="running in another thread"):
+        with pytest.raises(RuntimeError, match="running already"):
             finder.z_histograms(batch)
     finally:
         release.set()
@@ -208,6 +210,28 @@ def test_a_finder_refuses_a_call_from_a_second_thread_while_it_runs(sample):
     assert_same_vertices(results[0], find_vertices(batch, backend="cpu"))
     finder._find = find
     assert_same_vertices(finder(batch), results[0])  # free again
+
+
+def test_z_histograms_copy_the_work_buffers_before_another_call_may_use_them(sample):
+    """z_histograms read the work buffers after letting go of the finder: a call from another
+    thread right then gave it that call's histograms (found by the diff review)."""
+    first, second = sample.tracks.select_events(0, 20), sample.tracks.select_events(20, 40)
+    finder = PVFinder(backend="cpu")
+    expected = finder.z_histograms(first)
+    exclusive = finder._exclusive
+
+    @contextlib.contextmanager
+    def then_another_call():
+        with exclusive():
+            yield
+        finder._exclusive = exclusive
+        finder(second)  # what another thread may do as soon as the finder is free
+
+    finder._exclusive = then_another_call
+    got = finder.z_histograms(first)
+    np.testing.assert_array_equal(got.density, expected.density)
+    assert ak.all(got.z_beam == expected.z_beam)
+    assert ak.all(got.seeds == expected.seeds)
 
 
 _NOTHING_COMPILED_AFTER_WARMUP = """
@@ -250,6 +274,10 @@ def test_a_finder_pickles_and_deep_copies_as_its_config_and_backend(sample, back
         assert copy.backend.name == finder.backend.name
         assert copy._buffers is not finder._buffers
         assert_same_vertices(copy(sample.tracks), expected)
+    # A backend of its own would come back as the registry's one of that name: refused.
+    own = dataclasses.replace(get_backend(backend_name), events_per_chunk=64)
+    with pytest.raises(TypeError, match="on a backend of its own"):
+        copy_module.deepcopy(PVFinder(config, backend=own))
 
 
 _FORKED_CHILD = """

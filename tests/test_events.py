@@ -63,10 +63,11 @@ def test_select_events_views():
     np.testing.assert_array_equal(middle.x, tracks.x[1:])
 
 
-@pytest.mark.parametrize(("start", "stop"), [(2, 1), (-1, 3), (0, 5)])
+@pytest.mark.parametrize(("start", "stop"), [(2, 1), (-1, 3), (0, 5), (0.5, 2), (0, 2.0)])
 def test_select_events_outside_the_batch_is_an_error(start, stop):
     tracks = TrackBatch.from_arrays(counts=[1, 2, 3], **track_fields(6))
-    # Were: a batch of -1 events, an empty batch (not the last event) and an IndexError.
+    # Were: a batch of -1 events, an empty batch (not the last event) and an IndexError (also
+    # for bounds that are not integers).
     with pytest.raises(ValueError, match=f"tracks: events {start}:{stop} are not a range of "
                                          "the 3 events"):
         tracks.select_events(start, stop)

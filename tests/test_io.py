@@ -226,6 +226,21 @@ def test_step_size_mistakes(step_size):
         iterate_tracks("no such file.root", step_size=step_size)
 
 
+def test_iterate_tracks_takes_the_file_names_one_at_a_time(small_file):
+    """Checking the step size at the call must not drain a lazy source of names."""
+    taken = []
+
+    def names():
+        for _ in range(2):
+            taken.append(small_file)
+            yield small_file
+
+    chunks = iterate_tracks(names(), step_size=10**6)
+    assert taken == []
+    next(chunks)
+    assert taken == [small_file]
+
+
 @pytest.mark.parametrize(
     ("mapping", "message"),
     [
@@ -235,6 +250,8 @@ def test_step_size_mistakes(step_size):
         ({"fill_missing_covariance": {"cov_xx": -1}}, "must be finite and non-negative"),
         ({"fill_missing_covariance": {"cov_xtx": "a"}}, "must be a number"),
         ({"event_ids": ["run", 7]}, "event_ids must be branch names"),
+        ({"event_ids": 5}, "event_ids must be branch names, got 5"),
+        ({"event_ids": None}, "event_ids must be branch names, got None"),
         # Values of the wrong kind (a TOML or JSON file may hold anything): no AttributeError
         # or TypeError from deep inside.
         ({"tree": 5}, "tree must be a name, got 5"),
