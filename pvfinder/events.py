@@ -9,6 +9,7 @@ validation and awkward conversion work on host arrays. Lengths are in mm.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -82,12 +83,21 @@ def offsets_from_counts(counts: Any, what: str = "counts") -> np.ndarray:
     return offsets
 
 
+def _is_integer(value: Any) -> bool:
+    """An integer (also numpy's, or a 0-d array of one), not a float or a bool."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
 def _check_event_range(start: int, stop: int, n_events: int, what: str) -> None:
-    integers = all(isinstance(bound, (int, np.integer)) and not isinstance(bound, bool)
-                   for bound in (start, stop))
-    if not (integers and 0 <= start <= stop <= n_events):
+    if not (_is_integer(start) and _is_integer(stop) and 0 <= start <= stop <= n_events):
         raise ValueError(f"{what}: events {start}:{stop} are not a range of the {n_events} "
-                         "events (0 <= start <= stop <= n_events)")
+                         "events (integers, 0 <= start <= stop <= n_events)")
 
 
 def _check_offsets(offsets: np.ndarray, length: int | None, what: str) -> None:

@@ -196,10 +196,11 @@ class TrackSchema:
                                               for name in TRACK_FIELDS})
         # One name given as a string means that branch, not its letters.
         event_ids = (self.event_ids,) if isinstance(self.event_ids, str) else self.event_ids
-        if not (isinstance(event_ids, Iterable)
-                and all(isinstance(name, str) for name in event_ids)):
+        if isinstance(event_ids, Iterable):
+            event_ids = tuple(event_ids)  # once: a generator is read only once
+        if not (isinstance(event_ids, tuple) and all(isinstance(name, str) for name in event_ids)):
             raise ValueError(f"track schema: event_ids must be branch names, got {event_ids!r}")
-        object.__setattr__(self, "event_ids", tuple(event_ids))
+        object.__setattr__(self, "event_ids", event_ids)
         if self.fill_missing_covariance is not None:
             object.__setattr__(self, "fill_missing_covariance",
                                _checked_fill(self.fill_missing_covariance))

@@ -16,7 +16,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from .backends import Backend, get_backend
+from .backends import Backend, BackendUnavailableError, get_backend
 from .config import PVFinderConfig
 from .events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch, _to_host
 
@@ -356,7 +356,11 @@ class PVFinder:
     # it can go to Dask or multiprocessing workers: the work buffers are not copied, and the
     # backend is looked up again where it is unpickled (a CUDA finder needs a GPU there).
     def __getstate__(self) -> dict[str, Any]:
-        if get_backend(self.backend.name) is not self.backend:  # the name would lose it
+        try:
+            registered = get_backend(self.backend.name)
+        except (ValueError, BackendUnavailableError):
+            registered = None
+        if registered is not self.backend:  # the name would lose it
             raise TypeError(f"a PVFinder on a backend of its own ({self.backend.name!r}, not "
                             "get_backend's) cannot be copied or pickled: build the finder "
                             "where it is needed")

@@ -278,6 +278,9 @@ def test_a_finder_pickles_and_deep_copies_as_its_config_and_backend(sample, back
     own = dataclasses.replace(get_backend(backend_name), events_per_chunk=64)
     with pytest.raises(TypeError, match="on a backend of its own"):
         copy_module.deepcopy(PVFinder(config, backend=own))
+    renamed = dataclasses.replace(own, name="mine")
+    with pytest.raises(TypeError, match="on a backend of its own"):
+        pickle.dumps(PVFinder(config, backend=renamed))
 
 
 _FORKED_CHILD = """

@@ -73,6 +73,11 @@ def test_select_events_outside_the_batch_is_an_error(start, stop):
         tracks.select_events(start, stop)
 
 
+def test_select_events_takes_numpy_integers():
+    tracks = TrackBatch.from_arrays(counts=[1, 2, 3], **track_fields(6))
+    assert tracks.select_events(np.array(1), np.uint64(3)).n_events == 2
+
+
 def test_vertex_awkward_round_trip_with_weights():
     vertices = VertexBatch.from_arrays(
         counts=[2, 0], weights=np.arange(6.0), weight_counts=[3, 3], **vertex_fields(2)

@@ -203,6 +203,10 @@ def test_schema_from_file(tmp_path, suffix):
     assert schema.fill_missing_covariance == {"cov_xtx": 0.0}
 
 
+def test_schema_reads_event_ids_given_as_a_generator_once():
+    assert TrackSchema(event_ids=(name for name in ("run", "evt"))).event_ids == ("run", "evt")
+
+
 def test_schema_takes_one_event_id_as_a_string(tmp_path):
     path = tmp_path / "schema.toml"
     path.write_text('event_ids = "event_number"\n')
