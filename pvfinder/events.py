@@ -155,6 +155,18 @@ class _Jagged:
     def __len__(self) -> int:
         return self.n_events
 
+    def __getitem__(self: _J, events: slice) -> _J:
+        """``batch[start:stop]``: those events, as ``select_events`` gives them (views;
+        negative and missing bounds count as for a list; no step)."""
+        if not isinstance(events, slice):
+            raise TypeError(f"{type(self).__name__} is indexed by a slice of events "
+                            f"(batch[i:i + 1] for event i); to_awkward()[i] gives one event's "
+                            f"{self.WHAT} as records")
+        start, stop, step = events.indices(self.n_events)
+        if step != 1:
+            raise ValueError(f"{type(self).__name__}: a slice of events takes no step")
+        return self.select_events(start, max(start, stop))  # type: ignore[attr-defined]
+
     def __repr__(self) -> str:  # a summary: the arrays may hold millions of numbers
         where = "" if _array_module(self.offsets) is np else ", on the GPU"
         return (f"{type(self).__name__}({self.n_events} events, "

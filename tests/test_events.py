@@ -262,3 +262,19 @@ def test_a_missing_value_is_named_as_such_not_as_nan():
     with pytest.raises(ValueError, match=r"field 'x' is None \(a missing value\) in event 1 "
                                          r"\(entry 1\)"):
         TrackBatch.from_awkward(array)
+
+
+def test_batches_slice_by_events_like_select_events():
+    tracks = TrackBatch.from_arrays(counts=[1, 2, 3, 0], **track_fields(6))
+    for key, (start, stop) in [(slice(1, 3), (1, 3)), (slice(None, 2), (0, 2)),
+                               (slice(-2, None), (2, 4)), (slice(3, 1), (3, 3)),
+                               (slice(0, 99), (0, 4))]:
+        got, want = tracks[key], tracks.select_events(start, stop)
+        np.testing.assert_array_equal(got.offsets, want.offsets)
+        np.testing.assert_array_equal(got.x, want.x)
+    with pytest.raises(TypeError, match=r"indexed by a slice of events \(batch\[i:i \+ 1\]"):
+        tracks[0]
+    with pytest.raises(TypeError, match="indexed by a slice"):
+        list(tracks)  # iteration would take one event at a time: refused the same way
+    with pytest.raises(ValueError, match="takes no step"):
+        tracks[::2]
