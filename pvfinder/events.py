@@ -155,7 +155,7 @@ class _Jagged:
     def __len__(self) -> int:
         return self.n_events
 
-    def __getitem__(self: _J, events: slice) -> _J:
+    def __getitem__(self: _J, events: slice) -> _J:  # noqa: PYI019 (typing.Self: 3.11)
         """``batch[start:stop]``: those events, as ``select_events`` gives them (views;
         negative and missing bounds count as for a list; no step)."""
         if not isinstance(events, slice):
