@@ -165,7 +165,7 @@ class _Jagged:
         start, stop, step = events.indices(self.n_events)
         if step != 1:
             raise ValueError(f"{type(self).__name__}: a slice of events takes no step")
-        return self.select_events(start, max(start, stop))  # type: ignore[attr-defined]
+        return self.select_events(start, max(start, stop))
 
     def __repr__(self) -> str:  # a summary: the arrays may hold millions of numbers
         where = "" if _array_module(self.offsets) is np else ", on the GPU"
@@ -300,7 +300,7 @@ class _Jagged:
             missing_values = np.flatnonzero(ak.to_numpy(ak.is_none(flat, axis=0)))
             if missing_values.size:  # to_numpy would make them NaN, reported as such
                 entry = int(missing_values[0])
-                event = int(np.searchsorted(offsets, entry, side="right")) - 1
+                event = _event_of(offsets, entry)
                 raise ValueError(f"{cls.WHAT}: field {name!r} is None (a missing value) in "
                                  f"event {event} (entry {entry - int(offsets[event])})")
             fields[name] = ak.to_numpy(flat)
@@ -320,6 +320,17 @@ class _Jagged:
         fields = {name: getattr(self, name)[lo:hi] for name in self.FIELDS}
         return {"offsets": self.offsets[start : stop + 1] - lo, **fields}
 
+    def select_events(self: _J, start: int, stop: int) -> _J:  # noqa: PYI019 (Self: 3.11)
+        """Events ``start:stop`` as a new batch (views of these arrays; a
+        :class:`VertexBatch` keeps their weights).
+
+        Raises
+        ------
+        ValueError
+            Unless ``0 <= start <= stop <= n_events`` are integers.
+        """
+        return type(self)(**self.event_slice(start, stop))
+
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class TrackBatch(_Jagged):
@@ -335,9 +346,6 @@ class TrackBatch(_Jagged):
     FIELDS: ClassVar[tuple[str, ...]] = TRACK_FIELDS
     FLOAT_FIELDS: ClassVar[frozenset[str]] = frozenset(TRACK_FIELDS)
     WHAT: ClassVar[str] = "tracks"
-
-    def _repr_details(self) -> str:
-        return f", {np.dtype(self.x.dtype).name} states"
 
     offsets: Any
     x: Any
@@ -356,6 +364,9 @@ class TrackBatch(_Jagged):
     def n_tracks(self) -> int:
         """Tracks in all events together."""
         return len(self.x)
+
+    def _repr_details(self) -> str:
+        return f", {np.dtype(self.x.dtype).name} states"
 
     @classmethod
     def from_buffers(cls, offsets: Any, **fields: Any) -> TrackBatch:
@@ -406,16 +417,6 @@ class TrackBatch(_Jagged):
                                  f"offsets[-1], got {shape}")
         return cls(offsets=offsets, **fields)
 
-    def select_events(self, start: int, stop: int) -> TrackBatch:
-        """Events ``start:stop`` as a new batch (views of these arrays).
-
-        Raises
-        ------
-        ValueError
-            Unless ``0 <= start <= stop <= n_events`` are integers.
-        """
-        return TrackBatch(**self.event_slice(start, stop))
-
     def to_host(self) -> TrackBatch:
         """This batch with numpy arrays (arrays on a GPU are copied to the host)."""
         return TrackBatch(
@@ -446,16 +447,6 @@ class MCVertices(_Jagged):
     def n_vertices(self) -> int:
         """MC PVs in all events together."""
         return len(self.x)
-
-    def select_events(self, start: int, stop: int) -> MCVertices:
-        """Events ``start:stop`` (views of these arrays).
-
-        Raises
-        ------
-        ValueError
-            Unless ``0 <= start <= stop <= n_events`` are integers.
-        """
-        return MCVertices(**self.event_slice(start, stop))
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -534,9 +525,6 @@ class VertexBatch(_Jagged):
     FLOAT_FIELDS: ClassVar[frozenset[str]] = frozenset(VERTEX_FIELDS)
     WHAT: ClassVar[str] = "vertices"
 
-    def _repr_details(self) -> str:
-        return ", with weights" if self.weights is not None else ""
-
     offsets: Any
     x: Any
     y: Any
@@ -558,6 +546,9 @@ class VertexBatch(_Jagged):
         """Vertices in all events together."""
         return len(self.x)
 
+    def _repr_details(self) -> str:
+        return ", with weights" if self.weights is not None else ""
+
     def event_slice(self, start: int, stop: int) -> dict[str, Any]:
         """Fields, offsets and (when the batch has them) weights of events ``start:stop``
         (views where possible).
@@ -575,16 +566,6 @@ class VertexBatch(_Jagged):
             sliced["weights"] = self.weights[first:last]
             sliced["weight_offsets"] = self.weight_offsets[lo : hi + 1] - first
         return sliced
-
-    def select_events(self, start: int, stop: int) -> VertexBatch:
-        """Events ``start:stop`` as a new batch, with their weights (views of these arrays).
-
-        Raises
-        ------
-        ValueError
-            Unless ``0 <= start <= stop <= n_events`` are integers.
-        """
-        return VertexBatch(**self.event_slice(start, stop))
 
     @classmethod
     def from_arrays(
