@@ -115,16 +115,22 @@ def _note_fork() -> None:
     _forked_from_gnu_openmp = _forked_from_gnu_openmp or _runs_gnu_openmp()
 
 
-def _runs_gnu_openmp() -> bool:
-    """Whether this process's Numba has started its threads under GNU OpenMP."""
+def _numba_threading_layer() -> str | None:
+    """The threading layer Numba runs parallel kernels on, or ``None`` before the first one
+    has run (the settings do not tell which it picks) or when Numba was never imported."""
     if "numba" not in sys.modules:  # never imported: no threads (and no import in a fork)
-        return False
+        return None
     import numba
 
     try:
-        if numba.threading_layer() != "omp":
-            return False
+        return numba.threading_layer()
     except ValueError:  # no parallel kernel has run yet
+        return None
+
+
+def _runs_gnu_openmp() -> bool:
+    """Whether this process's Numba has started its threads under GNU OpenMP."""
+    if _numba_threading_layer() != "omp":
         return False
     from numba.np.ufunc import omppool
 
@@ -166,18 +172,11 @@ class _NumbaLaunchGuard:
     def __exit__(self, *_: object) -> None:
         if self._held.value:
             try:
-                self.needed = not _threading_layer_is_thread_safe()
+                self.needed = _numba_threading_layer() not in ("omp", "tbb")
             finally:
                 self._lock.release()
 
 
-def _threading_layer_is_thread_safe() -> bool:
-    import numba
-
-    try:
-        return numba.threading_layer() in ("omp", "tbb")
-    except ValueError:  # no parallel kernel has run yet
-        return False
 
 
 def _cpu_backend() -> Backend:
