@@ -9,6 +9,7 @@ validation and awkward conversion work on host arrays. Lengths are in mm.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import operator
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
@@ -92,6 +93,12 @@ def _is_integer(value: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _is_count(value: Any) -> bool:
+    """Whether ``value`` is a non-negative integer (a Python or numpy one, not a bool)."""
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and value >= 0)
 
 
 def _check_event_range(start: int, stop: int, n_events: int, what: str) -> None:

@@ -39,14 +39,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from .events import TRACK_FIELDS, MCTruth, TrackBatch, VertexBatch, _to_host
+from .events import TRACK_FIELDS, MCTruth, TrackBatch, VertexBatch, _is_count, _to_host
 
 __all__ = [
     "AXES",
@@ -778,9 +777,7 @@ def validate(
         raise ValueError(
             f"vertices hold {vertices.n_events} events but the MC truth holds {truth.n_events}"
         )
-    if (isinstance(min_reconstructible_tracks, bool)
-            or not isinstance(min_reconstructible_tracks, numbers.Integral)
-            or min_reconstructible_tracks < 0):
+    if not _is_count(min_reconstructible_tracks):
         raise ValueError("min_reconstructible_tracks must be a non-negative integer, got "
                          f"{min_reconstructible_tracks!r}")
     if not match_nsigma > 0:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import numbers
 import zlib
 from typing import Any
 
 import numpy as np
 
-from ..events import TRACK_FIELDS, MCTruth, MCVertices, TrackBatch
+from ..events import TRACK_FIELDS, MCTruth, MCVertices, TrackBatch, _is_count
 from .conditions import Conditions, DecaySpecies
 from .velo import measure
 
@@ -187,12 +186,6 @@ def simulate(
     truth = MCTruth(vertices, label[order].astype(np.int32))
     return SimulatedSample(tracks, truth, cond, origin[order], backward[order],
                            _run_number(seeds, cond, n_events))
-
-
-def _is_count(value: Any) -> bool:
-    """Whether ``value`` is a non-negative integer (not a bool)."""
-    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
-            and value >= 0)
 
 
 def _run_number(seeds: np.random.SeedSequence, cond: Conditions, n_events: int) -> int:
