@@ -45,7 +45,15 @@ from typing import Any
 
 import numpy as np
 
-from .events import TRACK_FIELDS, MCTruth, TrackBatch, VertexBatch, _is_count, _to_host
+from .events import (
+    TRACK_FIELDS,
+    MCTruth,
+    TrackBatch,
+    VertexBatch,
+    _event_of,
+    _is_count,
+    _to_host,
+)
 
 __all__ = [
     "AXES",
@@ -455,7 +463,7 @@ class ValidationReport:
             _rate_line("False rate", c["fakes"], c["rec_pvs"]),
             _rate_line("Clone rate", c["clones"], c["found"], _poisson_interval),
             "",
-            f" {'best match, rec - MC':<26}{'x':>10}{'y':>10}{'z':>10}",
+            f" {'best match, rec - MC':<26}{'x':>16}{'y':>16}{'z':>16}",
             _axes_line("core mean [um]", self.residuals, "core_mean", _UM_PER_MM),
             _axes_line("core sigma [um]", self.residuals, "core_sigma", _UM_PER_MM),
             _axes_line("RMS [um]", self.residuals, "rms", _UM_PER_MM),
@@ -473,7 +481,7 @@ class ValidationReport:
             lines.append(
                 f" {_bin_label(curve.edges, i):<12}{curve.total[i]:>8d}{curve.passed[i]:>8d}"
                 f"{_value_interval(curve.value[i], curve.lower[i], curve.upper[i]):>24}"
-                + "".join(f"{res[a].core_sigma[i] * _UM_PER_MM:>9.1f}" for a in AXES)
+                + "".join(f"{_number(res[a].core_sigma[i] * _UM_PER_MM, 1):>9}" for a in AXES)
             )
         return "\n".join(lines)
 
@@ -508,8 +516,24 @@ def _rate_line(name: str, passed: int, total: int,
     return f" {name:<24}: {rate:>24}   ({passed} / {total})"
 
 
-def _axes_line(name: str, spreads: dict[str, Spread], field: str, scale: float = 1.0) -> str:
-    return f"   {name:<23}" + "".join(f"{getattr(spreads[a], field) * scale:>10.3f}" for a in AXES)
+def _axes_line(name: str, spreads: dict[str, Spread], field: str, scale: float | None = None
+               ) -> str:
+    """One quantity of ``spreads`` per axis: µm to 0.1 with a ``scale`` (from mm), else to
+    0.001; a core width with its statistical error."""
+    digits, scale = (3, 1.0) if scale is None else (1, scale)
+    cells = []
+    for axis in AXES:
+        spread = spreads[axis]
+        text = _number(getattr(spread, field) * scale, digits)
+        if field == "core_sigma" and math.isfinite(spread.core_sigma):
+            text += f"±{_number(spread.core_sigma_error * scale, digits)}"
+        cells.append(f"{text:>16}")
+    return f"   {name:<23}" + "".join(cells)
+
+
+def _number(value: float, digits: int) -> str:
+    """``value`` to ``digits`` decimals; ``n/a`` where there is none (too few entries)."""
+    return f"{value:.{digits}f}" if math.isfinite(value) else "n/a"
 
 
 def _bin_label(edges: np.ndarray, i: int) -> str:
@@ -691,25 +715,53 @@ def _nearest_in_event(
     return best
 
 
-def _isolated(
-    event: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray, n_events: int, distance: float
-) -> np.ndarray:
+def _isolated(event: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray,
+              distance: float) -> np.ndarray:
     """True where no other entry of the same event lies within ``distance`` in 3D.
 
-    ``event`` must be non-decreasing. All pairs within each event are formed at once
-    (Σ n_e² pairs, a few per PV at LHCb pile-up).
+    Entries are sorted by (event, z); as the 3D distance is at least the distance in z, an
+    entry is compared with the next one, the one after, ... only while they are of its
+    event and within ``distance`` in z. Memory stays linear in the entries, time grows with
+    the number of neighbours in z (a few at LHCb pile-up).
     """
-    counts = np.bincount(event, minlength=n_events)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    partners = counts[event]
-    first = np.repeat(np.arange(event.size), partners)
-    rank = np.arange(first.size) - np.repeat(np.cumsum(partners) - partners, partners)
-    second = np.repeat(starts[event], partners) + rank
-    other = first != second
-    first, second = first[other], second[other]
-    d2 = (x[first] - x[second]) ** 2 + (y[first] - y[second]) ** 2 + (z[first] - z[second]) ** 2
-    has_neighbour = np.bincount(first[d2 <= distance**2], minlength=event.size) > 0
-    return ~has_neighbour
+    order = np.lexsort((z, event))
+    event, x, y, z = event[order], x[order], y[order], z[order]
+    has_neighbour = np.zeros(order.size, dtype=bool)
+    first = np.arange(order.size)
+    step = 1
+    while first.size:
+        first = first[first + step < order.size]
+        second = first + step
+        in_reach = (event[second] == event[first]) & (z[second] - z[first] <= distance)
+        first, second = first[in_reach], second[in_reach]
+        d2 = (x[first] - x[second]) ** 2 + (y[first] - y[second]) ** 2 + (z[first] - z[second]) ** 2
+        near = d2 <= distance**2
+        has_neighbour[first[near]] = True
+        has_neighbour[second[near]] = True
+        step += 1
+    isolated = np.empty(order.size, dtype=bool)
+    isolated[order] = ~has_neighbour
+    return isolated
+
+
+def _check_reconstructed(vertices: VertexBatch) -> None:
+    """Refuse vertices that cannot be matched or pulled: a position that is not finite, or a
+    variance of x, y or z that is not positive and finite (the match window and the pulls
+    divide by the σ). The finder's own results are built without the checks of
+    :meth:`VertexBatch.from_arrays`, and those allow a zero variance."""
+    for axis in AXES:
+        for name, kind in ((axis, ""), (f"cov_{axis}{axis}", "variance ")):
+            values = np.asarray(getattr(vertices, name), dtype=np.float64)
+            valid = np.isfinite(values) if not kind else (values > 0) & (values < np.inf)
+            bad = np.flatnonzero(~valid)
+            if bad.size:
+                index = int(bad[0])
+                event = _event_of(vertices.offsets, index)
+                raise ValueError(
+                    f"vertices: {kind}{name!r} of reconstructed vertex "
+                    f"{index - int(vertices.offsets[event])} of event {event} is "
+                    f"{values[index]}; the PV checker needs finite positions and positive "
+                    "variances")
 
 
 def _check_bins(edges: Sequence[float], name: str, *, finite: bool = False) -> np.ndarray:
@@ -768,7 +820,9 @@ def validate(
         If ``vertices`` is not a :class:`VertexBatch` or ``truth`` not an :class:`MCTruth`
         (given the other way round, say).
     ValueError
-        If the two inputs hold different numbers of events, or a setting is out of range.
+        If the two inputs hold different numbers of events, a reconstructed vertex has a
+        position that is not finite or a variance of x, y or z that is not positive (it
+        could be neither matched nor pulled), or a setting is out of range.
     """
     if not (isinstance(vertices, VertexBatch) and isinstance(truth, MCTruth)):
         raise TypeError(f"validate(vertices, truth) takes a VertexBatch and an MCTruth, got "
@@ -791,6 +845,7 @@ def validate(
     z_edges = _check_bins(z_bins, "z_bins", finite=True)
 
     rec = vertices.to_host()
+    _check_reconstructed(rec)
     mc = truth.vertices
     n_events = rec.n_events
     mc_event_all = np.repeat(np.arange(n_events), mc.counts)
@@ -822,7 +877,7 @@ def validate(
     best_rec = matched_rec[order[first]]
     best_mc = matched_mc[order[first]]
 
-    isolated = _isolated(mc_event, mc_pos["x"], mc_pos["y"], mc_pos["z"], n_events, isolation_distance)
+    isolated = _isolated(mc_event, mc_pos["x"], mc_pos["y"], mc_pos["z"], isolation_distance)
 
     n_found = int(found.sum())
     n_fakes = int(n_rec - matched_rec.size)

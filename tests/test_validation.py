@@ -430,3 +430,59 @@ def test_truth_fit_covariance_describes_its_spread(sample):
         pulls = fit.residual[many, axis] / np.sqrt(fit.covariance[many, axis, axis])
         mean, width, _ = core_gaussian(pulls)
         assert abs(mean) < 0.05 and 0.93 < width < 1.07
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("cov_zz", 0.0, "variance 'cov_zz' of reconstructed vertex 0 of event 1 is 0.0"),
+    ("cov_xx", 0.0, "variance 'cov_xx' of reconstructed vertex 0 of event 1 is 0.0"),
+    ("cov_zz", np.nan, "variance 'cov_zz' of reconstructed vertex 0 of event 1 is nan"),
+    ("z", np.nan, "'z' of reconstructed vertex 0 of event 1 is nan"),
+])
+def test_vertices_without_an_uncertainty_are_refused(field, value, message):
+    # A zero σ_z made a perfect vertex a fake (window 5·0), a zero σ_x dropped its pull, and
+    # a NaN made it a fake: silently. The plain constructor (the finder's own) checks nothing.
+    good = make_vertices(COUNTS, MC_Z)
+    columns = {name: getattr(good, name).copy() for name in VertexBatch.FIELDS}
+    columns[field][2] = value  # the first vertex of event 1
+    bad = VertexBatch(offsets=good.offsets, **columns)
+    with pytest.raises(ValueError, match=message):
+        validate(bad, make_truth(COUNTS, MC_Z))
+
+
+def test_isolation_of_many_pvs_in_one_event_takes_linear_memory():
+    # Every pair of an event's PVs was formed at once: 8000 PVs in one event took 3 GB.
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    z = rng.uniform(-1e4, 1e4, n)  # about 20 within 10 mm of each: few true neighbours
+    x, y = rng.normal(0, 5, n), rng.normal(0, 5, n)
+    truth = make_truth([n], z, x=x, y=y)
+    tracemalloc.start()
+    try:
+        report = validate(make_vertices([0], []), truth)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100e6
+    # The same answer as all pairs, by brute force on a slice of z small enough for it.
+    window = np.flatnonzero(np.abs(z) < 300)
+    near = np.sqrt((x[window, None] - x) ** 2 + (y[window, None] - y) ** 2
+                   + (z[window, None] - z) ** 2) <= 10.0
+    near[np.arange(window.size), window] = False
+    np.testing.assert_array_equal(report.mc_isolated[window], ~near.any(axis=1))
+    assert 0 < (~report.mc_isolated).sum() < n
+
+
+def test_table_gives_the_uncertainty_of_widths():
+    rng = np.random.default_rng(2)
+    n = 400
+    z = rng.uniform(-100, 100, n)
+    truth = make_truth(np.ones(n, int), z)
+    report = validate(make_vertices(np.ones(n, int), z + rng.normal(0, 0.01, n)), truth)
+    (line,) = [line for line in report.table().splitlines() if "pull core width" in line]
+    pull = report.pulls["z"]
+    assert f"{pull.core_sigma:.3f}±{pull.core_sigma_error:.3f}" in line
+    (line,) = [line for line in report.table().splitlines() if "core sigma [um]" in line]
+    res = report.residuals["z"]
+    assert f"{res.core_sigma * 1e3:.1f}±{res.core_sigma_error * 1e3:.1f}" in line
