@@ -426,7 +426,8 @@ def _parser() -> argparse.ArgumentParser:
     reconstruct.add_argument("--merge", action="store_true",
                              help="write every input's vertices into the one file OUTPUT")
     reconstruct.add_argument("--skip-existing", action="store_true",
-                             help="leave outputs that exist (resume an interrupted run)")
+                             help="leave outputs that hold their inputs' vertices already (resume "
+                                  "an interrupted run)")
     reconstruct.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda"])
     reconstruct.add_argument("--config", help="JSON or TOML file of PVFinderConfig fields")
     reconstruct.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",

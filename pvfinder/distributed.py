@@ -41,6 +41,7 @@ from .io import (
     TrackSchema,
     TrackSource,
     VertexWriter,
+    holds_weights,
     inspect_tracks,
     iterate_tracks,
     parse_step_size,
@@ -255,7 +256,9 @@ def reconstruct_files(
     compression : str
         Codec of the output files (see :class:`~pvfinder.io.VertexWriter`).
     skip_existing : bool
-        Leave outputs that exist already (to resume an interrupted run).
+        Leave outputs that hold the vertices of their inputs already (to resume an
+        interrupted run); an output in the way that is not such a file, or lacks the weights
+        asked for, fails its inputs.
     scheduler : str, optional
         Run on Dask: ``"local:N"`` starts N local worker processes, anything else is the
         address of a running scheduler. In this process when omitted.
@@ -294,7 +297,7 @@ def reconstruct_files(
     sources: dict[Path, TrackSource] = {}
     for output, inputs in plan.items():
         if skip_existing and output.exists():
-            for result in _resumed(output, inputs):
+            for result in _resumed(output, inputs, with_weights):
                 record(result)
             continue
         for path in inputs:
@@ -322,28 +325,38 @@ def reconstruct_files(
     return results
 
 
-def _resumed(output: Path, inputs: Sequence[Path]) -> list[FileResult]:
+def _resumed(output: Path, inputs: Sequence[Path], with_weights: bool) -> list[FileResult]:
     """What ``--skip-existing`` makes of ``inputs`` when ``output`` exists: skipped when it
-    holds their vertices, as it recorded them; failed when it lacks one or holds another's.
-    An output that recorded nothing (written by an earlier pvfinder, or not a vertex file)
-    holds them all: "leave outputs that exist", as before."""
+    holds their vertices, as it recorded them; failed when it lacks one or holds another's,
+    is not a readable vertex file (junk, a file of tracks, a truncated copy) or lacks the
+    weights asked for. A vertex file that recorded nothing (written by an earlier pvfinder
+    or by :func:`~pvfinder.io.write_vertices`) holds them all."""
     try:
         recorded = recorded_inputs(output)
-    except (ValueError, OSError):
-        recorded = None
+        lacks_weights = with_weights and not holds_weights(output)
+    except (ValueError, OSError) as error:
+        return _all_failed(inputs, output, f"{error}: not a vertex file to resume; remove "
+                           "it to redo its inputs")
+    if lacks_weights:
+        return _all_failed(inputs, output, f"{output} exists without the weights asked "
+                           "for; remove it to redo its inputs with them")
     if recorded is None:
         return [FileResult(path, output, "skipped") for path in inputs]
     held, resolved = set(recorded), {path: str(Path(path).resolve()) for path in inputs}
     extra = sorted(held - set(resolved.values()))
     if extra:  # it holds vertices not asked for: not this job's output
-        error = (f"{output} exists with the vertices of {extra[0]}, which is not among the "
-                 f"inputs given for it now; remove {output} to redo them, or write elsewhere")
-        return [FileResult(path, output, "failed", error=error) for path in inputs]
+        return _all_failed(inputs, output, (
+            f"{output} exists with the vertices of {extra[0]}, which is not among the inputs "
+            f"given for it now; remove {output} to redo them, or write elsewhere"))
     return [FileResult(path, output, "skipped") if resolved[path] in held else
             FileResult(path, output, "failed", error=(
                 f"{output} exists without the vertices of {path} (it failed when that file "
                 f"was written, or was not among its inputs); remove {output} to redo it"))
             for path in inputs]
+
+
+def _all_failed(inputs: Sequence[Path], output: Path, error: str) -> list[FileResult]:
+    return [FileResult(path, output, "failed", error=error) for path in inputs]
 
 
 def _check_plan(plan: Mapping[Path, Sequence[Path]]) -> None:

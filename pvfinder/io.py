@@ -58,6 +58,7 @@ __all__ = [
     "TrackSchema",
     "TrackSource",
     "VertexWriter",
+    "holds_weights",
     "inspect_tracks",
     "iterate_tracks",
     "parse_step_size",
@@ -1076,9 +1077,10 @@ def recorded_inputs(path: PathLike) -> list[str] | None:
     Raises
     ------
     FileNotFoundError, ValueError
-        For a missing or unreadable file.
+        For a missing or unreadable file, or one without the tree ``vertices``.
     """
     with _open(path) as file:
+        _tree(file, Path(path), VERTICES_TREE)  # a file of tracks notes no inputs either
         if INPUTS_RECORD not in file:
             return None
         try:
@@ -1088,6 +1090,18 @@ def recorded_inputs(path: PathLike) -> list[str] | None:
     if not (isinstance(recorded, list) and all(isinstance(item, str) for item in recorded)):
         raise ValueError(f"{path}: its {INPUTS_RECORD!r} is not a list of paths")
     return recorded
+
+
+def holds_weights(path: PathLike) -> bool:
+    """Whether a vertex file has the tree ``vertex_weights`` (it was written with weights).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        For a missing or unreadable file.
+    """
+    with _open(path) as file:
+        return WEIGHTS_TREE in file
 
 
 def read_event_ids(path: PathLike, tree: str) -> dict[str, np.ndarray]:

@@ -35,6 +35,7 @@ from pvfinder.io import (
     read_vertices,
     recorded_inputs,
     write_sample,
+    write_vertices,
 )
 from pvfinder.pipeline import PVFinder, SeedOverflowWarning
 
@@ -262,11 +263,42 @@ def test_skip_existing_does_not_take_an_incomplete_output_for_done(tmp_path, fil
     assert result.error == (f"{merged} exists with the vertices of {first.resolve()}, which is "
                             f"not among the inputs given for it now; remove {merged} to redo "
                             "them, or write elsewhere")
-    # An output that notes no inputs (an earlier pvfinder's) is left as it is, as before.
+    # A vertex file that notes no inputs (an earlier pvfinder's) is left as it is.
     other = tmp_path / "run1_pvs.root"
-    other.write_bytes(b"not a vertex file")
+    write_vertices(other, expected_vertices(files[1]))
     (result,) = reconstruct_files({other: [files[1]]}, backend="cpu", skip_existing=True)
-    assert result.status == "skipped" and other.read_bytes() == b"not a vertex file"
+    assert result.status == "skipped"
+
+
+def test_skip_existing_takes_only_a_vertex_file_for_done(tmp_path, files):
+    # Whatever file was at the output's path counted as done (exit code 0): junk, a file of
+    # tracks, a truncated copy, or a vertex file without the weights asked for. Each fails
+    # its inputs now, naming what is wrong, and is left as it was.
+    vertex_file = tmp_path / "pvs.root"
+    reconstruct_files({vertex_file: [files[1]]}, backend="cpu")
+    in_the_way = {
+        "junk.root": (b"not a vertex file", "not a ROOT file"),
+        "tracks.root": (files[0].read_bytes(), "no tree 'vertices'"),
+        "truncated.root": (vertex_file.read_bytes()[:2000], "truncated ROOT file"),
+    }
+    for name, (content, reason) in in_the_way.items():
+        output = tmp_path / name
+        output.write_bytes(content)
+        (result,) = reconstruct_files({output: [files[1]]}, backend="cpu", skip_existing=True)
+        assert result.status == "failed"
+        assert result.error.startswith(f"{output}: ") and reason in result.error
+        assert result.error.endswith("not a vertex file to resume; remove it to redo its "
+                                     "inputs")
+        assert output.read_bytes() == content
+    finished = vertex_file.read_bytes()
+    (result,) = reconstruct_files({vertex_file: [files[1]]}, backend="cpu",
+                                  with_weights=True, skip_existing=True)
+    assert result.status == "failed"
+    assert result.error == (f"{vertex_file} exists without the weights asked for; remove it "
+                            "to redo its inputs with them")
+    assert vertex_file.read_bytes() == finished
+    (result,) = reconstruct_files({vertex_file: [files[1]]}, backend="cpu", skip_existing=True)
+    assert result.status == "skipped"
 
 
 def test_next_chunk_is_read_while_this_one_is_reconstructed(files, monkeypatch):
