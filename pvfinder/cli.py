@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -500,6 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .backends import BackendUnavailableError
 
     args = _parser().parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _warning_printer(args.command)
     try:
         return args.run(args)
     except BrokenPipeError as error:
@@ -517,6 +520,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
+
+
+def _warning_printer(command: str) -> Any:
+    """A ``warnings.showwarning`` that prints a warning as this command's other messages
+    are printed (one line, no source line of pvfinder's)."""
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        kind = "" if issubclass(category, UserWarning) else f"{category.__name__}: "
+        print(f"pvfinder {command}: warning: {kind}{message}", file=file or sys.stderr)
+    return show
 
 
 def _stdout_is_closed() -> bool:

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,20 @@ def test_validate_refuses_the_vertices_of_another_simulated_sample(tmp_path, cap
     assert main(["validate", str(other), str(output)]) == 2
     err = capsys.readouterr().err
     assert "has run_number" in err and "not this sample's vertices" in err
+
+
+def test_warnings_are_printed_as_the_command_s_messages(sample_file, tmp_path, capsys):
+    # They came in Python's form, naming the installed script's line:
+    # ".../bin/pvfinder:8: SeedOverflowWarning: ..." followed by its source line.
+    args = ["reconstruct", str(sample_file), "-o", str(tmp_path / "pvs.root"), "--backend",
+            "cpu", "--no-validate", "--set", "max_vertices_per_event=2"]
+    shown = warnings.showwarning
+    assert main(args) == 0
+    assert warnings.showwarning is shown  # the process's own again
+    lines = capsys.readouterr().err.splitlines()
+    overflow = f"pvfinder reconstruct: warning: {sample_file}:tracks: "
+    assert lines and all(line.startswith(overflow) for line in lines)
+    assert "max_vertices_per_event=2" in lines[0]
 
 
 def test_plots_asked_for_an_input_without_truth_are_a_warning(sample_file, tmp_path, capsys):
