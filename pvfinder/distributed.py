@@ -19,6 +19,7 @@ import glob
 import itertools
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -673,12 +674,31 @@ def dask_client(scheduler: str) -> Iterator[Any]:
     n_workers = int(count)
     # One process per worker, one task at a time; the finder's own threads share the cores.
     threads = str(max(1, cores // n_workers))
-    with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None,
-                                  silence_logs=logging.ERROR,
-                                  env={"NUMBA_NUM_THREADS": threads}) as cluster, \
-            distributed.Client(cluster) as client:
+    with _interrupts_kept_from_workers():
+        cluster = distributed.LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None, env={"NUMBA_NUM_THREADS": threads},
+            # a task's error is raised here, named; the workers' own report of it is noise
+            silence_logs=logging.CRITICAL)
+    with cluster, distributed.Client(cluster) as client:
         yield client
+
+
+@contextlib.contextmanager
+def _interrupts_kept_from_workers() -> Iterator[None]:
+    """Ignore SIGINT while worker processes are started: they keep ignoring it, so that a
+    Ctrl-C, which the terminal sends to the whole process group, interrupts this process
+    alone (which then closes the cluster) instead of each worker printing a traceback. A
+    Ctrl-C during the start itself is lost. (Blocking SIGINT instead does not reach the
+    workers: multiprocessing unblocks it when it starts its resource tracker.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers, and SIGINT interrupts only it
+        return
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def vertex_collection(source: TrackSource, *, config: PVFinderConfig | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -633,7 +634,7 @@ def test_dask_threaded_scheduler_gives_each_thread_its_own_finder(files):
         assert_same_vertices(found, expected)
 
 
-def test_dask_local_cluster_matches_single_process(tmp_path, files):
+def test_dask_local_cluster_matches_single_process(tmp_path, files, capfd):
     """Four files (and two bad ones) on a LocalCluster of 2 worker processes on loopback: the
     same outputs, bit for bit, and the same errors as the single-process run."""
     single = reconstruct_files(plan_outputs(files, tmp_path / "single"), backend="cpu",
@@ -657,6 +658,16 @@ def test_dask_local_cluster_matches_single_process(tmp_path, files):
             assert ak.fields(mine) == ak.fields(theirs)
             assert ak.array_equal(mine, theirs, dtype_exact=True)
     assert not (tmp_path / "dask" / "nan_pvs.root").exists()
+    # The errors are the results'; the workers logged each again ("Compute Failed", with
+    # its traceback) on the terminal.
+    assert "Compute Failed" not in capfd.readouterr().err
+
+
+def test_a_ctrl_c_interrupts_this_process_not_the_local_workers():
+    # The terminal sends SIGINT to the whole process group: each worker printed a traceback.
+    with dask_client("local:1") as client:
+        assert list(client.run(signal.getsignal, signal.SIGINT).values()) == [signal.SIG_IGN]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_dask_missing_and_bad_scheduler(monkeypatch):
