@@ -422,8 +422,8 @@ def _parser() -> argparse.ArgumentParser:
     reconstruct.add_argument("inputs", nargs="+", metavar="IN",
                              help="ROOT files of tracks, or glob patterns ('dir/*.root')")
     reconstruct.add_argument("-o", "--output", required=True,
-                             help="ROOT file (one input, or --merge) or directory (one "
-                                  "<stem>_pvs.root per input)")
+                             help="ROOT file, a name ending in .root (one input, or "
+                                  "--merge), or directory (one <stem>_pvs.root per input)")
     reconstruct.add_argument("--merge", action="store_true",
                              help="write every input's vertices into the one file OUTPUT")
     reconstruct.add_argument("--skip-existing", action="store_true",

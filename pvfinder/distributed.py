@@ -162,8 +162,9 @@ def plan_outputs(inputs: Sequence[Path], output: str | os.PathLike, *, merge: bo
     ValueError
         When two inputs would write the same output, or several inputs without ``merge``
         are given a file name (ending in ``.root``, or an existing file) rather than a
-        directory: ``--merge`` forgotten, or a glob that matched more than one file; or
-        when ``merge`` is given a directory (a name ending in a slash).
+        directory: ``--merge`` forgotten, or a glob that matched more than one file; when
+        a single input is given an existing file not named ``*.root``; or when ``merge`` is
+        given a directory (a name ending in a slash).
     """
     folder = str(output).endswith(("/", os.sep))  # "pvs.root/": meant as a directory
     if merge and folder:
@@ -175,6 +176,9 @@ def plan_outputs(inputs: Sequence[Path], output: str | os.PathLike, *, merge: bo
     if len(inputs) > 1 and (named_file or (output.exists() and not output.is_dir())):
         raise ValueError(f"{output}: {len(inputs)} inputs make one file each in a directory, "
                          "and this names a file; give a directory, or --merge for one file")
+    if output.exists() and not output.is_dir():  # one input, a name without .root
+        raise ValueError(f"{output}: an existing file not named *.root; the output is a "
+                         "file named *.root or a directory (for <stem>_pvs.root)")
     plan: dict[Path, list[Path]] = {}
     for path in inputs:
         target = output / f"{path.stem}_pvs.root"

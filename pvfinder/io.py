@@ -749,6 +749,7 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
     event_ids = _event_id_arrays(event_ids, 0, tracks.n_events, path, _SAMPLE_BRANCHES)
     if not event_ids:
         raise ValueError(f"{path}: event_ids must name at least one identifier branch")
+    _make_folder_of(Path(path))
     with uproot.recreate(path, compression=codec) as file:
         jagged = _jagged(tracks, TRACK_FIELDS, precision)
         if truth is not None:
@@ -822,6 +823,18 @@ def _weight_rows(vertices: VertexBatch, track_counts: Any
     return track_offsets, vertex_event, weight_counts
 
 
+def _make_folder_of(path: Path) -> None:
+    """Create the folders ``path`` is to be written in, naming a file in the way (the
+    operating system's "File exists" or "Not a directory" does not say which)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((folder for folder in reversed(path.parents)
+                         if folder.exists() and not folder.is_dir()), path.parent)
+        raise NotADirectoryError(f"{path}: cannot be written, {blocking} is a file, not a "
+                                 "directory") from None
+
+
 class VertexWriter:
     """Append vertices to a new ROOT file chunk by chunk (layout in this module's docstring).
 
@@ -857,7 +870,7 @@ class VertexWriter:
         self.partial = self.path.with_name(self.path.name + ".part")
         self.with_weights = with_weights
         self.n_events = self.n_vertices = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder_of(self.path)
         self._file = uproot.recreate(self.partial, compression=_compression(compression))
         self._ids: dict[str, np.dtype] | None = None
         self._per_track: bool | None = None

@@ -114,6 +114,10 @@ def test_expand_inputs_and_plan_outputs(tmp_path, files):
         plan_outputs(files[:2], tmp_path / "ALL.ROOT")
     with pytest.raises(ValueError, match="--merge writes one file, and this names a directory"):
         plan_outputs(files[:2], f"{tmp_path / 'merged'}/", merge=True)
+    # An existing file without .root is neither a vertex file to name nor a directory.
+    (tmp_path / "notes").write_text("kept")
+    with pytest.raises(ValueError, match="notes: an existing file not named"):
+        plan_outputs(files[:1], tmp_path / "notes")
 
 
 def test_existing_name_with_glob_characters_is_a_file(tmp_path, files):

@@ -321,6 +321,16 @@ def test_writer_discards_partial_file_on_error(tmp_path, small):
     assert read_vertices(output).n_events == 0
 
 
+def test_writing_under_a_file_names_the_file_in_the_way(tmp_path, small):
+    blocking = tmp_path / "runs"
+    blocking.write_text("a file, not a directory")
+    with pytest.raises(NotADirectoryError, match=r"pvs.root: cannot be written, .*runs is a file"):
+        VertexWriter(blocking / "2024" / "pvs.root")
+    with pytest.raises(NotADirectoryError, match=r"runs is a file, not a directory"):
+        write_sample(blocking / "sample.root", small.tracks.select_events(0, 2))
+    assert blocking.read_text() == "a file, not a directory"
+
+
 
 @pytest.mark.parametrize("ids", [np.array([0.5, 1.5, 2.5, 3.5, 4.5]), np.arange(4)],
                          ids=["floats", "one short"])
