@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -531,6 +532,13 @@ def _track_source(file: Any, path: Path, schema: TrackSchema) -> TrackSource:
             + ("" if fill else " or fill missing covariance terms (--fill-cov FIELD=VALUE)"))
     _require_branches(tree, where, branches.values(), hint=hint)
     id_names = [name for name in schema.event_ids if name in present]
+    absent = [name for name in schema.event_ids if name not in present]
+    if absent and schema.event_ids != EVENT_ID_BRANCHES:  # named by the user: a typo?
+        flat = sorted(name for name in present
+                      if isinstance(tree[name].interpretation, AsDtype))
+        warnings.warn(f"{where}: no event identifier branch {', '.join(absent)}; the "
+                      f"vertices carry {', '.join(id_names) or 'no identifier'} (one value "
+                      f"per event: {', '.join(flat) or 'none'})", stacklevel=3)
     _require_branches(tree, where, id_names, jagged=False,
                       hint="; event identifiers are optional: leave it out with a schema "
                            "whose event_ids do not name it (TrackSchema(event_ids=...), "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import awkward as ak
 import numpy as np
@@ -527,6 +528,21 @@ def test_an_identifier_branch_of_floats_says_how_to_leave_it_out(tmp_path, small
             "event identifiers are optional: leave it out with a schema whose event_ids")):
         inspect_tracks(path)
     assert read_tracks(path, schema=TrackSchema(event_ids=())).n_events == 4
+
+
+def test_an_identifier_branch_named_but_absent_is_warned_of(tmp_path, small):
+    # A missing identifier is normal for the default names, but one the user named is
+    # likely a typo: it was silently left out.
+    path = tmp_path / "s.root"
+    write_sample(path, small.tracks.select_events(0, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inspect_tracks(path)  # the default names: quiet whatever is there
+    typo = TrackSchema(event_ids=("event_number", "evt_number"))
+    with pytest.warns(UserWarning, match=re.escape(
+            "no event identifier branch evt_number; the vertices carry event_number (one "
+            "value per event: event_number, n_tracks)")):
+        assert list(inspect_tracks(path, typo).event_ids) == ["event_number"]
 
 
 @pytest.mark.parametrize("name", ["x", "n_tracks", "n_pvs"])
