@@ -307,7 +307,7 @@ def _tree(file: Any, path: Path, name: str) -> Any:
     tree = file[name]
     if not isinstance(tree, uproot.TTree):
         raise ValueError(  # noqa: TRY004 (a wrong file, not a wrong argument)
-            f"{path}: {name!r} is a {type(tree).__name__}, not a TTree")
+            f"{path}: {name!r} is a {file.classname_of(name)}, not a TTree")
     return tree
 
 

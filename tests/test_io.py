@@ -558,7 +558,7 @@ def test_rntuple_is_not_a_ttree(tmp_path):
     path = tmp_path / "rntuple.root"
     with uproot.recreate(path) as file:
         file["tracks"] = {"x": ak.Array([[1.0], [2.0]])}
-    with pytest.raises(ValueError, match="'tracks' is a .*RNTuple, not a TTree"):
+    with pytest.raises(ValueError, match="'tracks' is a ROOT::RNTuple, not a TTree"):
         read_tracks(path)
 
 
