@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -503,6 +505,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     shown = warnings.showwarning
     warnings.showwarning = _warning_printer(args.command)
+    # A batch system stops a job with SIGTERM: unwind as on Ctrl-C, so that no partial
+    # output is left (only the main thread may handle signals).
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return args.run(args)
     except BrokenPipeError as error:
@@ -520,8 +526,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     finally:
         warnings.showwarning = shown
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, on_sigterm)
+
+
+class _Terminated(BaseException):
+    """SIGTERM received; a BaseException, as KeyboardInterrupt, so that no ``except
+    Exception`` takes it for an error of one file."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 def _warning_printer(command: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -546,23 +547,37 @@ def test_rerun_with_outputs_beside_the_inputs(two_files, capsys):
     assert sorted(p.name for p in folder.iterdir()) == sorted(written)
 
 
-def test_interrupted_run_leaves_no_finished_looking_file(sample_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("stop", "code", "message"), [
+    (signal.SIGINT, 130, "interrupted"),  # Ctrl-C
+    (signal.SIGTERM, 143, "terminated"),  # a batch system's stop: it left pvs.root.part
+])
+def test_stopped_run_leaves_no_finished_looking_file(sample_file, tmp_path, monkeypatch,
+                                                     capsys, stop, code, message):
     from pvfinder.pipeline import PVFinder
 
     calls = []
 
-    def interrupted(self, tracks, **kwargs):
+    def stopped(self, tracks, **kwargs):
         calls.append(tracks.n_events)
         if len(calls) == 2:
-            raise KeyboardInterrupt
+            signal.raise_signal(stop)
         return PVFinder.run(self, tracks, **kwargs)
 
-    monkeypatch.setattr(PVFinder, "__call__", interrupted)
+    def unhandled(signum, frame):  # instead of the default, which would end pytest
+        raise AssertionError("SIGTERM reached the handler main() was called with")
+
+    monkeypatch.setattr(PVFinder, "__call__", stopped)
+    previous = signal.signal(signal.SIGTERM, unhandled)
     output = tmp_path / "pvs.root"
     args = ["reconstruct", str(sample_file), "-o", str(output), "--backend", "cpu",
             "--step-size", "50"]
-    assert main(args) == 130
+    try:
+        assert main(args) == code
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # given back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().err.splitlines()[-1] == message
 
 
 def test_branch_tree_and_fill_options(sample_file, tmp_path, capsys):
