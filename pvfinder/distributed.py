@@ -684,8 +684,22 @@ def dask_client(scheduler: str) -> Iterator[Any]:
             dashboard_address=None, env={"NUMBA_NUM_THREADS": threads},
             # a task's error is raised here, named; the workers' own report of it is noise
             silence_logs=logging.CRITICAL)
-    with cluster, distributed.Client(cluster) as client:
+    with _quiet("distributed"), cluster, distributed.Client(cluster) as client:
         yield client
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Let logger ``name`` pass only critical records: ``silence_logs`` ends when the cluster
+    begins to close, and its scheduler then logs the workers' lost connections (a traceback
+    on Ctrl-C)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager

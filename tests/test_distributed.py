@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import shutil
 import signal
 import sys
@@ -669,9 +670,13 @@ def test_dask_local_cluster_matches_single_process(tmp_path, files, capfd):
 
 def test_a_ctrl_c_interrupts_this_process_not_the_local_workers():
     # The terminal sends SIGINT to the whole process group: each worker printed a traceback.
+    scheduler_log = logging.getLogger("distributed.scheduler")
     with dask_client("local:1") as client:
         assert list(client.run(signal.getsignal, signal.SIGINT).values()) == [signal.SIG_IGN]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        # ... and the scheduler logged the workers' lost connections while closing.
+        assert not scheduler_log.isEnabledFor(logging.ERROR)
+    assert scheduler_log.isEnabledFor(logging.ERROR)
 
 
 def test_dask_missing_and_bad_scheduler(monkeypatch):
