@@ -725,10 +725,11 @@ def vertex_collection(source: TrackSource, *, config: PVFinderConfig | None = No
     """The vertices of one input as a dask-awkward array, one record per event.
 
     Each record holds the event identifiers, ``n_input_tracks`` and ``vertices`` (a list of
-    vertex records, with ``weights`` when asked for). Nothing is read until computed.
-    Compute it partition by partition (``dask.compute(*collection.to_delayed())``), as
-    :func:`reconstruct_files` does: with dask 2026.8 and dask-awkward 2025.3 a
-    whole-collection ``.compute()`` fails inside dask-awkward's column optimisation.
+    vertex records, with ``weights`` when asked for). Nothing is read until computed:
+    whole (``collection.compute()``), a column of it (``collection.vertices.z.compute()``,
+    which still runs the whole finder), or partition by partition
+    (``dask.compute(*collection.to_delayed())``), as :func:`reconstruct_files` does to write
+    each partition as it arrives.
 
     Parameters
     ----------

@@ -595,6 +595,9 @@ def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch
     vertices = VertexBatch.from_awkward(records["vertices"])
     assert_same_vertices(vertices, expected_vertices(files[2]), weights=False)
     np.testing.assert_array_equal(records["event_number"].to_numpy(), np.arange(70))
+    assert ak.array_equal(collection.compute(scheduler="sync"), records)  # also whole
+    assert ak.array_equal(collection.vertices.z.compute(scheduler="sync"),
+                          records["vertices", "z"])
     bad = vertex_collection(inspect_tracks(files[4]), step_size=10)
     with pytest.raises(ValueError, match="nan.root:tracks: branch 'x' is nan in entry 13"):
         dask.compute(*bad.to_delayed(), scheduler="sync")
