@@ -716,7 +716,9 @@ class PVFinder:
 def _prefix_sum(xp: Any, out: Any, values: Any, first: int) -> Any:
     """``out = [first, first + v0, first + v0 + v1, ...]`` written in place; returns ``out``."""
     out[0] = first
-    xp.cumsum(values, out=out[1:])
+    # Summed in place: int32 values summed into int64 would take a batch-sized cast buffer.
+    out[1:] = values
+    xp.cumsum(out[1:], out=out[1:])
     if first:
         out[1:] += first
     return out

@@ -130,6 +130,7 @@ def test_steady_calls_allocate_nothing_that_outlives_them_or_grows_with_the_batc
     # ... Python allocates only fixed-size temporaries (numpy's casting buffers, frames): a
     # single per-track array of the big batch (6.8 MB) would break both bounds ...
     assert peak_big < peak_small + 65536, (peak_small, peak_big)
+    assert peak_big < 50_000, peak_big  # README's figure, for 4000 events in one chunk
     input_bytes = sum(getattr(small, name).nbytes for name in TRACK_FIELDS)
     assert peak_small < 0.05 * input_bytes
     # ... and the kernels allocate no arrays: what the Numba runtime counts is the same fixed
