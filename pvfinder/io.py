@@ -91,9 +91,12 @@ _SAMPLE_BRANCHES = frozenset({*TRACK_FIELDS, "mc_pv", "n_tracks", "x", "y", "z",
                               "n_reconstructible", "n_pvs"})
 _VERTEX_BRANCHES = frozenset({*VERTEX_FIELDS, "n_vertices", *_WEIGHT_COUNTERS,
                               *_WEIGHT_COUNTERS.values()})
-# Vertex files hold float64 values that barely compress: zstd makes them 8 % smaller than lz4
+# Vertex files hold float64 values that barely compress: zstd makes them 7 % smaller than lz4
 # and takes twice as long to write them (50 000 events at ν = 7.6, 2-core VM, 2026-12-02:
 # 30.7 MB in 0.40-0.62 s against 33.1 MB in 0.22-0.26 s; uncompressed, 33.3 MB in 0.19-0.25 s).
+# The weights, mostly zeros, do compress: with them zstd is 19 % smaller than lz4 for about
+# 10 % more time (10 000 events, 2026-12-03: 34.2 MB in 1.01-1.14 s against 42.5 MB in
+# 0.89-1.12 s, most of it spent building the rows; uncompressed 153.9 MB).
 # ROOT also recommends lz4 for files read again and again (its "analysis" setting).
 DEFAULT_VERTEX_COMPRESSION = "lz4"
 # Local files are memory-mapped: uproot's default (fsspec) source copies every byte range
@@ -736,7 +739,7 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
         How floats are stored (float32 by default, as LHCb stores track states).
     compression : {"zstd", "lz4", "zlib", "lzma", "none"}
         Track states barely compress (float32 noise): at ν = 7.6 ``zstd`` (the default)
-        gives files 1 % smaller than ``zlib`` that read two to three times faster; ``lz4``
+        gives files 1 % smaller than ``zlib`` that read in 50–60 % of its CPU time; ``lz4``
         files are 15–18 % larger and read faster still; ``lzma`` (used for the bundled
         sample) is 3–4 % smaller and reads 5 to 15 times slower (10 000 events).
     events_per_basket : int
@@ -857,8 +860,9 @@ class VertexWriter:
     with_weights : bool
         Also write the tree ``vertex_weights``.
     compression : {"zstd", "lz4", "zlib", "lzma", "none"}
-        Codec of the baskets: ``lz4`` (the default) writes fastest, ``zstd`` files are 8 %
-        smaller (see ``DEFAULT_VERTEX_COMPRESSION``); ROOT ≥ 6.20 reads all of them.
+        Codec of the baskets: ``lz4`` (the default) writes fastest, ``zstd`` files are 7 %
+        smaller, 19 % with weights (see ``DEFAULT_VERTEX_COMPRESSION``); ROOT ≥ 6.20 reads
+        all of them.
 
     Raises
     ------
