@@ -32,3 +32,25 @@ def test_readme_example_runs(code, monkeypatch, capsys):
         expected = np.flatnonzero(ak.to_numpy(keep))  # the sample numbers events from 0
         assert 0 < len(expected) < 1000
         np.testing.assert_array_equal(namespace["selected"], expected)
+
+
+def test_readme_names_every_command_line_option():
+    import argparse
+
+    from pvfinder.cli import _parser
+
+    section = (ROOT / "README.md").read_text().split("## Command line")[1].split("\n## ")[0]
+    parser = _parser()
+    (commands,) = [action for action in parser._actions
+                   if isinstance(action, argparse._SubParsersAction)]
+
+    def named(option: str) -> bool:
+        return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", section) is not None
+
+    # Each option in one of its spellings (-o or --output).
+    missing = [f"{name} {'/'.join(action.option_strings)}"
+               for name, command in [("pvfinder", parser), *commands.choices.items()]
+               for action in command._actions
+               if action.option_strings and not isinstance(action, argparse._HelpAction)
+               and not any(map(named, action.option_strings))]
+    assert missing == []
