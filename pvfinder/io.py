@@ -537,11 +537,15 @@ def _track_source(file: Any, path: Path, schema: TrackSchema) -> TrackSource:
     id_names = [name for name in schema.event_ids if name in present]
     absent = [name for name in schema.event_ids if name not in present]
     if absent and schema.event_ids != EVENT_ID_BRANCHES:  # named by the user: a typo?
-        flat = sorted(name for name in present
-                      if isinstance(tree[name].interpretation, AsDtype))
+        integers = sorted(name for name in present
+                          if isinstance(tree[name].interpretation, AsDtype)
+                          and tree[name].interpretation.to_dtype.kind in "iu")
+        carried = ", ".join(id_names) or "event_number counting the entries"
+        # Warned from here for every caller alike, so that the default filter shows it once
+        # per input (reconstruct opens each input twice: to check it, then to read it).
         warnings.warn(f"{where}: no event identifier branch {', '.join(absent)}; the "
-                      f"vertices carry {', '.join(id_names) or 'no identifier'} (one value "
-                      f"per event: {', '.join(flat) or 'none'})", stacklevel=3)
+                      f"vertices carry {carried} (integer branches with one value per "
+                      f"event: {', '.join(integers) or 'none'})", stacklevel=1)
     _require_branches(tree, where, id_names, jagged=False,
                       hint="; event identifiers are optional: leave it out with a schema "
                            "whose event_ids do not name it (TrackSchema(event_ids=...), "

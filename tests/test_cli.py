@@ -108,6 +108,21 @@ def test_warnings_are_printed_as_the_command_s_messages(sample_file, tmp_path, c
     assert "max_vertices_per_event=2" in lines[0]
 
 
+def test_an_absent_identifier_is_warned_of_once_per_input(sample_file, tmp_path, capsys):
+    # Each input is opened to be checked and again to be read: the warning came twice.
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"event_ids": ["event_number", "evt_number"]}))
+    args = ["reconstruct", str(sample_file), "-o", str(tmp_path / "pvs.root"), "--backend",
+            "cpu", "--no-validate", "--schema", str(schema)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # Python's own filter, not pytest's
+        assert main(args) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"pvfinder reconstruct: warning: {sample_file}:tracks: no event identifier branch "
+        "evt_number; the vertices carry event_number (integer branches with one value per "
+        "event: event_number, n_tracks, run_number)"]
+
+
 def test_plots_asked_for_an_input_without_truth_are_a_warning(sample_file, tmp_path, capsys):
     # Nothing was said: the plots folder simply stayed empty.
     tracks_only = tmp_path / "tracks_only.root"

@@ -540,9 +540,11 @@ def test_an_identifier_branch_named_but_absent_is_warned_of(tmp_path, small):
         inspect_tracks(path)  # the default names: quiet whatever is there
     typo = TrackSchema(event_ids=("event_number", "evt_number"))
     with pytest.warns(UserWarning, match=re.escape(
-            "no event identifier branch evt_number; the vertices carry event_number (one "
-            "value per event: event_number, n_tracks)")):
+            "no event identifier branch evt_number; the vertices carry event_number (integer "
+            "branches with one value per event: event_number, n_tracks)")):
         assert list(inspect_tracks(path, typo).event_ids) == ["event_number"]
+    with pytest.warns(UserWarning, match="the vertices carry event_number counting the entr"):
+        inspect_tracks(path, TrackSchema(event_ids=("evt_number",)))
 
 
 @pytest.mark.parametrize("name", ["x", "n_tracks", "n_pvs"])
