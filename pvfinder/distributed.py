@@ -664,6 +664,14 @@ def dask_client(scheduler: str) -> Iterator[Any]:
         With the install hint, when Dask is missing.
     ValueError
         For ``local:N`` with N not a positive integer.
+
+    Notes
+    -----
+    For a local cluster, Dask's console logging (the ``distributed`` logger's handlers) shows
+    only critical records while the client lives: a task's error is raised by the client,
+    naming its input. The workers are started ignoring SIGINT, so that a Ctrl-C interrupts
+    this process alone, which then closes them; a worker that Dask restarts later (after
+    running out of memory) does not ignore it.
     """
     _, distributed = _import_dask()
     kind, _, count = scheduler.partition(":")
@@ -678,28 +686,18 @@ def dask_client(scheduler: str) -> Iterator[Any]:
     n_workers = int(count)
     # One process per worker, one task at a time; the finder's own threads share the cores.
     threads = str(max(1, cores // n_workers))
-    with _interrupts_kept_from_workers():
-        cluster = distributed.LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, env={"NUMBA_NUM_THREADS": threads},
-            # a task's error is raised here, named; the workers' own report of it is noise
-            silence_logs=logging.CRITICAL)
-    with _quiet("distributed"), cluster, distributed.Client(cluster) as client:
-        yield client
-
-
-@contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    """Let logger ``name`` pass only critical records: ``silence_logs`` ends when the cluster
-    begins to close, and its scheduler then logs the workers' lost connections (a traceback
-    on Ctrl-C)."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    # The cluster's own silence_logs ends when it starts to close, and its scheduler then
+    # logged the workers' lost connections (a traceback on Ctrl-C): quiet from before it is
+    # made until it has closed.
+    with distributed.utils.silence_logging_cmgr(logging.CRITICAL):
+        with _interrupts_kept_from_workers():
+            cluster = distributed.LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address=None, env={"NUMBA_NUM_THREADS": threads},
+                # a task's error is raised here, named; the workers' report of it is noise
+                silence_logs=logging.CRITICAL)
+        with cluster, distributed.Client(cluster) as client:
+            yield client
 
 
 @contextlib.contextmanager
