@@ -324,7 +324,7 @@ def reconstruct_files(
             except OSError as error:  # no right to write there, a read-only disk, ...
                 for source in todo:
                     record(FileResult(Path(source.path), output, "failed",
-                                      error=f"{output}: cannot be written ({error})"))
+                                      error=_unwritable(output, error)))
                 continue
             _write_output(writer, todo, engine, bar, record)
     return results
@@ -408,7 +408,7 @@ def _write_output(writer: VertexWriter, sources: list[TrackSource], engine: Any,
         own = {result.input: result for result in results if result.status == "failed"}
         results = [own.get(Path(source.path)) or FileResult(
                        Path(source.path), writer.path, "failed",
-                       error=f"{writer.path}: cannot be written ({error})")
+                       error=_unwritable(writer.path, error))
                    for source in sources]
     except BaseException:
         writer.discard()
@@ -438,6 +438,13 @@ def _run_input(source: TrackSource, writer: VertexWriter, engine: Any, buffered:
         return FileResult(Path(source.path), writer.path, "failed", error=str(error))
     return FileResult(Path(source.path), writer.path, "done", n_events, n_vertices,
                       time.perf_counter() - start, first_event)
+
+
+def _unwritable(output: Path, error: OSError) -> str:
+    """The message of an output that cannot be written, naming it once."""
+    message = str(error)
+    return message if message.startswith(f"{output}:") else (
+        f"{output}: cannot be written ({message})")
 
 
 class _OutputError(OSError):

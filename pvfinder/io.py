@@ -724,7 +724,8 @@ def _write_tree(file: Any, name: str, counter: str, jagged: dict[str, ak.Array],
 def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = None,
                  *, event_ids: Mapping[str, Any] | None = None, precision: Any = np.float32,
                  compression: str = "zstd", events_per_basket: int = 2000) -> None:
-    """Write tracks (and truth) in the layout of this module.
+    """Write tracks (and truth) in the layout of this module, making the folders of ``path``
+    that do not exist.
 
     Parameters
     ----------
@@ -757,6 +758,8 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
         For an unknown compression, a basket size below 1, identifiers that are not one
         integer per event (or take the name of a branch of the layout), or truth that does
         not match the tracks.
+    NotADirectoryError
+        When a file stands where a folder of ``path`` should be (naming it).
     """
     if events_per_basket < 1:
         raise ValueError(f"events_per_basket must be positive, got {events_per_basket}")
@@ -843,9 +846,12 @@ def _make_folder_of(path: Path) -> None:
     operating system's "File exists" or "Not a directory" does not say which)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
+    except (FileExistsError, NotADirectoryError) as error:
         blocking = next((folder for folder in reversed(path.parents)
-                         if folder.exists() and not folder.is_dir()), path.parent)
+                         if folder.exists() and not folder.is_dir()), None)
+        if blocking is None:  # gone meanwhile, or a link to nowhere: say what the OS says
+            raise NotADirectoryError(f"{path}: cannot be written ({error.strerror}: "
+                                     f"{error.filename})") from None
         raise NotADirectoryError(f"{path}: cannot be written, {blocking} is a file, not a "
                                  "directory") from None
 
@@ -860,7 +866,7 @@ class VertexWriter:
     Parameters
     ----------
     path : path
-        The finished file.
+        The finished file; the folders it is in are made if need be.
     with_weights : bool
         Also write the tree ``vertex_weights``.
     compression : {"zstd", "lz4", "zlib", "lzma", "none"}
@@ -872,6 +878,8 @@ class VertexWriter:
     ------
     ValueError
         For an unknown compression.
+    NotADirectoryError
+        When a file stands where a folder of ``path`` should be (naming it).
 
     Examples
     --------
