@@ -504,12 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     shown = warnings.showwarning
-    warnings.showwarning = _warning_printer(args.command)
-    # A batch system stops a job with SIGTERM: unwind as on Ctrl-C, so that no partial
-    # output is left (only the main thread may handle signals).
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    on_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    on_sigterm = _catch_sigterm()
     try:
+        warnings.showwarning = _warning_printer(args.command)
         return args.run(args)
     except BrokenPipeError as error:
         if not _stdout_is_closed():  # another pipe: an error like any other
@@ -531,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGTERM
     finally:
         warnings.showwarning = shown
-        if in_main_thread:
+        if on_sigterm is not None:
             signal.signal(signal.SIGTERM, on_sigterm)
 
 
@@ -540,7 +537,21 @@ class _Terminated(BaseException):
     Exception`` takes it for an error of one file."""
 
 
+def _catch_sigterm() -> Any:
+    """Have SIGTERM, a batch system's stop, unwind as Ctrl-C does, so that no partial output
+    is left; returns the handler to put back, None where this thread may not handle signals
+    (only the main thread of the main interpreter may)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # a subinterpreter
+        return None
+    return signal.SIG_DFL if previous is None else previous  # None: set outside Python
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up
     raise _Terminated
 
 

@@ -720,8 +720,8 @@ def _interrupts_kept_from_workers() -> Iterator[None]:
     handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGINT, handler)
+    finally:  # None: a handler set outside Python, which cannot be put back
+        signal.signal(signal.SIGINT, signal.default_int_handler if handler is None else handler)
 
 
 def vertex_collection(source: TrackSource, *, config: PVFinderConfig | None = None,
