@@ -177,6 +177,9 @@ def plan_outputs(inputs: Sequence[Path], output: str | os.PathLike, *, merge: bo
         raise ValueError(f"{output}: {len(inputs)} inputs make one file each in a directory, "
                          "and this names a file; give a directory, or --merge for one file")
     if output.exists() and not output.is_dir():  # one input, a name without .root
+        if folder:
+            raise ValueError(f"{output}: a file, not a directory (the trailing slash asks "
+                             "for one)")
         raise ValueError(f"{output}: an existing file not named *.root; the output is a "
                          "file named *.root or a directory (for <stem>_pvs.root)")
     plan: dict[Path, list[Path]] = {}

@@ -120,6 +120,9 @@ def test_expand_inputs_and_plan_outputs(tmp_path, files):
     (tmp_path / "notes").write_text("kept")
     with pytest.raises(ValueError, match="notes: an existing file not named"):
         plan_outputs(files[:1], tmp_path / "notes")
+    (tmp_path / "pvs.root").write_text("not a vertex file")
+    with pytest.raises(ValueError, match="pvs.root: a file, not a directory"):
+        plan_outputs(files[:1], f"{tmp_path / 'pvs.root'}/")
 
 
 def test_existing_name_with_glob_characters_is_a_file(tmp_path, files):
