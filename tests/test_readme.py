@@ -44,13 +44,19 @@ def test_readme_names_every_command_line_option():
     (commands,) = [action for action in parser._actions
                    if isinstance(action, argparse._SubParsersAction)]
 
-    def named(option: str) -> bool:
-        return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", section) is not None
+    def rows(prefix: str) -> str:  # the table's rows for one command
+        return "\n".join(line for line in section.splitlines()
+                         if line.startswith(f"| `pvfinder {prefix}"))
 
-    # Each option in one of its spellings (-o or --output).
+    def named(option: str, text: str) -> bool:
+        return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text) is not None
+
+    # Each option of each command in that command's rows, in one of its spellings.
+    tables = [("pvfinder", parser, rows("--")), *(
+        (name, command, rows(f"{name} ")) for name, command in commands.choices.items())]
     missing = [f"{name} {'/'.join(action.option_strings)}"
-               for name, command in [("pvfinder", parser), *commands.choices.items()]
+               for name, command, text in tables
                for action in command._actions
                if action.option_strings and not isinstance(action, argparse._HelpAction)
-               and not any(map(named, action.option_strings))]
+               and not any(named(option, text) for option in action.option_strings)]
     assert missing == []
