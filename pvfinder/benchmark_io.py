@@ -64,8 +64,8 @@ def run_io_benchmark(
         Chunk read at a time, as ``--step-size``.
     input_compressions : sequence of str
         Codecs of the input files, one set of measurements each (``zstd`` is what
-        ``pvfinder simulate`` writes; ``zlib`` decompresses about three times slower, ``lz4``
-        faster).
+        ``pvfinder simulate`` writes; ``zlib`` takes two to three times its CPU time to
+        read, ``lz4`` less than half).
     repeats : int
         Reading alone, the reconstruction alone and the one-process job run this many times
         each, in turns, and each keeps its best (writing alone and the Dask job run once).

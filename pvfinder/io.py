@@ -16,10 +16,11 @@ Layout written by default (all lengths in mm):
 * tree ``vertices``: the input's event identifiers (``run_number``, ``event_number`` when
   present, else ``event_number`` counting entries), ``n_vertices`` (counter) and jagged
   branches of :data:`pvfinder.events.VERTEX_FIELDS` (float64).
-* tree ``vertex_weights`` (optional): the same identifiers; ``weight_counts`` (per vertex) and
-  ``weights`` (each vertex's weights over the event's input tracks, concatenated); when the
-  track counts are known also, per input track, ``vertex_index`` (the vertex giving it the
-  largest weight, −1 for none) and ``weight`` (that weight).
+* tree ``vertex_weights`` (optional): the same identifiers; ``n_vertices`` (counter) and
+  ``weight_counts`` (per vertex); ``n_weights`` (counter) and ``weights`` (each vertex's
+  weights over the event's input tracks, concatenated); when the track counts are known
+  also ``n_tracks`` (counter) and, per input track, ``vertex_index`` (the vertex giving it
+  the largest weight, −1 for none) and ``weight`` (that weight).
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ _VERTEX_BRANCHES = frozenset({*VERTEX_FIELDS, "n_vertices", *_WEIGHT_COUNTERS,
 # Vertex files hold float64 values that barely compress: zstd makes them 7 % smaller than lz4
 # and takes twice as long to write them (50 000 events at ν = 7.6, 2-core VM, 2026-12-02:
 # 30.7 MB in 0.40-0.62 s against 33.1 MB in 0.22-0.26 s; uncompressed, 33.3 MB in 0.19-0.25 s).
-# The weights, mostly zeros, do compress: with them zstd is 19 % smaller than lz4 for about
-# 10 % more time (10 000 events, 2026-12-03: 34.2 MB in 1.01-1.14 s against 42.5 MB in
+# The weights, mostly zeros, do compress: with them zstd is 19 % smaller than lz4 in about as
+# long (10 000 events, 2026-12-03: 34.2 MB in 1.01-1.14 s against 42.5 MB in
 # 0.89-1.12 s, most of it spent building the rows; uncompressed 153.9 MB).
 # ROOT also recommends lz4 for files read again and again (its "analysis" setting).
 DEFAULT_VERTEX_COMPRESSION = "lz4"
@@ -744,7 +745,8 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
         How floats are stored (float32 by default, as LHCb stores track states).
     compression : {"zstd", "lz4", "zlib", "lzma", "none"}
         Track states barely compress (float32 noise): at ν = 7.6 ``zstd`` (the default)
-        gives files 1 % smaller than ``zlib`` that read in 50–60 % of its CPU time; ``lz4``
+        gives files 1 % smaller than ``zlib``'s, which take 1.6 to 2.8 times its CPU time to
+        read (10 000 to 200 000 events); ``lz4``
         files are 15–18 % larger and read faster still; ``lzma`` (used for the bundled
         sample) is 3–4 % smaller and reads 5 to 15 times slower (10 000 events).
     events_per_basket : int
@@ -1131,6 +1133,16 @@ def recorded_inputs(path: PathLike) -> list[str] | None:
 
 def holds_weights(path: PathLike) -> bool:
     """Whether a vertex file has the tree ``vertex_weights`` (it was written with weights).
+
+    Parameters
+    ----------
+    path : path
+        A vertex file.
+
+    Returns
+    -------
+    bool
+        True when it holds the track–vertex weights.
 
     Raises
     ------

@@ -716,7 +716,7 @@ class PVFinder:
 def _prefix_sum(xp: Any, out: Any, values: Any, first: int) -> Any:
     """``out = [first, first + v0, first + v0 + v1, ...]`` written in place; returns ``out``."""
     out[0] = first
-    # Summed in place: int32 values summed into int64 would take a batch-sized cast buffer.
+    # Summed in place: int32 values summed into int64 took a chunk-sized cast buffer.
     out[1:] = values
     xp.cumsum(out[1:], out=out[1:])
     if first:

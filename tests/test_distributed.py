@@ -277,8 +277,9 @@ def test_skip_existing_does_not_take_an_incomplete_output_for_done(tmp_path, fil
     # A vertex file that notes no inputs (an earlier pvfinder's) is left as it is.
     other = tmp_path / "run1_pvs.root"
     write_vertices(other, expected_vertices(files[1]))
+    before = other.read_bytes()
     (result,) = reconstruct_files({other: [files[1]]}, backend="cpu", skip_existing=True)
-    assert result.status == "skipped"
+    assert result.status == "skipped" and other.read_bytes() == before
 
 
 def test_skip_existing_takes_only_a_vertex_file_for_done(tmp_path, files):
