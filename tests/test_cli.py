@@ -117,10 +117,10 @@ def test_an_absent_identifier_is_warned_of_once_per_input(sample_file, tmp_path,
     with warnings.catch_warnings():
         warnings.simplefilter("default")  # Python's own filter, not pytest's
         assert main(args) == 0
-    assert capsys.readouterr().err.splitlines() == [
-        f"pvfinder reconstruct: warning: {sample_file}:tracks: no event identifier branch "
-        "evt_number; the vertices carry event_number (integer branches with one value per "
-        "event: event_number, n_tracks, run_number)"]
+    warning = (f"pvfinder reconstruct: warning: {sample_file}:tracks: no event identifier "
+               "branch evt_number; the vertices carry event_number (integer branches with one "
+               "value per event: event_number, n_tracks, run_number)")
+    assert capsys.readouterr().err.splitlines() == [warning]
 
 
 def test_plots_asked_for_an_input_without_truth_are_a_warning(sample_file, tmp_path, capsys):
