@@ -196,6 +196,17 @@ def test_core_width_error_matches_its_spread_over_samples():
     # The spread of 400 widths is known to ±3.5 % (one σ): allow 4 σ.
     assert np.std(widths) == pytest.approx(quoted, rel=0.14)
 
+
+def test_core_mean_error_matches_its_spread_over_samples():
+    # As for the width: the clipped mean scatters 1.16 times more than a plain mean's
+    # sigma/sqrt(n), since its window follows it; sqrt(1/n_core) would be 12 % short.
+    rng = np.random.default_rng(12)
+    spreads = [Spread.of(rng.normal(0.0, 1.0, 2000)) for _ in range(400)]
+    means = np.array([spread.core_mean for spread in spreads])
+    quoted = np.mean([spread.core_mean_error for spread in spreads])
+    assert np.std(means) == pytest.approx(quoted, rel=0.14)
+    assert quoted == pytest.approx(1.16 / np.sqrt(2000), rel=0.02)
+
 def test_core_width_ignores_tails():
     rng = np.random.default_rng(3)
     values = np.concatenate([rng.normal(0.0, 1.0, 19000), rng.normal(0.0, 6.0, 1000)])
@@ -474,7 +485,7 @@ def test_isolation_of_many_pvs_in_one_event_takes_linear_memory():
     assert 0 < (~report.mc_isolated).sum() < n
 
 
-def test_table_gives_the_uncertainty_of_widths():
+def test_table_gives_the_uncertainty_of_core_widths_and_means():
     rng = np.random.default_rng(2)
     n = 400
     z = rng.uniform(-100, 100, n)
@@ -486,3 +497,7 @@ def test_table_gives_the_uncertainty_of_widths():
     (line,) = [line for line in report.table().splitlines() if "core sigma [um]" in line]
     res = report.residuals["z"]
     assert f"{res.core_sigma * 1e3:.1f}±{res.core_sigma_error * 1e3:.1f}" in line
+    (line,) = [line for line in report.table().splitlines() if "pull core mean" in line]
+    assert f"{pull.core_mean:.3f}±{pull.core_mean_error:.3f}" in line
+    (line,) = [line for line in report.table().splitlines() if "core mean [um]" in line]
+    assert f"{res.core_mean * 1e3:.1f}±{res.core_mean_error * 1e3:.1f}" in line
