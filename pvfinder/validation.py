@@ -31,7 +31,9 @@ converges to its mean and σ as entries accumulate; non-Gaussian tails barely mo
 entries give too small a width on average: 0.84 σ from 10 Gaussian entries, 0.91 σ from 20,
 0.96 σ from 50, 0.99 σ from 200 (a bin of the tables with few PVs reads low). Below 10
 entries there is no core width (nan): clipping a handful of values can keep just the two
-closest. The RMS reported next to it is the plain standard deviation of all entries.
+closest. The RMS reported next to it is the plain standard deviation of all entries. The
+core's width and mean come with statistical errors (:class:`Spread`), those of the clipped
+estimators for Gaussian entries: 1.6 and 1.16 times those of a plain width and mean.
 """
 
 from __future__ import annotations
