@@ -381,7 +381,8 @@ class TrackBatch(_Jagged):
 
         For hot loops: only the structure is checked (every field present, one-dimensional,
         as long as ``offsets[-1]``), not the values; a track with a NaN or infinite state then
-        counts as unusable rather than raising. Use :meth:`from_arrays` to have values checked.
+        counts as unusable rather than raising, and offsets that run backwards are refused by
+        the finder (a ValueError naming the event). Use :meth:`from_arrays` to have values checked.
 
         Parameters
         ----------

@@ -18,7 +18,14 @@ import numpy as np
 
 from .backends import Backend, BackendUnavailableError, get_backend
 from .config import PVFinderConfig
-from .events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch, _to_host
+from .events import (
+    TRACK_FIELDS,
+    VERTEX_FIELDS,
+    TrackBatch,
+    VertexBatch,
+    _check_offsets,
+    _to_host,
+)
 
 __all__ = [
     "PVFinder",
@@ -535,6 +542,8 @@ class PVFinder:
         target.offsets[0] = 0
         target.weight_offsets[0] = 0
         host_offsets = _to_host(batch.offsets)  # chunk boundaries
+        if n_events > backend.events_per_chunk:  # the kernels would count from the chunk
+            _check_offsets(host_offsets, None, "tracks")  # (offsets of wrapped buffers)
         n_vertices = n_weights = 0
         # All five stages run chunk by chunk, stage 1 included, so that the work arrays
         # (tracks at the beamline, histograms, weights) are sized by the chunk, not the batch.

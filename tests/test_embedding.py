@@ -395,6 +395,20 @@ def test_wrapped_offsets_that_run_backwards_are_an_error_on_every_backend(sample
         find_vertices(batch, backend=backend_name)
 
 
+def test_offsets_that_run_backwards_are_named_by_their_event_in_the_batch(sample):
+    # Beyond the first chunk the kernels counted events from the chunk's start: event 452
+    # for event 2500 with the CPU's chunks of 2048, another number on the GPU.
+    tracks = sample.tracks.select_events(0, 10)
+    offsets = np.array(tracks.offsets, dtype=np.int64)
+    offsets[7] = offsets[8] + 1  # event 7 runs backwards
+    batch = TrackBatch.from_buffers(offsets, **{name: np.asarray(getattr(tracks, name),
+                                                                 np.float64)
+                                                for name in TRACK_FIELDS})
+    finder = PVFinder(backend=dataclasses.replace(get_backend("cpu"), events_per_chunk=4))
+    with pytest.raises(ValueError, match=r"tracks offsets decrease at event 7$"):
+        finder(batch)
+
+
 def test_a_nan_state_in_wrapped_buffers_makes_the_track_unusable(sample):
     tracks = sample.tracks.select_events(0, 20)
     fields = {name: np.array(getattr(tracks, name), dtype=np.float64) for name in TRACK_FIELDS}
