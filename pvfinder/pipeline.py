@@ -507,11 +507,10 @@ class PVFinder:
         backend, cfg = self.backend, self.config
         clock = _StageClock(backend, None)
         with self._exclusive():  # until the work buffers are copied
-            with backend.launch_guard:
+            with backend.launch_guard, _device_errors_raised(backend):
                 offsets, state = self._inputs(batch)
                 beamline = self._at_beamline(state, clock)
                 hist, seeds, n_seeds = self._seeds(offsets, beamline, clock)
-                backend.check_errors()
             n_seeds = backend.to_host(n_seeds).copy()
             seeds = backend.to_host(seeds).copy()
             density = backend.to_host(hist).copy()
@@ -547,21 +546,22 @@ class PVFinder:
         n_vertices = n_weights = 0
         # All five stages run chunk by chunk, stage 1 included, so that the work arrays
         # (tracks at the beamline, histograms, weights) are sized by the chunk, not the batch.
-        for start in range(0, n_events, backend.events_per_chunk):
-            stop = min(start + backend.events_per_chunk, n_events)
-            lo, hi = int(host_offsets[start]), int(host_offsets[stop])
-            chunk_offsets = offsets
-            if (start, stop) != (0, n_events):
-                chunk_offsets = self._buffers.get("chunk_offsets", (stop - start + 1,), np.int64)
-                backend.xp.subtract(offsets[start : stop + 1], lo, out=chunk_offsets)
-            chunk_tracks = self._at_beamline(
-                {name: array[lo:hi] for name, array in state.items()}, clock)
-            n_vertices, n_weights = self._vertices_of_chunk(
-                chunk_offsets, chunk_tracks, start, n_events, target, n_vertices, n_weights,
-                weights, clock, origin)
-        if self.config.beamline_tilted:
-            _shear_back(target.vertices[:, :n_vertices], *self.config.beamline_slopes)
-        backend.check_errors()
+        with _device_errors_raised(backend):
+            for start in range(0, n_events, backend.events_per_chunk):
+                stop = min(start + backend.events_per_chunk, n_events)
+                lo, hi = int(host_offsets[start]), int(host_offsets[stop])
+                chunk_offsets = offsets
+                if (start, stop) != (0, n_events):
+                    chunk_offsets = self._buffers.get("chunk_offsets", (stop - start + 1,),
+                                                      np.int64)
+                    backend.xp.subtract(offsets[start : stop + 1], lo, out=chunk_offsets)
+                chunk_tracks = self._at_beamline(
+                    {name: array[lo:hi] for name, array in state.items()}, clock)
+                n_vertices, n_weights = self._vertices_of_chunk(
+                    chunk_offsets, chunk_tracks, start, n_events, target, n_vertices,
+                    n_weights, weights, clock, origin)
+            if self.config.beamline_tilted:
+                _shear_back(target.vertices[:, :n_vertices], *self.config.beamline_slopes)
         return n_vertices, n_weights
 
     def _input(self, name: str, array: Any, dtype: Any) -> Any:
@@ -720,6 +720,20 @@ class PVFinder:
                         target.vertices, target.weight_offsets, target.weights)
         clock.tick("cleanup")  # the compaction into flat arrays counts as part of clean-up
         return n_vertices, n_weights
+
+
+@contextlib.contextmanager
+def _device_errors_raised(backend: Backend) -> Iterator[None]:
+    """Raise, at the end, the bad input the kernels recorded on the device (the CUDA kernels
+    skip it and note it); on another exception, clear the note, which would otherwise be
+    raised by the next call."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            backend.check_errors()
+        raise
+    backend.check_errors()
 
 
 def _prefix_sum(xp: Any, out: Any, values: Any, first: int) -> Any:

@@ -81,6 +81,7 @@ def test_module_assembles_without_warnings_or_spills(arch, tmp_path):
 
 def test_error_codes_match_the_header():
     header = (CUDA_DIR / "common.cuh").read_text()
+    assert f"#define PVF_EVENT_BITS {_launch.EVENT_BITS}\n" in header
     codes = {int(v): k for k, v in re.findall(r"#define PVF_ERROR_(\w+) (\d+)", header)}
     assert sorted(codes) == sorted(_launch.ERROR_MESSAGES)
     for code, name in codes.items():  # PVF_ERROR_HISTOGRAM_OFFSETS → ("histogram", ...)
@@ -92,6 +93,9 @@ def test_error_codes_match_the_header():
 
 class _FakeArray(np.ndarray):
     """What the launchers see of a cupy array: a numpy array of another type."""
+
+    def get(self) -> np.ndarray:  # cupy's copy to the host
+        return np.array(self)
 
 
 class _Recorder:
@@ -111,17 +115,20 @@ def launches(monkeypatch):
     fake.ndarray = _FakeArray
     fake.empty = lambda *a, **k: np.empty(*a, **k).view(_FakeArray)
     fake.zeros = lambda *a, **k: np.zeros(*a, **k).view(_FakeArray)
+    fake.full = lambda *a, **k: np.full(*a, **k).view(_FakeArray)
     fake.RawModule = lambda code, options: types.SimpleNamespace(
         get_function=lambda name: _Recorder(name, calls))
     device = types.SimpleNamespace(id=0, attributes={"MaxSharedMemoryPerBlockOptin": 99 * 1024})
     fake.cuda = types.SimpleNamespace(Device=lambda *a: device)
-    caches = (_module._module, _module._kernel, _launch._error_buffer, _launch._shared_limit)
+    caches = (_module._module, _module._kernel, _launch._shared_limit)
     for cache in caches:
         cache.cache_clear()
+    _launch._THREAD_BUFFERS.__dict__.clear()
     monkeypatch.setitem(sys.modules, "cupy", fake)
     yield calls
     for cache in caches:
         cache.cache_clear()
+    _launch._THREAD_BUFFERS.__dict__.clear()
 
 
 def _arrays(*specs):
@@ -194,3 +201,27 @@ def test_missing_cupy_gives_the_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` fail
     with pytest.raises(ImportError, match=r"pvfinder\[cuda\].*cupy-cuda12x"):
         _module.cupy()
+
+
+def test_each_thread_has_its_own_error_buffer(launches):
+    # One buffer per device: a finder in another thread raised this thread's bad input, or
+    # cleared it so that it was never raised.
+    import threading
+
+    mine = _launch.error_buffer()
+    mine[0] = 1 << _launch.EVENT_BITS | 7  # the histogram kernel's note of bad event 7
+    seen = {}
+
+    def other_thread():
+        seen["buffer"] = _launch.error_buffer()
+        _launch.check_errors()  # nothing noted in this thread's buffer
+        seen["checked"] = True
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert seen["checked"] and seen["buffer"] is not mine
+    assert _launch.error_buffer() is mine
+    with pytest.raises(ValueError, match=r"histogram: offsets decrease .*event 7\)"):
+        _launch.check_errors()
+    _launch.check_errors()  # cleared

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import tracemalloc
+import warnings
 
 import awkward as ak
 import numpy as np
@@ -21,7 +22,7 @@ from pvfinder import find_vertices
 from pvfinder.backends import STAGES, _NumbaLaunchGuard, get_backend
 from pvfinder.config import PVFinderConfig
 from pvfinder.events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch
-from pvfinder.pipeline import PVFinder, VertexBuffers
+from pvfinder.pipeline import PVFinder, SeedOverflowWarning, VertexBuffers
 
 from .conftest import requires_cuda
 
@@ -393,6 +394,25 @@ def test_wrapped_offsets_that_run_backwards_are_an_error_on_every_backend(sample
     with pytest.raises(ValueError, match=r"histogram: offsets decrease or point outside the "
                                          r"track arrays \(first seen in event 1\)"):
         find_vertices(batch, backend=backend_name)
+
+
+def test_a_bad_input_noted_on_the_device_is_not_left_for_the_next_call(sample, monkeypatch):
+    # The CUDA kernels note bad offsets and the pipeline raises them at the end; a call that
+    # failed for another reason first (a warning made an error) left the note to be raised
+    # by the next, valid call. The CPU backend stands in, with CUDA's way of reporting.
+    noted = []
+    backend = dataclasses.replace(get_backend("cpu"),
+                                  check_errors=lambda: noted.append("checked"))
+    finder = PVFinder(PVFinderConfig(max_vertices_per_event=2), backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SeedOverflowWarning)
+        with pytest.raises(SeedOverflowWarning):
+            finder(sample.tracks.select_events(0, 20))
+    assert noted == ["checked"]  # cleared on the way out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SeedOverflowWarning)
+        finder(sample.tracks.select_events(0, 1))
+    assert noted == ["checked", "checked"]
 
 
 def test_offsets_that_run_backwards_are_named_by_their_event_in_the_batch(sample):

@@ -2,14 +2,15 @@
 
 Loaders check shapes and dtypes on the host (a ``ValueError`` naming the kernel and the
 argument) and never synchronise. What only the device can see (offsets that point outside the
-track arrays, weight blocks of the wrong length) the kernels record in a small per-device error
-buffer and skip; :func:`check_errors` synchronises, turns a recorded error into a
+track arrays, weight blocks of the wrong length) the kernels record in a small error buffer,
+one per device and calling thread, and skip; :func:`check_errors` synchronises, turns a recorded error into a
 ``ValueError`` naming the kernel, and clears it.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from ._module import cupy
 
 __all__ = [
     "ERROR_MESSAGES",
+    "EVENT_BITS",
     "THREADS",
     "blocks_for",
     "check_errors",
@@ -28,6 +30,10 @@ __all__ = [
 ]
 
 THREADS = 128  # threads per block: a multiple of 32 (the warp-level kernels rely on it)
+# The error buffer holds (code << EVENT_BITS | event), all bits set while there is no error
+# (PVF_EVENT_BITS of common.cuh; a test keeps them in step).
+EVENT_BITS = 40
+_NO_ERROR = np.iinfo(np.uint64).max
 
 # Codes of `PVF_ERROR_*` in common.cuh → (kernel, what is wrong); a test keeps them in step.
 ERROR_MESSAGES: dict[int, tuple[str, str]] = {
@@ -69,14 +75,19 @@ def blocks_for(n: int, per_block: int = THREADS) -> int:
     return max(1, -(-n // per_block))
 
 
-@functools.cache
-def _error_buffer(device_id: int) -> Any:
-    return cupy().zeros(2, dtype=np.int64)
+_THREAD_BUFFERS = threading.local()
 
 
 def error_buffer() -> Any:
-    """The current device's error buffer: ``[code, event]``, code 0 while all is well."""
-    return _error_buffer(cupy().cuda.Device().id)
+    """The error buffer of the current device and the calling thread: one int64 holding the
+    bits of ``code << EVENT_BITS | event`` of the first bad input, all set while there is
+    none. One per thread, so that finders run by two threads on one device neither raise
+    nor clear each other's errors."""
+    buffers = _THREAD_BUFFERS.__dict__.setdefault("by_device", {})
+    device = cupy().cuda.Device().id
+    if device not in buffers:
+        buffers[device] = cupy().full(1, -1, dtype=np.int64)  # all bits set
+    return buffers[device]
 
 
 def check_errors() -> None:
@@ -89,10 +100,11 @@ def check_errors() -> None:
         cleared, so the next call starts clean.
     """
     buffer = error_buffer()
-    code, event = (int(v) for v in buffer.get())
-    if code == 0:
+    key = int(buffer.get().view(np.uint64)[0])
+    if key == _NO_ERROR:
         return
-    buffer.fill(0)
+    buffer.fill(-1)
+    code, event = key >> EVENT_BITS, key & ((1 << EVENT_BITS) - 1)
     kernel, message = ERROR_MESSAGES.get(code, ("unknown kernel", f"error code {code}"))
     raise ValueError(f"{kernel}: {message} (first seen in event {event})")
 

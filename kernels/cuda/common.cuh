@@ -19,17 +19,20 @@
 #define PVF_INF __longlong_as_double(0x7ff0000000000000LL)
 #define PVF_FULL_WARP 0xffffffffu
 
-// Bad-input codes written to the device error buffer (errors[0] = code, errors[1] = event).
-// The loader (`_launch.py`, `ERROR_MESSAGES`) turns them into a ValueError naming the kernel;
-// a test keeps both lists in step.
+// Bad-input codes written to the device error buffer. The loader (`_launch.py`,
+// `ERROR_MESSAGES`) turns them into a ValueError naming the kernel; a test keeps both lists in
+// step. In the order of the stages, as the Numba kernels meet them.
 #define PVF_ERROR_HISTOGRAM_OFFSETS 1
 #define PVF_ERROR_FIT_OFFSETS 2
 #define PVF_ERROR_FIT_WEIGHT_OFFSETS 3
+// errors[0] keeps the least (code << PVF_EVENT_BITS | event) reported in a launch sequence (all
+// bits set while there is none): the lowest code, then its lowest event, whatever order the
+// blocks run in; the Numba kernels raise at that one, the first they meet.
+#define PVF_EVENT_BITS 40
 
-// Record the first error of a launch sequence; later ones keep the first (and its event).
 static __device__ inline void pvf_report_error(long long* errors, int code, long long event) {
-    unsigned long long* slot = reinterpret_cast<unsigned long long*>(errors);
-    if (atomicCAS(slot, 0ull, (unsigned long long)code) == 0ull) errors[1] = event;
+    atomicMin(reinterpret_cast<unsigned long long*>(errors),
+              ((unsigned long long)code << PVF_EVENT_BITS) | (unsigned long long)event);
 }
 
 // True when [first, stop) is a valid range of a track array of length n_tracks.
