@@ -115,7 +115,7 @@ def _check_offsets(offsets: np.ndarray, length: int | None, what: str) -> None:
         raise ValueError(f"{what} offsets must be integers, got {offsets.dtype}")
     if offsets[0] != 0:
         raise ValueError(f"{what} offsets must start at 0, got {offsets[0]}")
-    steps = np.diff(offsets)
+    steps = np.diff(offsets.astype(np.int64, copy=False))  # unsigned ones wrapped around
     bad = np.flatnonzero(steps < 0)
     if bad.size:
         raise ValueError(f"{what} offsets decrease at event {bad[0]}")
@@ -209,10 +209,10 @@ class _Jagged:
                 )
             if name in cls.FLOAT_FIELDS:
                 if array.dtype not in (np.float32, np.float64):
-                    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+                    if array.dtype.kind not in "iuf":  # complex lost its imaginary part
                         raise ValueError(
-                            f"{cls.WHAT}: field {name!r} must be numeric, got {array.dtype}"
-                        )
+                            f"{cls.WHAT}: field {name!r} must hold real numbers, got "
+                            f"{array.dtype}")
                     array = array.astype(np.float64)
                 bad = _first_true(xp, ~xp.isfinite(array))
                 if bad is not None:
@@ -347,7 +347,14 @@ class TrackBatch(_Jagged):
     and ``ty = dy/dz``, and the covariance of ``(x, y, tx, ty)`` at ``z`` (diagonal and the
     ``x–tx``, ``y–ty`` correlations; mm², mm, dimensionless).
 
-    Build one with :meth:`from_arrays` or :meth:`from_awkward`, which validate the input.
+    Build one with :meth:`from_arrays` or :meth:`from_awkward`, which validate the input;
+    :meth:`from_buffers` and the constructor check its structure only (types and lengths).
+
+    Raises
+    ------
+    ValueError
+        On construction, for offsets of other than integers, not starting at 0 or not ending
+        at the fields' length, or a field of other than floats.
     """
 
     FIELDS: ClassVar[tuple[str, ...]] = TRACK_FIELDS
@@ -406,24 +413,30 @@ class TrackBatch(_Jagged):
                 [f"unknown field(s) {', '.join(unknown)} (the fields are {known})"]
                 if unknown else [])
             raise ValueError(f"tracks: {'; '.join(problems)}")
+        return cls(offsets=offsets, **fields)  # the structure is checked on construction
+
+    def __post_init__(self) -> None:
+        # The kernels index the fields by the offsets: however the batch is built (the
+        # constructor too), its structure is checked, not its values (from_arrays does that).
+        offsets = self.offsets
         if getattr(offsets, "ndim", None) != 1 or len(offsets) == 0:
             raise ValueError("tracks: offsets must be a non-empty 1-d array")
         # Types only (no scan): float offsets were truncated, text fields parsed as numbers.
         if getattr(offsets.dtype, "kind", None) not in ("i", "u"):
             raise ValueError(f"tracks: offsets must be integers, got {offsets.dtype}")
-        for name in cls.FIELDS:
-            if getattr(getattr(fields[name], "dtype", None), "kind", None) != "f":
+        for name in self.FIELDS:
+            array = getattr(self, name)
+            if getattr(getattr(array, "dtype", None), "kind", None) != "f":
                 raise ValueError(f"tracks: field {name!r} must hold floats, got "
-                                 f"{getattr(fields[name], 'dtype', type(fields[name]).__name__)}")
+                                 f"{getattr(array, 'dtype', type(array).__name__)}")
         first, length = int(offsets[0]), int(offsets[-1])
         if first != 0:
             raise ValueError(f"tracks: offsets must start at 0, got {first}")
-        for name in cls.FIELDS:
-            shape = getattr(fields[name], "shape", None)
+        for name in self.FIELDS:
+            shape = getattr(self, name).shape
             if shape != (length,):
                 raise ValueError(f"tracks: field {name!r} must have shape ({length},) to match "
                                  f"offsets[-1], got {shape}")
-        return cls(offsets=offsets, **fields)
 
     def to_host(self) -> TrackBatch:
         """This batch with numpy arrays (arrays on a GPU are copied to the host)."""

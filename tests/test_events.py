@@ -143,7 +143,10 @@ def test_truth_checks_labels():
         (lambda f: f.update(bogus=np.zeros(4)), "unknown field"),
         (lambda f: f.update(x=np.zeros((2, 2))), "one-dimensional"),
         (lambda f: f.update(x=np.zeros(5)), "has 5 entries but the counts add up to 4"),
-        (lambda f: f.update(x=np.array(["a", "b", "c", "d"])), "must be numeric"),
+        (lambda f: f.update(x=np.array(["a", "b", "c", "d"])), "must hold real numbers"),
+        # Complex states lost their imaginary part; booleans were 0 and 1 mm.
+        (lambda f: f.update(x=np.zeros(4) + 1j), "'x' must hold real numbers, got complex"),
+        (lambda f: f.update(tx=np.ones(4, bool)), "'tx' must hold real numbers, got bool"),
         (lambda f: f.update(z=np.array([0.0, 0.0, np.nan, 0.0])), "'z' is nan in event 1"),
         (lambda f: f.update(tx=np.array([0.0, np.inf, 0.0, 0.0])), "'tx' is inf in event 1"),
         (lambda f: f.update(cov_xx=np.array([1e-3, 1e-3, 1e-3, -1.0])), "negative .* event 2"),
@@ -170,6 +173,8 @@ def test_track_validation_errors(change, message):
         ({"counts": [1.5, 2.5]}, "must be integers"),
         ({"offsets": [1, 2, 4]}, "start at 0"),
         ({"offsets": [0, 3, 1, 4]}, "decrease at event 1"),
+        # Unsigned differences wrap around: counts of 3, -2 and 3 were accepted.
+        ({"offsets": np.array([0, 3, 1, 4], np.uint64)}, "decrease at event 1"),
         ({"offsets": [0, 1, 3]}, "'x' has 4 entries but the counts add up to 3"),
         ({"offsets": [0.0, 4.0]}, "must be integers"),
     ],
@@ -177,6 +182,25 @@ def test_track_validation_errors(change, message):
 def test_offset_validation_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrackBatch.from_arrays(**kwargs, **track_fields(4))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.update(z=f["z"][:3]), r"'z' must have shape \(4,\) to match offsets\[-1\]"),
+        (lambda f: f.update(x=np.zeros(5)), r"'x' must have shape \(4,\)"),
+        (lambda f: f.update(tx=f["tx"].astype(str)), "'tx' must hold floats"),
+        (lambda f: f.update(offsets=np.array([0.0, 1.0, 3.0, 4.0])), "must be integers"),
+        (lambda f: f.update(offsets=np.array([1, 3, 4])), "must start at 0"),
+    ],
+)
+def test_the_constructor_checks_the_structure(change, message):
+    # TrackBatch(...) itself was never checked: the finder read past the end of a short
+    # field and returned vertices made of whatever memory followed.
+    fields = {"offsets": np.array([0, 1, 3, 4]), **track_fields(4)}
+    change(fields)
+    with pytest.raises(ValueError, match=message):
+        TrackBatch(**fields)
 
 
 def test_truth_and_vertex_validation_errors():
