@@ -731,7 +731,9 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
     Parameters
     ----------
     path : str or Path
-        The ROOT file to write (replaced if it exists).
+        The ROOT file to write, replaced once the new one is complete (it is written as
+        ``<path>.part`` and renamed, so that a refused input or an interruption leaves an
+        existing file as it was).
     tracks : TrackBatch
         The tracks of every event: the tree ``tracks``.
     truth : MCTruth, optional
@@ -741,7 +743,7 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
         Identifier branches of both trees, one integer per event in each (for a simulated
         sample its :attr:`~pvfinder.simulation.SimulatedSample.event_ids`); without them
         ``event_number`` counts the events from 0.
-    precision : numpy dtype
+    precision : {numpy.float32, numpy.float64}
         How floats are stored (float32 by default, as LHCb stores track states).
     compression : {"zstd", "lz4", "zlib", "lzma", "none"}
         Track states barely compress (float32 noise): at ν = 7.6 ``zstd`` (the default)
@@ -757,32 +759,49 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
     Raises
     ------
     ValueError
-        For an unknown compression, a basket size below 1, identifiers that are not one
-        integer per event (or take the name of a branch of the layout), or truth that does
-        not match the tracks.
+        For an unknown compression or precision, a basket size below 1, identifiers that
+        are not one integer per event (or take the name of a branch of the layout), or truth
+        that does not match the tracks.
+    TypeError
+        When ``tracks`` is not a TrackBatch or ``truth`` not an MCTruth.
     NotADirectoryError
         When a file stands where a folder of ``path`` should be (naming it).
     """
+    if not isinstance(tracks, TrackBatch):
+        raise TypeError(f"tracks must be a TrackBatch (TrackBatch.from_awkward converts an "
+                        f"awkward array), got {type(tracks).__name__}")
+    if truth is not None and not isinstance(truth, MCTruth):
+        raise TypeError(f"truth must be an MCTruth, got {type(truth).__name__}")
     if events_per_basket < 1:
         raise ValueError(f"events_per_basket must be positive, got {events_per_basket}")
+    if np.dtype(precision) not in (np.float32, np.float64):  # ROOT has no float16
+        raise ValueError(f"precision must be float32 or float64, got {np.dtype(precision)}")
     codec = _compression(compression)
     event_ids = _event_id_arrays(event_ids, 0, tracks.n_events, path, _SAMPLE_BRANCHES)
     if not event_ids:
         raise ValueError(f"{path}: event_ids must name at least one identifier branch")
-    _make_folder_of(Path(path))
-    with uproot.recreate(path, compression=codec) as file:
-        jagged = _jagged(tracks, TRACK_FIELDS, precision)
-        if truth is not None:
-            truth.check_matches(tracks)
-            jagged["mc_pv"] = ak.unflatten(np.asarray(truth.track_mc_pv, dtype=np.int32),
-                                           tracks.counts)
-        _write_tree(file, TRACKS_TREE, "n_tracks", jagged, event_ids, events_per_basket)
-        if truth is not None:
-            pv = truth.vertices
-            jagged = _jagged(pv, ("x", "y", "z"), precision)
-            jagged["n_reconstructible"] = ak.unflatten(
-                np.asarray(pv.n_reconstructible, dtype=np.int32), pv.counts)
-            _write_tree(file, TRUTH_TREE, "n_pvs", jagged, event_ids, events_per_basket)
+    if truth is not None:
+        truth.check_matches(tracks)
+    path = Path(path)
+    _make_folder_of(path)
+    partial = path.with_name(path.name + ".part")
+    try:
+        with uproot.recreate(partial, compression=codec) as file:
+            jagged = _jagged(tracks, TRACK_FIELDS, precision)
+            if truth is not None:
+                jagged["mc_pv"] = ak.unflatten(
+                    np.asarray(truth.track_mc_pv, dtype=np.int32), tracks.counts)
+            _write_tree(file, TRACKS_TREE, "n_tracks", jagged, event_ids, events_per_basket)
+            if truth is not None:
+                pv = truth.vertices
+                jagged = _jagged(pv, ("x", "y", "z"), precision)
+                jagged["n_reconstructible"] = ak.unflatten(
+                    np.asarray(pv.n_reconstructible, dtype=np.int32), pv.counts)
+                _write_tree(file, TRUTH_TREE, "n_pvs", jagged, event_ids, events_per_basket)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def track_association(vertices: VertexBatch, track_counts: Any) -> tuple[np.ndarray, np.ndarray]:

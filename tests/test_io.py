@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import uproot
 
-from pvfinder import PVFinder, find_vertices
+from pvfinder import PVFinder, find_vertices, simulate
 from pvfinder.events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch
 from pvfinder.io import (
     TrackSchema,
@@ -320,6 +320,25 @@ def test_writer_discards_partial_file_on_error(tmp_path, small):
     with VertexWriter(output):  # nothing written: still a valid, empty file
         pass
     assert read_vertices(output).n_events == 0
+
+
+def test_a_refused_sample_leaves_the_file_it_would_replace(tmp_path, small):
+    # The file was recreated before the input was checked: a good sample was lost to a
+    # truth of other events, or to a precision ROOT has no type for.
+    path = tmp_path / "keep.root"
+    write_sample(path, small.tracks, small.truth)
+    before = path.read_bytes()
+    other_truth = simulate(3, seed=1).truth
+    with pytest.raises(ValueError, match="MC truth has 3 events"):
+        write_sample(path, small.tracks, other_truth)
+    with pytest.raises(ValueError, match="precision must be float32 or float64, got float16"):
+        write_sample(path, small.tracks, precision=np.float16)
+    with pytest.raises(TypeError, match="tracks must be a TrackBatch"):
+        write_sample(path, small.tracks.to_awkward())
+    with pytest.raises(TypeError, match="truth must be an MCTruth, got TrackBatch"):
+        write_sample(path, small.tracks, small.tracks)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.root"]  # no .part left
 
 
 def test_writing_under_a_file_names_the_file_in_the_way(tmp_path, small):
