@@ -241,14 +241,33 @@ class VertexBuffers:
         One row per field of :data:`~pvfinder.events.VERTEX_FIELDS`.
     weight_offsets : array of int64, shape (capacity_vertices + 1,)
     weights : array of float64, shape (capacity_weights,)
+        Read-only attributes (the arrays they name are written by the finder): the kernels
+        write as far as the capacities, so an array of another size or type put in their
+        place would have them write past its end.
     """
 
     def __init__(self, xp: Any, n_events: int = 0, n_vertices: int = 0, n_weights: int = 0):
         self._xp = xp
-        self.offsets = xp.zeros(n_events + 1, dtype=np.int64)
-        self.vertices = xp.empty((len(VERTEX_FIELDS), n_vertices), dtype=np.float64)
-        self.weight_offsets = xp.zeros(n_vertices + 1, dtype=np.int64)
-        self.weights = xp.empty(n_weights, dtype=np.float64)
+        self._offsets = xp.zeros(n_events + 1, dtype=np.int64)
+        self._vertices = xp.empty((len(VERTEX_FIELDS), n_vertices), dtype=np.float64)
+        self._weight_offsets = xp.zeros(n_vertices + 1, dtype=np.int64)
+        self._weights = xp.empty(n_weights, dtype=np.float64)
+
+    @property
+    def offsets(self) -> Any:
+        return self._offsets
+
+    @property
+    def vertices(self) -> Any:
+        return self._vertices
+
+    @property
+    def weight_offsets(self) -> Any:
+        return self._weight_offsets
+
+    @property
+    def weights(self) -> Any:
+        return self._weights
 
     def __repr__(self) -> str:
         return (f"VertexBuffers(events={len(self.offsets) - 1}, "
@@ -257,7 +276,7 @@ class VertexBuffers:
     def reserve_events(self, n_events: int) -> None:
         """Room for ``n_events`` events (previous contents are not kept)."""
         if len(self.offsets) < n_events + 1:
-            self.offsets = self._xp.zeros(_grown(n_events + 1, 0), dtype=np.int64)
+            self._offsets = self._xp.zeros(_grown(n_events + 1, 0), dtype=np.int64)
 
     def reserve(self, n_vertices: int, n_weights: int, keep_vertices: int, keep_weights: int,
                 expected: tuple[int, int] = (0, 0)) -> None:
@@ -273,11 +292,11 @@ class VertexBuffers:
             vertices[:, :keep_vertices] = self.vertices[:, :keep_vertices]
             weight_offsets = xp.zeros(vertices.shape[1] + 1, dtype=np.int64)
             weight_offsets[: keep_vertices + 1] = self.weight_offsets[: keep_vertices + 1]
-            self.vertices, self.weight_offsets = vertices, weight_offsets
+            self._vertices, self._weight_offsets = vertices, weight_offsets
         if len(self.weights) < n_weights:
             weights = xp.empty(_grown(max(n_weights, expected[1]), 0), dtype=np.float64)
             weights[:keep_weights] = self.weights[:keep_weights]
-            self.weights = weights
+            self._weights = weights
 
     def view(self, n_events: int, n_vertices: int, n_weights: int | None) -> VertexBatch:
         """The first ``n_events`` events written, as a batch of views (without weights when

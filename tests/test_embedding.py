@@ -415,6 +415,15 @@ def test_a_bad_input_noted_on_the_device_is_not_left_for_the_next_call(sample, m
     assert noted == ["checked", "checked"]
 
 
+def test_output_buffers_cannot_be_swapped_for_arrays_of_another_size():
+    # reserve() grew the arrays it knew of; a short weight_offsets put in place of its own
+    # was written past its end (a corrupted heap, the process ended with SIGSEGV).
+    buffers = PVFinder(backend="cpu").output_buffers()
+    for name in ("offsets", "vertices", "weight_offsets", "weights"):
+        with pytest.raises(AttributeError):
+            setattr(buffers, name, np.zeros(5))
+
+
 def test_offsets_that_run_backwards_are_named_by_their_event_in_the_batch(sample):
     # Beyond the first chunk the kernels counted events from the chunk's start: event 452
     # for event 2500 with the CPU's chunks of 2048, another number on the GPU.
