@@ -898,7 +898,9 @@ class VertexWriter:
     Raises
     ------
     ValueError
-        For an unknown compression.
+        For an unknown compression; from :meth:`write` and :meth:`close`, once closed.
+    IsADirectoryError
+        When ``path`` is a directory.
     NotADirectoryError
         When a file stands where a folder of ``path`` should be (naming it).
 
@@ -915,8 +917,11 @@ class VertexWriter:
         self.partial = self.path.with_name(self.path.name + ".part")
         self.with_weights = with_weights
         self.n_events = self.n_vertices = 0
+        if self.path.is_dir():  # found out only at the rename, with OUT.part left behind
+            raise IsADirectoryError(f"{self.path}: a directory, not a file to write")
         _make_folder_of(self.path)
         self._file = uproot.recreate(self.partial, compression=_compression(compression))
+        self._open = True
         self._ids: dict[str, np.dtype] | None = None
         self._per_track: bool | None = None
         self._inputs: list[str] | None = None
@@ -924,7 +929,9 @@ class VertexWriter:
     def record_inputs(self, paths: Iterable[PathLike]) -> None:
         """Note in the file, when it is closed, the input files whose vertices it holds
         (read back by :func:`recorded_inputs`; ``pvfinder reconstruct --skip-existing``
-        resumes by it)."""
+        resumes by it); one path alone is taken as such, not as the letters of its name."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
         self._inputs = [str(Path(path).resolve()) for path in paths]
 
     def write(self, vertices: VertexBatch, event_ids: Mapping[str, Any] | None = None,
@@ -956,6 +963,7 @@ class VertexWriter:
         track_counts)`` (as :meth:`write` takes them) is checked before any is written, so
         that a refused one (``ValueError``) leaves the file as it was. Each batch is a basket.
         An ``OSError`` while writing (a full disk) may leave part of them: discard the file."""
+        self._check_open()
         layout = None if self._ids is None else (self._ids, self._per_track)
         checked = []
         first_event = self.n_events
@@ -1021,6 +1029,8 @@ class VertexWriter:
 
     def close(self) -> Path:
         """Finish the file and give it its name; returns that name."""
+        self._check_open()
+        self._open = False
         if self._ids is None:  # nothing written: still a valid, empty vertex file
             self._create({"event_number": np.dtype(np.uint64)}, False)
         if self._inputs is not None:  # JSON: any path (a newline in it) comes back whole
@@ -1031,6 +1041,7 @@ class VertexWriter:
 
     def discard(self) -> None:
         """Drop the partial file (also when it cannot be finished: a full disk)."""
+        self._open = False
         try:
             self._file.close()
         except OSError:
@@ -1042,10 +1053,18 @@ class VertexWriter:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if kind is None:
-            self.close()
-        else:
+        if kind is not None:
             self.discard()
+            return
+        try:
+            self.close()
+        except BaseException:  # cannot be finished (a full disk): no OUT.part left either
+            self.discard()
+            raise
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise ValueError(f"{self.path}: the writer is closed")
 
 
 def _event_id_arrays(event_ids: Mapping[str, Any] | None, first: int, n_events: int,

@@ -4,6 +4,7 @@ tree, branch and entry."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 
@@ -320,6 +321,26 @@ def test_writer_discards_partial_file_on_error(tmp_path, small):
     with VertexWriter(output):  # nothing written: still a valid, empty file
         pass
     assert read_vertices(output).n_events == 0
+
+
+def test_writer_states_are_refused_clearly(tmp_path, small, monkeypatch):
+    vertices = find_vertices(small.tracks.select_events(0, 3), backend="cpu")
+    (tmp_path / "outdir").mkdir()
+    with pytest.raises(IsADirectoryError, match="outdir: a directory, not a file to write"):
+        VertexWriter(tmp_path / "outdir")  # found out at the rename, with outdir.part left
+    writer = VertexWriter(tmp_path / "pvs.root")
+    writer.record_inputs(tmp_path / "run1.root")  # taken letter by letter
+    writer.close()
+    assert recorded_inputs(tmp_path / "pvs.root") == [str((tmp_path / "run1.root").resolve())]
+    with pytest.raises(ValueError, match="pvs.root: the writer is closed"):
+        writer.write(vertices)  # uproot's 'cannot get data from a closed file'
+    with pytest.raises(ValueError, match="the writer is closed"):
+        writer.close()  # FileNotFoundError on pvs.root.part
+    # A file that cannot be finished on leaving the block goes as on an error inside it.
+    monkeypatch.setattr(os, "replace", lambda *_: (_ for _ in ()).throw(OSError("full")))
+    with pytest.raises(OSError, match="full"), VertexWriter(tmp_path / "late.root") as late:
+        late.write(vertices)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outdir", "pvs.root"]
 
 
 def test_a_refused_sample_leaves_the_file_it_would_replace(tmp_path, small):
