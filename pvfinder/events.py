@@ -125,6 +125,26 @@ def _check_offsets(offsets: np.ndarray, length: int | None, what: str) -> None:
         )
 
 
+def _check_weights(offsets: np.ndarray, weight_offsets: np.ndarray, weights: np.ndarray
+                   ) -> None:
+    """Weights lie in [0, 1], and the vertices of an event have as many as each other."""
+    bad = np.flatnonzero(~((weights >= 0.0) & (weights <= 1.0)))  # NaN fails both
+    if bad.size:
+        vertex = _event_of(weight_offsets, int(bad[0]))
+        event = _event_of(offsets, vertex)
+        raise ValueError(f"vertices: weight {weights[bad[0]]} of vertex {vertex - offsets[event]}"
+                         f" in event {event} is not in [0, 1]")
+    per_vertex = np.diff(weight_offsets)
+    first_of_event = per_vertex[np.repeat(offsets[:-1], np.diff(offsets))]
+    bad = np.flatnonzero(per_vertex != first_of_event)
+    if bad.size:
+        event = _event_of(offsets, int(bad[0]))
+        raise ValueError(
+            f"vertices: vertex {bad[0] - offsets[event]} of event {event} has "
+            f"{per_vertex[bad[0]]} weights and vertex 0 {first_of_event[bad[0]]}: each has one "
+            f"per input track of the event")
+
+
 def _first_true(xp: Any, mask: Any) -> int | None:
     """Index of the first true entry of ``mask``, or ``None``; one reduction when all false."""
     if not bool(mask.any()):
@@ -616,7 +636,9 @@ class VertexBatch(_Jagged):
         ValueError
             Naming the field for a missing one, a wrong length or a non-finite value; for
             inconsistent counts or offsets, and weights given without their counts (or the
-            counts without weights) or not matching them.
+            counts without weights) or not matching them; naming the vertex and event for a
+            weight outside [0, 1] (NaN too), or for vertices of one event with different
+            numbers of weights (each has one per input track of its event).
         """
         offsets = cls._offsets_from(counts, offsets)
         checked = cls._validated_fields(offsets, fields)
@@ -624,11 +646,16 @@ class VertexBatch(_Jagged):
         if (weights is None) != (weight_counts is None):
             raise ValueError("vertices: give weights= and weight_counts= together")
         if weights is not None:
-            weights = np.asarray(_to_host(weights), dtype=np.float64)
+            weights = np.asarray(_to_host(weights))
+            if weights.ndim != 1 or weights.dtype.kind not in "iuf":
+                raise ValueError(f"vertices: weights must be one flat array of real numbers, "
+                                 f"got {weights.dtype} of shape {weights.shape}")
+            weights = weights.astype(np.float64, copy=False)
             weight_offsets = offsets_from_counts(weight_counts, "vertices weight_counts")
             if len(weight_offsets) != len(checked["x"]) + 1:
                 raise ValueError("vertices: weight_counts needs one entry per vertex")
             _check_offsets(weight_offsets, weights.size, "vertices weight")
+            _check_weights(offsets, weight_offsets, weights)
         return cls(offsets=offsets, weights=weights, weight_offsets=weight_offsets, **checked)
 
     def to_awkward(self) -> ak.Array:
@@ -649,13 +676,25 @@ class VertexBatch(_Jagged):
         offsets, fields = cls._fields_from_awkward(array)
         array = ak.Array(array)
         if "weights" in ak.fields(array):
-            flat = ak.flatten(array["weights"], axis=1)
-            return cls.from_arrays(
-                offsets=offsets,
-                weights=ak.to_numpy(ak.flatten(flat, axis=1)),
-                weight_counts=ak.to_numpy(ak.num(flat, axis=1)),
-                **fields,
-            )
+            per_vertex = ak.flatten(array["weights"], axis=1)
+            if per_vertex.ndim != 2:
+                raise ValueError(f"vertices: weights must be one list of numbers per vertex, "
+                                 f"got type {array['weights'].type}")
+            missing = np.flatnonzero(ak.to_numpy(ak.is_none(per_vertex, axis=0)))
+            if missing.size:  # its count would be garbage
+                event = _event_of(offsets, int(missing[0]))
+                raise ValueError(f"vertices: the weights of vertex {missing[0] - offsets[event]}"
+                                 f" in event {event} are None, not a list")
+            weight_counts = ak.to_numpy(ak.num(per_vertex, axis=1))
+            weights = ak.flatten(per_vertex, axis=1)
+            missing = np.flatnonzero(ak.to_numpy(ak.is_none(weights, axis=0)))
+            if missing.size:  # to_numpy would make it NaN, reported as such
+                vertex = _event_of(offsets_from_counts(weight_counts), int(missing[0]))
+                event = _event_of(offsets, vertex)
+                raise ValueError(f"vertices: a weight of vertex {vertex - offsets[event]} in "
+                                 f"event {event} is None (a missing value)")
+            return cls.from_arrays(offsets=offsets, weights=ak.to_numpy(weights),
+                                   weight_counts=weight_counts, **fields)
         return cls.from_arrays(offsets=offsets, **fields)
 
     def _mapped(self, function: Any) -> VertexBatch:

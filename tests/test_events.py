@@ -80,13 +80,26 @@ def test_select_events_takes_numpy_integers():
 
 def test_vertex_awkward_round_trip_with_weights():
     vertices = VertexBatch.from_arrays(
-        counts=[2, 0], weights=np.arange(6.0), weight_counts=[3, 3], **vertex_fields(2)
+        counts=[2, 0], weights=np.arange(6.0) / 8, weight_counts=[3, 3], **vertex_fields(2)
     )
     array = vertices.to_awkward()
-    assert array[0, 1, "weights"].tolist() == [3.0, 4.0, 5.0]
+    assert array[0, 1, "weights"].tolist() == [0.375, 0.5, 0.625]
     again = VertexBatch.from_awkward(array)
     np.testing.assert_array_equal(again.weights, vertices.weights)
     np.testing.assert_array_equal(again.weight_offsets, [0, 3, 6])
+
+
+def test_a_missing_weight_is_named_as_such():
+    # A None among the weights became NaN, passed on; a None list made offsets of -28.
+    vertices = VertexBatch.from_arrays(counts=[1, 2], weights=[1.0, 0.5, 0.5, 0.25, 0.75],
+                                       weight_counts=[1, 2, 2], **vertex_fields(3)).to_awkward()
+    weights = vertices["weights"]
+    with pytest.raises(ValueError, match="a weight of vertex 1 in event 1 is None"):
+        VertexBatch.from_awkward(ak.with_field(vertices, ak.mask(weights, weights != 0.25),
+                                               "weights"))
+    no_list = ak.mask(weights, ak.local_index(weights, axis=1) != 1)
+    with pytest.raises(ValueError, match="the weights of vertex 1 in event 1 are None, not a"):
+        VertexBatch.from_awkward(ak.with_field(vertices, no_list, "weights"))
 
 
 def test_vertex_concatenate():
@@ -212,6 +225,16 @@ def test_truth_and_vertex_validation_errors():
         VertexBatch.from_arrays(counts=[1], weights=[1.0], weight_counts=[1, 0], **vertex_fields(1))
     with pytest.raises(ValueError, match="offsets end at 2"):
         VertexBatch.from_arrays(counts=[1], weights=[1.0], weight_counts=[2], **vertex_fields(1))
+    # NaN weights (an awkward None among them, after to_numpy) and others passed as they were.
+    for weight, shown in ((np.nan, "nan"), (-0.5, "-0.5"), (1.5, "1.5")):
+        with pytest.raises(ValueError, match=f"weight {shown} of vertex 1 in event 1 is not in"):
+            VertexBatch.from_arrays(counts=[1, 2], weights=[0.0, 0.5, 0.5, weight, 1.0],
+                                    weight_counts=[1, 2, 2], **vertex_fields(3))
+    with pytest.raises(ValueError, match="vertex 1 of event 0 has 1 weights and vertex 0 2"):
+        VertexBatch.from_arrays(counts=[2], weights=[0.5, 0.5, 1.0], weight_counts=[2, 1],
+                                **vertex_fields(2))
+    with pytest.raises(ValueError, match="weights must be one flat array of real numbers"):
+        VertexBatch.from_arrays(counts=[1], weights=["a"], weight_counts=[1], **vertex_fields(1))
     with pytest.raises(ValueError, match="MC truth: track_mc_pv must be one-dimensional"):
         MCTruth(MCVertices.from_arrays(counts=[0], x=[], y=[], z=[], n_reconstructible=np.array([], int)),
                 np.zeros((1, 1)))
