@@ -448,8 +448,8 @@ class PVFinder:
         Raises
         ------
         TypeError
-            For tracks of a kind not listed above, or an ``out`` that is not
-            :class:`VertexBuffers`.
+            For tracks of a kind not listed above, an ``out`` that is not
+            :class:`VertexBuffers`, or an ``origin`` that is not ``(str, int)``.
         RuntimeError
             When this finder is running in another thread, or this process was forked from
             one whose CPU kernels had run on GNU OpenMP threads (see the README).
@@ -460,6 +460,11 @@ class PVFinder:
         if out is not None and not isinstance(out, VertexBuffers):
             raise TypeError(f"out must be VertexBuffers (from output_buffers()), not "
                             f"{type(out).__name__}")
+        if origin is not None and not (  # used only when a warning is due, deep in a job
+                isinstance(origin, tuple) and len(origin) == 2 and isinstance(origin[0], str)
+                and isinstance(origin[1], (int, np.integer))):
+            raise TypeError(f"origin must be (str, int): where the batch was read and its "
+                            f"first entry, got {origin!r}")
         batch = as_track_batch(tracks)
         target = self._output if out is None else out
         with self._exclusive():

@@ -415,6 +415,14 @@ def test_a_bad_input_noted_on_the_device_is_not_left_for_the_next_call(sample, m
     assert noted == ["checked", "checked"]
 
 
+@pytest.mark.parametrize("origin", ["run1.root", ("run1.root", "5"), ("run1.root",)])
+def test_a_bad_origin_is_refused_at_the_call(sample, origin):
+    # It was used only to name a seed overflow: a long job failed at its first busy event
+    # with 'too many values to unpack'.
+    with pytest.raises(TypeError, match="origin must be \\(str, int\\)"):
+        PVFinder(backend="cpu")(sample.tracks.select_events(0, 2), origin=origin)
+
+
 def test_output_buffers_cannot_be_swapped_for_arrays_of_another_size():
     # reserve() grew the arrays it knew of; a short weight_offsets put in place of its own
     # was written past its end (a corrupted heap, the process ended with SIGSEGV).
