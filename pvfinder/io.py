@@ -764,6 +764,8 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
         that does not match the tracks.
     TypeError
         When ``tracks`` is not a TrackBatch or ``truth`` not an MCTruth.
+    IsADirectoryError
+        When ``path`` is a directory.
     NotADirectoryError
         When a file stands where a folder of ``path`` should be (naming it).
     """
@@ -783,8 +785,7 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
     if truth is not None:
         truth.check_matches(tracks)
     path = Path(path)
-    _make_folder_of(path)
-    partial = path.with_name(path.name + ".part")
+    partial = _partial_file_of(path)
     try:
         with uproot.recreate(partial, compression=codec) as file:
             jagged = _jagged(tracks, TRACK_FIELDS, precision)
@@ -862,6 +863,16 @@ def _weight_rows(vertices: VertexBatch, track_counts: Any
     return track_offsets, vertex_event, weight_counts
 
 
+def _partial_file_of(path: Path) -> Path:
+    """``<path>.part``, the name a file is written under until complete, once ``path`` is
+    known to be no directory (found out only at the final rename, ``.part`` left behind)
+    and its folders are made."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a directory, not a file to write")
+    _make_folder_of(path)
+    return path.with_name(path.name + ".part")
+
+
 def _make_folder_of(path: Path) -> None:
     """Create the folders ``path`` is to be written in, naming a file in the way (the
     operating system's "File exists" or "Not a directory" does not say which)."""
@@ -914,12 +925,9 @@ class VertexWriter:
     def __init__(self, path: PathLike, *, with_weights: bool = False,
                  compression: str = DEFAULT_VERTEX_COMPRESSION) -> None:
         self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".part")
+        self.partial = _partial_file_of(self.path)
         self.with_weights = with_weights
         self.n_events = self.n_vertices = 0
-        if self.path.is_dir():  # found out only at the rename, with OUT.part left behind
-            raise IsADirectoryError(f"{self.path}: a directory, not a file to write")
-        _make_folder_of(self.path)
         self._file = uproot.recreate(self.partial, compression=_compression(compression))
         self._open = True
         self._ids: dict[str, np.dtype] | None = None

@@ -230,7 +230,7 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
         (["reconstruct", "{sample}", "-o", "{sample}"], "is an input too"),
         (["reconstruct", "{sample}", "{sample}", "-o", ".", "--merge"], "is a directory"),
         # Tracebacks before: an OSError other than a missing file, TypeErrors, a late check.
-        (["simulate", "-n", "10", "-o", "."], "Is a directory"),
+        (["simulate", "-n", "10", "-o", "."], "a directory, not a file to write"),
         (["simulate", "-n", "10", "--set", "seed=3"], "--set seed: give it as --seed"),
         # simulate()'s own argument, not a condition: a crash, or ignored when falsy.
         (["simulate", "-n", "10", "--set", "conditions=null"],
