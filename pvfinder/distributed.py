@@ -42,6 +42,7 @@ from .io import (
     TrackSchema,
     TrackSource,
     VertexWriter,
+    _schema,
     holds_weights,
     inspect_tracks,
     iterate_tracks,
@@ -288,13 +289,15 @@ def reconstruct_files(
         would be overwritten), an output is a directory, ``step_size`` is neither entries
         nor a size with its unit, or the backend name, the compression or a ``local:N``
         scheduler is not one there is.
+    TypeError
+        For a ``schema`` that is not a TrackSchema.
     BackendUnavailableError
         When the backend asked for cannot run here.
     ImportError
         When ``scheduler`` is given and Dask is not installed (the message says how).
     """
     _check_plan(plan)
-    schema, step_size = schema or TrackSchema(), parse_step_size(step_size)
+    schema, step_size = _schema(schema), parse_step_size(step_size)
     report = on_result or (lambda _: None)
     results: list[FileResult] = []
 

@@ -250,6 +250,18 @@ class TrackSchema:
             raise ValueError(f"{path}: {error}") from None
 
 
+def _schema(schema: TrackSchema | None) -> TrackSchema:
+    """``schema``, or this package's layout for None; anything else is a TypeError at the call
+    (a tree name given as the schema failed only at the first chunk)."""
+    if schema is None:
+        return TrackSchema()
+    if not isinstance(schema, TrackSchema):
+        hint = (" (TrackSchema(tree=...) names the tree)" if isinstance(schema, str) else
+                " (TrackSchema.from_mapping builds one)" if isinstance(schema, Mapping) else "")
+        raise TypeError(f"schema must be a TrackSchema{hint}, got {type(schema).__name__}")
+    return schema
+
+
 def _checked_fill(fill: Mapping[str, Any]) -> dict[str, float]:
     if not isinstance(fill, Mapping):
         raise ValueError(  # noqa: TRY004 (a schema mistake, as TrackSchema's others)
@@ -577,10 +589,12 @@ def inspect_tracks(path: PathLike, schema: TrackSchema | None = None) -> TrackSo
     FileNotFoundError, ValueError
         Naming the file, tree and branch: missing file, not a ROOT file or a truncated one,
         missing tree or branch, a branch that does not hold numbers per entry.
+    TypeError
+        For a ``schema`` that is not a TrackSchema.
     """
     path = Path(path)
     with _open(path) as file:
-        return _track_source(file, path, schema or TrackSchema())
+        return _track_source(file, path, _schema(schema))
 
 
 def iterate_tracks(paths: PathLike | Iterable[PathLike], schema: TrackSchema | None = None,
@@ -605,12 +619,14 @@ def iterate_tracks(paths: PathLike | Iterable[PathLike], schema: TrackSchema | N
     ------
     ValueError
         At the call, for a step size that is neither entries nor a size with its unit.
+    TypeError
+        At the call, for a ``schema`` that is not a TrackSchema.
     FileNotFoundError, ValueError
         While iterating, as :func:`inspect_tracks` when a file is reached, and naming the
         entry for unreadable data, branches of different lengths in an entry, non-finite
         states and negative variances.
     """
-    schema, step_size = schema or TrackSchema(), parse_step_size(step_size)
+    schema, step_size = _schema(schema), parse_step_size(step_size)
     return _iterate_files([paths] if isinstance(paths, (str, os.PathLike)) else paths, schema,
                           step_size)
 
@@ -641,8 +657,10 @@ def read_tracks(path: PathLike, tree: str | None = None,
     ------
     FileNotFoundError, ValueError
         Naming the file, tree, branch and entry of the problem (see :func:`iterate_tracks`).
+    TypeError
+        For a ``schema`` that is not a TrackSchema.
     """
-    schema = schema or TrackSchema()
+    schema = _schema(schema)
     if tree is not None:
         schema = dataclasses.replace(schema, tree=tree)
     path = Path(path)

@@ -323,6 +323,21 @@ def test_writer_discards_partial_file_on_error(tmp_path, small):
     assert read_vertices(output).n_events == 0
 
 
+@pytest.mark.parametrize(("schema", "hint"), [
+    ("tracks", r"\(TrackSchema\(tree=...\) names the tree\), got str"),
+    ({"tree": "tracks"}, r"\(TrackSchema.from_mapping builds one\), got dict"),
+    ({}, r"\(TrackSchema.from_mapping builds one\), got dict"),  # was the default (falsy)
+])
+def test_a_schema_of_another_type_is_refused_at_the_call(small_file, schema, hint):
+    # iterate_tracks(path, "tracks"), as read_tracks takes a tree name second, failed at the
+    # first chunk with "'str' object has no attribute 'tree'".
+    for call in (lambda: iterate_tracks(small_file, schema),
+                 lambda: inspect_tracks(small_file, schema),
+                 lambda: read_tracks(small_file, schema=schema)):
+        with pytest.raises(TypeError, match=f"schema must be a TrackSchema {hint}"):
+            call()
+
+
 def test_writer_states_are_refused_clearly(tmp_path, small, monkeypatch):
     vertices = find_vertices(small.tracks.select_events(0, 3), backend="cpu")
     (tmp_path / "outdir").mkdir()
