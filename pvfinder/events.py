@@ -307,6 +307,14 @@ class _Jagged:
     @classmethod
     def _fields_from_awkward(cls, array: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         array = ak.Array(array)
+        layout = array.layout
+        if isinstance(layout, ak.contents.EmptyArray) or (
+                array.ndim == 2 and isinstance(layout.content, ak.contents.EmptyArray)):
+            # No event, or events that never held a record (JSON or Python lists of empty
+            # lists): no field is known, and none is needed.
+            offsets = np.zeros(len(array) + 1, dtype=np.int64)
+            return offsets, {name: np.zeros(0, np.float64 if name in cls.FLOAT_FIELDS
+                                            else np.int64) for name in cls.FIELDS}
         if array.ndim != 2:
             raise ValueError(
                 f"{cls.WHAT}: expected one list of records per event, got type {array.type}"

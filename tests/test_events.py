@@ -89,6 +89,14 @@ def test_vertex_awkward_round_trip_with_weights():
     np.testing.assert_array_equal(again.weight_offsets, [0, 3, 6])
 
 
+@pytest.mark.parametrize("cls", [TrackBatch, VertexBatch, MCVertices])
+@pytest.mark.parametrize("text", ["[[], []]", "[]"])
+def test_events_that_never_held_a_record_are_empty_events(cls, text):
+    # A JSON round trip of events without vertices lost the record type: "lacks field(s)".
+    batch = cls.from_awkward(ak.from_json(text))
+    assert batch.n_events == len(ak.from_json(text)) and batch.counts.sum() == 0
+
+
 def test_a_missing_weight_is_named_as_such():
     # A None among the weights became NaN, passed on; a None list made offsets of -28.
     vertices = VertexBatch.from_arrays(counts=[1, 2], weights=[1.0, 0.5, 0.5, 0.25, 0.75],
