@@ -252,6 +252,11 @@ class _Jagged:
                     raise ValueError(
                         f"{cls.WHAT}: field {name!r} must be integers, got {array.dtype}"
                     )
+                bad = _first_true(xp, array < 0)  # counts (n_reconstructible)
+                if bad is not None:
+                    raise ValueError(
+                        f"{cls.WHAT}: field {name!r} is negative ({array[bad]}) in event "
+                        f"{_event_of(offsets, bad)} (entry {bad})")
             out[name] = array
         dtypes = {out[n].dtype for n in cls.FIELDS if n in cls.FLOAT_FIELDS}
         if len(dtypes) > 1:  # one precision per container keeps the kernels simple
@@ -515,8 +520,14 @@ class MCTruth:
     track_mc_pv: np.ndarray
 
     def __post_init__(self) -> None:
-        if np.asarray(self.track_mc_pv).ndim != 1:
+        if not isinstance(self.vertices, MCVertices):
+            raise TypeError(f"MC truth: vertices must be MCVertices, got "
+                            f"{type(self.vertices).__name__}")
+        labels = np.asarray(self.track_mc_pv)
+        if labels.ndim != 1:
             raise ValueError("MC truth: track_mc_pv must be one-dimensional")
+        if labels.dtype.kind not in "iu":  # 0.5 passed the range check, then was truncated
+            raise ValueError(f"MC truth: track_mc_pv must be integers, got {labels.dtype}")
 
     @property
     def n_events(self) -> int:
@@ -540,7 +551,11 @@ class MCTruth:
             raise ValueError(
                 f"MC truth labels {len(self.track_mc_pv)} tracks but the batch has {tracks.n_tracks}"
             )
-        track_offsets = _to_host(tracks.offsets)
+        self.check_labels(_to_host(tracks.offsets))
+
+    def check_labels(self, track_offsets: np.ndarray) -> None:
+        """Raise ``ValueError`` unless every track (events at ``track_offsets``) points to an
+        MC PV of its event or to none (−1)."""
         labels = np.asarray(self.track_mc_pv)
         n_pvs = np.repeat(self.vertices.counts, np.diff(track_offsets))
         bad = np.flatnonzero((labels < -1) | (labels >= n_pvs))

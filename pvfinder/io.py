@@ -703,13 +703,18 @@ def read_truth(path: PathLike, tracks_tree: str = TRACKS_TREE) -> MCTruth | None
             return None
         where = f"{path}:{TRUTH_TREE}"
         offsets, flat = _read_jagged(_tree(file, path, TRUTH_TREE), where, MC_VERTEX_FIELDS)
-        _, labels = _read_jagged(_tree(file, path, tracks_tree), f"{path}:{tracks_tree}",
-                                 ("mc_pv",))
+        label_offsets, labels = _read_jagged(_tree(file, path, tracks_tree),
+                                             f"{path}:{tracks_tree}", ("mc_pv",))
+    if len(label_offsets) != len(offsets):
+        raise ValueError(f"{where} has {len(offsets) - 1} entries but {path}:{tracks_tree} "
+                         f"has {len(label_offsets) - 1}: not the truth of these tracks")
     try:
-        vertices = MCVertices.from_arrays(offsets=offsets, **flat)
+        truth = MCTruth(MCVertices.from_arrays(offsets=offsets, **flat),
+                        labels["mc_pv"].astype(np.int32))
+        truth.check_labels(label_offsets)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
-    return MCTruth(vertices, labels["mc_pv"].astype(np.int32))
+    return truth
 
 
 # -- writing -------------------------------------------------------------------------------

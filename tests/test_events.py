@@ -155,6 +155,15 @@ def test_truth_checks_labels():
         MCTruth(pvs, np.array([0, 2, -1])).check_matches(tracks)
     with pytest.raises(ValueError, match="labels 2 tracks"):
         MCTruth(pvs, np.array([0, 1])).check_matches(tracks)
+    # Accepted before: labels of 0.5 (truncated when written), any object as the vertices,
+    # and counts of reconstructible tracks below 0 (every PV then not reconstructible).
+    with pytest.raises(ValueError, match="track_mc_pv must be integers, got float64"):
+        MCTruth(pvs, np.array([0.5, 1.0, -1.0]))
+    with pytest.raises(TypeError, match="vertices must be MCVertices, got TrackBatch"):
+        MCTruth(tracks, np.array([0, 1, -1]))
+    with pytest.raises(ValueError, match="'n_reconstructible' is negative \\(-5\\) in event 0"):
+        MCVertices.from_arrays(counts=[2], x=[0.0, 0.0], y=[0.0, 0.0], z=[1.0, 2.0],
+                               n_reconstructible=[5, -5])
 
 
 @pytest.mark.parametrize(

@@ -323,6 +323,25 @@ def test_writer_discards_partial_file_on_error(tmp_path, small):
     assert read_vertices(output).n_events == 0
 
 
+def test_truth_of_other_tracks_is_refused_when_read(tmp_path, small):
+    # A truth tree of 3 events beside 5 events of tracks, or labels pointing past an event's
+    # MC PVs, made an MCTruth silently; validate() found only the first, later.
+    path = tmp_path / "mixed.root"
+    write_sample(path, small.tracks.select_events(0, 5), small.truth.select_events(0, 5,
+                                                                                  small.tracks))
+    labels = {"short": ak.Array([[0, -1], [], [0]]),  # 3 events of labels for 5 of truth
+              "past": ak.Array([[0], [99], [], [], [-1]])}
+    with uproot.update(path) as file:
+        for name, mc_pv in labels.items():
+            file.mktree(name, {"mc_pv": mc_pv.type}, counter_name=lambda _: "n")
+            file[name].extend({"mc_pv": mc_pv})
+    with pytest.raises(ValueError, match="mixed.root:truth has 5 entries but .*:short has 3"):
+        read_truth(path, tracks_tree="short")
+    with pytest.raises(ValueError, match=r"mixed.root:truth: MC truth: track 1 of event 1 points "
+                                         r"to MC PV 99, which does not exist"):
+        read_truth(path, tracks_tree="past")
+
+
 @pytest.mark.parametrize(("schema", "hint"), [
     ("tracks", r"\(TrackSchema\(tree=...\) names the tree\), got str"),
     ({"tree": "tracks"}, r"\(TrackSchema.from_mapping builds one\), got dict"),
