@@ -797,8 +797,9 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
                         f"awkward array), got {type(tracks).__name__}")
     if truth is not None and not isinstance(truth, MCTruth):
         raise TypeError(f"truth must be an MCTruth, got {type(truth).__name__}")
-    if events_per_basket < 1:
-        raise ValueError(f"events_per_basket must be positive, got {events_per_basket}")
+    if not isinstance(events_per_basket, (int, np.integer)) or events_per_basket < 1:
+        raise ValueError(f"events_per_basket must be a positive integer, got "
+                         f"{events_per_basket!r}")
     if np.dtype(precision) not in (np.float32, np.float64):  # ROOT has no float16
         raise ValueError(f"precision must be float32 or float64, got {np.dtype(precision)}")
     codec = _compression(compression)
@@ -999,6 +1000,10 @@ class VertexWriter:
         checked = []
         first_event = self.n_events
         for vertices, event_ids, track_counts in batches:
+            if not isinstance(vertices, VertexBatch):
+                raise TypeError(f"{self.path}: vertices must be a VertexBatch "
+                                f"(VertexBatch.from_awkward converts an awkward array), got "
+                                f"{type(vertices).__name__}")
             vertices = vertices.to_host()
             ids = _event_id_arrays(event_ids, first_event, vertices.n_events, self.path,
                                    _VERTEX_BRANCHES)
@@ -1105,6 +1110,9 @@ def _event_id_arrays(event_ids: Mapping[str, Any] | None, first: int, n_events: 
     ``taken`` branches of the file; without any, ``event_number`` counting from ``first``."""
     if event_ids is None:
         return {"event_number": np.arange(first, first + n_events, dtype=np.uint64)}
+    if not isinstance(event_ids, Mapping):
+        raise TypeError(f"{path}: event_ids must map branch names to arrays "
+                        f"({{'event_number': ...}}), got {type(event_ids).__name__}")
     clashing = sorted(set(event_ids) & taken)
     if clashing:
         raise ValueError(f"{path}: event identifier(s) {', '.join(clashing)} would take the "

@@ -857,6 +857,9 @@ def validate(
     if not _is_count(min_reconstructible_tracks):
         raise ValueError("min_reconstructible_tracks must be a non-negative integer, got "
                          f"{min_reconstructible_tracks!r}")
+    for name, value in (("match_nsigma", match_nsigma), ("isolation_distance", isolation_distance)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not match_nsigma > 0:
         raise ValueError(f"match_nsigma must be positive, got {match_nsigma}")
     if not isolation_distance >= 0:

@@ -377,6 +377,19 @@ def test_writer_states_are_refused_clearly(tmp_path, small, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outdir", "pvs.root"]
 
 
+def test_writers_name_arguments_of_the_wrong_kind(tmp_path, small):
+    # awkward's "no field named 'to_host'", numpy's "has no attribute 'items'" and
+    # "'float' object cannot be interpreted as an integer" before.
+    vertices = find_vertices(small.tracks.select_events(0, 3), backend="cpu")
+    with pytest.raises(TypeError, match="vertices must be a VertexBatch"):
+        write_vertices(tmp_path / "a.root", vertices.to_awkward())
+    with pytest.raises(TypeError, match="event_ids must map branch names to arrays"):
+        write_vertices(tmp_path / "b.root", vertices, event_ids=np.arange(3))
+    with pytest.raises(ValueError, match="events_per_basket must be a positive integer, got 2.5"):
+        write_sample(tmp_path / "c.root", small.tracks, events_per_basket=2.5)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_refused_sample_leaves_the_file_it_would_replace(tmp_path, small):
     # The file was recreated before the input was checked: a good sample was lost to a
     # truth of other events, or to a precision ROOT has no type for.

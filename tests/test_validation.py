@@ -353,6 +353,10 @@ def test_every_reconstructible_pv_is_in_a_multiplicity_bin():
                                              "non-negative integer"):
             validate(make_vertices([1, 1, 1], [0.0, 0.0, 0.0]), truth,
                      min_reconstructible_tracks=bad)
+    # "'>' not supported between instances of 'str' and 'int'" before.
+    for name in ("match_nsigma", "isolation_distance"):
+        with pytest.raises(TypeError, match=f"{name} must be a number, got str"):
+            validate(make_vertices([1, 1, 1], [0.0, 0.0, 0.0]), truth, **{name: "5"})
 
 
 def test_no_reconstructible_pvs():
