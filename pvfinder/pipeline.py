@@ -201,6 +201,15 @@ def _grown(size: int, capacity: int) -> int:
     return max(size, int(_GROWTH * size), capacity)
 
 
+# What sizes the larger work arrays per event, for an allocation that fails.
+_SIZE_HINTS = {
+    "hist": " (a histogram of (zmax - zmin) / bin_width bins per event of a chunk)",
+    "weights": " (up to max_vertices_per_event weights per track of a chunk)",
+    **{name: " (max_vertices_per_event slots per event of a chunk)"
+       for name in ("seeds", "pos", "cov", "chi2", "ndof", "n_vtx_tracks", "valid", "order")},
+}
+
+
 class _Buffers:
     """Work arrays reused from call to call; they grow when a bigger batch arrives."""
 
@@ -218,7 +227,13 @@ class _Buffers:
         size = math.prod(shape)
         array = self._arrays.get(name)
         if array is None or array.size < size or array.dtype != dtype:
-            array = self._xp.empty(_grown(size, 1), dtype=dtype)
+            try:
+                array = self._xp.empty(_grown(size, 1), dtype=dtype)
+            except MemoryError:  # numpy's message names neither the array nor the setting
+                raise MemoryError(
+                    f"cannot allocate the work array {name!r} of shape {shape}, "
+                    f"{np.dtype(dtype).name}: {size * np.dtype(dtype).itemsize / 1e9:.1f} GB"
+                    f"{_SIZE_HINTS.get(name, '')}") from None
             self._arrays[name] = array
         view = self._views[name] = array[:size].reshape(shape)
         return view

@@ -423,6 +423,20 @@ def test_a_bad_origin_is_refused_at_the_call(sample, origin):
         PVFinder(backend="cpu")(sample.tracks.select_events(0, 2), origin=origin)
 
 
+def test_a_work_array_too_large_names_itself_and_what_sizes_it():
+    # numpy's "Unable to allocate 27.9 GiB for an array with shape ..." named no setting.
+    from pvfinder.pipeline import _Buffers
+
+    class NoMemory:
+        @staticmethod
+        def empty(*_, **__):
+            raise MemoryError
+
+    with pytest.raises(MemoryError, match=r"work array 'hist' of shape \(2048, 4000000\), "
+                                          r"float64: 65.5 GB \(a histogram of \(zmax - zmin\)"):
+        _Buffers(NoMemory).get("hist", (2048, 4_000_000), np.float64)
+
+
 def test_output_buffers_cannot_be_swapped_for_arrays_of_another_size():
     # reserve() grew the arrays it knew of; a short weight_offsets put in place of its own
     # was written past its end (a corrupted heap, the process ended with SIGSEGV).
