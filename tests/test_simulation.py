@@ -190,6 +190,7 @@ def test_overrides_and_conditions_object():
         ({"track_efficiency": 1.5}, "track_efficiency must lie in"),
         ({"ghost_fraction": 1.0}, "ghost_fraction must lie in"),
         ({"nu": -0.1}, "nu must be non-negative"),
+        ({"nu": 1e6}, "nu must be at most 100"),  # took all memory: the process was killed
         ({"hit_resolution": float("nan")}, "hit_resolution must be finite"),
         ({"mean_pt": "big"}, "mean_pt must be a number"),
         ({"hits_per_track": 2}, "hits_per_track must be at least 3"),

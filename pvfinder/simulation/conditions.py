@@ -221,6 +221,12 @@ class Conditions:
         for name in ["nu", "min_pt", *(f"{s}_per_pv" for s in SPECIES)]:
             if getattr(self, name) < 0:
                 raise ValueError(f"condition {name} must be non-negative, got {getattr(self, name)}")
+        # A bound on input, not a figure of the detector: LHCb Upgrade II foresees ν ≈ 42
+        # (Framework TDR, LHCb-TDR-023); at 10⁶ a few events took all memory and the process
+        # was killed.
+        if self.nu > 100:
+            raise ValueError(f"condition nu must be at most 100 visible interactions per "
+                             f"crossing, got {self.nu}")
         if not 0.0 <= self.track_efficiency <= 1.0:
             raise ValueError(f"condition track_efficiency must lie in [0, 1], got {self.track_efficiency}")
         # Ghosts come at ghost_fraction / (1 - ghost_fraction) per real track: beyond 0.9
