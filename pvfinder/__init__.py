@@ -7,6 +7,9 @@ repeated calls; :func:`simulate` makes LHCb Upgrade I-like samples with truth, a
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from .backends import available_backends, get_backend
 from .config import PVFinderConfig
 from .events import MCTruth, MCVertices, TrackBatch, VertexBatch
@@ -28,3 +31,13 @@ __all__ = [
     "get_backend",
     "simulate",
 ]
+
+# Submodules with heavier imports (uproot, Dask) load on first use: pvfinder.io.read_tracks
+# works after a plain ``import pvfinder``.
+_SUBMODULES = frozenset({"io", "validation", "distributed", "benchmark", "benchmark_io"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -273,6 +273,8 @@ def _checked_fill(fill: Mapping[str, Any]) -> dict[str, float]:
             raise ValueError(f"track schema: only covariance fields may be filled "
                              f"({', '.join(COVARIANCE_FIELDS)}), got {name!r}")
         try:
+            if isinstance(value, bool):  # True would be 1.0, as PVFinderConfig refuses it
+                raise TypeError
             value = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"track schema: fill value of {name} must be a number, "
@@ -627,8 +629,10 @@ def iterate_tracks(paths: PathLike | Iterable[PathLike], schema: TrackSchema | N
         states and negative variances.
     """
     schema, step_size = _schema(schema), parse_step_size(step_size)
-    return _iterate_files([paths] if isinstance(paths, (str, os.PathLike)) else paths, schema,
-                          step_size)
+    if isinstance(paths, bytes):  # a path as the OS gives it, not a sequence of bytes
+        paths = os.fsdecode(paths)
+    one_path = isinstance(paths, (str, os.PathLike))  # not a sequence of its letters
+    return _iterate_files([paths] if one_path else paths, schema, step_size)
 
 
 def _iterate_files(paths: Iterable[PathLike], schema: TrackSchema, step_size: int | str

@@ -423,6 +423,15 @@ def test_a_bad_origin_is_refused_at_the_call(sample, origin):
         PVFinder(backend="cpu")(sample.tracks.select_events(0, 2), origin=origin)
 
 
+def test_submodules_are_attributes_of_a_plain_import():
+    # "import pvfinder; pvfinder.validation.validate(...)" raised AttributeError.
+    code = ("import pvfinder; print(pvfinder.validation.validate.__name__, "
+            "pvfinder.io.read_tracks.__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.stdout.split() == ["validate", "read_tracks"], done.stderr
+
+
 def test_a_work_array_too_large_names_itself_and_what_sizes_it():
     # numpy's "Unable to allocate 27.9 GiB for an array with shape ..." named no setting.
     from pvfinder.pipeline import _Buffers

@@ -255,6 +255,7 @@ def test_iterate_tracks_takes_the_file_names_one_at_a_time(small_file):
         ({"fill_missing_covariance": {"x": 0}}, "only covariance fields may be filled"),
         ({"fill_missing_covariance": {"cov_xx": -1}}, "must be finite and non-negative"),
         ({"fill_missing_covariance": {"cov_xtx": "a"}}, "must be a number"),
+        ({"fill_missing_covariance": {"cov_xtx": True}}, "must be a number, got True"),  # 1.0
         ({"event_ids": ["run", 7]}, "event_ids must be branch names"),
         ({"event_ids": 5}, "event_ids must be branch names, got 5"),
         ({"event_ids": None}, "event_ids must be branch names, got None"),
@@ -321,6 +322,12 @@ def test_writer_discards_partial_file_on_error(tmp_path, small):
     with VertexWriter(output):  # nothing written: still a valid, empty file
         pass
     assert read_vertices(output).n_events == 0
+
+
+def test_one_path_as_bytes_is_one_file(small_file):
+    # b"file.root" was iterated byte by byte: "expected str, bytes or os.PathLike, not int".
+    chunks = list(iterate_tracks(os.fsencode(small_file)))
+    assert sum(chunk.tracks.n_events for chunk in chunks) == read_tracks(small_file).n_events
 
 
 def test_truth_of_other_tracks_is_refused_when_read(tmp_path, small):
