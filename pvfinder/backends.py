@@ -246,11 +246,16 @@ def get_backend(name: str | Backend = "auto") -> Backend:
     ------
     ValueError
         For an unknown name.
+    TypeError
+        For a ``name`` that is neither a string nor a Backend.
     BackendUnavailableError
         When the named backend cannot run here; the message says why.
     """
     if isinstance(name, Backend):
         return name
+    if not isinstance(name, str):  # a list was "unhashable type"
+        raise TypeError(f"backend must be a name (auto, {', '.join(_FACTORIES)}) or a Backend, "
+                        f"got {type(name).__name__}")
     if name == "auto":
         return _backend("cuda" if cuda_unavailable_reason() is None else "cpu")
     if name not in _FACTORIES:

@@ -751,8 +751,13 @@ class VertexBatch(_Jagged):
         ------
         ValueError
             For no batch at all, or batches some of which have weights and some not.
+        TypeError
+            For a batch that is not a VertexBatch.
         """
         batches = list(batches)
+        strays = [type(b).__name__ for b in batches if not isinstance(b, VertexBatch)]
+        if strays:
+            raise TypeError(f"vertices: only VertexBatch objects concatenate, got {strays[0]}")
         if len(batches) == 1:
             return batches[0].copy()
         if not batches:

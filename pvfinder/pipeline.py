@@ -464,7 +464,8 @@ class PVFinder:
         ------
         TypeError
             For tracks of a kind not listed above, an ``out`` that is not
-            :class:`VertexBuffers`, or an ``origin`` that is not ``(str, int)``.
+            :class:`VertexBuffers`, an ``origin`` that is not ``(str, int)``, or
+            ``timings`` that is not a dict.
         RuntimeError
             When this finder is running in another thread, or this process was forked from
             one whose CPU kernels had run on GNU OpenMP threads (see the README).
@@ -480,6 +481,9 @@ class PVFinder:
                 and isinstance(origin[1], (int, np.integer))):
             raise TypeError(f"origin must be (str, int): where the batch was read and its "
                             f"first entry, got {origin!r}")
+        if timings is not None and not isinstance(timings, dict):
+            raise TypeError(f"timings must be a dict (stage -> seconds), got "
+                            f"{type(timings).__name__}")
         batch = as_track_batch(tracks)
         target = self._output if out is None else out
         with self._exclusive():

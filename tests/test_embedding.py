@@ -446,6 +446,19 @@ def test_a_work_array_too_large_names_itself_and_what_sizes_it():
         _Buffers(NoMemory).get("hist", (2048, 4_000_000), np.float64)
 
 
+def test_arguments_of_the_wrong_kind_are_named(sample):
+    # "'list' object has no attribute 'get'", "unhashable type: 'list'" and an
+    # AttributeError deep in concatenate before.
+    tracks = sample.tracks.select_events(0, 2)
+    with pytest.raises(TypeError, match="timings must be a dict"):
+        PVFinder(backend="cpu")(tracks, timings=[])
+    with pytest.raises(TypeError, match="backend must be a name .* or a Backend, got list"):
+        get_backend([])
+    vertices = find_vertices(tracks, backend="cpu")
+    with pytest.raises(TypeError, match="only VertexBatch objects concatenate, got TrackBatch"):
+        VertexBatch.concatenate([vertices, tracks])
+
+
 def test_output_buffers_cannot_be_swapped_for_arrays_of_another_size():
     # reserve() grew the arrays it knew of; a short weight_offsets put in place of its own
     # was written past its end (a corrupted heap, the process ended with SIGSEGV).
