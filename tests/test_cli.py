@@ -452,7 +452,8 @@ def test_validation_goes_on_after_an_input_whose_truth_does_not_fit(two_files, t
                  str(tmp_path / "out"), "--backend", "cpu"]) == 0
     captured = capsys.readouterr()
     assert captured.err.startswith(f"pvfinder reconstruct: warning: not validated: "
-                                   f"{mismatched}: ")
+                                   f"{mismatched}:truth has 50 entries but {mismatched}:tracks "
+                                   "has 200: not the truth of these tracks")
     assert f"== {two_files[1]}" in captured.out and "efficiency" in captured.out.lower()
 
 
