@@ -313,8 +313,9 @@ class _Jagged:
     def _fields_from_awkward(cls, array: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         array = ak.Array(array)
         layout = array.layout
+        content = getattr(layout, "content", None)  # none in a regular numeric array
         if isinstance(layout, ak.contents.EmptyArray) or (
-                array.ndim == 2 and isinstance(layout.content, ak.contents.EmptyArray)):
+                array.ndim == 2 and isinstance(content, ak.contents.EmptyArray)):
             # No event, or events that never held a record (JSON or Python lists of empty
             # lists): no field is known, and none is needed.
             offsets = np.zeros(len(array) + 1, dtype=np.int64)
@@ -462,7 +463,10 @@ class TrackBatch(_Jagged):
             if getattr(getattr(array, "dtype", None), "kind", None) != "f":
                 raise ValueError(f"tracks: field {name!r} must hold floats, got "
                                  f"{getattr(array, 'dtype', type(array).__name__)}")
-        first, length = int(offsets[0]), int(offsets[-1])
+        # Both ends of CuPy offsets in one copy from the device (each copy waits for it).
+        cupy_offsets = _array_module(offsets) is not np
+        ends = _to_host(offsets[np.array([0, -1])]) if cupy_offsets else offsets
+        first, length = int(ends[0]), int(ends[-1])
         if first != 0:
             raise ValueError(f"tracks: offsets must start at 0, got {first}")
         for name in self.FIELDS:
@@ -526,7 +530,7 @@ class MCTruth:
         labels = np.asarray(self.track_mc_pv)
         if labels.ndim != 1:
             raise ValueError("MC truth: track_mc_pv must be one-dimensional")
-        if labels.dtype.kind not in "iu":  # 0.5 passed the range check, then was truncated
+        if labels.size and labels.dtype.kind not in "iu":  # 0.5 was truncated when written
             raise ValueError(f"MC truth: track_mc_pv must be integers, got {labels.dtype}")
 
     @property
@@ -554,8 +558,18 @@ class MCTruth:
         self.check_labels(_to_host(tracks.offsets))
 
     def check_labels(self, track_offsets: np.ndarray) -> None:
-        """Raise ``ValueError`` unless every track (events at ``track_offsets``) points to an
-        MC PV of its event or to none (−1)."""
+        """Check that every track points to an MC PV of its event or to none (−1).
+
+        Parameters
+        ----------
+        track_offsets : numpy.ndarray of int
+            Where each event's tracks start in :attr:`track_mc_pv` (``n_events + 1``).
+
+        Raises
+        ------
+        ValueError
+            Naming the first track, its event and the MC PV it points to that does not exist.
+        """
         labels = np.asarray(self.track_mc_pv)
         n_pvs = np.repeat(self.vertices.counts, np.diff(track_offsets))
         bad = np.flatnonzero((labels < -1) | (labels >= n_pvs))

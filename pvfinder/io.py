@@ -709,15 +709,22 @@ def read_truth(path: PathLike, tracks_tree: str = TRACKS_TREE) -> MCTruth | None
         offsets, flat = _read_jagged(_tree(file, path, TRUTH_TREE), where, MC_VERTEX_FIELDS)
         label_offsets, labels = _read_jagged(_tree(file, path, tracks_tree),
                                              f"{path}:{tracks_tree}", ("mc_pv",))
+    where_labels = f"{path}:{tracks_tree}"
     if len(label_offsets) != len(offsets):
-        raise ValueError(f"{where} has {len(offsets) - 1} entries but {path}:{tracks_tree} "
+        raise ValueError(f"{where} has {len(offsets) - 1} entries but {where_labels} "
                          f"has {len(label_offsets) - 1}: not the truth of these tracks")
+    if labels["mc_pv"].dtype.kind not in "iu":  # a cast would truncate them
+        raise ValueError(f"{where_labels}: branch 'mc_pv' holds {labels['mc_pv'].dtype}, not "
+                         "integers")
     try:
-        truth = MCTruth(MCVertices.from_arrays(offsets=offsets, **flat),
-                        labels["mc_pv"].astype(np.int32))
-        truth.check_labels(label_offsets)
+        vertices = MCVertices.from_arrays(offsets=offsets, **flat)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
+    truth = MCTruth(vertices, labels["mc_pv"].astype(np.int32))
+    try:
+        truth.check_labels(label_offsets)
+    except ValueError as error:
+        raise ValueError(f"{where_labels}: {error}") from None
     return truth
 
 
@@ -966,6 +973,7 @@ class VertexWriter:
         """Note in the file, when it is closed, the input files whose vertices it holds
         (read back by :func:`recorded_inputs`; ``pvfinder reconstruct --skip-existing``
         resumes by it); one path alone is taken as such, not as the letters of its name."""
+        self._check_open()
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self._inputs = [str(Path(path).resolve()) for path in paths]
@@ -1004,10 +1012,7 @@ class VertexWriter:
         checked = []
         first_event = self.n_events
         for vertices, event_ids, track_counts in batches:
-            if not isinstance(vertices, VertexBatch):
-                raise TypeError(f"{self.path}: vertices must be a VertexBatch "
-                                f"(VertexBatch.from_awkward converts an awkward array), got "
-                                f"{type(vertices).__name__}")
+            _check_vertex_batch(vertices, self.path)
             vertices = vertices.to_host()
             ids = _event_id_arrays(event_ids, first_event, vertices.n_events, self.path,
                                    _VERTEX_BRANCHES)
@@ -1093,6 +1098,8 @@ class VertexWriter:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if not self._open:  # closed or discarded inside the block already
+            return
         if kind is not None:
             self.discard()
             return
@@ -1105,6 +1112,12 @@ class VertexWriter:
     def _check_open(self) -> None:
         if not self._open:
             raise ValueError(f"{self.path}: the writer is closed")
+
+
+def _check_vertex_batch(vertices: Any, path: PathLike) -> None:
+    if not isinstance(vertices, VertexBatch):
+        raise TypeError(f"{path}: vertices must be a VertexBatch (VertexBatch.from_awkward "
+                        f"converts an awkward array), got {type(vertices).__name__}")
 
 
 def _event_id_arrays(event_ids: Mapping[str, Any] | None, first: int, n_events: int,
@@ -1184,7 +1197,10 @@ def write_vertices(path: PathLike, vertices: VertexBatch, *, with_weights: bool 
     ValueError
         As :class:`VertexWriter` and its :meth:`~VertexWriter.write`; nothing is left
         behind then.
+    TypeError
+        When ``vertices`` is not a VertexBatch.
     """
+    _check_vertex_batch(vertices, path)
     with VertexWriter(path, with_weights=with_weights and vertices.weights is not None,
                       compression=compression) as writer:
         writer.write(vertices, event_ids, track_counts)
@@ -1282,7 +1298,13 @@ def read_vertices(path: PathLike, *, weights: bool = True) -> VertexBatch:
             weight_counts = _read_jagged(tree, where_weights, ("weight_counts",))[1]["weight_counts"]
             weight_values = _read_jagged(tree, where_weights, ("weights",))[1]["weights"]
     try:
-        return VertexBatch.from_arrays(offsets=offsets, weights=weight_values,
-                                       weight_counts=weight_counts, **flat)
+        vertices = VertexBatch.from_arrays(offsets=offsets, **flat)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
+    if weight_values is None:
+        return vertices
+    try:
+        return VertexBatch.from_arrays(offsets=offsets, weights=weight_values,
+                                       weight_counts=weight_counts, **flat)
+    except ValueError as error:  # the vertices were fine: the weights' tree is at fault
+        raise ValueError(f"{where_weights}: {error}") from None

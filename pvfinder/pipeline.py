@@ -620,7 +620,7 @@ class PVFinder:
             buffer = self._buffers.get(f"input_{name}", array.shape, dtype)
             buffer[...] = xp.asarray(array)
             return buffer
-        return self.backend.asarray(array, dtype=dtype)  # other devices' arrays, DLPack, lists
+        return self.backend.asarray(array, dtype=dtype)  # e.g. Numba device arrays on CUDA
 
     def _inputs(self, batch: TrackBatch) -> tuple[Any, dict[str, Any]]:
         """The batch's offsets and track states on the device, in the beamline's frame."""

@@ -97,6 +97,11 @@ def test_events_that_never_held_a_record_are_empty_events(cls, text):
     assert batch.n_events == len(ak.from_json(text)) and batch.counts.sum() == 0
 
 
+def test_a_numeric_2d_array_is_not_events_of_records():
+    with pytest.raises(ValueError, match="lacks field"):  # not "has no attribute 'content'"
+        TrackBatch.from_awkward(ak.Array(np.zeros((2, 3))))
+
+
 def test_a_missing_weight_is_named_as_such():
     # A None among the weights became NaN, passed on; a None list made offsets of -28.
     vertices = VertexBatch.from_arrays(counts=[1, 2], weights=[1.0, 0.5, 0.5, 0.25, 0.75],
@@ -159,6 +164,7 @@ def test_truth_checks_labels():
     # and counts of reconstructible tracks below 0 (every PV then not reconstructible).
     with pytest.raises(ValueError, match="track_mc_pv must be integers, got float64"):
         MCTruth(pvs, np.array([0.5, 1.0, -1.0]))
+    assert len(MCTruth(pvs, []).track_mc_pv) == 0  # no tracks: numpy calls [] floats
     with pytest.raises(TypeError, match="vertices must be MCVertices, got TrackBatch"):
         MCTruth(tracks, np.array([0, 1, -1]))
     with pytest.raises(ValueError, match="'n_reconstructible' is negative \\(-5\\) in event 0"):

@@ -324,6 +324,28 @@ def test_writer_discards_partial_file_on_error(tmp_path, small):
     assert read_vertices(output).n_events == 0
 
 
+def test_bad_weights_are_named_by_their_tree(tmp_path, small):
+    # They were reported under the tree 'vertices', which was fine.
+    vertices = find_vertices(small.tracks.select_events(0, 2), backend="cpu")
+    path = tmp_path / "pvs.root"
+    write_vertices(path, vertices, with_weights=False)
+    per_vertex = ak.unflatten(vertices.weights, np.diff(vertices.weight_offsets))
+    per_vertex = ak.where(ak.local_index(per_vertex, axis=1) == 0, np.nan, per_vertex)
+    counters = {"weight_counts": "n_vertices", "weights": "n_weights"}
+    branches = {"weight_counts": ak.unflatten(np.diff(vertices.weight_offsets).astype(np.int32),
+                                              vertices.counts),
+                "weights": ak.unflatten(ak.flatten(per_vertex),
+                                        ak.sum(ak.unflatten(ak.num(per_vertex),
+                                                            vertices.counts), axis=1))}
+    with uproot.update(path) as file:
+        file.mktree("vertex_weights", {k: v.type for k, v in branches.items()},
+                    counter_name=counters.__getitem__)
+        file["vertex_weights"].extend(branches)
+    with pytest.raises(ValueError, match=r"pvs.root:vertex_weights: vertices: weight nan of "
+                                         r"vertex 0 in event 0"):
+        read_vertices(path)
+
+
 def test_one_path_as_bytes_is_one_file(small_file):
     # b"file.root" was iterated byte by byte: "expected str, bytes or os.PathLike, not int".
     chunks = list(iterate_tracks(os.fsencode(small_file)))
@@ -337,16 +359,19 @@ def test_truth_of_other_tracks_is_refused_when_read(tmp_path, small):
     write_sample(path, small.tracks.select_events(0, 5), small.truth.select_events(0, 5,
                                                                                   small.tracks))
     labels = {"short": ak.Array([[0, -1], [], [0]]),  # 3 events of labels for 5 of truth
-              "past": ak.Array([[0], [99], [], [], [-1]])}
+              "past": ak.Array([[0], [99], [], [], [-1]]),
+              "halves": ak.Array([[0.5], [], [], [], []])}  # were truncated to 0
     with uproot.update(path) as file:
         for name, mc_pv in labels.items():
             file.mktree(name, {"mc_pv": mc_pv.type}, counter_name=lambda _: "n")
             file[name].extend({"mc_pv": mc_pv})
     with pytest.raises(ValueError, match="mixed.root:truth has 5 entries but .*:short has 3"):
         read_truth(path, tracks_tree="short")
-    with pytest.raises(ValueError, match=r"mixed.root:truth: MC truth: track 1 of event 1 points "
+    with pytest.raises(ValueError, match=r"mixed.root:past: MC truth: track 1 of event 1 points "
                                          r"to MC PV 99, which does not exist"):
         read_truth(path, tracks_tree="past")
+    with pytest.raises(ValueError, match=r"mixed.root:halves: branch 'mc_pv' holds float64"):
+        read_truth(path, tracks_tree="halves")
 
 
 @pytest.mark.parametrize(("schema", "hint"), [
@@ -369,14 +394,16 @@ def test_writer_states_are_refused_clearly(tmp_path, small, monkeypatch):
     (tmp_path / "outdir").mkdir()
     with pytest.raises(IsADirectoryError, match="outdir: a directory, not a file to write"):
         VertexWriter(tmp_path / "outdir")  # found out at the rename, with outdir.part left
-    writer = VertexWriter(tmp_path / "pvs.root")
-    writer.record_inputs(tmp_path / "run1.root")  # taken letter by letter
-    writer.close()
+    with VertexWriter(tmp_path / "pvs.root") as writer:
+        writer.record_inputs(str(tmp_path / "run1.root"))  # was taken letter by letter
+        writer.close()  # and leaving the block after it is no error
     assert recorded_inputs(tmp_path / "pvs.root") == [str((tmp_path / "run1.root").resolve())]
     with pytest.raises(ValueError, match="pvs.root: the writer is closed"):
         writer.write(vertices)  # uproot's 'cannot get data from a closed file'
     with pytest.raises(ValueError, match="the writer is closed"):
         writer.close()  # FileNotFoundError on pvs.root.part
+    with pytest.raises(ValueError, match="the writer is closed"):
+        writer.record_inputs(["late.root"])  # was ignored
     # A file that cannot be finished on leaving the block goes as on an error inside it.
     monkeypatch.setattr(os, "replace", lambda *_: (_ for _ in ()).throw(OSError("full")))
     with pytest.raises(OSError, match="full"), VertexWriter(tmp_path / "late.root") as late:
@@ -388,8 +415,11 @@ def test_writers_name_arguments_of_the_wrong_kind(tmp_path, small):
     # awkward's "no field named 'to_host'", numpy's "has no attribute 'items'" and
     # "'float' object cannot be interpreted as an integer" before.
     vertices = find_vertices(small.tracks.select_events(0, 3), backend="cpu")
-    with pytest.raises(TypeError, match="vertices must be a VertexBatch"):
-        write_vertices(tmp_path / "a.root", vertices.to_awkward())
+    for wrong in (vertices.to_awkward(), find_vertices(small.tracks.select_events(0, 3),
+                                                       backend="cpu", weights=False).to_awkward(),
+                  {"x": vertices.x}):
+        with pytest.raises(TypeError, match="vertices must be a VertexBatch"):
+            write_vertices(tmp_path / "a.root", wrong)
     with pytest.raises(TypeError, match="event_ids must map branch names to arrays"):
         write_vertices(tmp_path / "b.root", vertices, event_ids=np.arange(3))
     with pytest.raises(ValueError, match="events_per_basket must be a positive integer, got 2.5"):
@@ -397,7 +427,7 @@ def test_writers_name_arguments_of_the_wrong_kind(tmp_path, small):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_refused_sample_leaves_the_file_it_would_replace(tmp_path, small):
+def test_a_refused_sample_leaves_the_file_it_would_replace(tmp_path, small, monkeypatch):
     # The file was recreated before the input was checked: a good sample was lost to a
     # truth of other events, or to a precision ROOT has no type for.
     path = tmp_path / "keep.root"
@@ -412,6 +442,16 @@ def test_a_refused_sample_leaves_the_file_it_would_replace(tmp_path, small):
         write_sample(path, small.tracks.to_awkward())
     with pytest.raises(TypeError, match="truth must be an MCTruth, got TrackBatch"):
         write_sample(path, small.tracks, small.tracks)
+    # Stopped while writing (Ctrl-C, a full disk): the old file stays, no .part is left.
+    import pvfinder.io
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pvfinder.io, "_write_tree", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            write_sample(path, small.tracks, small.truth)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.root"]  # no .part left
 

@@ -207,6 +207,7 @@ def test_core_mean_error_matches_its_spread_over_samples():
     assert np.std(means) == pytest.approx(quoted, rel=0.14)
     assert quoted == pytest.approx(1.16 / np.sqrt(2000), rel=0.02)
 
+
 def test_core_width_ignores_tails():
     rng = np.random.default_rng(3)
     values = np.concatenate([rng.normal(0.0, 1.0, 19000), rng.normal(0.0, 6.0, 1000)])
