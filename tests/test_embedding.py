@@ -396,6 +396,17 @@ def test_wrapped_offsets_that_run_backwards_are_an_error_on_every_backend(sample
         find_vertices(batch, backend=backend_name)
 
 
+def test_of_many_bad_events_every_backend_names_the_first(sample, backend_name):
+    # The CUDA blocks raced to report: any bad event could be named, where the CPU names the
+    # first. 399 events run backwards from event 600 on, spread over many blocks.
+    offsets = np.array(sample.tracks.offsets, dtype=np.int64)
+    offsets[601:1000] = offsets[600] - np.arange(1, 400)
+    batch = TrackBatch.from_buffers(offsets, **{
+        name: np.asarray(getattr(sample.tracks, name), np.float64) for name in TRACK_FIELDS})
+    with pytest.raises(ValueError, match=r"\(first seen in event 600\)"):
+        find_vertices(batch, backend=backend_name)
+
+
 def test_a_bad_input_noted_on_the_device_is_not_left_for_the_next_call(sample, monkeypatch):
     # The CUDA kernels note bad offsets and the pipeline raises them at the end; a call that
     # failed for another reason first (a warning made an error) left the note to be raised
