@@ -290,12 +290,13 @@ def reconstruct_files(
         nor a size with its unit, or the backend name, the compression or a ``local:N``
         scheduler is not one there is.
     TypeError
-        For a ``schema`` that is not a TrackSchema.
+        For a ``plan`` that is not a mapping, or a ``schema`` that is not a TrackSchema.
     BackendUnavailableError
         When the backend asked for cannot run here.
     ImportError
         When ``scheduler`` is given and Dask is not installed (the message says how).
     """
+    plan = _as_paths(plan)
     _check_plan(plan)
     schema, step_size = _schema(schema), parse_step_size(step_size)
     report = on_result or (lambda _: None)
@@ -368,6 +369,16 @@ def _resumed(output: Path, inputs: Sequence[Path], with_weights: bool) -> list[F
 
 def _all_failed(inputs: Sequence[Path], output: Path, error: str) -> list[FileResult]:
     return [FileResult(path, output, "failed", error=error) for path in inputs]
+
+
+def _as_paths(plan: Mapping[Any, Any]) -> dict[Path, list[Path]]:
+    """``plan`` with Paths throughout (str keys failed on ``output.exists()``), one input
+    given alone taken as one (not as the letters of its name)."""
+    if not isinstance(plan, Mapping):
+        raise TypeError(f"plan must map each output to its inputs (plan_outputs makes one), "
+                        f"got {type(plan).__name__}")
+    return {Path(output): [Path(inputs)] if isinstance(inputs, (str, os.PathLike))
+            else [Path(path) for path in inputs] for output, inputs in plan.items()}
 
 
 def _check_plan(plan: Mapping[Path, Sequence[Path]]) -> None:

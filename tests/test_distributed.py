@@ -125,6 +125,18 @@ def test_expand_inputs_and_plan_outputs(tmp_path, files):
         plan_outputs(files[:1], f"{tmp_path / 'pvs.root'}/")
 
 
+def test_a_plan_written_by_hand_with_strings_works(tmp_path, files):
+    # {"out.root": "in.root"} read the letters of "in.root" as inputs, and str outputs failed
+    # on output.exists() with --skip-existing.
+    output = str(tmp_path / "out.root")
+    for _ in range(2):  # the second time, skipped as done
+        (result,) = reconstruct_files({output: str(files[0])}, backend="cpu",
+                                      skip_existing=True)
+    assert result.status == "skipped" and result.input == files[0]
+    with pytest.raises(TypeError, match="plan must map each output to its inputs"):
+        reconstruct_files([(output, [files[0]])], backend="cpu")
+
+
 def test_existing_name_with_glob_characters_is_a_file(tmp_path, files):
     literal = tmp_path / "run[0].root"
     literal.write_bytes(files[0].read_bytes())
