@@ -215,6 +215,9 @@ class TrackSchema:
     def from_mapping(cls, mapping: Mapping[str, Any]) -> TrackSchema:
         """From ``{"tree": ..., "branches": {...}, "event_ids": [...],
         "fill_missing_covariance": {...}}`` (every key optional)."""
+        if not isinstance(mapping, Mapping):  # a JSON list, a string
+            raise TypeError(f"track schema: expected a table of keys (tree, branches, ...), "
+                            f"got {type(mapping).__name__}")
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(mapping) - known)
         if unknown:

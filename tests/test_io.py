@@ -272,6 +272,15 @@ def test_schema_mistakes(mapping, message):
         TrackSchema.from_mapping(mapping)
 
 
+def test_a_schema_file_that_holds_no_table_says_so(tmp_path):
+    # A JSON list said "sequence item 0: expected str instance, int found".
+    for text in ("[1, 2]", '"tracks"'):
+        (tmp_path / "schema.json").write_text(text)
+        with pytest.raises(ValueError, match="schema.json: track schema: expected a table of "
+                                             "keys"):
+            TrackSchema.from_file(tmp_path / "schema.json")
+
+
 def test_schema_file_that_cannot_be_read(tmp_path):
     with pytest.raises(ValueError, match="cannot be read as a schema file"):
         TrackSchema.from_file(tmp_path)  # a directory
