@@ -165,6 +165,7 @@ class _Jagged:
     FIELDS: ClassVar[tuple[str, ...]]
     FLOAT_FIELDS: ClassVar[frozenset[str]]
     WHAT: ClassVar[str]
+    ITEM: ClassVar[str]
 
     offsets: Any
 
@@ -236,17 +237,13 @@ class _Jagged:
                     array = array.astype(np.float64)
                 bad = _first_true(xp, ~xp.isfinite(array))
                 if bad is not None:
-                    raise ValueError(
-                        f"{cls.WHAT}: field {name!r} is {array[bad]} in event "
-                        f"{_event_of(offsets, bad)} (entry {bad})"
-                    )
+                    raise ValueError(f"{cls.WHAT}: field {name!r} is {array[bad]} "
+                                     f"{cls._located(offsets, bad)}")
                 if name in _VARIANCE_FIELDS:
                     bad = _first_true(xp, array < 0)
                     if bad is not None:
-                        raise ValueError(
-                            f"{cls.WHAT}: variance {name!r} is negative ({array[bad]}) in "
-                            f"event {_event_of(offsets, bad)} (entry {bad})"
-                        )
+                        raise ValueError(f"{cls.WHAT}: variance {name!r} is negative "
+                                         f"({array[bad]}) {cls._located(offsets, bad)}")
             else:
                 if not np.issubdtype(array.dtype, np.integer):
                     raise ValueError(
@@ -254,9 +251,8 @@ class _Jagged:
                     )
                 bad = _first_true(xp, array < 0)  # counts (n_reconstructible)
                 if bad is not None:
-                    raise ValueError(
-                        f"{cls.WHAT}: field {name!r} is negative ({array[bad]}) in event "
-                        f"{_event_of(offsets, bad)} (entry {bad})")
+                    raise ValueError(f"{cls.WHAT}: field {name!r} is negative ({array[bad]}) "
+                                     f"{cls._located(offsets, bad)}")
             out[name] = array
         dtypes = {out[n].dtype for n in cls.FIELDS if n in cls.FLOAT_FIELDS}
         if len(dtypes) > 1:  # one precision per container keeps the kernels simple
@@ -264,6 +260,13 @@ class _Jagged:
                 if name in cls.FLOAT_FIELDS:
                     out[name] = out[name].astype(np.float64)
         return out
+
+    @classmethod
+    def _located(cls, offsets: np.ndarray, index: int) -> str:
+        """Where flat ``index`` is: its event, its place there and in the flat arrays."""
+        event = _event_of(offsets, index)
+        return (f"in event {event} ({cls.ITEM} {index - int(offsets[event])} of the event, "
+                f"{index} of the flat arrays)")
 
     @classmethod
     def _offsets_from(cls, counts: Any, offsets: Any) -> np.ndarray:
@@ -340,10 +343,8 @@ class _Jagged:
             flat = ak.flatten(array[name], axis=1)
             missing_values = np.flatnonzero(ak.to_numpy(ak.is_none(flat, axis=0)))
             if missing_values.size:  # to_numpy would make them NaN, reported as such
-                entry = int(missing_values[0])
-                event = _event_of(offsets, entry)
-                raise ValueError(f"{cls.WHAT}: field {name!r} is None (a missing value) in "
-                                 f"event {event} (entry {entry - int(offsets[event])})")
+                raise ValueError(f"{cls.WHAT}: field {name!r} is None (a missing value) "
+                                 f"{cls._located(offsets, int(missing_values[0]))}")
             fields[name] = ak.to_numpy(flat)
         return offsets, fields
 
@@ -394,6 +395,7 @@ class TrackBatch(_Jagged):
     FIELDS: ClassVar[tuple[str, ...]] = TRACK_FIELDS
     FLOAT_FIELDS: ClassVar[frozenset[str]] = frozenset(TRACK_FIELDS)
     WHAT: ClassVar[str] = "tracks"
+    ITEM: ClassVar[str] = "track"
 
     offsets: Any
     x: Any
@@ -494,6 +496,7 @@ class MCVertices(_Jagged):
     FIELDS: ClassVar[tuple[str, ...]] = MC_VERTEX_FIELDS
     FLOAT_FIELDS: ClassVar[frozenset[str]] = frozenset({"x", "y", "z"})
     WHAT: ClassVar[str] = "MC vertices"
+    ITEM: ClassVar[str] = "MC vertex"
 
     offsets: Any
     x: Any
@@ -602,6 +605,7 @@ class VertexBatch(_Jagged):
     FIELDS: ClassVar[tuple[str, ...]] = VERTEX_FIELDS
     FLOAT_FIELDS: ClassVar[frozenset[str]] = frozenset(VERTEX_FIELDS)
     WHAT: ClassVar[str] = "vertices"
+    ITEM: ClassVar[str] = "vertex"
 
     offsets: Any
     x: Any

@@ -188,9 +188,9 @@ def test_truth_checks_labels():
         (lambda f: f.update(cov_xx=np.array([1e-3, 1e-3, 1e-3, -1.0])), "negative .* event 2"),
         # The first bad value is named, whichever kind; a non-finite one before a negative one.
         (lambda f: f.update(y=np.array([0.0, -np.inf, np.nan, np.inf], np.float32)),
-         "'y' is -inf in event 1 \\(entry 1\\)"),
+         "'y' is -inf in event 1 \\(track 0 of the event, 1 of the flat arrays\\)"),
         (lambda f: f.update(cov_yy=np.array([-1.0, 1e-3, np.nan, 1e-3])),
-         "'cov_yy' is nan in event 1 \\(entry 2\\)"),
+         "'cov_yy' is nan in event 1 \\(track 1 of the event, 2 of the flat arrays\\)"),
     ],
 )
 def test_track_validation_errors(change, message):
@@ -329,8 +329,9 @@ def test_a_missing_value_is_named_as_such_not_as_nan():
     per_event = [{name: [0.1, 0.2] for name in TRACK_FIELDS}, {name: [0.3] for name in TRACK_FIELDS}]
     array = ak.Array([[dict(zip(e, values)) for values in zip(*e.values())] for e in per_event])
     array = ak.pad_none(array, 2, axis=1)
+    # "entry" meant the flat index in one message and the place in the event in another.
     with pytest.raises(ValueError, match=r"field 'x' is None \(a missing value\) in event 1 "
-                                         r"\(entry 1\)"):
+                                         r"\(track 1 of the event, 3 of the flat arrays\)"):
         TrackBatch.from_awkward(array)
 
 
