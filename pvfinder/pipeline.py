@@ -263,10 +263,23 @@ class VertexBuffers:
 
     def __init__(self, xp: Any, n_events: int = 0, n_vertices: int = 0, n_weights: int = 0):
         self._xp = xp
+        self._busy = threading.Lock()
         self._offsets = xp.zeros(n_events + 1, dtype=np.int64)
         self._vertices = xp.empty((len(VERTEX_FIELDS), n_vertices), dtype=np.float64)
         self._weight_offsets = xp.zeros(n_vertices + 1, dtype=np.int64)
         self._weights = xp.empty(n_weights, dtype=np.float64)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Held while a finder writes into these buffers: two calls at once, in two threads
+        (two finders given the same ``out=``), would interleave their vertices silently."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("these VertexBuffers are being written by another call (in "
+                               "another thread): give each thread buffers of its own")
+        try:
+            yield
+        finally:
+            self._busy.release()
 
     @property
     def offsets(self) -> Any:
@@ -486,7 +499,7 @@ class PVFinder:
                             f"{type(timings).__name__}")
         batch = as_track_batch(tracks)
         target = self._output if out is None else out
-        with self._exclusive():
+        with self._exclusive(), target.writing():
             with self.backend.launch_guard:
                 n_vertices, n_weights = self._find(batch, target, weights,
                                                    _StageClock(self.backend, timings), origin)
