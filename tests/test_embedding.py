@@ -474,9 +474,9 @@ def test_output_buffers_written_by_another_call_are_refused(sample):
     # Two finders in two threads given the same out= gave wrong vertices in 4 of 20 calls.
     tracks = sample.tracks.select_events(0, 5)
     buffers = PVFinder(backend="cpu").output_buffers()
-    with buffers.writing():  # as another finder's call in another thread holds them
-        with pytest.raises(RuntimeError, match="being written by another call"):
-            PVFinder(backend="cpu")(tracks, out=buffers)
+    # Held as another finder's call in another thread holds them:
+    with buffers.writing(), pytest.raises(RuntimeError, match="being written by another call"):
+        PVFinder(backend="cpu")(tracks, out=buffers)
     assert PVFinder(backend="cpu")(tracks, out=buffers).n_events == 5  # free again
 
 
