@@ -79,6 +79,8 @@ def offsets_from_counts(counts: Any, what: str = "counts") -> np.ndarray:
     bad = np.flatnonzero(counts < 0)
     if bad.size:
         raise ValueError(f"{what} of event {bad[0]} is negative ({counts[bad[0]]})")
+    if counts.size and counts.sum(dtype=np.float64) >= 2.0**63:  # int64 offsets would wrap
+        raise ValueError(f"{what} add up to more than 64-bit offsets can hold")
     offsets = np.zeros(counts.size + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     return offsets

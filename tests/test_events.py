@@ -206,6 +206,7 @@ def test_track_validation_errors(change, message):
         ({"counts": [1, 2, 1], "offsets": [0, 1, 3, 4]}, "exactly one of"),
         ({}, "exactly one of"),
         ({"counts": [1, -1, 4]}, "event 1 is negative"),
+        ({"counts": [2**62, 2**62, 2**62]}, "more than 64-bit offsets can hold"),  # wrapped
         ({"counts": [1.5, 2.5]}, "must be integers"),
         ({"offsets": [1, 2, 4]}, "start at 0"),
         ({"offsets": [0, 3, 1, 4]}, "decrease at event 1"),
