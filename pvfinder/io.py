@@ -823,7 +823,7 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
     if truth is not None:
         truth.check_matches(tracks)
     path = Path(path)
-    partial = _partial_file_of(path)
+    final, partial = _write_target(path)
     try:
         with uproot.recreate(partial, compression=codec) as file:
             jagged = _jagged(tracks, TRACK_FIELDS, precision)
@@ -837,7 +837,7 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
                 jagged["n_reconstructible"] = ak.unflatten(
                     np.asarray(pv.n_reconstructible, dtype=np.int32), pv.counts)
                 _write_tree(file, TRUTH_TREE, "n_pvs", jagged, event_ids, events_per_basket)
-        os.replace(partial, path)
+        os.replace(partial, final)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -901,14 +901,16 @@ def _weight_rows(vertices: VertexBatch, track_counts: Any
     return track_offsets, vertex_event, weight_counts
 
 
-def _partial_file_of(path: Path) -> Path:
-    """``<path>.part``, the name a file is written under until complete, once ``path`` is
-    known to be no directory (found out only at the final rename, ``.part`` left behind)
-    and its folders are made."""
+def _write_target(path: Path) -> tuple[Path, Path]:
+    """The file to write for ``path`` (the target of a link, as ``open`` writes through it;
+    the rename would replace the link) and ``<file>.part``, its name until complete; once
+    ``path`` is known to be no directory (found out only at the final rename, ``.part``
+    left behind) and its folders are made."""
     if path.is_dir():
         raise IsADirectoryError(f"{path}: a directory, not a file to write")
-    _make_folder_of(path)
-    return path.with_name(path.name + ".part")
+    final = path.resolve() if path.is_symlink() else path
+    _make_folder_of(final)
+    return final, final.with_name(final.name + ".part")
 
 
 def _make_folder_of(path: Path) -> None:
@@ -963,7 +965,7 @@ class VertexWriter:
     def __init__(self, path: PathLike, *, with_weights: bool = False,
                  compression: str = DEFAULT_VERTEX_COMPRESSION) -> None:
         self.path = Path(path)
-        self.partial = _partial_file_of(self.path)
+        self._final, self.partial = _write_target(self.path)
         self.with_weights = with_weights
         self.n_events = self.n_vertices = 0
         self._file = uproot.recreate(self.partial, compression=_compression(compression))
@@ -1084,7 +1086,7 @@ class VertexWriter:
         if self._inputs is not None:  # JSON: any path (a newline in it) comes back whole
             self._file[INPUTS_RECORD] = json.dumps(self._inputs)
         self._file.close()
-        os.replace(self.partial, self.path)
+        os.replace(self.partial, self._final)
         return self.path
 
     def discard(self) -> None:

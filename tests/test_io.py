@@ -465,6 +465,21 @@ def test_a_refused_sample_leaves_the_file_it_would_replace(tmp_path, small, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.root"]  # no .part left
 
 
+def test_an_output_that_is_a_link_is_written_through(tmp_path, small):
+    # The rename from .part replaced the link with a file, where open() writes through it.
+    store = tmp_path / "store"
+    store.mkdir()
+    for name, write in (("tracks.root", lambda p: write_sample(p, small.tracks)),
+                        ("pvs.root", lambda p: write_vertices(p, find_vertices(
+                            small.tracks.select_events(0, 3), backend="cpu")))):
+        (store / name).write_bytes(b"old")
+        (tmp_path / name).symlink_to(store / name)
+        write(tmp_path / name)
+        assert (tmp_path / name).is_symlink() and (store / name).read_bytes() != b"old"
+    assert read_tracks(tmp_path / "tracks.root").n_events == small.tracks.n_events
+    assert sorted(p.name for p in store.iterdir()) == ["pvs.root", "tracks.root"]
+
+
 def test_writing_under_a_file_names_the_file_in_the_way(tmp_path, small):
     blocking = tmp_path / "runs"
     blocking.write_text("a file, not a directory")
