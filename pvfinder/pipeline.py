@@ -269,17 +269,12 @@ class VertexBuffers:
         self._weight_offsets = xp.zeros(n_vertices + 1, dtype=np.int64)
         self._weights = xp.empty(n_weights, dtype=np.float64)
 
-    @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self) -> contextlib.AbstractContextManager[None]:
         """Held while a finder writes into these buffers: two calls at once, in two threads
         (two finders given the same ``out=``), would interleave their vertices silently."""
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError("these VertexBuffers are being written by another call (in "
-                               "another thread): give each thread buffers of its own")
-        try:
-            yield
-        finally:
-            self._busy.release()
+        return _held_alone(self._busy, "these VertexBuffers are being written by another "
+                                       "call (in another thread): give each thread buffers "
+                                       "of its own")
 
     @property
     def offsets(self) -> Any:
@@ -393,18 +388,13 @@ class PVFinder:
     def __repr__(self) -> str:
         return f"PVFinder(backend={self.backend.name!r}, config={self.config!r})"
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def _exclusive(self) -> contextlib.AbstractContextManager[None]:
         """Held while a call uses the work buffers: a second thread's call is refused (it
         would overwrite them under the first one's feet, and both would be wrong)."""
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError("this PVFinder is running already (in another thread, or this "
-                               "call comes from within that one): give each thread a finder "
-                               "of its own (they share the compiled kernels)")
-        try:
-            yield
-        finally:
-            self._busy.release()
+        return _held_alone(self._busy, "this PVFinder is running already (in another thread, "
+                                       "or this call comes from within that one): give each "
+                                       "thread a finder of its own (they share the compiled "
+                                       "kernels)")
 
     # A finder pickles (and deep-copies) as its configuration and its backend's name, so that
     # it can go to Dask or multiprocessing workers: the work buffers are not copied, and the
@@ -776,6 +766,17 @@ class PVFinder:
                         target.vertices, target.weight_offsets, target.weights)
         clock.tick("cleanup")  # the compaction into flat arrays counts as part of clean-up
         return n_vertices, n_weights
+
+
+@contextlib.contextmanager
+def _held_alone(lock: threading.Lock, refusal: str) -> Iterator[None]:
+    """Hold ``lock`` for the block; a ``RuntimeError`` saying ``refusal`` when it is held."""
+    if not lock.acquire(blocking=False):
+        raise RuntimeError(refusal)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager

@@ -186,26 +186,24 @@ def test_gaussian_residuals_give_core_width(width):
 
 
 
-def test_core_width_error_matches_its_spread_over_samples():
-    # 400 Gaussian samples of 2000 entries: the quoted error of the clipped width must be the
-    # spread of the widths found (a plain standard deviation's sqrt(1/2n) is 1.6 times short).
-    rng = np.random.default_rng(11)
+@pytest.mark.parametrize(("field", "seed", "plain_factor"), [
+    # A plain standard deviation's sqrt(1/2n) is 1.6 times short of the clipped width's.
+    ("core_sigma", 11, None),
+    # The clipped mean scatters 1.16 times more than a plain mean's sigma/sqrt(n), since
+    # its window follows it; sqrt(1/n_core) would be 12 % short.
+    ("core_mean", 12, 1.16),
+])
+def test_core_errors_match_their_spread_over_samples(field, seed, plain_factor):
+    # 400 Gaussian samples of 2000 entries: the quoted error must be the spread of the
+    # values found.
+    rng = np.random.default_rng(seed)
     spreads = [Spread.of(rng.normal(0.0, 1.0, 2000)) for _ in range(400)]
-    widths = np.array([spread.core_sigma for spread in spreads])
-    quoted = np.mean([spread.core_sigma_error for spread in spreads])
-    # The spread of 400 widths is known to ±3.5 % (one σ): allow 4 σ.
-    assert np.std(widths) == pytest.approx(quoted, rel=0.14)
-
-
-def test_core_mean_error_matches_its_spread_over_samples():
-    # As for the width: the clipped mean scatters 1.16 times more than a plain mean's
-    # sigma/sqrt(n), since its window follows it; sqrt(1/n_core) would be 12 % short.
-    rng = np.random.default_rng(12)
-    spreads = [Spread.of(rng.normal(0.0, 1.0, 2000)) for _ in range(400)]
-    means = np.array([spread.core_mean for spread in spreads])
-    quoted = np.mean([spread.core_mean_error for spread in spreads])
-    assert np.std(means) == pytest.approx(quoted, rel=0.14)
-    assert quoted == pytest.approx(1.16 / np.sqrt(2000), rel=0.02)
+    values = np.array([getattr(spread, field) for spread in spreads])
+    quoted = np.mean([getattr(spread, f"{field}_error") for spread in spreads])
+    # The spread of 400 values is known to ±3.5 % (one σ): allow 4 σ.
+    assert np.std(values) == pytest.approx(quoted, rel=0.14)
+    if plain_factor is not None:
+        assert quoted == pytest.approx(plain_factor / np.sqrt(2000), rel=0.02)
 
 
 def test_core_width_ignores_tails():
