@@ -18,6 +18,7 @@ import dataclasses
 import glob
 import itertools
 import logging
+import multiprocessing.resource_tracker
 import os
 import signal
 import threading
@@ -693,9 +694,10 @@ def dask_client(scheduler: str) -> Iterator[Any]:
     -----
     For a local cluster, Dask's console logging (the ``distributed`` logger's handlers) shows
     only critical records while the client lives: a task's error is raised by the client,
-    naming its input. The workers are started ignoring SIGINT, so that a Ctrl-C interrupts
-    this process alone, which then closes them; a worker that Dask restarts later (after
-    running out of memory) does not ignore it.
+    naming its input. The workers run with SIGINT and SIGTERM blocked, those that Dask
+    restarts too, so that a Ctrl-C or a batch system's stop sent to the whole process group
+    stops this process alone, which then closes them; one sent while they start arrives
+    once they have started.
     """
     _, distributed = _import_dask()
     kind, _, count = scheduler.partition(":")
@@ -713,32 +715,50 @@ def dask_client(scheduler: str) -> Iterator[Any]:
     # The cluster's own silence_logs ends when it starts to close, and its scheduler then
     # logged the workers' lost connections (a traceback on Ctrl-C): quiet from before it is
     # made until it has closed.
-    with distributed.utils.silence_logging_cmgr(logging.CRITICAL):
-        with _interrupts_kept_from_workers():
-            cluster = distributed.LocalCluster(
+    with (distributed.utils.silence_logging_cmgr(logging.CRITICAL),
+          contextlib.ExitStack() as closing):
+        with _stops_kept_from_workers():  # a stop held here arrives once it will be closed
+            cluster = closing.enter_context(distributed.LocalCluster(
                 n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                 dashboard_address=None, env={"NUMBA_NUM_THREADS": threads},
                 # a task's error is raised here, named; the workers' report of it is noise
-                silence_logs=logging.CRITICAL)
-        with cluster, distributed.Client(cluster) as client:
-            yield client
+                silence_logs=logging.CRITICAL))
+        yield closing.enter_context(distributed.Client(cluster))
+
+
+_STOPS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 @contextlib.contextmanager
-def _interrupts_kept_from_workers() -> Iterator[None]:
-    """Ignore SIGINT while worker processes are started: they keep ignoring it, so that a
-    Ctrl-C, which the terminal sends to the whole process group, interrupts this process
-    alone (which then closes the cluster) instead of each worker printing a traceback. A
-    Ctrl-C during the start itself is lost. (Blocking SIGINT instead does not reach the
-    workers: multiprocessing unblocks it when it starts its resource tracker.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers, and SIGINT interrupts only it
+def _stops_kept_from_workers() -> Iterator[None]:
+    """Block SIGINT and SIGTERM while worker processes are started.
+
+    The workers keep them blocked, so that a Ctrl-C, which the terminal sends to the whole
+    process group, or a batch system's SIGTERM to it, stops this process alone, which then
+    closes the cluster, instead of each worker printing a traceback or dying under its
+    nanny. (A worker whose parent has gone stops by itself.) A stop that arrives during the
+    start is held and raised here once it ends.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+            signal, "pthread_sigmask"):  # Windows: no signal masks, nor process groups
+        yield
         return
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # It unblocks both signals after starting itself, here too: start it before.
+    multiprocessing.resource_tracker.ensure_running()
+    held: list[int] = []  # those received during the start
+    handlers = {stop: signal.signal(stop, lambda signum, frame: held.append(signum))
+                for stop in _STOPS}
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     try:
         yield
-    finally:  # None: a handler set outside Python, which cannot be put back
-        signal.signal(signal.SIGINT, signal.default_int_handler if handler is None else handler)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # delivers those pending
+        for stop, handler in handlers.items():  # None: set outside Python, not restorable
+            if handler is None:
+                handler = signal.default_int_handler if stop == signal.SIGINT else signal.SIG_DFL
+            signal.signal(stop, handler)
+        if held:  # the first, as its own handler takes it
+            signal.raise_signal(held[0])
 
 
 def vertex_collection(source: TrackSource, *, config: PVFinderConfig | None = None,

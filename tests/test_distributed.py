@@ -689,17 +689,27 @@ def test_dask_local_cluster_matches_single_process(tmp_path, files, capfd):
     assert "Compute Failed" not in capfd.readouterr().err
 
 
+def _blocked_stops() -> set[int]:
+    return {int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])} & {
+        signal.SIGINT, signal.SIGTERM}
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks")
 def test_a_ctrl_c_interrupts_this_process_not_the_local_workers():
-    # The terminal sends SIGINT to the whole process group: each worker printed a traceback,
-    # and the scheduler logged the workers' lost connections while closing.
+    # The terminal sends SIGINT to the whole process group, a batch system SIGTERM: each
+    # worker printed a traceback or died under its nanny, and the scheduler logged the
+    # workers' lost connections while closing.
     terminal = io.StringIO()  # a console handler of Dask's logger, as Dask's own
     handler = logging.StreamHandler(terminal)
     logging.getLogger("distributed").addHandler(handler)
+    term = signal.getsignal(signal.SIGTERM)
     try:
         with dask_client("local:1") as client:
-            assert list(client.run(signal.getsignal, signal.SIGINT).values()) == [
-                signal.SIG_IGN]
+            assert list(client.run(_blocked_stops).values()) == [
+                {signal.SIGINT, signal.SIGTERM}]
+            assert not _blocked_stops()
             assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert signal.getsignal(signal.SIGTERM) is term
             for name in ("distributed.scheduler", "distributed.batched"):
                 logging.getLogger(name).error("quiet")
             cluster, close = client.cluster, client.cluster.close
@@ -713,6 +723,40 @@ def test_a_ctrl_c_interrupts_this_process_not_the_local_workers():
     finally:
         logging.getLogger("distributed").removeHandler(handler)
     assert terminal.getvalue() == "heard again\n"
+
+
+class _Stopped(BaseException):
+    pass
+
+
+def _stop(signum, frame):
+    raise _Stopped
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks")
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_while_the_workers_start_is_raised_once_they_can_be_closed(monkeypatch, stop):
+    # It was ignored while they started: the job then ran to its end.
+    import distributed as dask_distributed
+
+    started, start = [], dask_distributed.LocalCluster
+
+    def stopped_while_starting(**options):
+        signal.raise_signal(stop)
+        started.append(start(**options))
+        return started[-1]
+
+    monkeypatch.setattr(dask_distributed, "LocalCluster", stopped_while_starting)
+    previous = signal.signal(signal.SIGTERM, _stop) if stop == signal.SIGTERM else None
+    try:
+        expected = KeyboardInterrupt if stop == signal.SIGINT else _Stopped
+        with pytest.raises(expected), dask_client("local:1"):
+            pytest.fail("the stop was not raised")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    assert started[0].status.name == "closed"
+    assert not _blocked_stops()
 
 
 def test_dask_missing_and_bad_scheduler(monkeypatch):
