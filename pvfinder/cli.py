@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import json
 import os
@@ -10,7 +11,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -505,8 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     shown = warnings.showwarning
     on_sigterm = _catch_sigterm()
+    unraisable = sys.unraisablehook
     try:
         warnings.showwarning = _warning_printer(args.command)
+        sys.unraisablehook = _stops_sent_again(unraisable)
         return args.run(args)
     except BrokenPipeError as error:
         if not _stdout_is_closed():  # another pipe: an error like any other
@@ -528,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGTERM
     finally:
         warnings.showwarning = shown
+        sys.unraisablehook = unraisable
         if on_sigterm is not None:
             signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -553,6 +557,31 @@ def _catch_sigterm() -> Any:
 def _raise_terminated(signum: int, frame: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up
     raise _Terminated
+
+
+def _stops_sent_again(passed_on: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A ``sys.unraisablehook`` that sends a stop again when its exception was raised inside
+    a finalizer (a ``__del__``, a garbage-collector callback) of the main thread: Python
+    drops it there, and the job ran to its end. Other exceptions go to ``passed_on``."""
+    def hook(unraisable: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            passed_on(unraisable)
+        elif issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _send_to_main_thread(signal.SIGINT)
+        elif issubclass(unraisable.exc_type, _Terminated):
+            signal.signal(signal.SIGTERM, _raise_terminated)  # it ignores further ones
+            _send_to_main_thread(signal.SIGTERM)
+        else:
+            passed_on(unraisable)
+    return hook
+
+
+def _send_to_main_thread(stop: int) -> None:
+    # A moment later, from another thread, so that it is raised once the finalizer returned
+    # (should it not be, this hook sends it again).
+    timer = threading.Timer(0.01, _thread.interrupt_main, args=(stop,))
+    timer.daemon = True
+    timer.start()
 
 
 def _warning_printer(command: str) -> Any:
