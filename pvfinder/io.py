@@ -25,6 +25,7 @@ Layout written by default (all lengths in mm):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -933,7 +934,8 @@ class VertexWriter:
 
     The file is written under ``<path>.part`` and renamed to ``path`` by :meth:`close`, so an
     interrupted run never leaves a half-written file that looks finished. Used as a context
-    manager it closes on success and discards the partial file on an exception.
+    manager it closes on success and discards the partial file on an exception; a writer
+    dropped unfinished discards it too.
 
     Parameters
     ----------
@@ -968,11 +970,17 @@ class VertexWriter:
         self._final, self.partial = _write_target(self.path)
         self.with_weights = with_weights
         self.n_events = self.n_vertices = 0
-        self._file = uproot.recreate(self.partial, compression=_compression(compression))
-        self._open = True
         self._ids: dict[str, np.dtype] | None = None
         self._per_track: bool | None = None
         self._inputs: list[str] | None = None
+        codec = _compression(compression)
+        try:
+            self._file = uproot.recreate(self.partial, compression=codec)
+            self._open = True
+        except BaseException:  # a Ctrl-C may come once the file exists
+            with contextlib.suppress(OSError):
+                self.partial.unlink(missing_ok=True)
+            raise
 
     def record_inputs(self, paths: Iterable[PathLike]) -> None:
         """Note in the file, when it is closed, the input files whose vertices it holds
@@ -1098,6 +1106,13 @@ class VertexWriter:
             pass  # the file goes anyway
         finally:
             self.partial.unlink(missing_ok=True)
+
+    def __del__(self) -> None:
+        # Dropped unfinished: a stop came between its making and the code that would have
+        # discarded it (or its user forgot it).
+        if getattr(self, "_open", False):
+            with contextlib.suppress(OSError):
+                self.discard()
 
     def __enter__(self) -> VertexWriter:  # noqa: PYI034 (Self needs Python 3.11)
         return self

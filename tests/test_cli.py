@@ -610,6 +610,19 @@ def test_stopped_run_leaves_no_finished_looking_file(sample_file, tmp_path, monk
     assert capsys.readouterr().err.splitlines() == [message]
 
 
+def test_a_stop_before_the_writing_began_leaves_no_partial_file(sample_file, tmp_path,
+                                                                monkeypatch, capsys):
+    # Between making the output's writer and the code that would discard it.
+    from pvfinder import distributed
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "_write_output", stopped)
+    assert main(["reconstruct", str(sample_file), "-o", str(tmp_path / "pvs.root")]) == 130
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_branch_tree_and_fill_options(sample_file, tmp_path, capsys):
     tracks = read_tracks(sample_file)
     kept = {f"velo_{n}": np.asarray(getattr(tracks, n)) for n in TRACK_FIELDS

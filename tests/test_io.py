@@ -333,6 +333,28 @@ def test_writer_discards_partial_file_on_error(tmp_path, small):
     assert read_vertices(output).n_events == 0
 
 
+def test_a_stop_as_a_writer_is_made_or_just_after_leaves_no_partial_file(tmp_path, small,
+                                                                          monkeypatch):
+    # pvfinder reconstruct left an empty OUT.part after a SIGTERM, about once in 30 runs.
+    output = tmp_path / "pvs.root"
+    recreate = uproot.recreate
+
+    def stopped_once_made(*args, **kwargs):
+        recreate(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(uproot, "recreate", stopped_once_made)
+    with pytest.raises(KeyboardInterrupt):
+        VertexWriter(output)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    writer = VertexWriter(output)  # made, but its maker stopped before it could discard it
+    writer.write(find_vertices(small.tracks.select_events(0, 5), backend="cpu"))
+    assert writer.partial.exists()
+    del writer
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_weights_are_named_by_their_tree(tmp_path, small):
     # They were reported under the tree 'vertices', which was fine.
     vertices = find_vertices(small.tracks.select_events(0, 2), backend="cpu")
