@@ -602,11 +602,11 @@ class _LocalEngine:
         self._reader.shutdown()
 
     def _stop_reading(self) -> None:
-        """Wait for the chunk being read (an error there belongs to an input nobody asks
-        for any more), then close the input it came from."""
-        with contextlib.suppress(Exception):
-            self._upcoming.result()
-        self._stream.close()
+        """Close the input being read once the chunk it may be reading is done (an error
+        there belongs to an input nobody asks for any more)."""
+        # In the reader thread, after it: a stop may have come before the future of that
+        # chunk was kept, and closing a running generator raises.
+        self._reader.submit(self._stream.close).result()
 
 
 class _DaskEngine:

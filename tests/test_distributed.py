@@ -423,6 +423,39 @@ def test_input_given_up_on_leaves_the_next_one_whole(files, read_ahead):
     assert [len(counts) for _, _, counts in pieces] == [20, 20]
 
 
+def test_a_stop_just_after_a_chunk_was_asked_for_closes_the_reader_cleanly(files,
+                                                                            monkeypatch):
+    # A SIGTERM between asking the reader thread for the next chunk and keeping its future:
+    # closing the engine raised "generator already executing" (pvfinder exited with 2).
+    engine = distributed._LocalEngine(TrackSchema(), PVFinder(backend="cpu"), step_size=20,
+                                      with_weights=False, read_ahead=True)
+    reading, released = threading.Event(), threading.Event()
+    iterate = distributed.iterate_tracks
+
+    def slow(*args, **kwargs):
+        for chunk in iterate(*args, **kwargs):
+            reading.set()
+            released.wait(5)
+            yield chunk
+
+    monkeypatch.setattr(distributed, "iterate_tracks", slow)
+    submit = engine._reader.submit
+
+    def stopped_after_asking(task, *args):
+        future = submit(task, *args)
+        if task is next:
+            raise KeyboardInterrupt
+        return future
+
+    monkeypatch.setattr(engine._reader, "submit", stopped_after_asking)
+    with pytest.raises(KeyboardInterrupt):
+        engine.submit([inspect_tracks(files[0])])
+    assert reading.wait(5)
+    threading.Timer(0.2, released.set).start()
+    engine.close()
+    assert released.is_set()  # it waited for the chunk being read
+
+
 def test_an_input_given_twice_is_refused(tmp_path, files):
     with pytest.raises(ValueError, match="given more than once: .*run0.root"):
         reconstruct_files({tmp_path / "a.root": [files[0]], tmp_path / "b.root": [files[0]]},
