@@ -43,6 +43,7 @@ from .io import (
     TrackSchema,
     TrackSource,
     VertexWriter,
+    _not_a_regular_file,
     _schema,
     holds_weights,
     inspect_tracks,
@@ -165,25 +166,29 @@ def plan_outputs(inputs: Sequence[Path], output: str | os.PathLike, *, merge: bo
         When two inputs would write the same output, or several inputs without ``merge``
         are given a file name (ending in ``.root``, or an existing file) rather than a
         directory: ``--merge`` forgotten, or a glob that matched more than one file; when
-        a single input is given an existing file not named ``*.root``; or when ``merge`` is
-        given a directory (a name ending in a slash).
+        a single input or ``merge`` is given an existing file not named ``*.root`` (which
+        would be replaced); or when ``merge`` is given a directory (a name ending in a slash).
     """
     folder = str(output).endswith(("/", os.sep))  # "pvs.root/": meant as a directory
     if merge and folder:
         raise ValueError(f"{output}: --merge writes one file, and this names a directory")
     output = Path(output)
     named_file = output.suffix.lower() == ".root" and not folder and not output.is_dir()
+    other_file = output.exists() and not output.is_dir() and not named_file  # notes.txt
+    not_root = f"{output}: an existing file not named *.root, which the vertices would replace"
+    if merge and other_file:
+        raise ValueError(f"{not_root}; --merge writes a file named *.root")
     if merge or (len(inputs) == 1 and named_file):
         return {output: list(inputs)}
-    if len(inputs) > 1 and (named_file or (output.exists() and not output.is_dir())):
+    if len(inputs) > 1 and (named_file or other_file):
         raise ValueError(f"{output}: {len(inputs)} inputs make one file each in a directory, "
                          "and this names a file; give a directory, or --merge for one file")
-    if output.exists() and not output.is_dir():  # one input, a name without .root
+    if other_file:  # one input
         if folder:
             raise ValueError(f"{output}: a file, not a directory (the trailing slash asks "
                              "for one)")
-        raise ValueError(f"{output}: an existing file not named *.root; the output is a "
-                         "file named *.root or a directory (for <stem>_pvs.root)")
+        raise ValueError(f"{not_root}; the output is a file named *.root or a directory (for "
+                         "<stem>_pvs.root)")
     plan: dict[Path, list[Path]] = {}
     for path in inputs:
         target = output / f"{path.stem}_pvs.root"
@@ -396,8 +401,9 @@ def _check_plan(plan: Mapping[Path, Sequence[Path]]) -> None:
             raise ValueError(f"{output} is an input too: writing the vertices there would "
                              "overwrite it; choose another output (or inputs that do not "
                              "match it)")
-        if Path(output).is_dir():
-            raise ValueError(f"{output} is a directory; the vertices need a file name there")
+        kind = _not_a_regular_file(Path(output))
+        if kind is not None:
+            raise ValueError(f"{output} is {kind}; the vertices need a file name there")
 
 
 def _write_output(writer: VertexWriter, sources: list[TrackSource], engine: Any, bar: Any,

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import stat
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -907,11 +908,27 @@ def _write_target(path: Path) -> tuple[Path, Path]:
     the rename would replace the link) and ``<file>.part``, its name until complete; once
     ``path`` is known to be no directory (found out only at the final rename, ``.part``
     left behind) and its folders are made."""
-    if path.is_dir():
+    kind = _not_a_regular_file(path)
+    if kind == "a directory":
         raise IsADirectoryError(f"{path}: a directory, not a file to write")
+    if kind is not None:  # the rename would replace /dev/null itself
+        raise FileExistsError(f"{path}: {kind}, not a file to write")
     final = path.resolve() if path.is_symlink() else path
     _make_folder_of(final)
     return final, final.with_name(final.name + ".part")
+
+
+def _not_a_regular_file(path: Path) -> str | None:
+    """What ``path`` (or the file it links to) is when it exists but is not a regular file,
+    as ``"a directory"`` or ``"a character device"``; None otherwise."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # nothing there, or a link to nothing
+        return None
+    kinds = {stat.S_ISREG: None, stat.S_ISDIR: "a directory", stat.S_ISCHR: "a character device",
+             stat.S_ISBLK: "a block device", stat.S_ISFIFO: "a named pipe",
+             stat.S_ISSOCK: "a socket"}
+    return next((kind for is_kind, kind in kinds.items() if is_kind(mode)), "a special file")
 
 
 def _make_folder_of(path: Path) -> None:

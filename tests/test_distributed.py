@@ -6,6 +6,7 @@ import collections
 import contextlib
 import io
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -118,8 +119,11 @@ def test_expand_inputs_and_plan_outputs(tmp_path, files):
         plan_outputs(files[:2], f"{tmp_path / 'merged'}/", merge=True)
     # An existing file without .root is neither a vertex file to name nor a directory.
     (tmp_path / "notes").write_text("kept")
-    with pytest.raises(ValueError, match="notes: an existing file not named"):
-        plan_outputs(files[:1], tmp_path / "notes")
+    for merge in (False, True):  # merged, it was replaced
+        with pytest.raises(ValueError, match="notes: an existing file not named"):
+            plan_outputs(files[:1], tmp_path / "notes", merge=merge)
+    assert (tmp_path / "notes").read_text() == "kept"
+    assert plan_outputs(files[:2], tmp_path / "new", merge=True) == {tmp_path / "new": files[:2]}
     (tmp_path / "pvs.root").write_text("not a vertex file")
     with pytest.raises(ValueError, match="pvs.root: a file, not a directory"):
         plan_outputs(files[:1], f"{tmp_path / 'pvs.root'}/")
@@ -517,17 +521,22 @@ def test_expanding_leaves_out_this_jobs_own_outputs_only(tmp_path, files):
 
 
 @pytest.mark.parametrize("output", ["the input", "the input, spelled another way",
-                                    "a directory"])
+                                    "a directory", "a named pipe"])
 def test_a_plan_that_would_lose_data_is_refused(tmp_path, files, monkeypatch, output):
     monkeypatch.chdir(files[0].parent)
     before = files[0].read_bytes()
+    pipe = tmp_path / "pipe.root"  # as /dev/null: the rename replaced it with a file
+    if output == "a named pipe":
+        os.mkfifo(pipe)
     target = {"the input": files[0], "the input, spelled another way": Path(files[0].name),
-              "a directory": tmp_path}[output]
-    message = "is a directory" if output == "a directory" else "is an input too"
+              "a directory": tmp_path, "a named pipe": pipe}[output]
+    message = {"a directory": "is a directory",
+               "a named pipe": "pipe.root is a named pipe"}.get(output, "is an input too")
     with pytest.raises(ValueError, match=message):
         reconstruct_files(plan_outputs(files[:2], target, merge=True), backend="cpu")
     assert files[0].read_bytes() == before
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == (["pipe.root"] if pipe.exists() else [])
+    assert not pipe.exists() or pipe.is_fifo()
 
 
 def test_an_output_that_cannot_be_finished_fails_its_inputs(tmp_path, files, monkeypatch):
