@@ -47,7 +47,6 @@ from .io import (
     _schema,
     holds_weights,
     inspect_tracks,
-    iterate_tracks,
     parse_step_size,
     recorded_inputs,
     usable_cores,
@@ -324,7 +323,7 @@ def reconstruct_files(
             except (ValueError, OSError) as error:
                 record(FileResult(path, output, "failed", error=str(error)))
     total = sum(source.n_entries for source in sources.values())
-    with _engine(scheduler, schema, config, backend, step_size, with_weights) as engine, \
+    with _engine(scheduler, config, backend, step_size, with_weights) as engine, \
             tqdm(total=total, unit="evt", disable=not progress) as bar:
         engine.submit(list(sources.values()))
         for output, inputs in plan.items():
@@ -487,11 +486,11 @@ def _write(writer: VertexWriter, source: TrackSource, pieces: list[Piece]) -> No
 
 
 @contextlib.contextmanager
-def _engine(scheduler: str | None, schema: TrackSchema, config: PVFinderConfig | None,
-            backend: str, step_size: int | str, with_weights: bool) -> Iterator[Any]:
+def _engine(scheduler: str | None, config: PVFinderConfig | None, backend: str,
+            step_size: int | str, with_weights: bool) -> Iterator[Any]:
     if scheduler is None:
         finder = PVFinder(config, backend)
-        engine = _LocalEngine(schema, finder, step_size, with_weights, _reads_ahead(finder))
+        engine = _LocalEngine(finder, step_size, with_weights, _reads_ahead(finder))
         try:
             yield engine
         finally:
@@ -531,9 +530,9 @@ class _LocalEngine:
     Close the engine to stop the reader.
     """
 
-    def __init__(self, schema: TrackSchema, finder: PVFinder, step_size: int | str,
-                 with_weights: bool, read_ahead: bool) -> None:
-        self.schema, self.finder, self.step_size = schema, finder, step_size
+    def __init__(self, finder: PVFinder, step_size: int | str, with_weights: bool,
+                 read_ahead: bool) -> None:
+        self.finder, self.step_size = finder, step_size
         self.with_weights, self.read_ahead = with_weights, read_ahead
         self.outputs = finder.output_buffers()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="pvfinder-reader")
@@ -558,7 +557,7 @@ class _LocalEngine:
         for position, source in enumerate(sources):
             if position in self._dropped:
                 continue
-            chunks = iterate_tracks(source.path, self.schema, self.step_size)
+            chunks = source.read_chunks(self.step_size)
             try:
                 for chunk in chunks:
                     yield position, chunk

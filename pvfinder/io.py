@@ -429,7 +429,8 @@ class TrackSource:
     """A tree of tracks checked against a schema: which branch to read for each field.
 
     Get one from :func:`inspect_tracks`; it holds no open file, so it pickles to Dask
-    workers, whose partitions it turns into :class:`TrackChunk` with :meth:`chunk`.
+    workers, whose partitions it turns into :class:`TrackChunk` with :meth:`chunk`;
+    :meth:`read_chunks` reads the file as inspected.
 
     Attributes
     ----------
@@ -533,6 +534,12 @@ class TrackSource:
                 start = report.tree_entry_stop
                 yield self.chunk(arrays, report.tree_entry_start)
 
+    def read_chunks(self, step_size: int | str = DEFAULT_STEP_SIZE) -> Iterator[TrackChunk]:
+        """Open :attr:`path` again and read it in chunks as it was inspected: without its
+        checks and warnings again (``pvfinder reconstruct`` warned of each input twice)."""
+        with _open(self.path) as file:
+            yield from self.iterate(_tree(file, Path(self.path), self.tree), step_size)
+
 
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity, where the OS has one)."""
@@ -561,8 +568,8 @@ def _track_source(file: Any, path: Path, schema: TrackSchema) -> TrackSource:
                           if isinstance(tree[name].interpretation, AsDtype)
                           and tree[name].interpretation.to_dtype.kind in "iu")
         carried = ", ".join(id_names) or "event_number counting the entries"
-        # Warned from here for every caller alike, so that the default filter shows it once
-        # per input (reconstruct opens each input twice: to check it, then to read it).
+        # Warned from here for every reader alike (TrackSource.read_chunks does not come
+        # here, so that reconstruct, which inspects each input first, warns once).
         warnings.warn(f"{where}: no event identifier branch {', '.join(absent)}; the "
                       f"vertices carry {carried} (integer branches with one value per "
                       f"event: {', '.join(integers) or 'none'})", stacklevel=1)

@@ -33,8 +33,8 @@ from pvfinder.distributed import (
 from pvfinder.events import TRACK_FIELDS, TrackBatch, VertexBatch
 from pvfinder.io import (
     TrackSchema,
+    TrackSource,
     inspect_tracks,
-    iterate_tracks,
     read_tracks,
     read_vertices,
     recorded_inputs,
@@ -334,10 +334,11 @@ def test_next_chunk_is_read_while_this_one_is_reconstructed(files, monkeypatch):
     inputs: the first chunk of the next file is read during the last one of this file."""
     read = [threading.Event() for _ in range(5)]  # files[0]: 60 events, files[1]: 40; by 20
     n_read = 0
+    read_chunks = TrackSource.read_chunks
 
     def reading(*args, **kwargs):
         nonlocal n_read
-        for chunk in iterate_tracks(*args, **kwargs):
+        for chunk in read_chunks(*args, **kwargs):
             read[n_read].set()
             n_read += 1
             yield chunk
@@ -356,9 +357,9 @@ def test_next_chunk_is_read_while_this_one_is_reconstructed(files, monkeypatch):
             self.overlapped.append(following == len(read) or read[following].wait(timeout=30))
             return self.finder(tracks, **options)
 
-    monkeypatch.setattr(distributed, "iterate_tracks", reading)
+    monkeypatch.setattr(TrackSource, "read_chunks", reading)
     finder = WaitingFinder()
-    engine = distributed._LocalEngine(TrackSchema(), finder, step_size=20, with_weights=False,
+    engine = distributed._LocalEngine(finder, step_size=20, with_weights=False,
                                       read_ahead=True)
     sources = [inspect_tracks(path) for path in files[:2]]
     engine.submit(sources)
@@ -372,9 +373,10 @@ def test_next_chunk_is_read_once_this_one_is_reconstructed(files, monkeypatch):
     """Reading in turn: no chunk is read while the finder works, also across inputs."""
     working = threading.Event()
     read_while_working = []
+    read_chunks = TrackSource.read_chunks
 
     def reading(*args, **kwargs):
-        for chunk in iterate_tracks(*args, **kwargs):
+        for chunk in read_chunks(*args, **kwargs):
             read_while_working.append(working.is_set())
             yield chunk
 
@@ -392,8 +394,8 @@ def test_next_chunk_is_read_once_this_one_is_reconstructed(files, monkeypatch):
             working.clear()
             return vertices
 
-    monkeypatch.setattr(distributed, "iterate_tracks", reading)
-    engine = distributed._LocalEngine(TrackSchema(), WatchedFinder(), step_size=20,
+    monkeypatch.setattr(TrackSource, "read_chunks", reading)
+    engine = distributed._LocalEngine(WatchedFinder(), step_size=20,
                                       with_weights=False, read_ahead=False)
     sources = [inspect_tracks(path) for path in files[:2]]
     engine.submit(sources)
@@ -417,7 +419,7 @@ def test_reading_ahead_only_where_a_core_is_free(monkeypatch):
 @pytest.mark.parametrize("read_ahead", [True, False])
 def test_input_given_up_on_leaves_the_next_one_whole(files, read_ahead):
     """When the consumer of an input stops early, the next input still gets all its chunks."""
-    engine = distributed._LocalEngine(TrackSchema(), PVFinder(backend="cpu"), step_size=20,
+    engine = distributed._LocalEngine(PVFinder(backend="cpu"), step_size=20,
                                       with_weights=True, read_ahead=read_ahead)
     sources = [inspect_tracks(path) for path in files[:2]]
     engine.submit(sources)
@@ -431,18 +433,18 @@ def test_a_stop_just_after_a_chunk_was_asked_for_closes_the_reader_cleanly(files
                                                                             monkeypatch):
     # A SIGTERM between asking the reader thread for the next chunk and keeping its future:
     # closing the engine raised "generator already executing" (pvfinder exited with 2).
-    engine = distributed._LocalEngine(TrackSchema(), PVFinder(backend="cpu"), step_size=20,
+    engine = distributed._LocalEngine(PVFinder(backend="cpu"), step_size=20,
                                       with_weights=False, read_ahead=True)
     reading, released = threading.Event(), threading.Event()
-    iterate = distributed.iterate_tracks
+    read_chunks = TrackSource.read_chunks
 
     def slow(*args, **kwargs):
-        for chunk in iterate(*args, **kwargs):
+        for chunk in read_chunks(*args, **kwargs):
             reading.set()
             released.wait(5)
             yield chunk
 
-    monkeypatch.setattr(distributed, "iterate_tracks", slow)
+    monkeypatch.setattr(TrackSource, "read_chunks", slow)
     submit = engine._reader.submit
 
     def stopped_after_asking(task, *args):
@@ -458,6 +460,17 @@ def test_a_stop_just_after_a_chunk_was_asked_for_closes_the_reader_cleanly(files
     threading.Timer(0.2, released.set).start()
     engine.close()
     assert released.is_set()  # it waited for the chunk being read
+
+
+def test_each_input_is_warned_of_once(tmp_path, files):
+    # A likely typo in the schema's identifiers was warned of when an input was inspected,
+    # and again when it was read (shown twice: uproot's writing resets the once-filter).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reconstruct_files(plan_outputs(files[:3], tmp_path),
+                          schema=TrackSchema(event_ids=("evt_number",)), backend="cpu")
+    warned = [str(warning.message).split(":")[0] for warning in caught]
+    assert warned == [str(path) for path in files[:3]]
 
 
 def test_an_input_given_twice_is_refused(tmp_path, files):
@@ -581,7 +594,7 @@ def test_a_write_that_fails_midway_fails_the_whole_merged_output(tmp_path, files
     # was kept with part of it, and the next input's first_event was off.
     # The inputs not begun are not read any more (at most the chunk the reader had begun).
     real_write_all, calls = pvfinder_io.VertexWriter.write_all, []
-    real_iterate, chunks_read = distributed.iterate_tracks, collections.Counter()
+    real_read, chunks_read = TrackSource.read_chunks, collections.Counter()
 
     def write_all(writer, batches):
         calls.append(writer.path)
@@ -589,13 +602,13 @@ def test_a_write_that_fails_midway_fails_the_whole_merged_output(tmp_path, files
             raise OSError(5, "Input/output error", "/data/merged.root.part")
         return real_write_all(writer, batches)
 
-    def counting(path, *args, **kwargs):
-        for chunk in real_iterate(path, *args, **kwargs):
-            chunks_read[Path(path).name] += 1
+    def counting(source, *args, **kwargs):
+        for chunk in real_read(source, *args, **kwargs):
+            chunks_read[Path(source.path).name] += 1
             yield chunk
 
     monkeypatch.setattr(pvfinder_io.VertexWriter, "write_all", write_all)
-    monkeypatch.setattr(distributed, "iterate_tracks", counting)
+    monkeypatch.setattr(TrackSource, "read_chunks", counting)
     merged, alone = tmp_path / "merged.root", tmp_path / "alone.root"
     plan = {merged: [files[0], files[4], files[1], files[2]], alone: [files[3]]}
     results = reconstruct_files(plan, backend="cpu", step_size=25)
