@@ -1081,7 +1081,8 @@ class VertexWriter:
         if list(ids) != list(id_types):
             raise ValueError(f"{self.path}: these events bring the identifiers "
                              f"({', '.join(ids)}) but the file holds ({', '.join(id_types)}) "
-                             "from the first written: merged inputs need the same ones")
+                             "from the first written: merged inputs need the same ones (one "
+                             "without identifier branches brings event_number, its entry)")
         for name, values in ids.items():
             _check_fits(values, id_types[name], name, self.path)
         if not self.with_weights:

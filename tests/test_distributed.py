@@ -210,6 +210,9 @@ def test_an_input_the_merged_file_refuses_leaves_nothing_of_itself_there(tmp_pat
                                        "identifier 'event_number' runs from -20 to 29")
     assert results[2].error.startswith(f"{numbered}:tracks: not written to {output}: these "
                                        "events bring the identifiers (run_number, event_number)")
+    # files[0] has no identifier branches: where its event_number came from was not said
+    assert results[2].error.endswith("(one without identifier branches brings event_number, "
+                                     "its entry)")
     expected = VertexBatch.concatenate([expected_vertices(files[0]), expected_vertices(files[1])])
     assert_same_vertices(read_vertices(output), expected, weights=False)
     assert [r.first_event for r in results if r.status == "done"] == [0, 60]
