@@ -184,6 +184,9 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
     if args.plots and args.no_validate:
         raise UsageError("--plots draws the validation, which --no-validate turns off")
+    if args.dask and (args.dask.lower().endswith(".root") or Path(args.dask).exists()):
+        raise UsageError(f"--dask took the input {args.dask} for its scheduler: put --dask "
+                         "after the inputs")  # Dask said: missing port number in address
     _check_plots_folder(args.plots)
     config = _load_config(args.config, args.set)
     schema = _track_schema(args)
@@ -326,9 +329,11 @@ def _check_writable(path: str) -> None:
     """Refuse a file that cannot be written, by creating it (and removing it again when it
     was not there): asking the permissions does not tell (root, /proc, read-only mounts)."""
     output = Path(path)
-    if output.is_dir() or not output.parent.is_dir():
-        raise UsageError(f"-o {path}: cannot be written (a directory, or in a folder that does "
-                         "not exist)")
+    if output.is_dir():
+        raise UsageError(f"-o {path}: cannot be written, it is a directory")
+    if not output.parent.is_dir():
+        what = "a file" if output.parent.exists() else "no folder"
+        raise UsageError(f"-o {path}: cannot be written, {output.parent} is {what}")
     existed = output.exists()
     try:
         with output.open("a"):

@@ -240,6 +240,8 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
         (["reconstruct", "{sample}", "-o", "x.root", "--config", "."], "--config .: not a readable"),
         (["reconstruct", "{sample}", "-o", "x.root", "--plots", "p", "--no-validate"],
          "--plots draws the validation, which --no-validate turns off"),
+        (["reconstruct", "--dask", "{sample}", "{sample}", "-o", "x.root"],  # missing port
+         "--dask took the input {sample} for its scheduler: put --dask after the inputs"),
         (["reconstruct", "{sample}", "-o", "x.root", "--plots", "{sample}"], "a file, not a directory"),
         (["validate", "{sample}", "{sample}", "--plots", "{sample}"], "a file, not a directory"),
         # A file on the way: the table was printed, then the plots failed ("not validated"
@@ -327,7 +329,9 @@ def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
         (["--nu", "0"], "--nu takes positive values"),
         (["--threads", "999"], "--threads takes 1 to"),
         (["--nu", "nan"], "--nu takes positive values, got nan"),
-        (["-o", "."], "-o .: cannot be written"),  # found out only after the whole run
+        (["-o", "."], "-o .: cannot be written, it is a directory"),  # found after the run
+        (["-o", f"{__file__}/x.json"], f"{__file__} is a file"),  # 'a folder that does not
+        (["-o", "nowhere/x.json"], "nowhere is no folder"),       # exist', as for the next
         # Accepted before: duplicate rows, an ignored --latency, a file that cannot be made.
         (["--nu", "7.6", "7.6"], "--nu names a value twice: 7.6 7.6"),
         (["--latency", "--batch", "16", "1", "16"], "--batch names a value twice"),
