@@ -535,8 +535,8 @@ class TrackSource:
                 yield self.chunk(arrays, report.tree_entry_start)
 
     def read_chunks(self, step_size: int | str = DEFAULT_STEP_SIZE) -> Iterator[TrackChunk]:
-        """Open :attr:`path` again and read it in chunks as it was inspected: without its
-        checks and warnings again (``pvfinder reconstruct`` warned of each input twice)."""
+        """Open :attr:`path` again and read it in chunks as it was inspected, without
+        checking it or warning of it again."""
         with _open(self.path) as file:
             yield from self.iterate(_tree(file, Path(self.path), self.tree), step_size)
 
@@ -812,6 +812,8 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
         When ``tracks`` is not a TrackBatch or ``truth`` not an MCTruth.
     IsADirectoryError
         When ``path`` is a directory.
+    FileExistsError
+        When ``path`` is a device, a named pipe or a socket, which would be replaced.
     NotADirectoryError
         When a file stands where a folder of ``path`` should be (naming it).
     """
@@ -913,8 +915,9 @@ def _weight_rows(vertices: VertexBatch, track_counts: Any
 def _write_target(path: Path) -> tuple[Path, Path]:
     """The file to write for ``path`` (the target of a link, as ``open`` writes through it;
     the rename would replace the link) and ``<file>.part``, its name until complete; once
-    ``path`` is known to be no directory (found out only at the final rename, ``.part``
-    left behind) and its folders are made."""
+    ``path`` is known to be a regular file or nothing yet (a directory was found out only at
+    the final rename, ``.part`` left behind; /dev/null was replaced) and its folders are
+    made."""
     kind = _not_a_regular_file(path)
     if kind == "a directory":
         raise IsADirectoryError(f"{path}: a directory, not a file to write")
@@ -978,6 +981,8 @@ class VertexWriter:
         For an unknown compression; from :meth:`write` and :meth:`close`, once closed.
     IsADirectoryError
         When ``path`` is a directory.
+    FileExistsError
+        When ``path`` is a device, a named pipe or a socket, which would be replaced.
     NotADirectoryError
         When a file stands where a folder of ``path`` should be (naming it).
 
