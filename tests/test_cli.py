@@ -44,6 +44,13 @@ def test_reconstruct_then_validate(sample_file, tmp_path, capsys):
         assert str(file.file.compression).startswith(DEFAULT_VERTEX_COMPRESSION.upper() + "(")
     assert main(["validate", str(sample_file), str(output), "--plots", str(tmp_path / "plots")]) == 0
     assert list((tmp_path / "plots").glob("*.png"))
+    # The per-track weights, never used there, were read too (25 kB an event), and a damaged
+    # weights tree failed the validation.
+    with uproot.update(output) as file:
+        file["vertex_weights"] = {"junk": np.zeros(3)}
+    capsys.readouterr()
+    assert main(["validate", str(sample_file), str(output)]) == 0
+    assert "efficiency" in capsys.readouterr().out.lower()
 
 
 def test_reconstruct_validates_against_truth_beside_a_renamed_tracks_tree(
