@@ -537,6 +537,9 @@ class MCTruth:
             raise ValueError("MC truth: track_mc_pv must be one-dimensional")
         if labels.size and labels.dtype.kind not in "iu":  # 0.5 was truncated when written
             raise ValueError(f"MC truth: track_mc_pv must be integers, got {labels.dtype}")
+        # The vertices' values too, however they were built (a handful per event): the PV
+        # checker cannot match a NaN position, and a file written with one cannot be read.
+        MCVertices.from_arrays(offsets=self.vertices.offsets, **self.vertices._field_arrays())
 
     @property
     def n_events(self) -> int:

@@ -170,6 +170,12 @@ def test_truth_checks_labels():
     with pytest.raises(ValueError, match="'n_reconstructible' is negative \\(-5\\) in event 0"):
         MCVertices.from_arrays(counts=[2], x=[0.0, 0.0], y=[0.0, 0.0], z=[1.0, 2.0],
                                n_reconstructible=[5, -5])
+    # Built without from_arrays: validate() matched nothing to a NaN PV (its vertex counted
+    # as a fake), and write_sample wrote a file that read_truth refuses.
+    unchecked = MCVertices(offsets=np.array([0, 2]), x=np.zeros(2), y=np.zeros(2),
+                           z=np.array([1.0, np.nan]), n_reconstructible=np.array([5, 6]))
+    with pytest.raises(ValueError, match="MC vertices: field 'z' is nan in event 0"):
+        MCTruth(unchecked, np.array([0, 1, -1]))
 
 
 @pytest.mark.parametrize(
