@@ -270,12 +270,18 @@ def _check_same_events(sample: str, tracks_tree: str, vertices: str) -> None:
     word); identifiers that only one of the files has are not compared."""
     import numpy as np
 
-    from .io import VERTICES_TREE, read_event_ids
+    from .io import VERTICES_TREE, read_event_ids, recorded_inputs
 
     expected = read_event_ids(sample, tracks_tree)
     found = read_event_ids(vertices, VERTICES_TREE)
     for name in expected.keys() & found.keys():
         if len(expected[name]) != len(found[name]):
+            merged = recorded_inputs(vertices) or []
+            if len(merged) > 1:  # said only that the event counts differ
+                raise UsageError(
+                    f"{vertices}: the vertices of {len(merged)} inputs merged "
+                    f"({', '.join(Path(path).name for path in merged)}), not of {sample} "
+                    "alone; reconstruct --merge prints the validation of each input")
             return  # a different count is validate's own error
         differ = np.flatnonzero(expected[name] != found[name])
         if differ.size:

@@ -201,6 +201,19 @@ def test_validate_refuses_vertices_of_other_events(sample_file, tmp_path, capsys
                  "cpu", "--no-validate"]) == 0
     assert main(["validate", str(foreign), str(tmp_path / "f.root")]) == 0
 
+
+def test_validate_names_the_inputs_of_merged_vertices(sample_file, tmp_path, capsys):
+    # It said only that the vertices hold more events than the truth.
+    other, merged = tmp_path / "other.root", tmp_path / "merged.root"
+    assert main(["simulate", "-n", "20", "--seed", "3", "-o", str(other)]) == 0
+    assert main(["reconstruct", str(sample_file), str(other), "-o", str(merged), "--merge",
+                 "--no-validate"]) == 0
+    capsys.readouterr()
+    assert main(["validate", str(sample_file), str(merged)]) == 2
+    assert (f"{merged}: the vertices of 2 inputs merged (sample.root, other.root), not of "
+            f"{sample_file} alone") in capsys.readouterr().err
+
+
 def test_a_config_file_named_dot_toml_is_toml(tmp_path):
     # Path(".toml").suffix is "": such a file was parsed as JSON, its error calling it TOML.
     from pvfinder.cli import _load_config
