@@ -467,8 +467,8 @@ class PVFinder:
         ------
         TypeError
             For tracks of a kind not listed above, an ``out`` that is not
-            :class:`VertexBuffers`, an ``origin`` that is not ``(str, int)``, or
-            ``timings`` that is not a dict.
+            :class:`VertexBuffers`, an ``origin`` that is not ``(str, int)``,
+            ``timings`` that is not a dict, or ``weights`` or ``to_host`` not a bool.
         RuntimeError
             When this finder is running in another thread, or this process was forked from
             one whose CPU kernels had run on GNU OpenMP threads (see the README).
@@ -487,6 +487,9 @@ class PVFinder:
         if timings is not None and not isinstance(timings, dict):
             raise TypeError(f"timings must be a dict (stage -> seconds), got "
                             f"{type(timings).__name__}")
+        _check_flag("weights", weights)  # "no" was taken as True
+        if to_host is not None:
+            _check_flag("to_host", to_host)
         batch = as_track_batch(tracks)
         target = self._output if out is None else out
         with self._exclusive(), target.writing():
@@ -791,6 +794,11 @@ def _device_errors_raised(backend: Backend) -> Iterator[None]:
             backend.check_errors()
         raise
     backend.check_errors()
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _prefix_sum(xp: Any, out: Any, values: Any, first: int) -> Any:

@@ -846,6 +846,13 @@ def validate(
         If the two inputs hold different numbers of events, a reconstructed vertex has a
         position that is not finite or a variance of x, y or z that is not positive (it
         could be neither matched nor pulled), or a setting is out of range.
+
+    Notes
+    -----
+    Events are paired by position: the i-th event of ``vertices`` is scored against the
+    i-th of ``truth``. Neither carries event identifiers, so the vertices of another sample
+    of the same size are scored without a word; compare :func:`pvfinder.io.read_event_ids`
+    of the two files first, as ``pvfinder validate`` does.
     """
     if not (isinstance(vertices, VertexBatch) and isinstance(truth, MCTruth)):
         raise TypeError(f"validate(vertices, truth) takes a VertexBatch and an MCTruth, got "
@@ -1025,10 +1032,11 @@ def truth_fit(tracks: TrackBatch, truth: MCTruth, *, min_tracks: int = 2) -> Tru
     Raises
     ------
     ValueError
-        If the truth does not describe ``tracks`` or ``min_tracks`` is below 2.
+        If the truth does not describe ``tracks`` or ``min_tracks`` is not an integer of
+        at least 2.
     """
-    if min_tracks < 2:
-        raise ValueError(f"min_tracks must be at least 2, got {min_tracks}")
+    if not _is_count(min_tracks) or min_tracks < 2:  # 2.5 was taken as 3
+        raise ValueError(f"min_tracks must be an integer of at least 2, got {min_tracks!r}")
     truth.check_matches(tracks)
     mc = truth.vertices
     mc_position = np.stack([np.asarray(_to_host(getattr(mc, axis)), dtype=np.float64)

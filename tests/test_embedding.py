@@ -463,6 +463,9 @@ def test_arguments_of_the_wrong_kind_are_named(sample):
     tracks = sample.tracks.select_events(0, 2)
     with pytest.raises(TypeError, match="timings must be a dict"):
         PVFinder(backend="cpu")(tracks, timings=[])
+    for flag in ("weights", "to_host"):  # "no" was taken as True
+        with pytest.raises(TypeError, match=f"{flag} must be True or False, got 'no'"):
+            PVFinder(backend="cpu")(tracks, **{flag: "no"})
     with pytest.raises(TypeError, match="backend must be a name .* or a Backend, got list"):
         get_backend([])
     vertices = find_vertices(tracks, backend="cpu")

@@ -433,8 +433,10 @@ def test_truth_fit_finds_the_point_its_tracks_come_from():
     np.testing.assert_allclose(fit.residual[[0, 2]], 0.0, atol=1e-9)
     assert np.all(np.isnan(fit.position[1])) and np.all(np.isnan(fit.covariance[1]))
     assert np.all(np.linalg.eigvalsh(fit.covariance[[0, 2]]) > 0)
-    with pytest.raises(ValueError, match="min_tracks"):
-        truth_fit(tracks, MCTruth(vertices, np.array(labels)), min_tracks=1)
+    for refused in (1, 2.5):  # 2.5 was taken as 3
+        with pytest.raises(ValueError, match=f"min_tracks must be an integer of at least 2, "
+                                             f"got {refused}"):
+            truth_fit(tracks, MCTruth(vertices, np.array(labels)), min_tracks=refused)
 
 
 def test_truth_fit_covariance_describes_its_spread(sample):
