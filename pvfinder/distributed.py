@@ -701,8 +701,8 @@ def dask_client(scheduler: str) -> Iterator[Any]:
     only critical records while the client lives: a task's error is raised by the client,
     naming its input. The workers run with SIGINT and SIGTERM blocked, those that Dask
     restarts too, so that a Ctrl-C or a batch system's stop sent to the whole process group
-    stops this process alone, which then closes them; one sent while they start arrives
-    once they have started.
+    stops this process alone, which then closes them (a worker whose parent has gone stops
+    by itself). One sent while the cluster starts or closes arrives once that is done.
     """
     _, distributed = _import_dask()
     kind, _, count = scheduler.partition(":")
@@ -721,8 +721,10 @@ def dask_client(scheduler: str) -> Iterator[Any]:
     # logged the workers' lost connections (a traceback on Ctrl-C): quiet from before it is
     # made until it has closed.
     with (distributed.utils.silence_logging_cmgr(logging.CRITICAL),
-          contextlib.ExitStack() as closing):
-        with _stops_kept_from_workers():  # a stop held here arrives once it will be closed
+          _closed_whole() as closing):
+        # The workers inherit the block; a stop held here comes once the cluster is in the
+        # stack that closes it.
+        with _stops_held():
             cluster = closing.enter_context(distributed.LocalCluster(
                 n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                 dashboard_address=None, env={"NUMBA_NUM_THREADS": threads},
@@ -735,22 +737,28 @@ _STOPS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 @contextlib.contextmanager
-def _stops_kept_from_workers() -> Iterator[None]:
-    """Block SIGINT and SIGTERM while worker processes are started.
+def _closed_whole() -> Iterator[contextlib.ExitStack]:
+    """An ExitStack whose closing a stop does not cut short: one that comes meanwhile is
+    held until it is done (cut short, a cluster closed at exit, seconds later and logging)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            yield stack
+        finally:
+            with _stops_held():
+                stack.close()
 
-    The workers keep them blocked, so that a Ctrl-C, which the terminal sends to the whole
-    process group, or a batch system's SIGTERM to it, stops this process alone, which then
-    closes the cluster, instead of each worker printing a traceback or dying under its
-    nanny. (A worker whose parent has gone stops by itself.) A stop that arrives during the
-    start is held and raised here once it ends.
-    """
+
+@contextlib.contextmanager
+def _stops_held() -> Iterator[None]:
+    """Block SIGINT and SIGTERM, and raise the first one received once the block ends, as
+    its own handler takes it. Processes and threads started meanwhile keep them blocked."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(
             signal, "pthread_sigmask"):  # Windows: no signal masks, nor process groups
         yield
         return
     # It unblocks both signals after starting itself, here too: start it before.
     multiprocessing.resource_tracker.ensure_running()
-    held: list[int] = []  # those received during the start
+    held: list[int] = []  # those received meanwhile
     handlers = {stop: signal.signal(stop, lambda signum, frame: held.append(signum))
                 for stop in _STOPS}
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)

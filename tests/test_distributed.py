@@ -817,6 +817,22 @@ def test_a_stop_while_the_workers_start_is_raised_once_they_can_be_closed(monkey
     assert not _blocked_stops()
 
 
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks")
+def test_a_stop_while_the_cluster_closes_is_raised_once_it_has_closed(capfd):
+    # It cut the closing short: the rest happened at exit, 10 s later and with Dask's logs.
+    with pytest.raises(KeyboardInterrupt), dask_client("local:1") as client:
+        cluster, close = client.cluster, client.cluster.close
+
+        def stopped_while_closing():
+            signal.raise_signal(signal.SIGINT)
+            close()
+
+        cluster.close = stopped_while_closing
+    assert cluster.status.name == "closed"
+    assert not _blocked_stops() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert "distributed" not in capfd.readouterr().err
+
+
 def test_dask_missing_and_bad_scheduler(monkeypatch):
     with pytest.raises(ValueError, match="positive number of workers"), dask_client("local:0"):
         pass
