@@ -8,13 +8,14 @@ repeated calls; :func:`simulate` makes LHCb Upgrade I-like samples with truth, a
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .backends import available_backends, get_backend
-from .config import PVFinderConfig
-from .events import MCTruth, MCVertices, TrackBatch, VertexBatch
-from .pipeline import PVFinder, find_vertices
-from .simulation import simulate
+if TYPE_CHECKING:
+    from .backends import available_backends, get_backend
+    from .config import PVFinderConfig
+    from .events import MCTruth, MCVertices, TrackBatch, VertexBatch
+    from .pipeline import PVFinder, find_vertices
+    from .simulation import simulate
 
 __version__ = "0.1.0"
 
@@ -32,16 +33,27 @@ __all__ = [
     "simulate",
 ]
 
-# Submodules with heavier imports (uproot, Dask) load on first use: pvfinder.io.read_tracks
-# works after a plain ``import pvfinder``.
-_SUBMODULES = frozenset({"io", "validation", "distributed", "benchmark", "benchmark_io"})
+# Everything loads on first use (PEP 562), so that the ``pvfinder`` command handles Ctrl-C
+# and SIGTERM before numpy, awkward and Numba are imported (half a second), and a plain
+# ``import pvfinder`` still reaches pvfinder.io.read_tracks.
+_HOMES = {"PVFinder": "pipeline", "find_vertices": "pipeline", "PVFinderConfig": "config",
+          "MCTruth": "events", "MCVertices": "events", "TrackBatch": "events",
+          "VertexBatch": "events", "available_backends": "backends",
+          "get_backend": "backends", "simulate": "simulation"}
+_SUBMODULES = frozenset({"backends", "benchmark", "benchmark_io", "cli", "config",
+                         "distributed", "events", "io", "pipeline", "simulation",
+                         "validation"})
 
 
 def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+        globals()[name] = value  # found directly from now on
+        return value
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __dir__() -> list[str]:  # tab completion shows the submodules not loaded yet
-    return sorted(set(globals()) | _SUBMODULES)
+def __dir__() -> list[str]:  # tab completion shows what is not loaded yet
+    return sorted(set(globals()) | set(_HOMES) | _SUBMODULES)

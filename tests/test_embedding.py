@@ -443,6 +443,17 @@ def test_submodules_are_attributes_of_a_plain_import():
     assert done.stdout.split() == ["validate", "read_tracks"], done.stderr
 
 
+def test_the_command_handles_stops_before_the_heavy_imports():
+    # import pvfinder loaded numpy, awkward and Numba (0.3-0.6 s) before main() set up its
+    # handling of Ctrl-C and SIGTERM: a stop then printed a traceback or left no message.
+    code = ("import sys; from pvfinder.cli import _parser; "
+            "_parser().parse_args(['reconstruct', 'in.root', '-o', 'out']); "
+            "print(sorted({'numpy', 'awkward', 'numba', 'uproot'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.stdout.split() == ["[]"], done.stderr
+
+
 def test_a_work_array_too_large_names_itself_and_what_sizes_it():
     # numpy's "Unable to allocate 27.9 GiB for an array with shape ..." named no setting.
     from pvfinder.pipeline import _Buffers
