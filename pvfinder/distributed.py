@@ -728,6 +728,9 @@ def dask_client(scheduler: str) -> Iterator[Any]:
             cluster = closing.enter_context(distributed.LocalCluster(
                 n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                 dashboard_address=None, env={"NUMBA_NUM_THREADS": threads},
+                # its HTTP server (health checks) on any free port, not 8787: a second job
+                # warned "Port 8787 is already in use"
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                 # a task's error is raised here, named; the workers' report of it is noise
                 silence_logs=logging.CRITICAL))
         yield closing.enter_context(distributed.Client(cluster))

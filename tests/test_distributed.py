@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -831,6 +832,23 @@ def test_a_stop_while_the_cluster_closes_is_raised_once_it_has_closed(capfd):
     assert cluster.status.name == "closed"
     assert not _blocked_stops() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert "distributed" not in capfd.readouterr().err
+
+
+def test_two_local_clusters_at_once_start_quietly():
+    # The scheduler's HTTP server took port 8787 even without a dashboard: a second job
+    # warned "Port 8787 is already in use. Perhaps you already have a cluster running?"
+    with socket.socket() as taken:
+        try:
+            taken.bind(("127.0.0.1", 8787))
+        except OSError:
+            pass  # taken already, which does as well
+        taken.listen()
+        with warnings.catch_warnings(record=True) as caught, dask_client("local:1") as client:
+            warnings.simplefilter("always")
+            host, port = client.cluster.scheduler.http_server.address, \
+                client.cluster.scheduler.http_server.port
+    assert [str(warning.message) for warning in caught] == []
+    assert host == "127.0.0.1" and port != 8787  # loopback only, as the cluster
 
 
 def test_dask_missing_and_bad_scheduler(monkeypatch):
