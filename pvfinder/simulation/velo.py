@@ -63,10 +63,14 @@ def measure(
 
     z_low, z_high = cond.velo_z_range
     z_third = z_first + 2.0 * cond.module_spacing * direction
+    # Radially, the line is farthest from the beam at one of its ends over these hits.
+    r_first = np.hypot(x_true - cond.beam_x, y_true - cond.beam_y)
+    r_third = np.hypot(x0 + tx * (z_third - z0) - cond.beam_x,
+                       y0 + ty * (z_third - z0) - cond.beam_y)
     accepted = (
         (np.minimum(z_first, z_third) >= z_low)
         & (np.maximum(z_first, z_third) <= z_high)
-        & (np.hypot(x_true - cond.beam_x, y_true - cond.beam_y) < cond.velo_outer_radius)
+        & (np.maximum(r_first, r_third) < cond.velo_outer_radius)
     )
 
     # Least-squares line through hits at distances d_k = k·spacing past the first one, state
