@@ -417,16 +417,20 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     simulate = commands.add_parser("simulate", help="generate a simulated LHCb Upgrade I sample")
-    simulate.add_argument("-n", "--n-events", type=int, default=1000, help="number of events")
-    simulate.add_argument("-o", "--output", help="ROOT file to write (tracks and truth)")
+    simulate.add_argument("-n", "--n-events", type=int, default=1000,
+                          help="number of events (default 1000)")
+    simulate.add_argument("-o", "--output", help="ROOT file to write (tracks and truth); "
+                                                 "without it only the statistics are printed")
     simulate.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     simulate.add_argument("--compression", choices=["zstd", "lz4", "zlib", "lzma"],
                           default="zstd",
                           help="compression of the output file (default zstd; lzma: 3-4 %% smaller, "
                                "much slower to read; see pvfinder.io.write_sample)")
-    simulate.add_argument("--nu", type=float, help="mean visible interactions per crossing")
+    simulate.add_argument("--nu", type=float,
+                          help="mean visible interactions per crossing (default 7.6)")
     simulate.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                          help="override a simulation condition (repeatable)")
+                          help="override a simulation condition (repeatable; the names are "
+                               "the fields of pvfinder.simulation.Conditions)")
     simulate.set_defaults(run=_cmd_simulate)
 
     reconstruct = commands.add_parser(
@@ -501,7 +505,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--io", action="store_true",
                        help="end-to-end reconstruct of -n simulated events in 4 ROOT files, "
                             "one process and Dask local:2, with the share of time spent in I/O")
-    bench.add_argument("--seed", type=int, default=7)
+    bench.add_argument("--seed", type=int, default=7,
+                       help="random seed of the simulated events (default 7)")
     bench.add_argument("-o", "--output", help="write the JSON here instead of printing it")
     bench.set_defaults(run=_cmd_bench)
 

@@ -240,6 +240,8 @@ def test_invalid_arguments_raise():
             simulate(bad)
         with pytest.raises(ValueError, match="seed must be a non-negative integer or None"):
             simulate(5, seed=bad)  # numpy's SeedSequence said it in its own words
+    with pytest.raises(ValueError, match="n_events=100000000000000000000: more events than"):
+        simulate(10**20)  # numpy's "Maximum allowed dimension exceeded"
     # A falsy conditions= was taken for "the defaults"; it is not a Conditions at all.
     for bad in (Conditions, {}, 0, {"nu": 3}):  # the class itself, a dict, a falsy value
         with pytest.raises(TypeError, match="conditions must be a Conditions"):

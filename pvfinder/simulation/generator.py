@@ -139,6 +139,8 @@ def simulate(
     """
     if not _is_count(n_events):
         raise ValueError(f"n_events must be a non-negative integer, got {n_events!r}")
+    if n_events > np.iinfo(np.intp).max:  # numpy's "Maximum allowed dimension exceeded"
+        raise ValueError(f"n_events={n_events}: more events than an array can index")
     if seed is not None and not _is_count(seed):
         raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     if conditions is None:
