@@ -90,7 +90,7 @@ class Conditions:
     # Mean visible pp interactions per crossing at L = 2e33 /cm²/s: LHCb Upgrade I design
     # (LHCb Framework TDR, LHCb-TDR-012; detector paper JINST 19 (2024) P05065, sec. 1).
     # The multiplicity below is not conditioned on visibility: 1.4 % of the interactions
-    # leave no reconstructible track and 3.3 % fewer than two (none is reconstructible, as
+    # leave no reconstructible track and 3.2 % fewer than two (none is reconstructible, as
     # the PV checker counts).
     nu: float = 7.6
     # Luminous-region centre: the beamline at the origin, the spec's default.
