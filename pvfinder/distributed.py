@@ -699,10 +699,10 @@ def dask_client(scheduler: str) -> Iterator[Any]:
     -----
     For a local cluster, Dask's console logging (the ``distributed`` logger's handlers) shows
     only critical records while the client lives: a task's error is raised by the client,
-    naming its input. The workers run with SIGINT and SIGTERM blocked, those that Dask
-    restarts too, so that a Ctrl-C or a batch system's stop sent to the whole process group
-    stops this process alone, which then closes them (a worker whose parent has gone stops
-    by itself). One sent while the cluster starts or closes arrives once that is done.
+    naming its input. The workers run with SIGINT blocked, those that Dask restarts too, so
+    that a Ctrl-C, which the terminal sends to the whole process group, stops this process
+    alone, which then closes them. A Ctrl-C sent while the cluster starts or closes, or a
+    SIGTERM while it closes, arrives once that is done.
     """
     _, distributed = _import_dask()
     kind, _, count = scheduler.partition(":")
@@ -722,9 +722,9 @@ def dask_client(scheduler: str) -> Iterator[Any]:
     # made until it has closed.
     with (distributed.utils.silence_logging_cmgr(logging.CRITICAL),
           _closed_whole() as closing):
-        # The workers inherit the block; a stop held here comes once the cluster is in the
-        # stack that closes it.
-        with _stops_held():
+        # The workers inherit the blocked SIGINT; a Ctrl-C held here comes once the cluster
+        # is in the stack that closes it.
+        with _stops_held(sigterm=False):
             cluster = closing.enter_context(distributed.LocalCluster(
                 n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                 dashboard_address=None, env={"NUMBA_NUM_THREADS": threads},
@@ -736,9 +736,6 @@ def dask_client(scheduler: str) -> Iterator[Any]:
         yield closing.enter_context(distributed.Client(cluster))
 
 
-_STOPS = frozenset({signal.SIGINT, signal.SIGTERM})
-
-
 @contextlib.contextmanager
 def _closed_whole() -> Iterator[contextlib.ExitStack]:
     """An ExitStack whose closing a stop does not cut short: one that comes meanwhile is
@@ -747,28 +744,41 @@ def _closed_whole() -> Iterator[contextlib.ExitStack]:
         try:
             yield stack
         finally:
-            with _stops_held():
+            with _stops_held(sigterm=True):
                 stack.close()
 
 
 @contextlib.contextmanager
-def _stops_held() -> Iterator[None]:
-    """Block SIGINT and SIGTERM, and raise the first one received once the block ends, as
-    its own handler takes it. Processes and threads started meanwhile keep them blocked."""
+def _stops_held(*, sigterm: bool) -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT), and SIGTERM too with ``sigterm``, and raise the first one
+    received once the block ends, as its own handler takes it.
+
+    SIGINT is also blocked in this thread meanwhile: worker processes and threads started
+    meanwhile keep it blocked for good (and so the workers that Dask restarts from those
+    threads), so that a Ctrl-C, which the terminal sends to the whole process group, stops
+    this process alone, which then closes them. SIGTERM is never blocked: the workers keep
+    its default action, which Dask's and multiprocessing's ``terminate()`` rely on. Hold it
+    only where nothing waits for workers that a SIGTERM to the whole group ends: not while
+    they start (the start waited for them, minutes).
+    """
     if threading.current_thread() is not threading.main_thread() or not hasattr(
             signal, "pthread_sigmask"):  # Windows: no signal masks, nor process groups
         yield
         return
-    # It unblocks both signals after starting itself, here too: start it before.
+    # It unblocks SIGINT after starting itself, here too: start it before.
     multiprocessing.resource_tracker.ensure_running()
     held: list[int] = []  # those received meanwhile
-    handlers = {stop: signal.signal(stop, lambda signum, frame: held.append(signum))
-                for stop in _STOPS}
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+
+    def note(signum: int, frame: Any) -> None:
+        held.append(signum)
+
+    stops = (signal.SIGINT, signal.SIGTERM) if sigterm else (signal.SIGINT,)
+    handlers = {stop: signal.signal(stop, note) for stop in stops}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # delivers those pending
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending Ctrl-C is noted here
         for stop, handler in handlers.items():  # None: set outside Python, not restorable
             if handler is None:
                 handler = signal.default_int_handler if stop == signal.SIGINT else signal.SIG_DFL
