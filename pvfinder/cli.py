@@ -517,8 +517,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pvfinder`` command; returns the exit code."""
-    from .backends import BackendUnavailableError
-
     args = _parser().parse_args(argv)
     shown = warnings.showwarning
     on_sigterm = _catch_sigterm()
@@ -526,6 +524,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         warnings.showwarning = _warning_printer(args.command)
         sys.unraisablehook = _stops_sent_again(unraisable)
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except _Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        warnings.showwarning = shown
+        sys.unraisablehook = unraisable
+        if on_sigterm is not None:
+            signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command, its errors printed as one line; the stops are main()'s."""
+    from .backends import BackendUnavailableError  # numpy: once stops are handled
+
+    try:
         return args.run(args)
     except BrokenPipeError as error:
         if not _stdout_is_closed():  # another pipe: an error like any other
@@ -539,17 +556,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = f" ({error})" if str(error) else ""
         print(f"pvfinder {args.command}: error: out of memory{detail}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except _Terminated:
-        print("terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    finally:
-        warnings.showwarning = shown
-        sys.unraisablehook = unraisable
-        if on_sigterm is not None:
-            signal.signal(signal.SIGTERM, on_sigterm)
 
 
 class _Terminated(BaseException):
