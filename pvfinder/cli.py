@@ -178,13 +178,21 @@ def _plot_folders(inputs: list[Path]) -> dict[Path, str]:
     return folders
 
 
+def _names_an_input(scheduler: str) -> bool:
+    """Whether ``--dask``'s value is rather an input that followed it: not ``local[:N]``
+    nor a ``scheme://`` address, and a ``*.root`` name or an existing path."""
+    if scheduler.partition(":")[0] == "local" or "://" in scheduler:
+        return False
+    return scheduler.lower().endswith(".root") or Path(scheduler).exists()
+
+
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from .backends import get_backend
     from .distributed import expand_inputs, plan_outputs, reconstruct_files
 
     if args.plots and args.no_validate:
         raise UsageError("--plots draws the validation, which --no-validate turns off")
-    if args.dask and (args.dask.lower().endswith(".root") or Path(args.dask).exists()):
+    if args.dask and _names_an_input(args.dask):
         raise UsageError(f"--dask took the input {args.dask} for its scheduler: put --dask "
                          "after the inputs")  # Dask said: missing port number in address
     _check_plots_folder(args.plots)

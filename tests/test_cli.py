@@ -678,6 +678,7 @@ def test_branch_tree_and_fill_options(sample_file, tmp_path, capsys):
         (["--branch", "q=velo_q"], "unknown field(s) q"),
         (["--fill-cov", "cov_xx=-1"], "must be finite and non-negative"),
         (["--dask", "local:0"], "positive number of workers"),
+        (["--dask", "local:x"], "positive number of workers"),
         (["--schema", "nope.toml"], "nope.toml: no such file"),
         (["--step-size", "1e4"], "step size must be a positive number of entries"),
     ],
@@ -685,6 +686,7 @@ def test_branch_tree_and_fill_options(sample_file, tmp_path, capsys):
 def test_reconstruct_option_mistakes_are_one_line_errors(extra, message, sample_file, tmp_path,
                                                          capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "local:x").touch()  # a file of that name: still Dask's scheduler, not an input
     assert main(["reconstruct", str(sample_file), "-o", "x.root", *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
