@@ -528,10 +528,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     shown = warnings.showwarning
     on_sigterm = _catch_sigterm()
-    unraisable = sys.unraisablehook
+    unraisable, resent = sys.unraisablehook, []
     try:
         warnings.showwarning = _warning_printer(args.command)
-        sys.unraisablehook = _stops_sent_again(unraisable)
+        sys.unraisablehook = _stops_sent_again(unraisable, resent)
         return _run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -542,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         warnings.showwarning = shown
         sys.unraisablehook = unraisable
+        for timer in resent:  # not after main() has returned
+            timer.cancel()
         if on_sigterm is not None:
             signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -589,29 +591,27 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated
 
 
-def _stops_sent_again(passed_on: Callable[[Any], None]) -> Callable[[Any], None]:
+def _stops_sent_again(passed_on: Callable[[Any], None],
+                      timers: list[threading.Timer]) -> Callable[[Any], None]:
     """A ``sys.unraisablehook`` that sends a stop again when its exception was raised inside
     a finalizer (a ``__del__``, a garbage-collector callback) of the main thread: Python
-    drops it there, and the job ran to its end. Other exceptions go to ``passed_on``."""
+    drops it there, and the job ran to its end. The stop is sent a moment later, from a
+    timer (kept in ``timers``), so that it is raised once the finalizer has returned; should
+    it not be, this hook sends it again. Other exceptions go to ``passed_on``."""
     def hook(unraisable: Any) -> None:
         if threading.current_thread() is not threading.main_thread():
             passed_on(unraisable)
-        elif issubclass(unraisable.exc_type, KeyboardInterrupt):
-            _send_to_main_thread(signal.SIGINT)
-        elif issubclass(unraisable.exc_type, _Terminated):
-            signal.signal(signal.SIGTERM, _raise_terminated)  # it ignores further ones
-            _send_to_main_thread(signal.SIGTERM)
+        elif issubclass(unraisable.exc_type, (KeyboardInterrupt, _Terminated)):
+            stop = signal.SIGINT if issubclass(unraisable.exc_type, KeyboardInterrupt) \
+                else signal.SIGTERM
+            if stop == signal.SIGTERM:
+                signal.signal(signal.SIGTERM, _raise_terminated)  # it ignores further ones
+            timers.append(threading.Timer(0.01, _thread.interrupt_main, args=(stop,)))
+            timers[-1].daemon = True
+            timers[-1].start()
         else:
             passed_on(unraisable)
     return hook
-
-
-def _send_to_main_thread(stop: int) -> None:
-    # A moment later, from another thread, so that it is raised once the finalizer returned
-    # (should it not be, this hook sends it again).
-    timer = threading.Timer(0.01, _thread.interrupt_main, args=(stop,))
-    timer.daemon = True
-    timer.start()
 
 
 def _warning_printer(command: str) -> Any:

@@ -634,6 +634,22 @@ def test_stopped_run_leaves_no_finished_looking_file(sample_file, tmp_path, monk
     assert capsys.readouterr().err.splitlines() == [message]
 
 
+def test_a_stop_sent_again_never_lands_after_main_returned(monkeypatch):
+    # The timer that sends it again fired after main() had returned: a KeyboardInterrupt in
+    # whatever ran next (here, pytest).
+    import time
+
+    from pvfinder import cli
+
+    def finished_as_it_came(args):
+        _StopWhenCollected(signal.SIGINT)  # in a finalizer, at the very end
+        return 0
+
+    monkeypatch.setattr(cli, "_run", finished_as_it_came)
+    assert main(["info"]) == 0
+    time.sleep(0.1)  # the timer's 10 ms, and more
+
+
 def test_a_stop_before_the_writing_began_leaves_no_partial_file(sample_file, tmp_path,
                                                                 monkeypatch, capsys):
     # Between making the output's writer and the code that would discard it.
