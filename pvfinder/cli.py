@@ -346,8 +346,8 @@ def _check_writable(path: str) -> None:
     if output.is_dir():
         raise UsageError(f"-o {path}: cannot be written, it is a directory")
     if not output.parent.is_dir():
-        what = "a file" if output.parent.exists() else "no folder"
-        raise UsageError(f"-o {path}: cannot be written, {output.parent} is {what}")
+        what = "is a file" if output.parent.exists() else "does not exist"
+        raise UsageError(f"-o {path}: cannot be written, {output.parent} {what}")
     existed = output.exists()
     try:
         with output.open("a"):

@@ -351,7 +351,7 @@ def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
         (["--nu", "nan"], "--nu takes positive values, got nan"),
         (["-o", "."], "-o .: cannot be written, it is a directory"),  # found after the run
         (["-o", f"{__file__}/x.json"], f"{__file__} is a file"),  # 'a folder that does not
-        (["-o", "nowhere/x.json"], "nowhere is no folder"),       # exist', as for the next
+        (["-o", "nowhere/x.json"], "nowhere does not exist"),     # exist', as for the next
         # Accepted before: duplicate rows, an ignored --latency, a file that cannot be made.
         (["--nu", "7.6", "7.6"], "--nu names a value twice: 7.6 7.6"),
         (["--latency", "--batch", "16", "1", "16"], "--batch names a value twice"),

@@ -89,9 +89,9 @@ class Conditions:
     # -- pile-up and luminous region -----------------------------------------------------
     # Mean visible pp interactions per crossing at L = 2e33 /cm²/s: LHCb Upgrade I design
     # (LHCb Framework TDR, LHCb-TDR-012; detector paper JINST 19 (2024) P05065, sec. 1).
-    # The multiplicity below is not conditioned on visibility: 1.4 % of the interactions
-    # leave no reconstructible track and 3.2 % fewer than two (none is reconstructible, as
-    # the PV checker counts).
+    # The multiplicity below is not conditioned on visibility: 1.3 % of the interactions
+    # leave no reconstructible track and 3.2 % fewer than two (the PV checker needs four to
+    # count one as reconstructible).
     nu: float = 7.6
     # Luminous-region centre: the beamline at the origin, the spec's default.
     beam_x: float = 0.0
@@ -141,8 +141,8 @@ class Conditions:
     # measurement: an effective value for the published impact-parameter resolution of about
     # 12 + 24/pT µm (LHCb-TDR-013; JINST 19 (2024) P05065; the spec's reading, 12 ⊕ 24/pT the
     # other): IP_ms ≈ r_first · this / pT, 24 µm/pT for a first hit 6 mm from the beam. The
-    # sample's first hits lie 6.7 mm out on average: its σ(IPx) ≈ 15.8 ⊕ 26.3/pT µm lies
-    # between the two readings, within 5 %, for 0.3 < pT < 5 GeV (tests/test_simulation.py).
+    # sample's first hits lie 6.7 mm out on average: its σ(IPx), 89 / 30 / 14 µm at pT =
+    # 0.3 / 1 / 5 GeV, lies between the two readings, within 5 % (tests/test_simulation.py).
     ms_angle_term: float = 0.0039
     # Per-track reconstruction efficiency in acceptance ≈ 99 % (LHCb-TDR-013; arXiv:2412.14966).
     track_efficiency: float = 0.99
@@ -154,13 +154,14 @@ class Conditions:
 
     # -- displaced decays (charged daughters are VELO tracks with MC label −1) --------------
     # per_pv: decays into charged final states per visible interaction, parent within the
-    #   η acceptance above. K0S: K0S/charged ≈ 0.06 (CMS JHEP 05 (2011) 064) × 25 tracks ×
-    #   BR(π+π−) = 0.69 ≈ 1.0; Λ+Λ̄: ≈ 0.6 of K0S (LHCb JHEP 08 (2011) 034 measures Λ̄/K0S ≈
-    #   0.3 per species) × 1.5 × BR(pπ) = 0.64 ≈ 0.58; cc̄ and bb̄: LHCb σ(cc̄) ≈ 2.4 mb in
-    #   2 < y < 4.5 (JHEP 03 (2016) 159, with its errata) and σ(bb̄) ≈ 0.144 mb in 2 < η < 5
-    #   (PRL 118 (2017) 052002), over the 62.2 mb of inelastic interactions in the acceptance
-    #   (JHEP 06 (2018) 100), times two hadrons per pair, spread flat over the 5 units of η of
-    #   the acceptance (3 forward, 2 backward): charm 0.038 × 2 × 5/2.5 = 0.15, beauty
+    #   η acceptance above. K0S: 0.06 per charged particle (CMS JHEP 05 (2011) 064) × 25
+    #   tracks = 1.5, × 0.69 (BR to π+π−) ≈ 1.0; Λ+Λ̄: 0.6 of those 1.5 K0S (LHCb JHEP 08
+    #   (2011) 034 measures Λ̄/K0S ≈ 0.3 per species) × 0.64 (BR to pπ) ≈ 0.58; cc̄ and bb̄:
+    #   LHCb σ(cc̄) ≈ 2.4 mb in 2 < y < 4.5 (JHEP 03 (2016) 159, with its errata) and
+    #   σ(bb̄) ≈ 0.144 mb in 2 < η < 5 (PRL 118 (2017) 052002), over the 62.2 mb of inelastic
+    #   interactions in the acceptance (JHEP 06 (2018) 100), times two hadrons per pair,
+    #   spread flat over the 5 units of η of the acceptance (3 forward, 2 backward; charm's
+    #   rapidity range taken as one of η): charm 0.038 × 2 × 5/2.5 = 0.15, beauty
     #   0.0023 × 2 × 5/3 = 0.0077. All approximations.
     # ctau: PDG mean lifetimes (charm: production-weighted D0, D+, Ds, Λc; beauty: B0, B+, Bs,
     #   Λb; approximations of the mix). mass: PDG (charm: D; beauty: B).

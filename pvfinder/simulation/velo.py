@@ -46,7 +46,9 @@ def measure(
     states : dict of numpy.ndarray
         The fields of :data:`pvfinder.events.TRACK_FIELDS`, state at the first measurement.
     accepted : numpy.ndarray of bool
-        True where the first three hits lie on the modules (z span and radial coverage).
+        True where the first three hits lie on the modules: within their z span and their
+        outer radial reach (the inner edge is not checked: the first hit is placed where
+        the track has left the beam hole, a decay daughter heading inwards is not followed).
     """
     x0, y0, z0 = origin
     n = len(z0)
