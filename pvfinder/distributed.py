@@ -328,17 +328,9 @@ def reconstruct_files(
         engine.submit(list(sources.values()))
         for output, inputs in plan.items():
             todo = [sources[path] for path in inputs if path in sources]
-            if not todo:
-                continue
-            try:
-                writer = VertexWriter(output, with_weights=with_weights,
-                                      compression=compression)
-            except OSError as error:  # no right to write there, a read-only disk, ...
-                for source in todo:
-                    record(FileResult(Path(source.path), output, "failed",
-                                      error=_unwritable(output, error)))
-                continue
-            _write_output(writer, todo, engine, bar, record)
+            if todo:
+                _write_output(output, todo, engine, bar, record, with_weights=with_weights,
+                              compression=compression)
     return results
 
 
@@ -405,18 +397,22 @@ def _check_plan(plan: Mapping[Path, Sequence[Path]]) -> None:
             raise ValueError(f"{output} is {kind}; the vertices need a file name there")
 
 
-def _write_output(writer: VertexWriter, sources: list[TrackSource], engine: Any, bar: Any,
-                  record: Callable[[FileResult], None]) -> None:
-    """Write the vertices of ``sources`` through ``writer``; keep the file if one succeeded.
+def _write_output(output: Path, sources: list[TrackSource], engine: Any, bar: Any,
+                  record: Callable[[FileResult], None], **writer_options: Any) -> None:
+    """Write the vertices of ``sources`` into ``output``; keep the file if one succeeded.
 
-    The inputs are recorded once the file is finished: one that cannot be (no room left, no
-    right to rename it) fails the inputs written into it, and its partial file is removed.
+    The inputs are recorded once the file is finished: a file that cannot be made (no right
+    to write there, a read-only disk) or finished (no room left, no right to rename it) fails
+    the inputs not failed for their own reason, those not begun are not read, and its partial
+    file is removed.
     """
     # One input streams straight to its own file; inputs merged into one file are held
     # until complete, so that a bad one leaves nothing of itself in the merged file.
     buffered = len(sources) > 1
     results: list[FileResult] = []
+    writer: VertexWriter | None = None  # made inside the try, so that a stop discards it
     try:
+        writer = VertexWriter(output, **writer_options)
         for source in sources:
             results.append(_run_input(source, writer, engine, buffered, bar))
         if any(result.status == "done" for result in results):
@@ -425,16 +421,17 @@ def _write_output(writer: VertexWriter, sources: list[TrackSource], engine: Any,
         else:
             writer.discard()
     except OSError as error:  # the output's: every input not failed for its own reason fails
-        writer.discard()
+        if writer is not None:
+            writer.discard()
         for source in sources[len(results):]:  # the one being written and those not begun
             engine.drop(source)
         own = {result.input: result for result in results if result.status == "failed"}
         results = [own.get(Path(source.path)) or FileResult(
-                       Path(source.path), writer.path, "failed",
-                       error=_unwritable(writer.path, error))
+                       Path(source.path), output, "failed", error=_unwritable(output, error))
                    for source in sources]
     except BaseException:
-        writer.discard()
+        if writer is not None:
+            writer.discard()
         raise
     for result in results:
         record(result)

@@ -655,10 +655,13 @@ def test_a_stop_before_the_writing_began_leaves_no_partial_file(sample_file, tmp
     # Between making the output's writer and the code that would discard it.
     from pvfinder import distributed
 
-    def stopped(*args, **kwargs):
+    make = distributed.VertexWriter
+
+    def stopped_once_made(*args, **kwargs):
+        make(*args, **kwargs)  # OUT.part exists, and no one holds the writer
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(distributed, "_write_output", stopped)
+    monkeypatch.setattr(distributed, "VertexWriter", stopped_once_made)
     assert main(["reconstruct", str(sample_file), "-o", str(tmp_path / "pvs.root")]) == 130
     assert list(tmp_path.iterdir()) == []
 

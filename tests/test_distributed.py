@@ -595,6 +595,25 @@ def test_a_full_disk_fails_that_output_alone(tmp_path, files, monkeypatch):
     assert results[0].error == f"{full}: cannot be written ([Errno 28] No space left on device)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fine.root"]
 
+def test_the_inputs_of_an_output_that_cannot_be_made_are_not_read(tmp_path, files,
+                                                                   monkeypatch):
+    # The reader read them all the same, for nothing, before going on to the next output.
+    read_chunks, chunks_read = TrackSource.read_chunks, collections.Counter()
+
+    def counting(source, *args, **kwargs):
+        for chunk in read_chunks(source, *args, **kwargs):
+            chunks_read[Path(source.path).name] += 1
+            yield chunk
+
+    monkeypatch.setattr(TrackSource, "read_chunks", counting)
+    (tmp_path / "file").write_text("in the way")
+    plan = {tmp_path / "file" / "a.root": [files[0]], tmp_path / "b.root": [files[1]]}
+    results = reconstruct_files(plan, backend="cpu", step_size=20)
+    assert [r.status for r in results] == ["failed", "done"]
+    assert "is a file, not a directory" in results[0].error
+    assert chunks_read[files[0].name] <= 1 and chunks_read[files[1].name] == 2  # of 3, 2
+
+
 def test_a_write_that_fails_midway_fails_the_whole_merged_output(tmp_path, files, monkeypatch):
     # An I/O error while an input's chunks were appended failed that input alone: the file
     # was kept with part of it, and the next input's first_event was off.
