@@ -590,8 +590,9 @@ class PVFinder:
         target.offsets[0] = 0
         target.weight_offsets[0] = 0
         host_offsets = _to_host(batch.offsets)  # chunk boundaries
-        if n_events > backend.events_per_chunk:  # the kernels would count from the chunk
-            _check_offsets(host_offsets, None, "tracks")  # (offsets of wrapped buffers)
+        # Wrapped buffers' offsets are checked here, whatever the batch's size: the kernels,
+        # which see a chunk at a time, would name another event, and chunks differ by backend.
+        _check_offsets(host_offsets, None, "tracks")
         n_vertices = n_weights = 0
         # All five stages run chunk by chunk, stage 1 included, so that the work arrays
         # (tracks at the beamline, histograms, weights) are sized by the chunk, not the batch.
