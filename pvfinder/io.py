@@ -813,8 +813,9 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
     ------
     ValueError
         For an unknown compression or precision, a basket size below 1, identifiers that
-        are not one integer per event (or take the name of a branch of the layout), or truth
-        that does not match the tracks.
+        are not one integer per event (or take the name of a branch of the layout), truth
+        that does not match the tracks, or track offsets that decrease (wrapped buffers:
+        :meth:`TrackBatch.from_buffers` does not scan them).
     TypeError
         When ``tracks`` is not a TrackBatch or ``truth`` not an MCTruth.
     IsADirectoryError
@@ -840,6 +841,8 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
         raise ValueError(f"{path}: event_ids must name at least one identifier branch")
     if truth is not None:
         truth.check_matches(tracks)
+    tracks = tracks.to_host()
+    _check_cuts(path, tracks.offsets, tracks.n_tracks, "tracks")  # from_buffers scans none
     path = Path(path)
     final, partial = _write_target(path)
     try:
@@ -1046,7 +1049,8 @@ class VertexWriter:
         ValueError
             For identifiers that are not one integer per event (or change names or types
             between calls, or take a branch name of the layout), a batch without weights
-            given to a writer that writes them, or track counts that do not match them.
+            given to a writer that writes them, track counts that do not match them, or
+            offsets that do not cut the fields (or the weights) into lists end to end.
         """
         self.write_all([(vertices, event_ids, track_counts)])
 
@@ -1178,22 +1182,29 @@ def _check_vertex_batch(vertices: Any, path: PathLike) -> None:
                         f"converts an awkward array), got {type(vertices).__name__}")
 
 
-def _check_vertex_structure(vertices: VertexBatch, path: PathLike) -> None:
-    """Offsets that cut every field (and the weights) into lists end to end: a batch built
-    with the constructor has not been checked, and the branches are written from them."""
+def _check_cuts(path: PathLike, offsets: np.ndarray, length: int, what: str) -> None:
+    """Offsets that cut ``length`` values into lists from 0 to the end, never going back:
+    the branches are cut by them."""
     try:
-        _check_offsets(np.asarray(vertices.offsets), vertices.n_vertices, "vertices")
-        for name in VERTEX_FIELDS:
-            if len(getattr(vertices, name)) != vertices.n_vertices:
-                raise ValueError(f"vertices: field {name!r} has {len(getattr(vertices, name))} "
-                                 f"entries but x has {vertices.n_vertices}")
-        if vertices.weights is not None:
-            if len(vertices.weight_offsets) != vertices.n_vertices + 1:
-                raise ValueError("vertices: weight_offsets needs one entry per vertex and one")
-            _check_offsets(np.asarray(vertices.weight_offsets), len(vertices.weights),
-                           "vertices weight")
+        _check_offsets(np.asarray(offsets), length, what)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+
+
+def _check_vertex_structure(vertices: VertexBatch, path: PathLike) -> None:
+    """Offsets that cut every field (and the weights) into lists: a batch made with the
+    constructor has not been checked."""
+    _check_cuts(path, vertices.offsets, vertices.n_vertices, "vertices")
+    for name in VERTEX_FIELDS:
+        if len(getattr(vertices, name)) != vertices.n_vertices:
+            raise ValueError(f"{path}: vertices: field {name!r} has "
+                             f"{len(getattr(vertices, name))} entries but x has "
+                             f"{vertices.n_vertices}")
+    if vertices.weights is not None:
+        if len(vertices.weight_offsets) != vertices.n_vertices + 1:
+            raise ValueError(f"{path}: vertices: weight_offsets needs one entry per vertex "
+                             "and one")
+        _check_cuts(path, vertices.weight_offsets, len(vertices.weights), "vertices weight")
 
 
 def _event_id_arrays(event_ids: Mapping[str, Any] | None, first: int, n_events: int,

@@ -500,6 +500,14 @@ def test_a_refused_sample_leaves_the_file_it_would_replace(tmp_path, small, monk
         write_sample(path, small.tracks, other_truth)
     with pytest.raises(ValueError, match="precision must be float32 or float64, got float16"):
         write_sample(path, small.tracks, precision=np.float16)
+    # Wrapped buffers' offsets are not scanned: running backwards, they were written, and the
+    # file could not be read ("branch 'x' is damaged: its data give entry 2 -3 values").
+    offsets = np.array(small.tracks.offsets)
+    offsets[2] = offsets[3] + 3
+    backwards = TrackBatch.from_buffers(offsets, **{name: getattr(small.tracks, name)
+                                                    for name in TRACK_FIELDS})
+    with pytest.raises(ValueError, match="keep.root: tracks offsets decrease at event 2$"):
+        write_sample(path, backwards)
     with pytest.raises(TypeError, match="tracks must be a TrackBatch"):
         write_sample(path, small.tracks.to_awkward())
     with pytest.raises(TypeError, match="truth must be an MCTruth, got TrackBatch"):
