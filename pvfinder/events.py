@@ -109,8 +109,10 @@ def _check_event_range(start: int, stop: int, n_events: int, what: str) -> None:
                          "events (integers, 0 <= start <= stop <= n_events)")
 
 
-def _check_offsets(offsets: np.ndarray, length: int | None, what: str) -> None:
-    """Offsets start at 0, never decrease and (when ``length`` is given) end at ``length``."""
+def _check_offsets(offsets: np.ndarray, length: int | None, what: str, *,
+                   lists: str = "event", values: str = "the fields") -> None:
+    """Offsets start at 0, never decrease and (when ``length`` is given) end at ``length``;
+    messages name ``what`` offsets, the ``lists`` they cut and the ``values`` cut."""
     if offsets.ndim != 1 or offsets.size == 0:
         raise ValueError(f"{what} offsets must be a non-empty 1-d array")
     if not np.issubdtype(offsets.dtype, np.integer):
@@ -120,18 +122,19 @@ def _check_offsets(offsets: np.ndarray, length: int | None, what: str) -> None:
     steps = np.diff(offsets.astype(np.int64, copy=False))  # unsigned ones wrapped around
     bad = np.flatnonzero(steps < 0)
     if bad.size:
-        raise ValueError(f"{what} offsets decrease at event {bad[0]}")
+        raise ValueError(f"{what} offsets decrease at {lists} {bad[0]}")
     if length is not None and offsets[-1] != length:
         raise ValueError(
-            f"{what} offsets end at {offsets[-1]} but the fields hold {length} entries"
+            f"{what} offsets end at {offsets[-1]} but {values} hold {length} entries"
         )
 
 
 def _check_weights(offsets: np.ndarray, weight_offsets: np.ndarray, weights: np.ndarray
                    ) -> None:
     """Weights lie in [0, 1], and the vertices of an event have as many as each other."""
-    bad = np.flatnonzero(~((weights >= 0.0) & (weights <= 1.0)))  # NaN fails both
-    if bad.size:
+    # Two reductions when all are in range (NaN fails both); the scan only names the first.
+    if weights.size and not (weights.min() >= 0.0 and weights.max() <= 1.0):
+        bad = np.flatnonzero(~((weights >= 0.0) & (weights <= 1.0)))
         vertex = _event_of(weight_offsets, int(bad[0]))
         event = _event_of(offsets, vertex)
         raise ValueError(f"vertices: weight {weights[bad[0]]} of vertex {vertex - offsets[event]}"
@@ -180,7 +183,8 @@ class _Jagged:
     def counts(self) -> np.ndarray:
         """Number of items in each event."""
         offsets = _to_host(self.offsets)
-        return np.diff(offsets)
+        # int64 whatever the offsets' type: numpy refuses uint64 counts to np.repeat.
+        return np.diff(offsets).astype(np.int64, copy=False)
 
     def __len__(self) -> int:
         return self.n_events
@@ -579,7 +583,8 @@ class MCTruth:
             Naming the first track, its event and the MC PV it points to that does not exist.
         """
         labels = np.asarray(self.track_mc_pv)
-        n_pvs = np.repeat(self.vertices.counts, np.diff(track_offsets))
+        track_offsets = np.asarray(track_offsets).astype(np.int64, copy=False)  # np.repeat
+        n_pvs = np.repeat(self.vertices.counts, np.diff(track_offsets))  # refuses uint64
         bad = np.flatnonzero((labels < -1) | (labels >= n_pvs))
         if bad.size:
             raise ValueError(
@@ -700,7 +705,8 @@ class VertexBatch(_Jagged):
             weight_offsets = offsets_from_counts(weight_counts, "vertices weight_counts")
             if len(weight_offsets) != len(checked["x"]) + 1:
                 raise ValueError("vertices: weight_counts needs one entry per vertex")
-            _check_offsets(weight_offsets, weights.size, "vertices weight")
+            _check_offsets(weight_offsets, weights.size, "vertices weight", lists="vertex",
+                           values="the weights")
             _check_weights(offsets, weight_offsets, weights)
         return cls(offsets=offsets, weights=weights, weight_offsets=weight_offsets, **checked)
 

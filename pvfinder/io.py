@@ -55,6 +55,7 @@ from .events import (
     TrackBatch,
     VertexBatch,
     _check_offsets,
+    _check_weights,
     offsets_from_counts,
 )
 
@@ -839,10 +840,11 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
     event_ids = _event_id_arrays(event_ids, 0, tracks.n_events, path, _SAMPLE_BRANCHES)
     if not event_ids:
         raise ValueError(f"{path}: event_ids must name at least one identifier branch")
+    tracks = tracks.to_host()
+    with _naming(path):  # from_buffers scans none
+        _check_offsets(tracks.offsets, tracks.n_tracks, "tracks")
     if truth is not None:
         truth.check_matches(tracks)
-    tracks = tracks.to_host()
-    _check_cuts(path, tracks.offsets, tracks.n_tracks, "tracks")  # from_buffers scans none
     path = Path(path)
     final, partial = _write_target(path)
     try:
@@ -1067,7 +1069,7 @@ class VertexWriter:
         for vertices, event_ids, track_counts in batches:
             _check_vertex_batch(vertices, self.path)
             vertices = vertices.to_host()
-            _check_vertex_structure(vertices, self.path)
+            _check_vertex_structure(vertices, self.path, self.with_weights)
             ids = _event_id_arrays(event_ids, first_event, vertices.n_events, self.path,
                                    _VERTEX_BRANCHES)
             if layout is None:  # the first events written give the identifiers' types
@@ -1182,29 +1184,34 @@ def _check_vertex_batch(vertices: Any, path: PathLike) -> None:
                         f"converts an awkward array), got {type(vertices).__name__}")
 
 
-def _check_cuts(path: PathLike, offsets: np.ndarray, length: int, what: str) -> None:
-    """Offsets that cut ``length`` values into lists from 0 to the end, never going back:
-    the branches are cut by them."""
+@contextlib.contextmanager
+def _naming(path: PathLike) -> Iterator[None]:
+    """A ``ValueError`` raised inside names ``path`` first."""
     try:
-        _check_offsets(np.asarray(offsets), length, what)
+        yield
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
 
 
-def _check_vertex_structure(vertices: VertexBatch, path: PathLike) -> None:
-    """Offsets that cut every field (and the weights) into lists: a batch made with the
-    constructor has not been checked."""
-    _check_cuts(path, vertices.offsets, vertices.n_vertices, "vertices")
-    for name in VERTEX_FIELDS:
-        if len(getattr(vertices, name)) != vertices.n_vertices:
-            raise ValueError(f"{path}: vertices: field {name!r} has "
-                             f"{len(getattr(vertices, name))} entries but x has "
-                             f"{vertices.n_vertices}")
-    if vertices.weights is not None:
-        if len(vertices.weight_offsets) != vertices.n_vertices + 1:
-            raise ValueError(f"{path}: vertices: weight_offsets needs one entry per vertex "
-                             "and one")
-        _check_cuts(path, vertices.weight_offsets, len(vertices.weights), "vertices weight")
+def _check_vertex_structure(vertices: VertexBatch, path: PathLike, weights: bool) -> None:
+    """Offsets that cut every field (and, when they are written, the weights: one per track
+    of the event for every vertex, in [0, 1]) into lists: a batch made with the constructor
+    has not been checked, and the reader refuses a file that breaks these."""
+    n_vertices = vertices.n_vertices
+    with _naming(path):
+        _check_offsets(np.asarray(vertices.offsets), n_vertices, "vertices")
+        for name in VERTEX_FIELDS:
+            if len(getattr(vertices, name)) != n_vertices:
+                raise ValueError(f"vertices: field {name!r} has {len(getattr(vertices, name))}"
+                                 f" entries but x has {n_vertices}")
+        if not weights or vertices.weights is None:
+            return
+        weight_offsets = np.asarray(vertices.weight_offsets)
+        if len(weight_offsets) != n_vertices + 1:
+            raise ValueError("vertices: weight_offsets needs one entry per vertex and one")
+        _check_offsets(weight_offsets, len(vertices.weights), "vertices weight",
+                       lists="vertex", values="the weights")
+        _check_weights(np.asarray(vertices.offsets), weight_offsets, np.asarray(vertices.weights))
 
 
 def _event_id_arrays(event_ids: Mapping[str, Any] | None, first: int, n_events: int,

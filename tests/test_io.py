@@ -167,6 +167,25 @@ def test_weights_tree_holds_each_tracks_vertex(tmp_path, small):
     assert (index >= 0).mean() > 0.5  # most tracks come from a PV
 
 
+def test_unsigned_offsets_are_written_as_signed_ones_are(tmp_path, small):
+    # Their counts were uint64, which np.repeat refused ("Cannot cast ... from uint64 to
+    # int64") in the truth's and the weights' checks.
+    tracks = TrackBatch.from_buffers(small.tracks.offsets.astype(np.uint64),
+                                     **{name: getattr(small.tracks, name)
+                                        for name in TRACK_FIELDS})
+    assert tracks.counts.dtype == np.int64
+    write_sample(tmp_path / "tracks.root", tracks, small.truth, precision=np.float64)
+    again = read_tracks(tmp_path / "tracks.root")
+    np.testing.assert_array_equal(again.offsets, small.tracks.offsets)
+    np.testing.assert_array_equal(again.z, small.tracks.z)
+    np.testing.assert_array_equal(read_truth(tmp_path / "tracks.root").track_mc_pv,
+                                  small.truth.track_mc_pv)
+    vertices = find_vertices(tracks, backend="cpu")
+    write_vertices(tmp_path / "pvs.root", vertices, track_counts=tracks.counts)
+    tree = uproot.open(tmp_path / "pvs.root")["vertex_weights"].arrays(["vertex_index"])
+    assert ak.num(tree.vertex_index).tolist() == small.tracks.counts.tolist()
+
+
 def test_schema_maps_branches_and_carries_event_ids(tmp_path, small):
     tracks = small.tracks.select_events(0, 30)
     counts = tracks.counts
@@ -475,18 +494,33 @@ def test_writers_name_arguments_of_the_wrong_kind(tmp_path, small):
     (lambda v: {"offsets": np.minimum(v.offsets, v.n_vertices - 1)},
      "vertices offsets end at"),
     (lambda v: {"y": v.y[:-1]}, r"vertices: field 'y' has \d+ entries but x has \d+"),
-    (lambda v: {"weights": v.weights[:-1]}, "vertices weight offsets end at"),
+    (lambda v: {"weights": v.weights[:-1]},
+     r"vertices weight offsets end at \d+ but the weights hold \d+ entries"),
     (lambda v: {"weight_offsets": v.weight_offsets[:-1]},
      "vertices: weight_offsets needs one entry per vertex and one"),
+    # These were written, and the reader refused the file; the event was named as vertex.
+    (lambda v: {"weight_offsets": v.weight_offsets - (np.arange(len(v.weight_offsets)) == 1)},
+     "vertices: vertex 1 of event 0 has"),
+    (lambda v: {"weight_offsets": np.where(np.arange(len(v.weight_offsets)) == 2,
+                                           v.weight_offsets[3] + 1, v.weight_offsets)},
+     "vertices weight offsets decrease at vertex 2$"),
+    (lambda v: {"weights": np.where(np.arange(len(v.weights)) == 7, np.nan, v.weights)},
+     r"vertices: weight nan of vertex 0 in event 0 is not in \[0, 1\]"),
 ])
 def test_a_batch_whose_offsets_do_not_cut_its_fields_is_not_written(tmp_path, small, damage,
                                                                      message):
     # The constructor checks no structure, and the branches are cut by the offsets.
     vertices = find_vertices(small.tracks.select_events(0, 5), backend="cpu")
+    assert vertices.counts[0] >= 3
     damaged = dataclasses.replace(vertices, **damage(vertices))
-    with pytest.raises(ValueError, match=f"bad.root: {message}"):
-        write_vertices(tmp_path / "bad.root", damaged, track_counts=small.tracks.counts[:5])
+    for counts in (small.tracks.counts[:5], None):  # with the per-track branches and without
+        with pytest.raises(ValueError, match=f"bad.root: {message}"):
+            write_vertices(tmp_path / "bad.root", damaged, track_counts=counts)
     assert list(tmp_path.iterdir()) == []
+    if "weight" in next(iter(damage(vertices))):  # weights not written are not looked at
+        write_vertices(tmp_path / "no_weights.root", damaged, with_weights=False)
+        assert_same_vertices(read_vertices(tmp_path / "no_weights.root"), vertices,
+                             weights=False)
 
 
 def test_a_refused_sample_leaves_the_file_it_would_replace(tmp_path, small, monkeypatch):
@@ -506,8 +540,9 @@ def test_a_refused_sample_leaves_the_file_it_would_replace(tmp_path, small, monk
     offsets[2] = offsets[3] + 3
     backwards = TrackBatch.from_buffers(offsets, **{name: getattr(small.tracks, name)
                                                     for name in TRACK_FIELDS})
-    with pytest.raises(ValueError, match="keep.root: tracks offsets decrease at event 2$"):
-        write_sample(path, backwards)
+    for truth in (None, small.truth):  # numpy's "repeats may not contain negative values"
+        with pytest.raises(ValueError, match="keep.root: tracks offsets decrease at event 2$"):
+            write_sample(path, backwards, truth)
     with pytest.raises(TypeError, match="tracks must be a TrackBatch"):
         write_sample(path, small.tracks.to_awkward())
     with pytest.raises(TypeError, match="truth must be an MCTruth, got TrackBatch"):
