@@ -1258,7 +1258,8 @@ def _weight_branches(vertices: VertexBatch, track_counts: Any) -> dict[str, ak.A
     branches = {
         "weight_counts": _lists(vertices.offsets,
                                 np.diff(vertices.weight_offsets).astype(np.int32)),
-        "weights": _lists(vertices.weight_offsets[vertices.offsets], vertices.weights),
+        "weights": _lists(vertices.weight_offsets[vertices.offsets],
+                          np.asarray(vertices.weights, dtype=np.float64)),  # native order
     }
     if track_counts is not None:
         index, weight = track_association(vertices, track_counts)

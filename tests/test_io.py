@@ -167,9 +167,9 @@ def test_weights_tree_holds_each_tracks_vertex(tmp_path, small):
     assert (index >= 0).mean() > 0.5  # most tracks come from a PV
 
 
-def test_unsigned_offsets_are_written_as_signed_ones_are(tmp_path, small):
-    # Their counts were uint64, which np.repeat refused ("Cannot cast ... from uint64 to
-    # int64") in the truth's and the weights' checks.
+def test_buffers_of_other_types_are_written_as_the_finders_are(tmp_path, small):
+    # Unsigned offsets (from_buffers): their counts were uint64, which np.repeat refused
+    # ("Cannot cast ... from uint64 to int64") in the truth's and the weights' checks.
     tracks = TrackBatch.from_buffers(small.tracks.offsets.astype(np.uint64),
                                      **{name: getattr(small.tracks, name)
                                         for name in TRACK_FIELDS})
@@ -181,7 +181,10 @@ def test_unsigned_offsets_are_written_as_signed_ones_are(tmp_path, small):
     np.testing.assert_array_equal(read_truth(tmp_path / "tracks.root").track_mc_pv,
                                   small.truth.track_mc_pv)
     vertices = find_vertices(tracks, backend="cpu")
-    write_vertices(tmp_path / "pvs.root", vertices, track_counts=tracks.counts)
+    # Big-endian weights too (uproot raised), as the vertices' fields are converted.
+    swapped = dataclasses.replace(vertices, weights=vertices.weights.astype(">f8"))
+    write_vertices(tmp_path / "pvs.root", swapped, track_counts=tracks.counts)
+    assert_same_vertices(read_vertices(tmp_path / "pvs.root"), vertices)
     tree = uproot.open(tmp_path / "pvs.root")["vertex_weights"].arrays(["vertex_index"])
     assert ak.num(tree.vertex_index).tolist() == small.tracks.counts.tolist()
 
