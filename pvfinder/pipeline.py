@@ -23,7 +23,6 @@ from .events import (
     VERTEX_FIELDS,
     TrackBatch,
     VertexBatch,
-    _check_offsets,
     _to_host,
 )
 
@@ -557,7 +556,6 @@ class PVFinder:
         clock = _StageClock(backend, None)
         with self._exclusive():  # until the work buffers are copied
             with backend.launch_guard, _device_errors_raised(backend):
-                _checked_offsets(batch)
                 offsets, state = self._inputs(batch)
                 beamline = self._at_beamline(state, clock)
                 hist, seeds, n_seeds = self._seeds(offsets, beamline, clock)
@@ -590,7 +588,9 @@ class PVFinder:
         target.reserve_events(n_events)
         target.offsets[0] = 0
         target.weight_offsets[0] = 0
-        host_offsets = _checked_offsets(batch)  # chunk boundaries
+        host_offsets = _to_host(batch.offsets)  # chunk boundaries
+        if n_events > backend.events_per_chunk:  # a kernel would name an event of its chunk
+            backend.check_track_offsets(host_offsets, batch.n_tracks)
         n_vertices = n_weights = 0
         # All five stages run chunk by chunk, stage 1 included, so that the work arrays
         # (tracks at the beamline, histograms, weights) are sized by the chunk, not the batch.
@@ -793,16 +793,6 @@ def _device_errors_raised(backend: Backend) -> Iterator[None]:
             backend.check_errors()
         raise
     backend.check_errors()
-
-
-def _checked_offsets(batch: TrackBatch) -> np.ndarray:
-    """The batch's offsets on the host, scanned (the batch checked their ends): the kernels,
-    which see a chunk at a time, would name another event, and chunks differ by backend.
-    Wrapped buffers' offsets are scanned by nothing else; one comparison takes 2 us."""
-    offsets = _to_host(batch.offsets)
-    if (offsets[1:] < offsets[:-1]).any():
-        _check_offsets(offsets, None, "tracks")  # names the event
-    return offsets
 
 
 def _check_flag(name: str, value: Any) -> None:

@@ -1,6 +1,7 @@
 """Numba kernels of the five stages (the contract is ``kernels/README.md``)."""
 
 import numba
+import numpy as np
 
 # Floating-point freedom of every CPU kernel: "contract" lets LLVM fuse a·b + c into one FMA
 # instruction (one rounding instead of two, as nvcc does by default for the CUDA kernels). One
@@ -18,3 +19,10 @@ def check_event_ranges(offsets, n_items, kernel):
         if not 0 <= offsets[e] <= offsets[e + 1] <= n_items:
             raise ValueError(kernel + ": offsets decrease or point outside the track arrays "
                              "(first seen in event " + str(e) + ")")
+
+
+def check_track_offsets(offsets: np.ndarray, n_tracks: int) -> None:
+    """The histogram kernel's check of its track offsets, made for a whole batch: for batches
+    the pipeline hands to the stages in chunks, where each kernel would name an event of its
+    own chunk. Raises ``ValueError`` in the kernel's words."""
+    check_event_ranges(np.ascontiguousarray(offsets, dtype=np.int64), n_tracks, "histogram")

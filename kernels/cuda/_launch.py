@@ -24,6 +24,7 @@ __all__ = [
     "THREADS",
     "blocks_for",
     "check_errors",
+    "check_track_offsets",
     "device_array",
     "error_buffer",
     "max_dynamic_shared_bytes",
@@ -107,6 +108,26 @@ def check_errors() -> None:
     code, event = key >> EVENT_BITS, key & ((1 << EVENT_BITS) - 1)
     kernel, message = ERROR_MESSAGES.get(code, ("unknown kernel", f"error code {code}"))
     raise ValueError(f"{kernel}: {message} (first seen in event {event})")
+
+
+def check_track_offsets(offsets: np.ndarray, n_tracks: int) -> None:
+    """The histogram kernel's check of its track offsets, made on the host for a whole batch.
+
+    For batches the pipeline hands to the stages in chunks: each kernel sees its own chunk,
+    and would name an event of it.
+
+    Raises
+    ------
+    ValueError
+        In the words of :func:`check_errors`, naming the first event whose tracks do not run
+        forwards within ``0..n_tracks``.
+    """
+    offsets = np.asarray(offsets)
+    starts, stops = offsets[:-1], offsets[1:]
+    bad = np.flatnonzero(~((starts >= 0) & (starts <= stops) & (stops <= n_tracks)))
+    if bad.size:
+        kernel, message = ERROR_MESSAGES[1]
+        raise ValueError(f"{kernel}: {message} (first seen in event {bad[0]})")
 
 
 @functools.cache
