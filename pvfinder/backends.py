@@ -77,7 +77,8 @@ class Backend:
     xp: ModuleType
     stages: dict[str, Callable[..., None]]
     events_per_chunk: int
-    check_track_offsets: Callable[[np.ndarray, int], None]
+    # Keyword-only (and required), so that positional arguments keep their places.
+    check_track_offsets: Callable[[np.ndarray, int], None] = dataclasses.field(kw_only=True)
     synchronize: Callable[[], None] = lambda: None
     # Raises the first bad input a kernel recorded on the device (waits for the device).
     check_errors: Callable[[], None] = lambda: None

@@ -132,6 +132,8 @@ def _check_offsets(offsets: np.ndarray, length: int | None, what: str, *,
 def _check_weights(offsets: np.ndarray, weight_offsets: np.ndarray, weights: np.ndarray
                    ) -> None:
     """Weights lie in [0, 1], and the vertices of an event have as many as each other."""
+    offsets = offsets.astype(np.int64, copy=False)  # np.repeat refuses uint64 counts
+    weight_offsets = weight_offsets.astype(np.int64, copy=False)
     # Two reductions when all are in range (NaN fails both); the scan only names the first.
     if weights.size and not (weights.min() >= 0.0 and weights.max() <= 1.0):
         bad = np.flatnonzero(~((weights >= 0.0) & (weights <= 1.0)))
@@ -580,11 +582,14 @@ class MCTruth:
         Raises
         ------
         ValueError
-            Naming the first track, its event and the MC PV it points to that does not exist.
+            Naming the first track, its event and the MC PV it points to that does not exist,
+            or for offsets that do not cut the labels into events.
         """
         labels = np.asarray(self.track_mc_pv)
-        track_offsets = np.asarray(track_offsets).astype(np.int64, copy=False)  # np.repeat
-        n_pvs = np.repeat(self.vertices.counts, np.diff(track_offsets))  # refuses uint64
+        track_offsets = np.asarray(track_offsets)
+        _check_offsets(track_offsets, labels.size, "tracks")  # wrapped buffers' are not scanned
+        track_offsets = track_offsets.astype(np.int64, copy=False)  # np.repeat refuses uint64
+        n_pvs = np.repeat(self.vertices.counts, np.diff(track_offsets))
         bad = np.flatnonzero((labels < -1) | (labels >= n_pvs))
         if bad.size:
             raise ValueError(

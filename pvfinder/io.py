@@ -1051,8 +1051,9 @@ class VertexWriter:
         ValueError
             For identifiers that are not one integer per event (or change names or types
             between calls, or take a branch name of the layout), a batch without weights
-            given to a writer that writes them, track counts that do not match them, or
-            offsets that do not cut the fields (or the weights) into lists end to end.
+            given to a writer that writes them, track counts that do not match them,
+            offsets that do not cut the fields (or the weights) into lists end to end, or
+            weights (when written) outside [0, 1] or not as many for every vertex of an event.
         """
         self.write_all([(vertices, event_ids, track_counts)])
 
@@ -1194,9 +1195,9 @@ def _naming(path: PathLike) -> Iterator[None]:
 
 
 def _check_vertex_structure(vertices: VertexBatch, path: PathLike, weights: bool) -> None:
-    """Offsets that cut every field (and, when they are written, the weights: one per track
-    of the event for every vertex, in [0, 1]) into lists: a batch made with the constructor
-    has not been checked, and the reader refuses a file that breaks these."""
+    """Offsets that cut every field (and, when they are written, the weights: in [0, 1], as
+    many for every vertex of an event) into lists: a batch made with the constructor has not
+    been checked, and the reader refuses a file that breaks these."""
     n_vertices = vertices.n_vertices
     with _naming(path):
         _check_offsets(np.asarray(vertices.offsets), n_vertices, "vertices")

@@ -160,6 +160,18 @@ def test_truth_checks_labels():
         MCTruth(pvs, np.array([0, 2, -1])).check_matches(tracks)
     with pytest.raises(ValueError, match="labels 2 tracks"):
         MCTruth(pvs, np.array([0, 1])).check_matches(tracks)
+    # Offsets of wrapped buffers, not scanned: numpy's "repeats may not contain negative
+    # values" from validate(); unsigned ones were refused by np.repeat.
+    two = MCVertices.from_arrays(counts=[1, 1], x=[0.0, 0.0], y=[0.0, 0.0], z=[1.0, 2.0],
+                                 n_reconstructible=[5, 6])
+    fields = {name: np.asarray(values) for name, values in track_fields(3).items()}
+    backwards = TrackBatch.from_buffers(np.array([0, 3, 1, 3]), **fields)
+    three = MCVertices.from_arrays(counts=[1, 1, 1], x=[0.0] * 3, y=[0.0] * 3,
+                                   z=[1.0, 2.0, 3.0], n_reconstructible=[5, 6, 7])
+    with pytest.raises(ValueError, match="tracks offsets decrease at event 1$"):
+        MCTruth(three, np.array([0, 0, 0])).check_matches(backwards)
+    MCTruth(two, np.array([0, 0, -1])).check_matches(
+        TrackBatch.from_buffers(np.array([0, 2, 3], dtype=np.uint64), **fields))
     # Accepted before: labels of 0.5 (truncated when written), any object as the vertices,
     # and counts of reconstructible tracks below 0 (every PV then not reconstructible).
     with pytest.raises(ValueError, match="track_mc_pv must be integers, got float64"):

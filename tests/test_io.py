@@ -181,7 +181,11 @@ def test_buffers_of_other_types_are_written_as_the_finders_are(tmp_path, small):
     np.testing.assert_array_equal(read_truth(tmp_path / "tracks.root").track_mc_pv,
                                   small.truth.track_mc_pv)
     vertices = find_vertices(tracks, backend="cpu")
-    # Big-endian weights too (uproot raised), as the vertices' fields are converted.
+    # Unsigned vertex offsets without track counts (the weights' check refused them), and
+    # big-endian weights (uproot raised), as the vertices' fields are converted.
+    unsigned = dataclasses.replace(vertices, offsets=vertices.offsets.astype(np.uint64))
+    write_vertices(tmp_path / "unsigned.root", unsigned)
+    assert_same_vertices(read_vertices(tmp_path / "unsigned.root"), vertices)
     swapped = dataclasses.replace(vertices, weights=vertices.weights.astype(">f8"))
     write_vertices(tmp_path / "pvs.root", swapped, track_counts=tracks.counts)
     assert_same_vertices(read_vertices(tmp_path / "pvs.root"), vertices)

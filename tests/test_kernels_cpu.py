@@ -243,6 +243,22 @@ def test_histogram_refuses_offsets_that_do_not_fit_the_tracks(offsets):
         run_histogram(offsets, z=np.zeros(4), sigma=np.full(4, 0.1))
 
 
+def test_the_check_of_a_chunked_batch_compiles_nothing_for_other_offsets():
+    # Read-only int64 offsets (from_buffers over the caller's memory) went straight to the
+    # Numba check and compiled it again in the middle of a job (2 s); int32 ones too.
+    from pvfinder.kernels.cpu import check_event_ranges, check_track_offsets
+
+    check_track_offsets(np.array([0, 1, 3]), 3)
+    compiled = len(check_event_ranges.signatures)
+    read_only = np.array([0, 1, 3])
+    read_only.flags.writeable = False
+    for offsets in (read_only, np.array([0, 1, 3], dtype=np.int32), np.array([0, 2, 3])[::1]):
+        check_track_offsets(offsets, 3)
+    assert len(check_event_ranges.signatures) == compiled
+    with pytest.raises(ValueError, match=r"histogram: .* \(first seen in event 1\)"):
+        check_track_offsets(read_only, 2)
+
+
 def test_fit_refuses_weight_offsets_that_do_not_fit():
     tracks = toy_tracks(np.random.default_rng(5), (0.0, 0.0, 10.0), 20)
     # One weight short of the second event's one seed × 10 tracks.

@@ -25,4 +25,6 @@ def check_track_offsets(offsets: np.ndarray, n_tracks: int) -> None:
     """The histogram kernel's check of its track offsets, made for a whole batch: for batches
     the pipeline hands to the stages in chunks, where each kernel would name an event of its
     own chunk. Raises ``ValueError`` in the kernel's words."""
-    check_event_ranges(np.ascontiguousarray(offsets, dtype=np.int64), n_tracks, "histogram")
+    # Writable too: a read-only array would compile another specialisation mid-job (2 s).
+    offsets = np.require(offsets, np.int64, ["C_CONTIGUOUS", "WRITEABLE"])
+    check_event_ranges(offsets, n_tracks, "histogram")
