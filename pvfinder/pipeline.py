@@ -710,6 +710,7 @@ class PVFinder:
         n_events, max_seeds = len(offsets) - 1, cfg.max_vertices_per_event
         _, seeds, n_seeds = self._seeds(offsets, tracks, clock)
         if int(n_seeds.max()) > max_seeds:
+            backend.check_errors()  # bad offsets a kernel noted come before what they caused
             _report_overflow(backend.to_host(n_seeds), max_seeds, first_event, "fitted",
                              origin)
 

@@ -419,11 +419,27 @@ def test_a_bad_input_noted_on_the_device_is_not_left_for_the_next_call(sample, m
         warnings.simplefilter("error", SeedOverflowWarning)
         with pytest.raises(SeedOverflowWarning):
             finder(sample.tracks.select_events(0, 20))
-    assert noted == ["checked"]  # cleared on the way out
+    assert noted[-2:] == ["checked", "checked"]  # before the warning; cleared on the way out
+    checks = len(noted)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SeedOverflowWarning)
         finder(sample.tracks.select_events(0, 1))
-    assert noted == ["checked", "checked"]
+    assert len(noted) > checks
+
+
+def test_bad_offsets_noted_on_the_device_are_raised_before_a_seed_overflow(sample):
+    # CUDA notes bad offsets and skips the event; a seed overflow of the other events was
+    # warned of first, and with warnings as errors the call raised that instead.
+    def noted():
+        raise ValueError("histogram: offsets decrease or point outside the track arrays "
+                         "(first seen in event 3)")
+
+    backend = dataclasses.replace(get_backend("cpu"), check_errors=noted)
+    finder = PVFinder(PVFinderConfig(max_vertices_per_event=2), backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SeedOverflowWarning)
+        with pytest.raises(ValueError, match=r"first seen in event 3\)$"):
+            finder(sample.tracks.select_events(0, 20))
 
 
 @pytest.mark.parametrize("origin", ["run1.root", ("run1.root", "5"), ("run1.root",)])
