@@ -893,6 +893,9 @@ def track_association(vertices: VertexBatch, track_counts: Any) -> tuple[np.ndar
     if vertices.weights is None:
         raise ValueError("vertices: the batch has no per-track weights (it was found with "
                          "weights=False), so there is no track association to give")
+    vertices = dataclasses.replace(  # int64 (uint64 offsets would make the arithmetic float)
+        vertices, offsets=np.asarray(vertices.offsets).astype(np.int64, copy=False),
+        weight_offsets=np.asarray(vertices.weight_offsets).astype(np.int64, copy=False))
     track_offsets, vertex_event, weight_counts = _weight_rows(vertices, track_counts)
     # Each weight belongs to one vertex and, through its position in the vertex's row, to
     # one track of the event: scatter the rows onto the tracks.

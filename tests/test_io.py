@@ -181,11 +181,13 @@ def test_buffers_of_other_types_are_written_as_the_finders_are(tmp_path, small):
     np.testing.assert_array_equal(read_truth(tmp_path / "tracks.root").track_mc_pv,
                                   small.truth.track_mc_pv)
     vertices = find_vertices(tracks, backend="cpu")
-    # Unsigned vertex offsets without track counts (the weights' check refused them), and
-    # big-endian weights (uproot raised), as the vertices' fields are converted.
-    unsigned = dataclasses.replace(vertices, offsets=vertices.offsets.astype(np.uint64))
-    write_vertices(tmp_path / "unsigned.root", unsigned)
-    assert_same_vertices(read_vertices(tmp_path / "unsigned.root"), vertices)
+    # Unsigned vertex offsets (the weights' check refused them) and weight offsets (the track
+    # association computed in floats), and big-endian weights (uproot raised).
+    unsigned = dataclasses.replace(vertices, offsets=vertices.offsets.astype(np.uint64),
+                                   weight_offsets=vertices.weight_offsets.astype(np.uint64))
+    for counts in (None, tracks.counts):
+        write_vertices(tmp_path / "unsigned.root", unsigned, track_counts=counts)
+        assert_same_vertices(read_vertices(tmp_path / "unsigned.root"), vertices)
     swapped = dataclasses.replace(vertices, weights=vertices.weights.astype(">f8"))
     write_vertices(tmp_path / "pvs.root", swapped, track_counts=tracks.counts)
     assert_same_vertices(read_vertices(tmp_path / "pvs.root"), vertices)
