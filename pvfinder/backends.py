@@ -225,16 +225,16 @@ def _cuda_backend() -> Backend:
         raise BackendUnavailableError(f"the cuda backend is not available: {reason}")
     import cupy
 
+    launch = importlib.import_module("pvfinder.kernels.cuda._launch")
     return Backend(
         name="cuda",
         xp=cupy,
         stages=_load_stages("pvfinder.kernels.cuda"),
         # 65 536 events × 2400 bins × 8 B ≈ 1.3 GB of histogram: enough blocks to fill any GPU.
         events_per_chunk=65536,
-        check_track_offsets=importlib.import_module(
-            "pvfinder.kernels.cuda._launch").check_track_offsets,
+        check_track_offsets=launch.check_track_offsets,
         synchronize=lambda: cupy.cuda.get_current_stream().synchronize(),
-        check_errors=importlib.import_module("pvfinder.kernels.cuda._launch").check_errors,
+        check_errors=launch.check_errors,
     )
 
 

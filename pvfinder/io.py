@@ -297,6 +297,15 @@ def _checked_fill(fill: Mapping[str, Any]) -> dict[str, float]:
 # -- opening files and checking trees ------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _naming(path: PathLike) -> Iterator[None]:
+    """A ``ValueError`` raised inside names ``path`` (a file, or ``file:tree``) first."""
+    try:
+        yield
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
 def _check_root_header(path: Path) -> None:
     """A ROOT file starts with ``root`` and records its own length: catch the wrong kind of
     file and a truncated copy before uproot fails somewhere in the middle."""
@@ -730,15 +739,11 @@ def read_truth(path: PathLike, tracks_tree: str = TRACKS_TREE) -> MCTruth | None
     if labels["mc_pv"].dtype.kind not in "iu":  # a cast would truncate them
         raise ValueError(f"{where_labels}: branch 'mc_pv' holds {labels['mc_pv'].dtype}, not "
                          "integers")
-    try:
+    with _naming(where):
         vertices = MCVertices.from_arrays(offsets=offsets, **flat)
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
     truth = MCTruth(vertices, labels["mc_pv"].astype(np.int32))
-    try:
+    with _naming(where_labels):
         truth.check_labels(label_offsets)
-    except ValueError as error:
-        raise ValueError(f"{where_labels}: {error}") from None
     return truth
 
 
@@ -1188,22 +1193,13 @@ def _check_vertex_batch(vertices: Any, path: PathLike) -> None:
                         f"converts an awkward array), got {type(vertices).__name__}")
 
 
-@contextlib.contextmanager
-def _naming(path: PathLike) -> Iterator[None]:
-    """A ``ValueError`` raised inside names ``path`` first."""
-    try:
-        yield
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
-
-
 def _check_vertex_structure(vertices: VertexBatch, path: PathLike, weights: bool) -> None:
     """Offsets that cut every field (and, when they are written, the weights: in [0, 1], as
     many for every vertex of an event) into lists: a batch made with the constructor has not
     been checked, and the reader refuses a file that breaks these."""
-    n_vertices = vertices.n_vertices
+    n_vertices, offsets = vertices.n_vertices, np.asarray(vertices.offsets)
     with _naming(path):
-        _check_offsets(np.asarray(vertices.offsets), n_vertices, "vertices")
+        _check_offsets(offsets, n_vertices, "vertices")
         for name in VERTEX_FIELDS:
             if len(getattr(vertices, name)) != n_vertices:
                 raise ValueError(f"vertices: field {name!r} has {len(getattr(vertices, name))}"
@@ -1215,7 +1211,7 @@ def _check_vertex_structure(vertices: VertexBatch, path: PathLike, weights: bool
             raise ValueError("vertices: weight_offsets needs one entry per vertex and one")
         _check_offsets(weight_offsets, len(vertices.weights), "vertices weight",
                        lists="vertex", values="the weights")
-        _check_weights(np.asarray(vertices.offsets), weight_offsets, np.asarray(vertices.weights))
+        _check_weights(offsets, weight_offsets, np.asarray(vertices.weights))
 
 
 def _event_id_arrays(event_ids: Mapping[str, Any] | None, first: int, n_events: int,
@@ -1396,14 +1392,10 @@ def read_vertices(path: PathLike, *, weights: bool = True) -> VertexBatch:
             # per-vertex counts and per-event weights: two different jaggednesses
             weight_counts = _read_jagged(tree, where_weights, ("weight_counts",))[1]["weight_counts"]
             weight_values = _read_jagged(tree, where_weights, ("weights",))[1]["weights"]
-    try:
+    with _naming(where):
         vertices = VertexBatch.from_arrays(offsets=offsets, **flat)
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
     if weight_values is None:
         return vertices
-    try:
+    with _naming(where_weights):  # the vertices were fine: the weights' tree is at fault
         return VertexBatch.from_arrays(offsets=offsets, weights=weight_values,
                                        weight_counts=weight_counts, **flat)
-    except ValueError as error:  # the vertices were fine: the weights' tree is at fault
-        raise ValueError(f"{where_weights}: {error}") from None
