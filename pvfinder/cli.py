@@ -108,15 +108,24 @@ def _track_schema(args: argparse.Namespace):
                                fill_missing_covariance=fill or None)
 
 
-def _reconstruct_file(result) -> None:
-    """Report one input of ``pvfinder reconstruct`` as soon as it is done."""
-    if result.status == "failed":
-        print(f"pvfinder reconstruct: error: {result.error}", file=sys.stderr)
-    elif result.status == "skipped":
-        print(f"{result.input}: skipped, {result.output} exists")
-    else:
-        print(f"{result.input}: {result.n_vertices} vertices in {result.n_events} events "
-              f"-> {result.output}")
+def _result_printer() -> Callable[[Any], None]:
+    """A reporter of each input of ``pvfinder reconstruct`` as soon as it is done. An error
+    shared by all the inputs of a merged output (the file could not be made) is printed
+    once."""
+    printed: set[str] = set()
+
+    def report(result: Any) -> None:
+        if result.status == "failed":
+            if result.error not in printed:
+                printed.add(result.error)
+                print(f"pvfinder reconstruct: error: {result.error}", file=sys.stderr)
+        elif result.status == "skipped":
+            print(f"{result.input}: skipped, {result.output} exists")
+        else:
+            print(f"{result.input}: {result.n_vertices} vertices in {result.n_events} events "
+                  f"-> {result.output}")
+
+    return report
 
 
 def _validate_outputs(results, plots: str | None, tracks_tree: str) -> int:
@@ -210,7 +219,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             step_size=args.step_size,
             with_weights=args.weights, compression=args.compression,
             skip_existing=args.skip_existing, scheduler=args.dask,
-            progress=sys.stderr.isatty(), on_result=_reconstruct_file)
+            progress=sys.stderr.isatty(), on_result=_result_printer())
     except ImportError as error:  # Dask asked for but not installed: the hint is the message
         raise UsageError(str(error)) from None
     elapsed = time.perf_counter() - start

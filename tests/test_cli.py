@@ -447,6 +447,20 @@ def test_bad_input_is_reported_and_the_rest_go_on(two_files, tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == ["a_pvs.root"]
 
 
+def test_a_merged_output_that_cannot_be_made_is_one_error(two_files, tmp_path, capsys):
+    # Its inputs all fail for the one reason, which was printed once per input.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    args = ["reconstruct", *map(str, two_files), "-o", str(blocker / "merged.root"), "--merge",
+            "--backend", "cpu", "--no-validate"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f"pvfinder reconstruct: error: {blocker / 'merged.root'}: cannot be written, "
+        f"{blocker} is a file, not a directory"]
+    assert "2 input(s) failed" in captured.out
+
+
 def test_several_inputs_into_a_file_name_are_refused(two_files, tmp_path, capsys):
     # --merge forgotten (or a glob that matched two files): a folder named x.root was made.
     assert main(["reconstruct", *map(str, two_files), "-o", str(tmp_path / "x.root")]) == 2
