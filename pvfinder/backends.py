@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import importlib
 import os
 import sys
@@ -87,8 +86,8 @@ class Backend:
     state_dtypes: tuple[np.dtype, ...] = (np.dtype(np.float64),)
 
     def __getattr__(self, stage: str) -> Callable[..., None]:
-        try:
-            return self.stages[stage]
+        try:  # through vars(): a copy being made has no stages yet
+            return vars(self)["stages"][stage]
         except KeyError:
             raise AttributeError(stage) from None
 
@@ -239,11 +238,17 @@ def _cuda_backend() -> Backend:
 
 
 _FACTORIES: dict[str, Callable[[], Backend]] = {"cpu": _cpu_backend, "cuda": _cuda_backend}
+_BACKENDS: dict[str, Backend] = {}
+_BACKENDS_LOCK = threading.Lock()
 
 
-@functools.cache
 def _backend(name: str) -> Backend:
-    return _FACTORIES[name]()
+    # One Backend per name, also when threads ask for it first at once: its launch guard is
+    # what keeps their finders' launches apart.
+    with _BACKENDS_LOCK:
+        if name not in _BACKENDS:
+            _BACKENDS[name] = _FACTORIES[name]()
+        return _BACKENDS[name]
 
 
 def get_backend(name: str | Backend = "auto") -> Backend:

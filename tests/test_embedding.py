@@ -11,6 +11,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 import warnings
 
@@ -183,6 +184,33 @@ def test_one_finder_per_thread(sample, backend_name):
             assert_same_vertices(got, want)
 
 
+def test_threads_asking_first_for_a_backend_at_once_share_it(monkeypatch):
+    """Each got a Backend of its own: its own launch guard (so concurrent launches where Numba
+    cannot take them), and a finder that would not pickle."""
+    import pvfinder.backends as backends
+
+    make = backends._FACTORIES["cpu"]
+
+    def slowly() -> backends.Backend:
+        time.sleep(0.05)  # every thread has asked before the first backend is made
+        return make()
+
+    monkeypatch.setattr(backends, "_BACKENDS", {})
+    monkeypatch.setitem(backends._FACTORIES, "cpu", slowly)
+    start, got = threading.Barrier(4), []
+
+    def ask() -> None:
+        start.wait()
+        got.append(get_backend("cpu"))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 4 and all(backend is got[0] for backend in got)
+
+
 def test_a_finder_refuses_a_call_from_a_second_thread_while_it_runs(sample):
     """Two threads sharing one finder overwrote each other's work buffers: wrong vertices,
     no error. The second call is refused; the first one's result is right."""
@@ -283,6 +311,8 @@ def test_a_finder_pickles_and_deep_copies_as_its_config_and_backend(sample, back
     renamed = dataclasses.replace(own, name="mine")
     with pytest.raises(TypeError, match="on a backend of its own"):
         pickle.dumps(PVFinder(config, backend=renamed))
+    # A shallow copy of a backend recursed in __getattr__ before its fields were set.
+    assert copy_module.copy(own) == own
 
 
 _FORKED_CHILD = """
