@@ -111,14 +111,15 @@ class PVFinderConfig:
             raise ValueError(f"zmax ({self.zmax}) must be greater than zmin ({self.zmin})")
         if not self.bin_width > 0:
             raise ValueError(f"bin_width must be positive, got {self.bin_width}")
-        n_bins = (self.zmax - self.zmin) / self.bin_width
+        n_bins = (self.zmax - self.zmin) / self.bin_width  # infinite for a width of 1e-310
+        if not 2.5 <= n_bins < 2**31 - 0.5:  # the kernels index bins with 32-bit integers
+            got = round(n_bins) if math.isfinite(n_bins) else "infinitely many"
+            raise ValueError(f"the histogram needs 3 to 2^31 - 1 bins, got {got} "
+                             "((zmax - zmin) / bin_width)")
         if abs(n_bins - round(n_bins)) > 1e-9 * n_bins:
             raise ValueError(
                 f"(zmax - zmin) / bin_width must be an integer number of bins, got {n_bins}"
             )
-        if not 3 <= self.n_bins < 2**31:  # the kernels index bins with 32-bit integers
-            raise ValueError(f"the histogram needs 3 to 2^31 - 1 bins, got {self.n_bins} "
-                             "((zmax - zmin) / bin_width)")
         for name in (
             "max_track_beamline_chi2", "max_track_z0_err", "max_chi2", "chi2_cut",
             "max_delta_z_converged", "max_vertex_rho2",

@@ -61,6 +61,8 @@ def test_beamline_with_and_without_slopes():
         # Bins beyond the kernels' 32-bit index (6e9 of them: terabytes of histograms).
         ({"bin_width": 1e-7}, "3 to 2\\^31 - 1 bins, got 6000000000"),
         ({"bin_width": 300.0}, "3 to 2\\^31 - 1 bins, got 2"),
+        ({"bin_width": 1e-310}, "3 to 2\\^31 - 1 bins, got infinitely many"),  # OverflowError
+        ({"zmin": -1e308, "zmax": 1e308}, "got infinitely many"),
         # No weight reaches 1 / (1 + e^-2) = 0.881 at chi2_cut = 4: every vertex would be lost.
         ({"min_weight": 1.0}, "min_weight \\(1.0\\) must be below .* 0.880797"),
         ({"min_weight": 0.9, "chi2_cut": 2.0}, "below the largest weight a track can have, 0.731"),
