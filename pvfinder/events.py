@@ -323,6 +323,11 @@ class _Jagged:
     @classmethod
     def _fields_from_awkward(cls, array: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         array = ak.Array(array)
+        missing_events = np.flatnonzero(ak.to_numpy(ak.is_none(array, axis=0)))
+        if missing_events.size:  # an option type's None: its count would be garbage
+            raise ValueError(f"{cls.WHAT}: event {missing_events[0]} is None, not a list "
+                             f"(an event without {cls.WHAT} is an empty list)")
+        array = ak.drop_none(array, axis=0)  # the events' option type, holding no None
         layout = array.layout
         content = getattr(layout, "content", None)  # none in a regular numeric array
         if isinstance(layout, ak.contents.EmptyArray) or (
@@ -340,11 +345,7 @@ class _Jagged:
         missing = [name for name in cls.FIELDS if name not in names]
         if missing:
             raise ValueError(f"{cls.WHAT}: awkward array lacks field(s) {', '.join(missing)}")
-        missing_events = np.flatnonzero(ak.to_numpy(ak.is_none(array, axis=0)))
-        if missing_events.size:  # an option type's None: its count would be garbage
-            raise ValueError(f"{cls.WHAT}: event {missing_events[0]} is None, not a list "
-                             f"(an event without {cls.WHAT} is an empty list)")
-        counts = ak.to_numpy(ak.fill_none(ak.num(array, axis=1), 0))
+        counts = ak.to_numpy(ak.num(array, axis=1))
         offsets = offsets_from_counts(counts)
         fields = {}
         for name in cls.FIELDS:
@@ -799,6 +800,8 @@ class VertexBatch(_Jagged):
         xp = _array_module(batches[0].x)
 
         def stitched(offsets_list: list[Any]) -> Any:
+            # As int64: unsigned offsets plus an int64 shift are floats.
+            offsets_list = [o.astype(np.int64, copy=False) for o in offsets_list]
             shifts = np.cumsum([0] + [int(o[-1]) for o in offsets_list[:-1]])
             return xp.concatenate(
                 [offsets_list[0][:1]] + [o[1:] + s for o, s in zip(offsets_list, shifts)]

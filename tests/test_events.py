@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import awkward as ak
 import numpy as np
 import pytest
@@ -130,6 +132,12 @@ def test_vertex_concatenate():
     # Any iterable; one batch is copied like several (a finder's out= view is overwritten
     # by its next call: the joined result must not be that view).
     assert VertexBatch.concatenate(batch for batch in (a, b)).counts.tolist() == [1, 0, 2]
+    # Unsigned offsets (a caller's own, through the constructor) joined as int64, not floats.
+    unsigned = dataclasses.replace(b, offsets=b.offsets.astype(np.uint64),
+                                   weight_offsets=b.weight_offsets.astype(np.uint64))
+    joined = VertexBatch.concatenate([a, unsigned])
+    assert joined.offsets.dtype == np.int64 and joined.weight_offsets.dtype == np.int64
+    assert joined.to_awkward().tolist() == VertexBatch.concatenate([a, b]).to_awkward().tolist()
     alone = VertexBatch.concatenate([a])
     assert alone is not a and not np.shares_memory(alone.z, a.z)
     assert not np.shares_memory(alone.weights, a.weights)
@@ -299,6 +307,12 @@ def test_awkward_event_that_is_none_is_named():
     optional = ak.Array([*events, None])[:3]
     assert optional.type.content.__class__.__name__ == "OptionType"
     assert TrackBatch.from_awkward(optional).counts.tolist() == [2, 1, 3]
+    # Also events that never held a record: they lacked every field, and a None among them
+    # was said to as well.
+    empty = ak.mask(ak.Array([[], []]), [True, True])
+    assert TrackBatch.from_awkward(empty).counts.tolist() == [0, 0]
+    with pytest.raises(ValueError, match="event 1 is None"):
+        TrackBatch.from_awkward(ak.Array([[], None]))
 
 def test_empty_batch():
     tracks = TrackBatch.from_arrays(counts=np.array([], dtype=np.int64),
