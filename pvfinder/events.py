@@ -46,7 +46,7 @@ _VARIANCE_FIELDS = frozenset(
 def _to_host(array: Any, copy: bool = False) -> np.ndarray:
     """Return ``array`` as a numpy array, copying from the GPU when needed (and from host
     memory too when ``copy``)."""
-    if hasattr(array, "get") and not isinstance(array, np.ndarray):
+    if _array_module(array) is not np:  # not any .get(): a pandas Series has get(key)
         return array.get()
     return np.array(array, copy=True) if copy else np.asarray(array)
 

@@ -33,6 +33,31 @@ def vertex_fields(n: int) -> dict[str, np.ndarray]:
     return {name: np.arange(n, dtype=float) + 1 for name in VERTEX_FIELDS}
 
 
+class _SeriesLike:
+    """What pandas' Series has of an array: the array protocol, and a dict's get(key)."""
+
+    def __init__(self, values):
+        self.values = np.asarray(values)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values if dtype is None else self.values.astype(dtype)
+
+    def __len__(self):
+        return len(self.values)
+
+    def get(self, key, default=None):
+        return default
+
+
+def test_offsets_and_weights_with_a_get_method_are_host_arrays():
+    # Taken for CuPy arrays and .get()-ed: "get() missing 1 required positional argument".
+    tracks = TrackBatch.from_arrays(offsets=_SeriesLike([0, 2, 3]), **track_fields(3))
+    assert tracks.counts.tolist() == [2, 1]
+    vertices = VertexBatch.from_arrays(counts=[1], weights=_SeriesLike([0.5, 1.0]),
+                                       weight_counts=[2], **vertex_fields(1))
+    assert vertices.weights.tolist() == [0.5, 1.0]
+
+
 def test_from_arrays_counts_and_offsets_agree():
     fields = track_fields(6)
     by_counts = TrackBatch.from_arrays(counts=[2, 0, 4], **fields)
