@@ -1,7 +1,8 @@
 """Every parameter of the PV-finding algorithm, with the published defaults.
 
 The defaults are those of the LHCb beamline PV finder (Dziurda et al., Eur. Phys. J. C 85
-(2025) 609, arXiv:2412.14966) as listed in ``shared/spec/algorithm.md``. Lengths in mm.
+(2025) 609, arXiv:2412.14966) as the project's specification lists them
+(``shared/spec/algorithm.md``, beside the repository). Lengths in mm.
 """
 
 from __future__ import annotations
