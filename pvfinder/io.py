@@ -306,6 +306,23 @@ def _naming(path: PathLike) -> Iterator[None]:
         raise ValueError(f"{path}: {error}") from None
 
 
+@contextlib.contextmanager
+def _reading(where: str) -> Iterator[None]:
+    """What uproot raises inside on a damaged file (zlib, deserialization and other errors
+    alike) as a ``ValueError`` naming ``where`` (``file:tree``); ValueErrors and OSErrors,
+    which name it already, pass."""
+    try:
+        yield
+    except (ValueError, OSError, MemoryError):
+        raise
+    except Exception as error:  # noqa: BLE001
+        # uproot's DeserializationError says what went wrong in .message, and then dumps
+        # the bytes it was reading
+        what = getattr(error, "message", None) or str(error)
+        raise ValueError(f"{where}: damaged, cannot be read ({type(error).__name__}: "
+                         f"{what})") from None
+
+
 def _check_root_header(path: Path) -> None:
     """A ROOT file starts with ``root`` and records its own length: catch the wrong kind of
     file and a truncated copy before uproot fails somewhere in the middle."""
@@ -334,11 +351,16 @@ def _open(path: PathLike) -> Any:
 
 
 def _tree(file: Any, path: Path, name: str) -> Any:
-    if name not in file:  # name the trees, also in folders ("Dir/tracks"), not the folders
+    try:
+        found = name in file
+    except AttributeError:  # a path through a TTree ("tracks/x"): uproot seeks a key in it
+        found = False
+    if not found:  # name the trees, also in folders ("Dir/tracks"), not the folders
         trees = ", ".join(sorted({key.split(";")[0] for key, kind in file.classnames().items()
                                   if kind == "TTree"})) or "none"
         raise ValueError(f"{path}: no tree {name!r} (trees in the file: {trees})")
-    tree = file[name]
+    with _reading(f"{path}:{name}"):
+        tree = file[name]
     if not isinstance(tree, uproot.TTree):
         raise ValueError(  # noqa: TRY004 (a wrong file, not a wrong argument)
             f"{path}: {name!r} is a {file.classname_of(name)}, not a TTree")
@@ -706,7 +728,9 @@ def read_tracks(path: PathLike, tree: str | None = None,
 def _read_jagged(tree: Any, where: str, names: tuple[str, ...]
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     _require_branches(tree, where, names)
-    return _flatten_jagged(tree.arrays(list(names), how=dict), where)
+    with _reading(where):
+        arrays = tree.arrays(list(names), how=dict)
+    return _flatten_jagged(arrays, where)
 
 
 def read_truth(path: PathLike, tracks_tree: str = TRACKS_TREE) -> MCTruth | None:
@@ -1315,7 +1339,8 @@ def recorded_inputs(path: PathLike) -> list[str] | None:
         if INPUTS_RECORD not in file:
             return None
         try:
-            recorded = json.loads(str(file[INPUTS_RECORD]))
+            with _reading(f"{path}:{INPUTS_RECORD}"):
+                recorded = json.loads(str(file[INPUTS_RECORD]))
         except ValueError:
             recorded = None
     if not (isinstance(recorded, list) and all(isinstance(item, str) for item in recorded)):
@@ -1357,8 +1382,9 @@ def read_event_ids(path: PathLike, tree: str) -> dict[str, np.ndarray]:
     path = Path(path)
     with _open(path) as file:
         found = _tree(file, path, tree)
-        return {name: found[name].array(library="np") for name in EVENT_ID_BRANCHES
-                if name in found}
+        with _reading(f"{path}:{tree}"):
+            return {name: found[name].array(library="np") for name in EVENT_ID_BRANCHES
+                    if name in found}
 
 
 def read_vertices(path: PathLike, *, weights: bool = True) -> VertexBatch:

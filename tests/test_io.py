@@ -716,6 +716,55 @@ def test_damaged_basket_names_the_entries(tmp_path, small_file):
         list(iterate_tracks(damaged, step_size=50))
 
 
+def _flip_bytes(path, start, stop, to):
+    data = bytearray(path.read_bytes())
+    for i in range(start, stop):
+        data[i] ^= 0xFF
+    to.write_bytes(bytes(data))
+    return to
+
+
+def test_damaged_tree_record_is_an_error_naming_the_tree(tmp_path, small_file):
+    # uproot's DeserializationError (not a ValueError) ended reconstruct with a traceback.
+    start = uproot.open(small_file).key("tracks").fSeekKey
+    damaged = _flip_bytes(small_file, start + 60, start + 64, tmp_path / "damaged.root")
+    with pytest.raises(ValueError, match=r"damaged.root:tracks: damaged, cannot be read "
+                                         r"\(DeserializationError: expected \d+ bytes"):
+        inspect_tracks(damaged)
+
+
+def test_damaged_baskets_of_truth_and_vertices_are_errors_naming_the_tree(tmp_path, small):
+    # zlib.error escaped read_truth and read_vertices (the validation of reconstruct, and
+    # validate) and read_event_ids.
+    from pvfinder.io import read_event_ids
+
+    def damage(path, tree, branch):
+        basket = uproot.open(path)[tree][branch]
+        seek, size = int(basket.member("fBasketSeek")[0]), int(basket.member("fBasketBytes")[0])
+        return _flip_bytes(path, seek + size // 2, seek + size // 2 + 20,
+                           tmp_path / f"{path.stem}_{branch}.root")
+
+    write_sample(tmp_path / "s.root", small.tracks, small.truth, compression="zlib")
+    sample = tmp_path / "s.root"
+    with pytest.raises(ValueError, match=r"s_mc_pv.root:tracks: damaged, cannot be read "
+                                         r"\(error: Error -3"):
+        read_truth(damage(sample, "tracks", "mc_pv"))
+    write_vertices(tmp_path / "v.root", find_vertices(small.tracks, backend="cpu"),
+                   compression="zlib")
+    with pytest.raises(ValueError, match=r"v_x.root:vertices: damaged"):
+        read_vertices(damage(tmp_path / "v.root", "vertices", "x"))
+    with pytest.raises(ValueError, match=r"v_event_number.root:vertices: damaged"):
+        read_event_ids(damage(tmp_path / "v.root", "vertices", "event_number"), "vertices")
+
+
+def test_a_tree_path_through_a_tree_is_no_tree(small_file):
+    # uproot seeks the key "x" inside the TTree: AttributeError.
+    for path in ("tracks/", "tracks/x"):
+        with pytest.raises(ValueError, match=f"no tree '{path}' \\(trees in the file: "
+                                             "tracks, truth\\)"):
+            read_tracks(small_file, tree=path)
+
+
 def test_list_of_negative_length_is_called_damage_not_a_mismatch():
     from pvfinder.io import _flatten_jagged
 
