@@ -476,7 +476,8 @@ def _parser() -> argparse.ArgumentParser:
     reconstruct.add_argument("--fill-cov", action="append", default=[], metavar="FIELD=VALUE",
                              help="fill a covariance term the input lacks (repeatable)")
     reconstruct.add_argument("--step-size", "--chunk-events", default="100 MB",
-                             help="chunk read at a time: entries (10000) or bytes ('100 MB')")
+                             help="chunk read at a time: entries (e.g. 10000) or bytes (default "
+                                  "'100 MB')")
     reconstruct.add_argument("--weights", action="store_true",
                              help="also write the track-vertex weights and each track's vertex")
     reconstruct.add_argument("--compression", default="lz4",
