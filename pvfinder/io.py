@@ -511,8 +511,13 @@ class TrackSource:
         jagged = {branch: arrays[branch] for branch in self.branches.values()}
         offsets, flat = _flatten_jagged(jagged, self.where, entry_start)
         fields = {field: flat[branch] for field, branch in self.branches.items()}
-        for field, value in self.filled.items():  # in the precision of the file's states
-            fields[field] = np.full(int(offsets[-1]), value, dtype=fields["x"].dtype)
+        for field, value in self.filled.items():
+            # In the precision of the file's states, as floats where they are integers, and
+            # in float64 where float32 cannot hold the value.
+            dtype = np.result_type(fields["x"].dtype, np.float32)
+            if abs(value) > float(np.finfo(dtype).max):
+                dtype = np.dtype(np.float64)
+            fields[field] = np.full(int(offsets[-1]), value, dtype=dtype)
         n_events = len(offsets) - 1
         ids = {name: ak.to_numpy(arrays[name]).astype(id_dtype, copy=False)
                for name, id_dtype in self.event_ids.items()} or {

@@ -330,6 +330,22 @@ def test_missing_covariance_filled_only_when_asked(tmp_path, small):
     np.testing.assert_array_equal(filled.x, tracks.x)
 
 
+@pytest.mark.parametrize(("x_dtype", "fill", "dtype"), [
+    (np.int32, 0.5, np.float64),  # was 0 (and 1e10 was -2147483648), without a word
+    (np.float32, 1e-3, np.float32),  # the states' precision
+    (np.float32, 1e39, np.float64),  # was inf: refused as a bad state in every chunk
+])
+def test_a_fill_value_is_kept_whatever_the_states_type(tmp_path, small, x_dtype, fill, dtype):
+    tracks = small.tracks.select_events(0, 3)
+    kept = {name: np.asarray(getattr(tracks, name), dtype=np.float32) for name in TRACK_FIELDS
+            if name != "cov_xtx"}
+    kept["x"] = np.asarray(tracks.x * 1000, dtype=x_dtype)  # e.g. positions in µm
+    path = write_tree(tmp_path / "fill.root", kept, tracks.counts)
+    filled = read_tracks(path, schema=TrackSchema(fill_missing_covariance={"cov_xtx": fill}))
+    assert filled.cov_xtx.dtype == dtype
+    np.testing.assert_array_equal(filled.cov_xtx, np.full(tracks.n_tracks, fill, dtype=dtype))
+
+
 @pytest.mark.parametrize("counts", [[0], "one empty event among others"])
 def test_event_without_tracks_gives_no_vertex(tmp_path, small, counts):
     if counts == [0]:
