@@ -593,8 +593,9 @@ class MCTruth:
         n_pvs = np.repeat(self.vertices.counts, np.diff(track_offsets))
         bad = np.flatnonzero((labels < -1) | (labels >= n_pvs))
         if bad.size:
+            event = _event_of(track_offsets, bad[0])
             raise ValueError(
-                f"MC truth: track {bad[0]} of event {_event_of(track_offsets, bad[0])} points to "
+                f"MC truth: track {bad[0] - track_offsets[event]} of event {event} points to "
                 f"MC PV {labels[bad[0]]}, which does not exist"
             )
 

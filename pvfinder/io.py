@@ -770,10 +770,11 @@ def read_truth(path: PathLike, tracks_tree: str = TRACKS_TREE) -> MCTruth | None
                          "integers")
     with _naming(where):
         vertices = MCVertices.from_arrays(offsets=offsets, **flat)
-    truth = MCTruth(vertices, labels["mc_pv"].astype(np.int32))
+    truth = MCTruth(vertices, labels["mc_pv"])  # as read: a cast to int32 could wrap them
     with _naming(where_labels):
         truth.check_labels(label_offsets)
-    return truth
+    # Every label is now -1 or the index of one of its event's MC PVs.
+    return MCTruth(vertices, truth.track_mc_pv.astype(np.int32, copy=False))
 
 
 # -- writing -------------------------------------------------------------------------------

@@ -435,17 +435,22 @@ def test_truth_of_other_tracks_is_refused_when_read(tmp_path, small):
     write_sample(path, small.tracks.select_events(0, 5), small.truth.select_events(0, 5,
                                                                                   small.tracks))
     labels = {"short": ak.Array([[0, -1], [], [0]]),  # 3 events of labels for 5 of truth
-              "past": ak.Array([[0], [99], [], [], [-1]]),
-              "halves": ak.Array([[0.5], [], [], [], []])}  # were truncated to 0
+              "past": ak.Array([[0], [-1, 99], [], [], [-1]]),
+              "halves": ak.Array([[0.5], [], [], [], []]),  # were truncated to 0
+              "wide": ak.Array([[0], [2**32], [], [], []])}  # was cast to int32's 0
     with uproot.update(path) as file:
         for name, mc_pv in labels.items():
             file.mktree(name, {"mc_pv": mc_pv.type}, counter_name=lambda _: "n")
             file[name].extend({"mc_pv": mc_pv})
     with pytest.raises(ValueError, match="mixed.root:truth has 5 entries but .*:short has 3"):
         read_truth(path, tracks_tree="short")
+    # The track within its event (it said track 2, its place in the file).
     with pytest.raises(ValueError, match=r"mixed.root:past: MC truth: track 1 of event 1 points "
                                          r"to MC PV 99, which does not exist"):
         read_truth(path, tracks_tree="past")
+    with pytest.raises(ValueError, match=r"mixed.root:wide: MC truth: track 0 of event 1 points "
+                                         r"to MC PV 4294967296"):
+        read_truth(path, tracks_tree="wide")
     with pytest.raises(ValueError, match=r"mixed.root:halves: branch 'mc_pv' holds float64"):
         read_truth(path, tracks_tree="halves")
 
