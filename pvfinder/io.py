@@ -113,7 +113,8 @@ PathLike = str | os.PathLike
 
 # A size with a unit, the forms uproot's step_size takes: "100 MB", "1.5 GiB", "1e2kB".
 _SIZE_WITH_UNIT = re.compile(
-    r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*[kmgtpezy]?i?b\s*", re.IGNORECASE)
+    r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*([kmgtpezy]?)(i?)b\s*", re.IGNORECASE)
+_UNIT_POWERS = {prefix: power for power, prefix in enumerate(" kmgtpezy")}
 
 
 def parse_step_size(step_size: int | str) -> int | str:
@@ -123,7 +124,7 @@ def parse_step_size(step_size: int | str) -> int | str:
     ----------
     step_size : int or str
         Entries (``10000`` or ``"10000"``) or bytes of uncompressed data (``"100 MB"``,
-        ``"1 GiB"``).
+        ``"1 GiB"``; at least one byte).
 
     Returns
     -------
@@ -133,18 +134,23 @@ def parse_step_size(step_size: int | str) -> int | str:
     Raises
     ------
     ValueError
-        For anything else (``"1e4"``, ``0``, ``"0 MB"``, ``"ten"``).
+        For anything else (``"1e4"``, ``0``, ``"0 MB"``, ``"1e-9 MB"``, ``"1e400 MB"``,
+        ``"ten"``).
     """
     entries = step_size.strip() if isinstance(step_size, str) else step_size
-    if isinstance(entries, str) and entries.isdigit():
+    if isinstance(entries, str) and entries.isascii() and entries.isdigit():  # not "²"
         entries = int(entries)
     if isinstance(entries, (int, np.integer)) and not isinstance(entries, bool):
         if entries > 0:
             return int(entries)
     elif isinstance(entries, str):
         size = _SIZE_WITH_UNIT.fullmatch(entries)
-        if size and float(size.group(1)) > 0:
-            return step_size
+        if size:
+            number, prefix, binary = size.groups()
+            n_bytes = float(number) * (1024 if binary else 1000) ** _UNIT_POWERS[
+                prefix.lower() or " "]
+            if 1 <= n_bytes < math.inf:
+                return step_size
     raise ValueError(f"step size must be a positive number of entries (10000) or a size with "
                      f"its unit ('100 MB'), got {step_size!r}")
 

@@ -246,13 +246,14 @@ def test_schema_takes_one_event_id_as_a_string(tmp_path):
 
 @pytest.mark.parametrize(("given", "taken"), [(64, 64), ("64", 64), (np.int64(64), 64),
                                              ("100 MB", "100 MB"), ("1.5GiB", "1.5GiB"),
-                                             ("1e2 MB", "1e2 MB"), ("+100 MB", "+100 MB")])
+                                             ("1e2 MB", "1e2 MB"), ("+100 MB", "+100 MB"),
+                                             ("1 B", "1 B"), ("1e-6 MB", "1e-6 MB")])
 def test_step_size_in_entries_or_with_a_unit(given, taken):
     assert parse_step_size(given) == taken
 
 
 @pytest.mark.parametrize("step_size", ["1e4", "ten", "100 M", "0 MB", "-1 MB", 0, -5, True,
-                                       2.5])
+                                       2.5, "²", "1e-9 MB", "0.5 B", "1e400 MB"])
 def test_step_size_mistakes(step_size):
     with pytest.raises(ValueError, match="step size must be a positive number of entries"):
         parse_step_size(step_size)
