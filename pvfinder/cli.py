@@ -255,6 +255,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.sample}: holds no truth tree to validate against")
     _check_same_events(args.sample, args.tree, args.vertices)  # before reading them all
     vertices = read_vertices(args.vertices, weights=False)  # never needed here, 25 kB/event
+    if vertices.n_events != truth.n_events:  # validate() would name neither file
+        raise UsageError(f"{args.vertices}: the vertices of {vertices.n_events} events, but "
+                         f"{args.sample} has {truth.n_events}: not this sample's vertices")
     _print_validation(validate(vertices, truth), args.plots)
     return 0
 
@@ -299,7 +302,7 @@ def _check_same_events(sample: str, tracks_tree: str, vertices: str) -> None:
                     f"{vertices}: the vertices of {len(merged)} inputs merged "
                     f"({', '.join(Path(path).name for path in merged)}), not of {sample} "
                     "alone; reconstruct --merge prints the validation of each input")
-            return  # a different count is validate's own error
+            return  # counted once the vertices are read
         differ = np.flatnonzero(expected[name] != found[name])
         if differ.size:
             event = differ[0]

@@ -200,6 +200,14 @@ def test_validate_refuses_vertices_of_other_events(sample_file, tmp_path, capsys
     assert main(["reconstruct", str(foreign), "-o", str(tmp_path / "f.root"), "--backend",
                  "cpu", "--no-validate"]) == 0
     assert main(["validate", str(foreign), str(tmp_path / "f.root")]) == 0
+    # Another number of events: validate() said so naming neither file.
+    fewer = tmp_path / "fewer.root"
+    with VertexWriter(fewer) as writer:
+        writer.write(vertices.select_events(0, 20))
+    assert main(["validate", str(sample_file), str(fewer)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"pvfinder validate: error: {fewer}: the vertices of 20 events, but {sample_file} has "
+        f"{vertices.n_events}: not this sample's vertices")
 
 
 def test_validate_names_the_inputs_of_merged_vertices(sample_file, tmp_path, capsys):
