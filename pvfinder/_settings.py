@@ -17,8 +17,9 @@ __all__ = ["is_toml", "parse_settings"]
 
 
 def is_toml(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names a TOML file: its name ends in ``.toml`` (``.toml`` alone too)."""
-    return Path(path).name.endswith(".toml")
+    """Whether ``path`` names a TOML file: its name ends in ``.toml``, in any case (``.toml``
+    alone too)."""
+    return Path(path).name.lower().endswith(".toml")
 
 
 def parse_settings(text: str, path: str | os.PathLike) -> Any:

@@ -203,8 +203,8 @@ class TrackSchema:
                 and all(isinstance(name, str) for name in self.branches.values())):
             raise ValueError("track schema: branches must map fields to branch names, got "
                              f"{self.branches!r}")
-        unknown = sorted(set(self.branches) - set(TRACK_FIELDS))
-        if unknown:
+        unknown = [str(name) for name in self.branches if name not in TRACK_FIELDS]
+        if unknown:  # also a field given as a number, which join() refused with a TypeError
             raise ValueError(f"track schema: unknown field(s) {', '.join(unknown)}; "
                              f"fields are {', '.join(TRACK_FIELDS)}")
         # Plain dicts (not mapping proxies) so that the schema pickles to Dask workers.
@@ -212,7 +212,7 @@ class TrackSchema:
                                               for name in TRACK_FIELDS})
         # One name given as a string means that branch, not its letters.
         event_ids = (self.event_ids,) if isinstance(self.event_ids, str) else self.event_ids
-        if isinstance(event_ids, Iterable):
+        if isinstance(event_ids, Iterable) and not isinstance(event_ids, Mapping):  # not its keys
             event_ids = tuple(event_ids)  # once: a generator is read only once
         if not (isinstance(event_ids, tuple) and all(isinstance(name, str) for name in event_ids)):
             raise ValueError(f"track schema: event_ids must be branch names, got {event_ids!r}")
@@ -286,7 +286,8 @@ def _checked_fill(fill: Mapping[str, Any]) -> dict[str, float]:
             raise ValueError(f"track schema: only covariance fields may be filled "
                              f"({', '.join(COVARIANCE_FIELDS)}), got {name!r}")
         try:
-            if isinstance(value, bool):  # True would be 1.0, as PVFinderConfig refuses it
+            # True would be 1.0, as PVFinderConfig refuses it; "0" a number in a text
+            if isinstance(value, (bool, str, bytes)):
                 raise TypeError
             value = float(value)
         except (TypeError, ValueError):
@@ -348,6 +349,8 @@ def _open(path: PathLike) -> Any:
     if path.is_dir():
         raise ValueError(f"{path}: a directory, not a ROOT file")
     if not path.is_file():
+        if path.exists():  # /dev/null, a named pipe
+            raise ValueError(f"{path}: not a regular file, so not a ROOT file")
         raise FileNotFoundError(f"{path}: no such file")
     _check_root_header(path)
     try:

@@ -218,10 +218,10 @@ def test_schema_maps_branches_and_carries_event_ids(tmp_path, small):
     assert written["event_number"].dtype == np.uint64
 
 
-@pytest.mark.parametrize("suffix", [".toml", ".json"])
+@pytest.mark.parametrize("suffix", [".toml", ".TOML", ".json"])  # .TOML was parsed as JSON
 def test_schema_from_file(tmp_path, suffix):
     path = tmp_path / f"schema{suffix}"
-    if suffix == ".toml":
+    if suffix.lower() == ".toml":
         path.write_text('tree = "Velo"\nevent_ids = ["evt"]\n[branches]\nx = "velo_x"\n'
                         "[fill_missing_covariance]\ncov_xtx = 0.0\n")
     else:
@@ -286,6 +286,9 @@ def test_iterate_tracks_takes_the_file_names_one_at_a_time(small_file):
         ({"fill_missing_covariance": {"cov_xx": -1}}, "must be finite and non-negative"),
         ({"fill_missing_covariance": {"cov_xtx": "a"}}, "must be a number"),
         ({"fill_missing_covariance": {"cov_xtx": True}}, "must be a number, got True"),  # 1.0
+        ({"fill_missing_covariance": {"cov_xtx": "0"}}, "must be a number, got '0'"),  # 0.0
+        ({"branches": {1: "x"}}, "unknown field\\(s\\) 1; fields are"),  # join's TypeError
+        ({"event_ids": {"run": "b"}}, "event_ids must be branch names, got {'run': 'b'}"),
         ({"event_ids": ["run", 7]}, "event_ids must be branch names"),
         ({"event_ids": 5}, "event_ids must be branch names, got 5"),
         ({"event_ids": None}, "event_ids must be branch names, got None"),
@@ -716,6 +719,8 @@ def test_missing_file_not_root_and_truncated(tmp_path, small_file):
         read_tracks(tmp_path / "nope.root")
     with pytest.raises(ValueError, match="a directory, not a ROOT file"):  # not "no such file"
         read_tracks(tmp_path)
+    with pytest.raises(ValueError, match="/dev/null: not a regular file"):  # "no such file"
+        read_tracks("/dev/null")
     text = tmp_path / "text.root"
     text.write_text("hello")
     with pytest.raises(ValueError, match="text.root: not a ROOT file"):
