@@ -464,8 +464,8 @@ def test_a_merged_output_that_cannot_be_made_is_one_error(two_files, tmp_path, c
     assert main(args) == 2
     captured = capsys.readouterr()
     assert captured.err.strip().splitlines() == [
-        f"pvfinder reconstruct: error: {blocker / 'merged.root'}: cannot be written, "
-        f"{blocker} is a file, not a directory"]
+        (f"pvfinder reconstruct: error: {blocker / 'merged.root'}: cannot be written, "
+         f"{blocker} is a file, not a directory")]
     assert "2 input(s) failed" in captured.out
 
 

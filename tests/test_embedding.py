@@ -187,7 +187,7 @@ def test_one_finder_per_thread(sample, backend_name):
 def test_threads_asking_first_for_a_backend_at_once_share_it(monkeypatch):
     """Each got a Backend of its own: its own launch guard (so concurrent launches where Numba
     cannot take them), and a finder that would not pickle."""
-    import pvfinder.backends as backends
+    from pvfinder import backends
 
     make = backends._FACTORIES["cpu"]
 
