@@ -315,12 +315,12 @@ def _naming(path: PathLike) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _reading(where: str) -> Iterator[None]:
-    """What uproot raises inside on a damaged file (zlib, deserialization and other errors
-    alike) as a ``ValueError`` naming ``where`` (``file:tree``); ValueErrors and OSErrors,
-    which name it already, pass."""
+    """What uproot raises inside on a damaged file (zlib, deserialization, value and other
+    errors alike) as a ``ValueError`` naming ``where`` (``file:tree``); OSErrors, which name
+    the file, pass."""
     try:
         yield
-    except (ValueError, OSError, MemoryError):
+    except (OSError, MemoryError):
         raise
     except Exception as error:  # noqa: BLE001
         # uproot's DeserializationError says what went wrong in .message, and then dumps

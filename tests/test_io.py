@@ -784,6 +784,18 @@ def test_damaged_baskets_of_truth_and_vertices_are_errors_naming_the_tree(tmp_pa
         read_event_ids(damage(tmp_path / "v.root", "vertices", "event_number"), "vertices")
 
 
+@pytest.mark.parametrize("raised", [ValueError("cannot reshape"), KeyError("fBasketSeek"),
+                                    NotImplementedError("version 99")])
+def test_whatever_uproot_raises_reading_is_an_error_naming_the_tree(raised):
+    from pvfinder.io import _reading
+
+    with pytest.raises(ValueError, match=r"^f.root:t: damaged, cannot be read \(" +
+                       type(raised).__name__), _reading("f.root:t"):
+        raise raised
+    with pytest.raises(PermissionError), _reading("f.root:t"):  # names the file already
+        raise PermissionError("f.root")
+
+
 def test_a_tree_path_through_a_tree_is_no_tree(small_file):
     # uproot seeks the key "x" inside the TTree: AttributeError.
     for path in ("tracks/", "tracks/x"):
