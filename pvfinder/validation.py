@@ -180,6 +180,8 @@ def core_gaussian(values: np.ndarray) -> tuple[float, float, int]:
     values = values[np.isfinite(values)]
     if values.size < _MIN_CORE_ENTRIES:
         return math.nan, math.nan, 0
+    if values.min() == values.max():  # np.std of equal values leaves rounding, not 0
+        return float(values[0]), 0.0, int(values.size)
     mean = float(np.median(values))
     sigma = _MAD_TO_SIGMA * float(np.median(np.abs(values - mean)))
     if sigma == 0.0:  # more than half the entries equal: fall back to the plain spread

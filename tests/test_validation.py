@@ -223,6 +223,13 @@ def test_core_width_needs_ten_entries():
     assert 0.4 < sigma < 1.0 and n_core == 10 and abs(mean) < 1e-12
 
 
+@pytest.mark.parametrize("value", [0.001, 0.1, 0.0])
+def test_equal_entries_have_a_core_width_of_zero(value):
+    # np.std's rounding left 2.5e-19 for 0.001, and plot() then asked for 50 bins over
+    # 1e-15 µm ("Too many bins for data range").
+    assert core_gaussian(np.full(12, value)) == (value, 0.0, 12)
+
+
 def test_efficiency_vs_multiplicity_binning():
     multiplicity = [3, 4, 9, 10, 19, 20, 150, 150]
     found = [True, True, False, True, True, False, True, False]
