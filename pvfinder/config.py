@@ -46,7 +46,8 @@ class PVFinderConfig:
     min_dip_density : float
         A minimum splits two clusters when both maxima exceed it by more than this [per mm].
     min_density : float
-        A maximum must reach at least this density [per mm].
+        A maximum must reach at least this density [per mm]; a proto-cluster without such a
+        maximum gives no seed.
     max_vertices_per_event : int
         Room for seeds, and so for vertices, per event.
     max_chi2 : float
@@ -54,13 +55,15 @@ class PVFinderConfig:
     chi2_cut : float
         The chi2 at which the adaptive weight of a single isolated track is one half.
     min_weight : float
-        Tracks with a weight at or below this are skipped.
+        Tracks with a weight at or below this are skipped: they neither enter the fit nor
+        count towards ``min_tracks_per_vertex``.
     min_fit_iter, max_fit_iter : int
         Least and most iterations of the vertex fit.
     max_delta_z_converged : float
         The fit has converged once its z step is below this [mm].
     min_tracks_per_vertex : int
-        Vertices with fewer tracks passing ``max_chi2`` are rejected.
+        Vertices with fewer tracks passing ``max_chi2`` (and weighing more than
+        ``min_weight``) are rejected.
     max_vertex_rho2 : float
         Vertices at or beyond this squared transverse distance to the beamline are rejected [mm²].
     min_chi2_dist : float
