@@ -180,8 +180,6 @@ def core_gaussian(values: np.ndarray) -> tuple[float, float, int]:
     values = values[np.isfinite(values)]
     if values.size < _MIN_CORE_ENTRIES:
         return math.nan, math.nan, 0
-    if values.min() == values.max():  # np.std of equal values leaves rounding, not 0
-        return float(values[0]), 0.0, int(values.size)
     mean = float(np.median(values))
     sigma = _MAD_TO_SIGMA * float(np.median(np.abs(values - mean)))
     if sigma == 0.0:  # more than half the entries equal: fall back to the plain spread
@@ -193,8 +191,12 @@ def core_gaussian(values: np.ndarray) -> tuple[float, float, int]:
         core = np.abs(values - mean) < _CLIP * sigma
         if core.sum() < 2:
             break
-        new_mean = float(values[core].mean())
-        new_sigma = float(values[core].std()) / _TRUNCATED_STD
+        inside = values[core]
+        if inside.min() == inside.max():  # np.std of equal values leaves rounding, not 0
+            mean, sigma = float(inside[0]), 0.0
+            break
+        new_mean = float(inside.mean())
+        new_sigma = float(inside.std()) / _TRUNCATED_STD
         converged = abs(new_sigma - sigma) <= 1e-6 * sigma and abs(new_mean - mean) <= 1e-6 * sigma
         mean, sigma = new_mean, new_sigma
         if converged:

@@ -228,6 +228,8 @@ def test_equal_entries_have_a_core_width_of_zero(value):
     # np.std's rounding left 2.5e-19 for 0.001, and plot() then asked for 50 bins over
     # 1e-15 µm ("Too many bins for data range").
     assert core_gaussian(np.full(12, value)) == (value, 0.0, 12)
+    # Also when the clipping leaves only equal entries.
+    assert core_gaussian(np.r_[np.full(11, value), value + 0.5]) == (value, 0.0, 11)
 
 
 def test_efficiency_vs_multiplicity_binning():
