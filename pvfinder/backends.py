@@ -239,16 +239,17 @@ def _cuda_backend() -> Backend:
 
 _FACTORIES: dict[str, Callable[[], Backend]] = {"cpu": _cpu_backend, "cuda": _cuda_backend}
 _BACKENDS: dict[str, Backend] = {}
-_BACKENDS_LOCK = threading.Lock()
 
 
 def _backend(name: str) -> Backend:
     # One Backend per name, also when threads ask for it first at once: its launch guard is
-    # what keeps their finders' launches apart.
-    with _BACKENDS_LOCK:
-        if name not in _BACKENDS:
-            _BACKENDS[name] = _FACTORIES[name]()
-        return _BACKENDS[name]
+    # what keeps their finders' launches apart. Each may build one; the first stored is
+    # everyone's (dict.setdefault is atomic). No lock: a process forked while another
+    # thread held it would wait for it forever.
+    backend = _BACKENDS.get(name)
+    if backend is None:
+        backend = _BACKENDS.setdefault(name, _FACTORIES[name]())
+    return backend
 
 
 def get_backend(name: str | Backend = "auto") -> Backend:
