@@ -593,11 +593,8 @@ class MCTruth:
         n_pvs = np.repeat(self.vertices.counts, np.diff(track_offsets))
         bad = np.flatnonzero((labels < -1) | (labels >= n_pvs))
         if bad.size:
-            event = _event_of(track_offsets, bad[0])
-            raise ValueError(
-                f"MC truth: track {bad[0] - track_offsets[event]} of event {event} points to "
-                f"MC PV {labels[bad[0]]}, which does not exist"
-            )
+            raise ValueError(f"MC truth: the track {TrackBatch._located(track_offsets, bad[0])} "
+                             f"points to MC PV {labels[bad[0]]}, which does not exist")
 
     def select_events(self, start: int, stop: int, tracks: TrackBatch) -> MCTruth:
         """The truth of events ``start:stop`` of ``tracks``, the batch this truth describes."""

@@ -323,11 +323,14 @@ def _reading(where: str) -> Iterator[None]:
     except (OSError, MemoryError):
         raise
     except Exception as error:  # noqa: BLE001
-        # uproot's DeserializationError says what went wrong in .message, and then dumps
-        # the bytes it was reading
-        what = getattr(error, "message", None) or str(error)
-        raise ValueError(f"{where}: damaged, cannot be read ({type(error).__name__}: "
-                         f"{what})") from None
+        raise ValueError(f"{where}: damaged, cannot be read ({_described(error)})") from None
+
+
+def _described(error: Exception) -> str:
+    """``Type: message`` of an error uproot raised on a damaged file. Its
+    DeserializationError says what went wrong in ``.message``, and then dumps the bytes it
+    was reading."""
+    return f"{type(error).__name__}: {getattr(error, 'message', None) or error}"
 
 
 def _check_root_header(path: Path) -> None:
@@ -346,11 +349,10 @@ def _check_root_header(path: Path) -> None:
 
 def _open(path: PathLike) -> Any:
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path}: a directory, not a ROOT file")
+    kind = _not_a_regular_file(path)
+    if kind is not None:  # a directory, /dev/null, a named pipe
+        raise ValueError(f"{path}: {kind}, not a ROOT file")
     if not path.is_file():
-        if path.exists():  # /dev/null, a named pipe
-            raise ValueError(f"{path}: not a regular file, so not a ROOT file")
         raise FileNotFoundError(f"{path}: no such file")
     _check_root_header(path)
     try:
@@ -577,7 +579,7 @@ class TrackSource:
                 except Exception as error:  # noqa: BLE001 (damaged baskets raise zlib, OS
                     # and uproot errors alike)
                     raise ValueError(f"{self.where}: cannot read the entries from {start} on "
-                                     f"({type(error).__name__}: {error})") from None
+                                     f"({_described(error)})") from None
                 start = report.tree_entry_stop
                 yield self.chunk(arrays, report.tree_entry_start)
 
@@ -1353,10 +1355,11 @@ def recorded_inputs(path: PathLike) -> list[str] | None:
         _tree(file, Path(path), VERTICES_TREE)  # a file of tracks notes no inputs either
         if INPUTS_RECORD not in file:
             return None
+        with _reading(f"{path}:{INPUTS_RECORD}"):
+            text = str(file[INPUTS_RECORD])
         try:
-            with _reading(f"{path}:{INPUTS_RECORD}"):
-                recorded = json.loads(str(file[INPUTS_RECORD]))
-        except ValueError:
+            recorded = json.loads(text)
+        except json.JSONDecodeError:
             recorded = None
     if not (isinstance(recorded, list) and all(isinstance(item, str) for item in recorded)):
         raise ValueError(f"{path}: its {INPUTS_RECORD!r} is not a list of paths")

@@ -449,11 +449,12 @@ def test_truth_of_other_tracks_is_refused_when_read(tmp_path, small):
     with pytest.raises(ValueError, match="mixed.root:truth has 5 entries but .*:short has 3"):
         read_truth(path, tracks_tree="short")
     # The track within its event (it said track 2, its place in the file).
-    with pytest.raises(ValueError, match=r"mixed.root:past: MC truth: track 1 of event 1 points "
+    with pytest.raises(ValueError, match=r"mixed.root:past: MC truth: the track in event 1 "
+                                         r"\(track 1 of the event, 2 of the flat arrays\) points "
                                          r"to MC PV 99, which does not exist"):
         read_truth(path, tracks_tree="past")
-    with pytest.raises(ValueError, match=r"mixed.root:wide: MC truth: track 0 of event 1 points "
-                                         r"to MC PV 4294967296"):
+    with pytest.raises(ValueError, match=r"mixed.root:wide: MC truth: the track in event 1 "
+                                         r"\(track 0 of the event.*MC PV 4294967296"):
         read_truth(path, tracks_tree="wide")
     with pytest.raises(ValueError, match=r"mixed.root:halves: branch 'mc_pv' holds float64"):
         read_truth(path, tracks_tree="halves")
@@ -719,7 +720,7 @@ def test_missing_file_not_root_and_truncated(tmp_path, small_file):
         read_tracks(tmp_path / "nope.root")
     with pytest.raises(ValueError, match="a directory, not a ROOT file"):  # not "no such file"
         read_tracks(tmp_path)
-    with pytest.raises(ValueError, match="/dev/null: not a regular file"):  # "no such file"
+    with pytest.raises(ValueError, match="/dev/null: a character device, not a ROOT file"):
         read_tracks("/dev/null")
     text = tmp_path / "text.root"
     text.write_text("hello")
@@ -784,16 +785,42 @@ def test_damaged_baskets_of_truth_and_vertices_are_errors_naming_the_tree(tmp_pa
         read_event_ids(damage(tmp_path / "v.root", "vertices", "event_number"), "vertices")
 
 
-@pytest.mark.parametrize("raised", [ValueError("cannot reshape"), KeyError("fBasketSeek"),
-                                    NotImplementedError("version 99")])
-def test_whatever_uproot_raises_reading_is_an_error_naming_the_tree(raised):
+class _DumpingError(Exception):
+    """As uproot's DeserializationError: what went wrong in .message, bytes in str()."""
+
+    message = "expected 24 bytes"
+
+    def __str__(self) -> str:
+        return "while reading\n\n    TTree version 20 (8132 bytes)\n..."
+
+
+@pytest.mark.parametrize(("raised", "said"), [
+    (ValueError("cannot reshape"), "ValueError: cannot reshape"),
+    (KeyError("fBasketSeek"), "KeyError: 'fBasketSeek'"),
+    (NotImplementedError("version 99"), "NotImplementedError: version 99"),
+    (_DumpingError(), r"_DumpingError: expected 24 bytes\)$"),
+])
+def test_whatever_uproot_raises_reading_is_an_error_naming_the_tree(raised, said):
     from pvfinder.io import _reading
 
-    with pytest.raises(ValueError, match=r"^f.root:t: damaged, cannot be read \(" +
-                       type(raised).__name__), _reading("f.root:t"):
+    with pytest.raises(ValueError, match=r"^f.root:t: damaged, cannot be read \(" + said), \
+            _reading("f.root:t"):
         raise raised
     with pytest.raises(PermissionError), _reading("f.root:t"):  # names the file already
         raise PermissionError("f.root")
+
+
+def test_a_damaged_record_of_inputs_is_called_damaged(tmp_path, small):
+    # It was called "not a list of paths", which names another mistake.
+    path = tmp_path / "pvs.root"
+    with VertexWriter(path) as writer:
+        writer.write(find_vertices(small.tracks.select_events(0, 5), backend="cpu"))
+        writer.record_inputs(["/runs/a.root"])
+    key = uproot.open(path).key("pvfinder_inputs")
+    start = key.fSeekKey + key.fKeylen + 12  # the string's header
+    damaged = _flip_bytes(path, start, start + 4, tmp_path / "damaged.root")
+    with pytest.raises(ValueError, match="damaged.root:pvfinder_inputs: damaged, cannot be read"):
+        recorded_inputs(damaged)
 
 
 def test_a_tree_path_through_a_tree_is_no_tree(small_file):
