@@ -5,15 +5,19 @@ Python loops and numpy only, written from the specification's formulas: no batch
 candidate lists, no lanes, no bounds that skip work. Where the specification leaves a choice
 open it takes the one the kernels document:
 
-- stage 3: a maximum that is not significant against the last kept one is dropped when it is
-  the lower of the two, and the lowest minimum since the kept maximum stays the candidate
-  dip; a sub-cluster's integral counts half of a bin at a minimum it shares with its
-  neighbour; a proto-cluster whose maxima all fall below ``min_density`` gives no seed;
 - stage 1: a track with tx² + ty² below 1e-12 is unusable, as is one whose propagated
   covariance gives a weight that is not positive;
-- stage 4: a track at or below ``min_weight`` neither enters the fit nor counts towards
-  ``min_tracks_per_vertex``; the covariance, χ² and weights are those of the last iteration,
-  evaluated at the position that entered it; a singular half-Hessian rejects the vertex;
+- stage 3: a flat-topped maximum is at its first bin; a maximum that is not significant
+  against the last kept one is dropped when it is the lower of the two, and the lowest
+  minimum since the kept maximum stays the candidate dip; a sub-cluster's integral counts
+  half of a bin at a minimum it shares with its neighbour; a proto-cluster whose maxima all
+  fall below ``min_density`` gives no seed, and one that keeps no sub-cluster is seeded at
+  its first highest bin; of more than ``max_vertices_per_event`` seeds, those lowest in z
+  are fitted;
+- stage 4: ``D_t`` sums over the seeds fitted; a track at or below ``min_weight`` neither
+  enters the fit nor counts towards ``min_tracks_per_vertex``; the covariance, χ² and
+  weights are those of the last iteration, evaluated at the position that entered it; a
+  singular half-Hessian rejects the vertex;
 - stage 5: duplicates are resolved greedily, the vertex with more weighted tracks first.
 
 The beamline is taken parallel to z (no slopes).
