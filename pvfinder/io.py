@@ -361,6 +361,9 @@ def _open(path: PathLike) -> Any:
         raise ValueError(f"{path}: not a readable ROOT file ({error})") from None
 
 
+_TREE_CLASSES = ("TTree", "TNtuple", "TNtupleD")
+
+
 def _tree(file: Any, path: Path, name: str) -> Any:
     try:
         found = name in file
@@ -368,14 +371,13 @@ def _tree(file: Any, path: Path, name: str) -> Any:
         found = False
     if not found:  # name the trees, also in folders ("Dir/tracks"), not the folders
         trees = ", ".join(sorted({key.split(";")[0] for key, kind in file.classnames().items()
-                                  if kind == "TTree"})) or "none"
+                                  if kind in _TREE_CLASSES})) or "none"
         raise ValueError(f"{path}: no tree {name!r} (trees in the file: {trees})")
+    kind = file.classname_of(name)  # from its key: an object of a class uproot cannot read
+    if kind not in _TREE_CLASSES:  # is not "damaged"
+        raise ValueError(f"{path}: {name!r} is a {kind}, not a TTree")
     with _reading(f"{path}:{name}"):
-        tree = file[name]
-    if not isinstance(tree, uproot.TTree):
-        raise ValueError(  # noqa: TRY004 (a wrong file, not a wrong argument)
-            f"{path}: {name!r} is a {file.classname_of(name)}, not a TTree")
-    return tree
+        return file[name]
 
 
 def _require_branches(tree: Any, where: str, names: Iterable[str], *, jagged: bool = True,
