@@ -43,6 +43,7 @@ from .io import (
     TrackSchema,
     TrackSource,
     VertexWriter,
+    _described,
     _not_a_regular_file,
     _schema,
     holds_weights,
@@ -655,7 +656,7 @@ class _DaskEngine:
                     if str(error).startswith(source.where):
                         raise
                     raise ValueError(f"{source.where}: cannot read the entries from {start} "
-                                     f"on ({type(error).__name__}: {error})") from None
+                                     f"on ({_described(error)})") from None
                 future.release()
                 yield _piece_of(records, list(source.event_ids) or ["event_number"])
         finally:

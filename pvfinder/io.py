@@ -316,13 +316,15 @@ def _naming(path: PathLike) -> Iterator[None]:
 @contextlib.contextmanager
 def _reading(where: str) -> Iterator[None]:
     """What uproot raises inside on a damaged file (zlib, deserialization, value and other
-    errors alike) as a ``ValueError`` naming ``where`` (``file:tree``); OSErrors, which name
-    the file, pass."""
+    errors alike, and OSErrors without an errno: "expected Chunk of length 325") as a
+    ``ValueError`` naming ``where`` (``file:tree``). The system's OSErrors (a disk, a
+    permission) and MemoryError pass."""
     try:
         yield
-    except (OSError, MemoryError):
-        raise
     except Exception as error:  # noqa: BLE001
+        if isinstance(error, MemoryError) or (isinstance(error, OSError)
+                                              and error.errno is not None):
+            raise
         raise ValueError(f"{where}: damaged, cannot be read ({_described(error)})") from None
 
 
@@ -330,7 +332,8 @@ def _described(error: Exception) -> str:
     """``Type: message`` of an error uproot raised on a damaged file. Its
     DeserializationError says what went wrong in ``.message``, and then dumps the bytes it
     was reading."""
-    return f"{type(error).__name__}: {getattr(error, 'message', None) or error}"
+    message = getattr(error, "message", None) or str(error)
+    return f"{type(error).__name__}: {' '.join(message.split())}"  # on one line
 
 
 def _check_root_header(path: Path) -> None:
@@ -365,10 +368,11 @@ _TREE_CLASSES = ("TTree", "TNtuple", "TNtupleD")
 
 
 def _tree(file: Any, path: Path, name: str) -> Any:
-    try:
-        found = name in file
-    except AttributeError:  # a path through a TTree ("tracks/x"): uproot seeks a key in it
-        found = False
+    with _reading(f"{path}:{name}"):  # a damaged folder on the way
+        try:
+            found = name in file
+        except AttributeError:  # a path through a TTree ("tracks/x"): uproot seeks a key in it
+            found = False
     if not found:  # name the trees, also in folders ("Dir/tracks"), not the folders
         trees = ", ".join(sorted({key.split(";")[0] for key, kind in file.classnames().items()
                                   if kind in _TREE_CLASSES})) or "none"

@@ -799,6 +799,8 @@ class _DumpingError(Exception):
     (KeyError("fBasketSeek"), "KeyError: 'fBasketSeek'"),
     (NotImplementedError("version 99"), "NotImplementedError: version 99"),
     (_DumpingError(), r"_DumpingError: expected 24 bytes\)$"),
+    (OSError("expected Chunk of length 325,\nreceived 0 bytes"),  # uproot's, no errno
+     r"OSError: expected Chunk of length 325, received 0 bytes\)$"),
 ])
 def test_whatever_uproot_raises_reading_is_an_error_naming_the_tree(raised, said):
     from pvfinder.io import _reading
@@ -806,8 +808,8 @@ def test_whatever_uproot_raises_reading_is_an_error_naming_the_tree(raised, said
     with pytest.raises(ValueError, match=r"^f.root:t: damaged, cannot be read \(" + said), \
             _reading("f.root:t"):
         raise raised
-    with pytest.raises(PermissionError), _reading("f.root:t"):  # names the file already
-        raise PermissionError("f.root")
+    with pytest.raises(PermissionError), _reading("f.root:t"):  # the system's: names the file
+        raise PermissionError(13, "Permission denied", "f.root")
 
 
 def test_a_damaged_record_of_inputs_is_called_damaged(tmp_path, small):
