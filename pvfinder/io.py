@@ -321,7 +321,7 @@ def _reading(where: str) -> Iterator[None]:
     permission) and MemoryError pass."""
     try:
         yield
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         if isinstance(error, MemoryError) or (isinstance(error, OSError)
                                               and error.errno is not None):
             raise
