@@ -377,11 +377,17 @@ def _tree(file: Any, path: Path, name: str) -> Any:
         trees = ", ".join(sorted({key.split(";")[0] for key, kind in file.classnames().items()
                                   if kind in _TREE_CLASSES})) or "none"
         raise ValueError(f"{path}: no tree {name!r} (trees in the file: {trees})")
-    kind = file.classname_of(name)  # from its key: an object of a class uproot cannot read
-    if kind not in _TREE_CLASSES:  # is not "damaged"
-        raise ValueError(f"{path}: {name!r} is a {kind}, not a TTree")
     with _reading(f"{path}:{name}"):
-        return file[name]
+        kind = file.key(name).classname()  # from its key (classname_of reads the object)
+        if kind in _TREE_CLASSES:
+            return file[name]
+    try:  # a class derived from TTree is a tree too
+        found = file[name]
+    except Exception:  # noqa: BLE001 (a class uproot cannot read is no tree, not damage)
+        found = None
+    if not isinstance(found, uproot.TTree):
+        raise ValueError(f"{path}: {name!r} is a {kind}, not a TTree")  # noqa: TRY004 (a wrong file)
+    return found
 
 
 def _require_branches(tree: Any, where: str, names: Iterable[str], *, jagged: bool = True,
@@ -582,6 +588,8 @@ class TrackSource:
                     arrays, report = next(reading)
                 except StopIteration:
                     return
+                except MemoryError:  # as in _reading and the Dask reader
+                    raise
                 except Exception as error:  # noqa: BLE001 (damaged baskets raise zlib, OS
                     # and uproot errors alike)
                     raise ValueError(f"{self.where}: cannot read the entries from {start} on "

@@ -752,13 +752,23 @@ def _flip_bytes(path, start, stop, to):
     return to
 
 
-def test_damaged_tree_record_is_an_error_naming_the_tree(tmp_path, small_file):
+def test_damaged_tree_record_is_an_error_naming_the_tree(tmp_path, small, small_file):
     # uproot's DeserializationError (not a ValueError) ended reconstruct with a traceback.
     start = uproot.open(small_file).key("tracks").fSeekKey
     damaged = _flip_bytes(small_file, start + 60, start + 64, tmp_path / "damaged.root")
     with pytest.raises(ValueError, match=r"damaged.root:tracks: damaged, cannot be read "
                                          r"\(DeserializationError: expected \d+ bytes"):
         inspect_tracks(damaged)
+    # In a folder too: uproot's classname_of reads the object there, which escaped.
+    tracks = small.tracks.select_events(0, 3)
+    nested = write_tree(tmp_path / "nested.root", {name: np.asarray(getattr(tracks, name))
+                                                   for name in TRACK_FIELDS},
+                        tracks.counts, tree="Dir/tracks")
+    start = uproot.open(nested)["Dir"].key("tracks").fSeekKey
+    damaged = _flip_bytes(nested, start + 60, start + 64, tmp_path / "nested_damaged.root")
+    with pytest.raises(ValueError, match=r"nested_damaged.root:Dir/tracks: damaged, cannot be "
+                                         r"read \(DeserializationError"):
+        inspect_tracks(damaged, TrackSchema(tree="Dir/tracks"))
 
 
 def test_damaged_baskets_of_truth_and_vertices_are_errors_naming_the_tree(tmp_path, small):
