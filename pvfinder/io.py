@@ -385,8 +385,8 @@ def _tree(file: Any, path: Path, name: str) -> Any:
         found = file[name]
     except Exception:  # noqa: BLE001 (a class uproot cannot read is no tree, not damage)
         found = None
-    if not isinstance(found, uproot.TTree):
-        raise ValueError(f"{path}: {name!r} is a {kind}, not a TTree")  # noqa: TRY004 (a wrong file)
+    if not isinstance(found, uproot.TTree):  # a wrong file, not a wrong argument
+        raise ValueError(f"{path}: {name!r} is a {kind}, not a TTree")  # noqa: TRY004
     return found
 
 
