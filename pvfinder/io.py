@@ -332,7 +332,7 @@ def _described(error: Exception) -> str:
     """``Type: message`` of an error uproot raised on a damaged file. Its
     DeserializationError says what went wrong in ``.message``, and then dumps the bytes it
     was reading."""
-    message = getattr(error, "message", None) or str(error)
+    message = str(getattr(error, "message", None) or error)
     return f"{type(error).__name__}: {' '.join(message.split())}"  # on one line
 
 
