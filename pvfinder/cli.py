@@ -74,17 +74,21 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         overrides["nu"] = args.nu
     if args.seed < 0:
         raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.output == "":  # was taken as no -o at all
+        raise UsageError("-o needs a file name, got ''")
+    if args.output is not None and Path(args.output).is_dir():  # before, not after simulating
+        raise UsageError(f"{args.output}: a directory, not a file to write")
     conditions = Conditions().replace(**overrides)  # only conditions' names, none of simulate's
     start = time.perf_counter()
     sample = simulate(args.n_events, seed=args.seed, conditions=conditions)
     elapsed = time.perf_counter() - start
-    if args.output:  # before printing: a closed pipe must not lose the sample
+    if args.output is not None:  # before printing: a closed pipe must not lose the sample
         write_sample(args.output, sample.tracks, sample.truth, event_ids=sample.event_ids,
                      compression=args.compression)
     print(f"simulated {args.n_events} events in {elapsed:.1f} s (seed {args.seed})")
     for name, value in sample.statistics().items():
         print(f"  {name:<40s} {value:10.4f}")
-    if args.output:
+    if args.output is not None:
         print(f"wrote {args.output}")
     return 0
 
@@ -317,6 +321,8 @@ def _check_bench_options(args: argparse.Namespace) -> None:
     import numba
 
     from .backends import get_backend
+    from .distributed import _import_dask
+    from .simulation import Conditions
 
     if args.io and args.latency:
         raise UsageError("--io and --latency are two benchmarks: run one at a time")
@@ -339,6 +345,16 @@ def _check_bench_options(args: argparse.Namespace) -> None:
         bad = [value for value in values or () if not value > 0 or value == float("inf")]
         if bad:
             raise UsageError(f"{option} takes positive values, got {bad[0]}")
+    for nu in args.nu or ():  # the simulation's own limits (at most 100), not after a ν run
+        try:
+            Conditions().replace(nu=nu)
+        except ValueError as error:
+            raise UsageError(f"--nu {nu}: {error}") from None
+    if args.io:  # its Dask run comes after minutes of simulating and writing files
+        try:
+            _import_dask()
+        except ImportError as error:
+            raise UsageError(str(error)) from None
     for option, values in (("--batch", args.batch), ("--nu", args.nu),
                            ("--threads", args.threads)):
         if values and len(set(values)) != len(values):
@@ -354,7 +370,7 @@ def _check_bench_options(args: argparse.Namespace) -> None:
 def _check_writable(path: str) -> None:
     """Refuse a file that cannot be written, by creating it (and removing it again when it
     was not there): asking the permissions does not tell (root, /proc, read-only mounts)."""
-    output = Path(path)
+    output = Path(path).resolve()  # a link's target: the probe must not replace the link
     if output.is_dir():
         raise UsageError(f"-o {path}: cannot be written, it is a directory")
     if not output.parent.is_dir():

@@ -35,6 +35,19 @@ def test_simulate_prints_statistics(sample_file, capsys):
     assert "simulated 50 events" in out and "mean_visible_pvs" in out
 
 
+@pytest.mark.parametrize(("output", "message"), [
+    ("", "-o needs a file name, got ''"),  # was taken as no -o, without a word
+    (".", ".: a directory, not a file to write"),  # said so after simulating
+])
+def test_simulate_refuses_an_output_it_cannot_write_before_simulating(output, message,
+                                                                      monkeypatch, capsys):
+    from pvfinder import simulation
+
+    monkeypatch.setattr(simulation, "simulate", lambda *_, **__: pytest.fail("simulated"))
+    assert main(["simulate", "-n", "5", "-o", output]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_reconstruct_then_validate(sample_file, tmp_path, capsys):
     output = tmp_path / "pvs.root"
     assert main(["reconstruct", str(sample_file), "-o", str(output), "--backend", "cpu"]) == 0
@@ -365,6 +378,8 @@ def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
         (["--latency", "--batch", "16", "1", "16"], "--batch names a value twice"),
         (["--threads", "1", "1"], "--threads names a value twice"),
         (["--io", "--latency"], "--io and --latency are two benchmarks"),
+        # Found after the first ν's measurement: minutes lost.
+        (["--nu", "2", "150"], "--nu 150.0: condition nu must be at most 100"),
         pytest.param(["-o", "/proc/pvfinder.json"], "-o /proc/pvfinder.json: cannot be written",
                      marks=pytest.mark.skipif(not Path("/proc/self").is_dir(),
                                               reason="no /proc here")),
@@ -383,6 +398,31 @@ def test_bench_option_mistakes_are_refused_before_anything_runs(extra, message, 
     assert main(["bench", *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_io_without_dask_is_refused_before_simulating(monkeypatch, capsys):
+    # A traceback (ImportError), after simulating and writing every input file.
+    from pvfinder import benchmark_io, distributed
+
+    def no_dask():
+        raise ImportError('Dask is not installed: pip install "pvfinder[dask]"')
+
+    monkeypatch.setattr(distributed, "_import_dask", no_dask)
+    monkeypatch.setattr(benchmark_io, "_simulate_files",
+                        lambda *_: pytest.fail("simulated before refusing"))
+    assert main(["bench", "--io", "-n", "40"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        'pvfinder bench: error: Dask is not installed: pip install "pvfinder[dask]"')
+
+
+def test_bench_output_through_a_dangling_link_leaves_the_link(tmp_path, monkeypatch):
+    # The probe created the link's target, then removed the link itself.
+    from pvfinder.cli import _check_writable
+
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "target.json")
+    _check_writable(str(link))
+    assert link.is_symlink() and not (tmp_path / "target.json").exists()
 
 
 def test_bench_io_on_a_backend_that_cannot_run_is_refused_before_simulating(monkeypatch,
