@@ -6,6 +6,7 @@ import datetime
 import functools
 import os
 import platform
+import site
 import subprocess
 import sys
 import tempfile
@@ -140,13 +141,25 @@ def _start_up(backend_name: str, tracks: Any, repeats: int) -> dict[str, Any]:
             start = time.time()  # wall clock: the child stamps its result with the same clock
             done = subprocess.run([sys.executable, "-c", _FIRST_RESULT, str(batch), backend_name],
                                   capture_output=True, text=True, check=False, cwd=folder,
-                                  timeout=_START_UP_TIMEOUT_S)
+                                  env=_child_environment(), timeout=_START_UP_TIMEOUT_S)
             words = done.stdout.split()
             if done.returncode != 0 or len(words) != 2 or words[0] != str(tracks.n_events):
                 raise RuntimeError(f"the start-up run failed:\n{done.stdout}{done.stderr}")
             seconds.append(float(words[1]) - start)
     return {"events": tracks.n_events, "seconds_to_first_result": min(seconds),
             "median_seconds": float(np.median(seconds))}
+
+
+def _child_environment() -> dict[str, str]:
+    """The environment of a start-up process, which runs in a folder of its own: this process's,
+    with the folder of the pvfinder it runs first on PYTHONPATH, so that the child times the
+    same code also when it came from a checkout (the current folder, a relative path) rather
+    than an installation."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parent.parent)
+    if here not in site.getsitepackages():  # an installation is found anyway: no shadowing
+        env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
 
 def _measurement(n_events: int, run_seconds: Sequence[float], stages: dict[str, float]

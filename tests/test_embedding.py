@@ -681,6 +681,25 @@ def test_start_up_benchmark_stops_at_the_result_and_reports_a_failed_process(sam
         benchmark._start_up("cpu", three, repeats=1)
 
 
+def test_a_start_up_process_imports_the_pvfinder_that_runs_the_benchmark(sample, tmp_path,
+                                                                          monkeypatch):
+    # Started in a folder of its own, it imported the installed pvfinder, not the one of a
+    # checkout that `python -m pvfinder bench` ran from (or none at all).
+    from pvfinder import benchmark
+
+    checkout = tmp_path / "checkout" / "pvfinder"
+    checkout.mkdir(parents=True)
+    (checkout / "__init__.py").write_text("")
+    monkeypatch.setattr(benchmark, "__file__", str(checkout / "benchmark.py"))
+    monkeypatch.setattr(benchmark, "_FIRST_RESULT", (
+        "import os, sys, time, pvfinder\n"
+        f"if os.path.dirname(pvfinder.__file__) != {str(checkout)!r}:\n"
+        "    sys.exit('imported ' + pvfinder.__file__)\n"
+        "print(3, time.time())\n"))
+    start_up = benchmark._start_up("cpu", sample.tracks.select_events(0, 3), repeats=1)
+    assert start_up["events"] == 3
+
+
 def test_every_overflow_is_reported_in_a_loop_over_batches():
     # Python's default filter shows a warning once per line of code: a finder called in a
     # loop reported the first batch's overflow and dropped the later ones' silently. Run in
