@@ -175,12 +175,20 @@ def simulate(
     backward = np.concatenate((prompt.backward, decays.backward, ghosts.backward))
     # Order by event, shuffled within each event so that truth is not encoded in the order.
     order = np.argsort(event + rng.random(event.size))
-    tracks = TrackBatch.from_arrays(
-        counts=np.bincount(event, minlength=n_events),
-        **{name: np.concatenate((prompt.states[name], decays.states[name],
-                                 ghosts.states[name]))[order]
-           for name in TRACK_FIELDS},
-    )
+    try:
+        tracks = TrackBatch.from_arrays(
+            counts=np.bincount(event, minlength=n_events),
+            **{name: np.concatenate((prompt.states[name], decays.states[name],
+                                     ghosts.states[name]))[order]
+               for name in TRACK_FIELDS},
+        )
+    except ValueError as error:  # a condition far out of range: a hit resolution of 1e155 mm
+        default = Conditions()
+        changed = [field.name for field in dataclasses.fields(cond)
+                   if getattr(cond, field.name) != getattr(default, field.name)]
+        raise ValueError(f"the conditions make track states that are not finite ({error}); "
+                         f"conditions changed from their defaults: "
+                         f"{', '.join(changed) or 'none'}") from None
     vertices = MCVertices.from_arrays(
         counts=pv_counts, x=pv[0], y=pv[1], z=pv[2],
         n_reconstructible=np.bincount(prompt.pv, minlength=n_pvs).astype(np.int32),

@@ -80,7 +80,8 @@ def measure(
     # D = S0·S2 − S1². t = dx/dd, and dx/dz = direction·t flips the sign of the correlation.
     d = cond.module_spacing * np.arange(cond.hits_per_track)
     s0, s1, s2 = d.size, d.sum(), (d * d).sum()
-    scale = cond.hit_resolution**2 / (s0 * s2 - s1 * s1)
+    # σ·σ, not σ**2: a float power raises OverflowError where the product is inf
+    scale = cond.hit_resolution * cond.hit_resolution / (s0 * s2 - s1 * s1)
     var_pos = np.full(n, scale * s2)
     cov_pos_slope = -direction * (scale * s1)
     # Scattering before the first hit adds a kink of RMS ms_angle_term/p to the slope.
