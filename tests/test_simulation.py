@@ -233,9 +233,9 @@ def test_invalid_conditions_raise(changes, message):
 def test_conditions_too_large_for_finite_tracks_are_named():
     # A hit resolution of 1e155 mm passes as finite and positive; σ**2 raised OverflowError.
     with pytest.raises(ValueError, match="the conditions make track states that are not "
-                                         "finite .*changed from their defaults: hit_resolution"):
-        with np.errstate(all="ignore"):
-            simulate(5, seed=1, hit_resolution=1e155)
+                                         "finite .*changed from their defaults: hit_resolution"), \
+            np.errstate(all="ignore"):
+        simulate(5, seed=1, hit_resolution=1e155)
 
 
 def test_invalid_arguments_raise():
