@@ -220,18 +220,21 @@ def run_benchmark(
         import numba
 
         thread_counts = threads or sorted({1, numba.config.NUMBA_NUM_THREADS})
-        for nu in nu_values:
-            tracks = simulate(n_events, seed=seed, nu=nu).tracks
-            timed = _time_in_turns(finder, tracks, {
-                n_threads: functools.partial(numba.set_num_threads, n_threads)
-                for n_threads in thread_counts}, repeats)
-            for n_threads, (run_seconds, stages) in timed.items():
-                row = {"threads": n_threads, "nu": nu,
-                       **_measurement(n_events, run_seconds, stages)}
-                result["measurements"].append(row)
-                progress(f"cpu threads={n_threads} nu={nu}: {row['events_per_s']:,.0f} events/s "
-                         f"({row['us_per_event']:.1f} µs/event)")
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        callers_threads = numba.get_num_threads()
+        try:  # the caller's thread count back also after an error or a Ctrl-C
+            for nu in nu_values:
+                tracks = simulate(n_events, seed=seed, nu=nu).tracks
+                timed = _time_in_turns(finder, tracks, {
+                    n_threads: functools.partial(numba.set_num_threads, n_threads)
+                    for n_threads in thread_counts}, repeats)
+                for n_threads, (run_seconds, stages) in timed.items():
+                    row = {"threads": n_threads, "nu": nu,
+                           **_measurement(n_events, run_seconds, stages)}
+                    result["measurements"].append(row)
+                    progress(f"cpu threads={n_threads} nu={nu}: {row['events_per_s']:,.0f} "
+                             f"events/s ({row['us_per_event']:.1f} µs/event)")
+        finally:
+            numba.set_num_threads(callers_threads)
         return result
 
     largest = max(batch_sizes or DEFAULT_GPU_BATCHES)

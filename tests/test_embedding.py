@@ -666,6 +666,27 @@ def test_throughput_benchmark_times_the_thread_counts_in_turns(monkeypatch):
     assert 0 < start_up["seconds_to_first_result"] <= start_up["median_seconds"]
 
 
+def test_throughput_benchmark_restores_the_thread_count_when_stopped(monkeypatch):
+    # A Ctrl-C (or an error) during a one-thread run left the caller's finder on one thread.
+    import numba
+
+    from pvfinder import benchmark
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two threads")
+
+    def stopped(*_args, **_kwargs):
+        numba.set_num_threads(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmark, "_start_up", lambda *_: {"seconds_to_first_result": 0.0})
+    monkeypatch.setattr(benchmark, "_time_in_turns", stopped)
+    before = numba.get_num_threads()
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.run_benchmark("cpu", n_events=10, nu_values=[2.0], threads=[2, 1], repeats=1)
+    assert before > 1 and numba.get_num_threads() == before
+
+
 def test_start_up_benchmark_stops_at_the_result_and_reports_a_failed_process(sample,
                                                                             monkeypatch):
     from pvfinder import benchmark
