@@ -367,13 +367,19 @@ def _open(path: PathLike) -> Any:
 _TREE_CLASSES = ("TTree", "TNtuple", "TNtupleD")
 
 
-def _tree(file: Any, path: Path, name: str) -> Any:
-    with _reading(f"{path}:{name}"):  # a damaged folder on the way
+def _holds(file: Any, path: Path, name: str) -> bool:
+    """Whether ``file`` (read from ``path``) has an object at ``name``; a damaged folder on
+    the way is an error naming it."""
+    with _reading(f"{path}:{name}"):
         try:
-            found = name in file
+            return name in file
         except AttributeError:  # a path through a TTree ("tracks/x"): uproot seeks a key in it
-            found = False
-    if not found:  # name the trees, also in folders ("Dir/tracks"), not the folders
+            return False
+
+
+def _tree(file: Any, path: Path, name: str) -> Any:
+    if not _holds(file, path, name):
+        # name the trees, also in folders ("Dir/tracks"), not the folders
         trees = ", ".join(sorted({key.split(";")[0] for key, kind in file.classnames().items()
                                   if kind in _TREE_CLASSES})) or "none"
         raise ValueError(f"{path}: no tree {name!r} (trees in the file: {trees})")
@@ -780,7 +786,7 @@ def read_truth(path: PathLike, tracks_tree: str = TRACKS_TREE) -> MCTruth | None
     """
     path = Path(path)
     with _open(path) as file:
-        if TRUTH_TREE not in file:
+        if not _holds(file, path, TRUTH_TREE):
             return None
         where = f"{path}:{TRUTH_TREE}"
         offsets, flat = _read_jagged(_tree(file, path, TRUTH_TREE), where, MC_VERTEX_FIELDS)
@@ -1367,7 +1373,7 @@ def recorded_inputs(path: PathLike) -> list[str] | None:
     """
     with _open(path) as file:
         _tree(file, Path(path), VERTICES_TREE)  # a file of tracks notes no inputs either
-        if INPUTS_RECORD not in file:
+        if not _holds(file, Path(path), INPUTS_RECORD):
             return None
         with _reading(f"{path}:{INPUTS_RECORD}"):
             text = str(file[INPUTS_RECORD])
@@ -1399,7 +1405,7 @@ def holds_weights(path: PathLike) -> bool:
         For a missing or unreadable file.
     """
     with _open(path) as file:
-        return WEIGHTS_TREE in file
+        return _holds(file, Path(path), WEIGHTS_TREE)
 
 
 def read_event_ids(path: PathLike, tree: str) -> dict[str, np.ndarray]:
@@ -1445,7 +1451,7 @@ def read_vertices(path: PathLike, *, weights: bool = True) -> VertexBatch:
         where = f"{path}:{VERTICES_TREE}"
         offsets, flat = _read_jagged(_tree(file, path, VERTICES_TREE), where, VERTEX_FIELDS)
         weight_counts = weight_values = None
-        if weights and WEIGHTS_TREE in file:
+        if weights and _holds(file, path, WEIGHTS_TREE):
             tree, where_weights = _tree(file, path, WEIGHTS_TREE), f"{path}:{WEIGHTS_TREE}"
             # per-vertex counts and per-event weights: two different jaggednesses
             weight_counts = _read_jagged(tree, where_weights, ("weight_counts",))[1]["weight_counts"]

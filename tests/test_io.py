@@ -19,6 +19,7 @@ from pvfinder.events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch
 from pvfinder.io import (
     TrackSchema,
     VertexWriter,
+    holds_weights,
     inspect_tracks,
     iterate_tracks,
     parse_step_size,
@@ -833,6 +834,22 @@ def test_a_damaged_record_of_inputs_is_called_damaged(tmp_path, small):
     damaged = _flip_bytes(path, start, start + 4, tmp_path / "damaged.root")
     with pytest.raises(ValueError, match="damaged.root:pvfinder_inputs: damaged, cannot be read"):
         recorded_inputs(damaged)
+
+
+def test_a_damaged_folder_beside_the_vertices_is_called_damaged(tmp_path, small):
+    # Looking up a name the file lacks lists every folder's keys, and a damaged folder's
+    # DeserializationError escaped holds_weights and read_vertices.
+    path = tmp_path / "pvs.root"
+    write_vertices(path, find_vertices(small.tracks.select_events(0, 5), backend="cpu"),
+                   with_weights=False)
+    with uproot.update(path) as file:
+        file.mkdir("Dir").mktree("velo", {"a": "int64"})
+    keys = uproot.open(path)["Dir"]._fSeekKeys  # the folder's list of keys
+    damaged = _flip_bytes(path, keys + 48, keys + 52, tmp_path / "damaged.root")
+    for read in (holds_weights, read_vertices):
+        with pytest.raises(ValueError, match="damaged.root:vertex_weights: damaged, cannot be "
+                                             "read"):
+            read(damaged)
 
 
 def test_a_tree_path_through_a_tree_is_no_tree(small_file):
