@@ -379,16 +379,18 @@ def _holds(file: Any, path: Path, name: str) -> bool:
 
 def _tree(file: Any, path: Path, name: str) -> Any:
     if not _holds(file, path, name):
-        # name the trees, also in folders ("Dir/tracks"), not the folders
-        trees = ", ".join(sorted({key.split(";")[0] for key, kind in file.classnames().items()
-                                  if kind in _TREE_CLASSES})) or "none"
-        raise ValueError(f"{path}: no tree {name!r} (trees in the file: {trees})")
+        with _reading(str(path)):  # name the trees, also in folders ("Dir/tracks")
+            trees = ", ".join(sorted({key.split(";")[0] for key, kind in
+                                      file.classnames().items() if kind in _TREE_CLASSES}))
+        raise ValueError(f"{path}: no tree {name!r} (trees in the file: {trees or 'none'})")
     with _reading(f"{path}:{name}"):
         kind = file.key(name).classname()  # from its key (classname_of reads the object)
         if kind in _TREE_CLASSES:
             return file[name]
     try:  # a class derived from TTree is a tree too
         found = file[name]
+    except MemoryError:
+        raise
     except Exception:  # noqa: BLE001 (a class uproot cannot read is no tree, not damage)
         found = None
     if not isinstance(found, uproot.TTree):  # a wrong file, not a wrong argument
