@@ -43,7 +43,6 @@ from .io import (
     TrackSchema,
     TrackSource,
     VertexWriter,
-    _described,
     _not_a_regular_file,
     _schema,
     holds_weights,
@@ -655,8 +654,7 @@ class _DaskEngine:
                     # already names the input.
                     if str(error).startswith(source.where):
                         raise
-                    raise ValueError(f"{source.where}: cannot read the entries from {start} "
-                                     f"on ({_described(error)})") from None
+                    raise source.unreadable(start, error) from None
                 future.release()
                 yield _piece_of(records, list(source.event_ids) or ["event_number"])
         finally:

@@ -600,10 +600,15 @@ class TrackSource:
                     raise
                 except Exception as error:  # noqa: BLE001 (damaged baskets raise zlib, OS
                     # and uproot errors alike)
-                    raise ValueError(f"{self.where}: cannot read the entries from {start} on "
-                                     f"({_described(error)})") from None
+                    raise self.unreadable(start, error) from None
                 start = report.tree_entry_stop
                 yield self.chunk(arrays, report.tree_entry_start)
+
+    def unreadable(self, start: int, error: Exception) -> ValueError:
+        """The error of entries from ``start`` on that could not be read (damaged baskets),
+        in the same words in this process and on a Dask worker."""
+        return ValueError(f"{self.where}: cannot read the entries from {start} on "
+                          f"({_described(error)})")
 
     def read_chunks(self, step_size: int | str = DEFAULT_STEP_SIZE) -> Iterator[TrackChunk]:
         """Open :attr:`path` again and read it in chunks as it was inspected, without
