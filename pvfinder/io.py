@@ -811,8 +811,10 @@ def read_truth(path: PathLike, tracks_tree: str = TRACKS_TREE) -> MCTruth | None
     truth = MCTruth(vertices, labels["mc_pv"])  # as read: a cast to int32 could wrap them
     with _naming(where_labels):
         truth.check_labels(label_offsets)
+    if truth.track_mc_pv.dtype == np.int32:  # as this module writes them
+        return truth
     # Every label is now -1 or the index of one of its event's MC PVs.
-    return MCTruth(vertices, truth.track_mc_pv.astype(np.int32, copy=False))
+    return MCTruth(vertices, truth.track_mc_pv.astype(np.int32))
 
 
 # -- writing -------------------------------------------------------------------------------
