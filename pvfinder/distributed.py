@@ -139,13 +139,13 @@ def _own_outputs(files: Sequence[Path], output: str | os.PathLike) -> set[Path]:
     return own
 
 
-def plan_outputs(inputs: Sequence[Path], output: str | os.PathLike, *, merge: bool = False
-                 ) -> dict[Path, list[Path]]:
+def plan_outputs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *,
+                 merge: bool = False) -> dict[Path, list[Path]]:
     """Decide which output file each input goes to.
 
     Parameters
     ----------
-    inputs : sequence of Path
+    inputs : sequence of path
         The input files.
     output : path
         With ``merge``, the one output file. Else an output file when there is a single input
@@ -168,6 +168,7 @@ def plan_outputs(inputs: Sequence[Path], output: str | os.PathLike, *, merge: bo
         a single input or ``merge`` is given an existing file not named ``*.root`` (which
         would be replaced); or when ``merge`` is given a directory (a name ending in a slash).
     """
+    inputs = [Path(path) for path in inputs]
     folder = str(output).endswith(("/", os.sep))  # "pvs.root/": meant as a directory
     if merge and folder:
         raise ValueError(f"{output}: --merge writes one file, and this names a directory")

@@ -107,6 +107,10 @@ def test_expand_inputs_and_plan_outputs(tmp_path, files):
         tmp_path / "out" / "run1_pvs.root": [files[1]]}
     with pytest.raises(ValueError, match="would both write .*run0_pvs.root"):
         plan_outputs([files[0], tmp_path / "run0.root"], tmp_path / "out")
+    # Inputs named by text, as a user lists them (an AttributeError on str.stem before).
+    assert plan_outputs([str(path) for path in files[:2]], str(tmp_path / "out")) == {
+        tmp_path / "out" / "run0_pvs.root": [files[0]],
+        tmp_path / "out" / "run1_pvs.root": [files[1]]}
     # A trailing slash means a directory; the suffix is .root in any case.
     assert plan_outputs(files[:2], f"{tmp_path / 'pvs.root'}/") == {
         tmp_path / "pvs.root" / "run0_pvs.root": [files[0]],
