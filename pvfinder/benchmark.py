@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import numbers
 import os
 import platform
 import site
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from .backends import STAGES, get_backend
 from .events import TRACK_FIELDS
 from .pipeline import PVFinder
 
-__all__ = ["hardware_description", "run_benchmark", "run_latency_benchmark"]
+__all__ = ["check_counts", "check_pile_ups", "hardware_description", "run_benchmark",
+           "run_latency_benchmark"]
 
 DEFAULT_GPU_BATCHES = (1_000, 10_000, 100_000, 1_000_000)
 DEFAULT_LATENCY_BATCHES = (1, 16, 256, 4096)
@@ -67,6 +69,69 @@ def hardware_description(backend_name: str) -> dict[str, Any]:
 
         info.update(device_properties())
     return info
+
+
+def _values(value: Any) -> list[Any]:
+    return [] if value is None else list(value) if isinstance(value, Sequence) else [value]
+
+
+def check_counts(named: Mapping[str, int | Sequence[int] | None], *,
+                 at_most: int | None = None) -> None:
+    """Refuse a count (events, files, threads, batch sizes, repeats) before a run of minutes.
+
+    Parameters
+    ----------
+    named : mapping
+        Each count, or sequence of counts, under the name the caller knows it by (a parameter
+        or a command-line option); ``None`` is not checked.
+    at_most : int, optional
+        The largest count allowed.
+
+    Raises
+    ------
+    ValueError
+        Naming the first count that is not a whole number from 1 (to ``at_most``), or that a
+        sequence holds twice.
+    """
+    top = "" if at_most is None else f" to {at_most}"
+    for name, value in named.items():
+        values = _values(value)
+        for count in values:
+            if (isinstance(count, bool) or not isinstance(count, (int, np.integer))
+                    or not 1 <= count <= (count if at_most is None else at_most)):
+                raise ValueError(f"{name} takes whole numbers from 1{top}, got {count!r}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"{name} names a value twice: {' '.join(map(str, values))}")
+
+
+def check_pile_ups(named: Mapping[str, float | Sequence[float] | None]) -> None:
+    """Refuse a pile-up ν that the simulation would refuse only when its turn comes.
+
+    Parameters
+    ----------
+    named : mapping
+        Each ν, or sequence of them, under the name the caller knows it by; ``None`` is not
+        checked.
+
+    Raises
+    ------
+    ValueError
+        Naming the first ν that is not positive or that :class:`~pvfinder.simulation.Conditions`
+        refuses (above 100), or that a sequence holds twice.
+    """
+    from .simulation import Conditions
+
+    for name, value in named.items():
+        values = _values(value)
+        for nu in values:
+            if isinstance(nu, bool) or not isinstance(nu, numbers.Real) or not nu > 0:
+                raise ValueError(f"{name} takes positive values, got {nu!r}")
+            try:
+                Conditions().replace(nu=nu)
+            except ValueError as error:
+                raise ValueError(f"{name} {nu!r}: {error}") from None
+        if len(set(values)) != len(values):
+            raise ValueError(f"{name} names a value twice: {' '.join(map(str, values))}")
 
 
 def _in_turns(jobs: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, list[Any]]:
@@ -137,7 +202,7 @@ def _start_up(backend_name: str, tracks: Any, repeats: int) -> dict[str, Any]:
         batch = Path(folder) / "tracks.npz"
         np.savez(batch, counts=tracks.counts,
                  **{name: getattr(tracks, name) for name in TRACK_FIELDS})
-        for _ in range(max(repeats, 1)):
+        for _ in range(repeats):
             start = time.time()  # wall clock: the child stamps its result with the same clock
             done = subprocess.run([sys.executable, "-c", _FIRST_RESULT, str(batch), backend_name],
                                   capture_output=True, text=True, check=False, cwd=folder,
@@ -197,14 +262,44 @@ def run_benchmark(
     Both: ``start_up``, the seconds a new process takes from its start to its first vertices
     (100 events) with the kernels already cached, best and median of ``repeats`` processes.
 
+    Parameters
+    ----------
+    backend : {"cpu", "cuda", "auto"}
+        Where the finder runs.
+    n_events : int
+        Events per CPU measurement.
+    nu_values : sequence of float
+        The pile-ups of the scan (at most 100, as the simulation takes).
+    threads : sequence of int, optional
+        CPU thread counts, each from 1 to the cores this process may use.
+    batch_sizes : sequence of int, optional
+        Events per call on a GPU (default 10³ to 10⁶).
+    seed : int
+        Seed of the simulated events.
+    repeats : int
+        Runs per figure.
+    progress : callable
+        Called with a line of text after each measurement.
+
     Returns
     -------
     dict
         JSON-serialisable results with the date, the hardware and every measurement.
+
+    Raises
+    ------
+    ValueError
+        For a count that is not a positive integer, a thread count beyond the cores, a ν the
+        simulation refuses or a value given twice, before anything runs.
     """
+    import numba
+
     from .simulation import simulate
 
     chosen = get_backend(backend)
+    check_counts({"n_events": n_events, "batch_sizes": batch_sizes, "repeats": repeats})
+    check_counts({"threads": threads}, at_most=numba.config.NUMBA_NUM_THREADS)
+    check_pile_ups({"nu_values": nu_values})
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "backend": chosen.name,
@@ -217,8 +312,6 @@ def run_benchmark(
     progress(f"a second process finds its first vertices after "
              f"{result['start_up']['seconds_to_first_result']:.2f} s")
     if chosen.name == "cpu":
-        import numba
-
         thread_counts = threads or sorted({1, numba.config.NUMBA_NUM_THREADS})
         callers_threads = numba.get_num_threads()
         try:  # the caller's thread count back also after an error or a Ctrl-C
@@ -279,15 +372,38 @@ def run_latency_benchmark(
     time into reused output buffers, for about ``seconds_per_size`` (at least 20 calls). The
     clock stops when the results are ready (the device is synchronised).
 
+    Parameters
+    ----------
+    backend : {"cpu", "cuda", "auto"}
+        Where the finder runs.
+    batch_sizes : sequence of int, optional
+        Events per call.
+    seconds_per_size : float
+        How long to keep calling at each size.
+    nu : float
+        The pile-up of the events (at most 100).
+    seed : int
+        Seed of the simulated events.
+    progress : callable
+        Called with a line of text after each batch size.
+
     Returns
     -------
     dict
         JSON-serialisable results: per batch size the number of calls and the median,
         99th-percentile and maximum call time (µs), with the hardware named.
+
+    Raises
+    ------
+    ValueError
+        For a batch size that is not a positive integer or is given twice, or a ν the
+        simulation refuses, before anything runs.
     """
     from .simulation import simulate
 
     chosen = get_backend(backend)
+    check_counts({"batch_sizes": batch_sizes})
+    check_pile_ups({"nu": nu})
     sizes = sorted(batch_sizes or DEFAULT_LATENCY_BATCHES)
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

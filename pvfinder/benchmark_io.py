@@ -19,14 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from .benchmark import _in_turns, hardware_description
+from .benchmark import _in_turns, check_counts, hardware_description
 from .distributed import dask_client, plan_outputs, reconstruct_files
 from .events import VERTEX_FIELDS
 from .io import (
     DEFAULT_STEP_SIZE,
     DEFAULT_VERTEX_COMPRESSION,
     VertexWriter,
+    _compression,
     iterate_tracks,
+    parse_step_size,
     read_vertices,
     write_sample,
 )
@@ -80,7 +82,18 @@ def run_io_benchmark(
         repeated ones: what reading costs the cores that also reconstruct) and
         ``io_overhead``: (end-to-end − reconstruction) / reconstruction, to compare with the
         target of 0.30.
+
+    Raises
+    ------
+    ValueError
+        For a count that is not a positive integer (``workers`` may be 0), a step size that
+        uproot would not take or an unknown codec, before anything is simulated.
     """
+    check_counts({"n_events": n_events, "n_files": n_files, "repeats": repeats,
+                  "workers": workers or None})  # 0: no Dask run
+    for codec in input_compressions:
+        _compression(codec)  # refused now rather than after the first file's simulation
+    parse_step_size(step_size)
     with tempfile.TemporaryDirectory(dir=directory) as folder:
         folder = Path(folder)
         inputs = _simulate_files(folder, n_events, n_files, seed, input_compressions, progress)

@@ -321,8 +321,8 @@ def _check_bench_options(args: argparse.Namespace) -> None:
     import numba
 
     from .backends import get_backend
+    from .benchmark import check_counts, check_pile_ups
     from .distributed import _import_dask
-    from .simulation import Conditions
 
     if args.io and args.latency:
         raise UsageError("--io and --latency are two benchmarks: run one at a time")
@@ -339,32 +339,19 @@ def _check_bench_options(args: argparse.Namespace) -> None:
             raise UsageError(f"{option} does not apply to bench {kind}")
     if args.latency and args.nu is not None and len(args.nu) != 1:
         raise UsageError("bench --latency takes one --nu")
-    if args.n_events is not None and args.n_events < 1:
-        raise UsageError(f"-n must be a positive number of events, got {args.n_events}")
-    for option, values in (("--batch", args.batch), ("--nu", args.nu)):
-        bad = [value for value in values or () if not value > 0 or value == float("inf")]
-        if bad:
-            raise UsageError(f"{option} takes positive values, got {bad[0]}")
-    for nu in args.nu or ():  # the simulation's own limits (at most 100), not after a ν run
-        try:
-            Conditions().replace(nu=nu)
-        except ValueError as error:
-            raise UsageError(f"--nu {nu}: {error}") from None
+    try:  # the benchmarks' own checks, naming the options
+        check_counts({"-n": args.n_events, "--batch": args.batch})
+        check_counts({"--threads": args.threads}, at_most=numba.config.NUMBA_NUM_THREADS)
+        check_pile_ups({"--nu": args.nu})
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if args.io:  # its Dask run comes after minutes of simulating and writing files
         try:
             _import_dask()
         except ImportError as error:
             raise UsageError(str(error)) from None
-    for option, values in (("--batch", args.batch), ("--nu", args.nu),
-                           ("--threads", args.threads)):
-        if values and len(set(values)) != len(values):
-            raise UsageError(f"{option} names a value twice: {' '.join(map(str, values))}")
     if args.output is not None:  # known before a run of minutes, not after it
         _check_writable(args.output)
-    available = numba.config.NUMBA_NUM_THREADS
-    if args.threads is not None and not all(1 <= n <= available for n in args.threads):
-        raise UsageError(f"--threads takes 1 to {available} (the cores this process may use), "
-                         f"got {' '.join(map(str, args.threads))}")
 
 
 def _check_writable(path: str) -> None:

@@ -366,9 +366,9 @@ def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
         (["--io", "--nu", "11"], "--nu does not apply to bench --io"),
         (["--io", "--batch", "10"], "--batch does not apply to bench --io"),
         (["--backend", "cpu", "--batch", "10"], "--batch does not apply to bench --backend cpu"),
-        (["-n", "0"], "-n must be a positive number of events"),
+        (["-n", "0"], "-n takes whole numbers from 1, got 0"),
         (["--nu", "0"], "--nu takes positive values"),
-        (["--threads", "999"], "--threads takes 1 to"),
+        (["--threads", "999"], "--threads takes whole numbers from 1 to"),
         (["--nu", "nan"], "--nu takes positive values, got nan"),
         (["-o", "."], "-o .: cannot be written, it is a directory"),  # found after the run
         (["-o", f"{__file__}/x.json"], f"{__file__} is a file"),  # 'a folder that does not

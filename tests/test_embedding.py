@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -685,6 +686,41 @@ def test_throughput_benchmark_restores_the_thread_count_when_stopped(monkeypatch
     with pytest.raises(KeyboardInterrupt):
         benchmark.run_benchmark("cpu", n_events=10, nu_values=[2.0], threads=[2, 1], repeats=1)
     assert before > 1 and numba.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    ("function", "options", "message"),
+    [
+        # A ZeroDivisionError, a list index error and a refusal of ν only after the warm-up,
+        # the start-up runs and the first ν's measurement, before.
+        ("run_benchmark", {"n_events": 0}, "n_events takes whole numbers from 1, got 0"),
+        ("run_benchmark", {"repeats": 0}, "repeats takes whole numbers from 1, got 0"),
+        ("run_benchmark", {"nu_values": [2.0, 150.0]}, "nu_values 150.0: condition nu must be"),
+        ("run_benchmark", {"nu_values": [0.0]}, "nu_values takes positive values, got 0.0"),
+        ("run_benchmark", {"threads": [1, 1]}, "threads names a value twice: 1 1"),
+        ("run_benchmark", {"threads": [10_000]}, "threads takes whole numbers from 1 to"),
+        ("run_benchmark", {"n_events": 2.5}, "n_events takes whole numbers from 1, got 2.5"),
+        ("run_latency_benchmark", {"batch_sizes": [0]}, "batch_sizes takes whole numbers"),
+        ("run_latency_benchmark", {"nu": -1.0}, "nu takes positive values, got -1.0"),
+        ("run_io_benchmark", {"n_files": 0}, "n_files takes whole numbers from 1, got 0"),
+        ("run_io_benchmark", {"workers": -1}, "workers takes whole numbers from 1, got -1"),
+        ("run_io_benchmark", {"input_compressions": ["lz5"]}, "unknown compression 'lz5'"),
+        ("run_io_benchmark", {"step_size": "ten"}, "step size"),
+    ],
+)
+def test_benchmark_functions_refuse_bad_settings_before_anything_runs(function, options,
+                                                                      message, monkeypatch):
+    import pvfinder.simulation
+    from pvfinder import benchmark, benchmark_io
+
+    def must_not_run(*_args, **_kwargs):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(pvfinder.simulation, "simulate", must_not_run)
+    monkeypatch.setattr(benchmark, "PVFinder", must_not_run)
+    module = benchmark_io if function == "run_io_benchmark" else benchmark
+    with pytest.raises(ValueError, match=re.escape(message)):
+        getattr(module, function)(**options)
 
 
 def test_start_up_benchmark_stops_at_the_result_and_reports_a_failed_process(sample,
