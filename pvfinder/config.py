@@ -33,7 +33,9 @@ class PVFinderConfig:
     zmin, zmax : float
         Range of the z histogram and of usable track z [mm].
     bin_width : float
-        Width of a histogram bin [mm]; ``(zmax - zmin) / bin_width`` must be an integer.
+        Width of a histogram bin [mm]; ``(zmax - zmin) / bin_width`` must be an integer. The
+        CUDA backend holds a row in one block's shared memory: at most 6 144 bins, or about
+        29 000 on GPUs that allow more (H100, H200).
         The CUDA backend holds an event's histogram (8 bytes a bin) in the shared memory of
         one block: up to 29 056 bins on an H100 or H200 (227 KiB), 2400 by default; more is
         refused there with a ``ValueError``.
