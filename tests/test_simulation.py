@@ -230,12 +230,19 @@ def test_invalid_conditions_raise(changes, message):
         simulate(5, seed=1, **changes)
 
 
-def test_conditions_too_large_for_finite_tracks_are_named():
-    # A hit resolution of 1e155 mm passes as finite and positive; σ**2 raised OverflowError.
+@pytest.mark.filterwarnings("error")  # numpy's overflow warnings came before the error
+@pytest.mark.parametrize("changes", [
+    {"hit_resolution": 1e155},  # finite and positive; σ**2 raised OverflowError
+    {"ms_angle_term": 1e300},
+    {"module_spacing": 1e-300},
+    {"min_pt": 1e-300, "mean_pt": 1e-299},
+])
+def test_conditions_too_large_for_finite_tracks_are_named(changes):
     with pytest.raises(ValueError, match="the conditions make track states that are not "
-                                         "finite .*changed from their defaults: hit_resolution"), \
-            np.errstate(all="ignore"):
-        simulate(5, seed=1, hit_resolution=1e155)
+                                         "finite .*changed from their defaults: "
+                                         + ", ".join(sorted(changes, key=list(
+                                             Conditions.__dataclass_fields__).index))):
+        simulate(5, seed=1, **changes)
 
 
 def test_invalid_arguments_raise():

@@ -160,11 +160,14 @@ def simulate(
           rng.normal(cond.beam_y, cond.sigma_y, n_pvs),
           rng.normal(cond.beam_z, cond.sigma_z, n_pvs))
 
-    prompt = _prompt_tracks(rng, cond, pv)
-    decays = _decay_tracks(rng, cond, pv)
-    real_per_event = np.bincount(pv_event[np.concatenate((prompt.pv, decays.pv))],
-                                 minlength=n_events)
-    ghosts = _ghost_tracks(rng, cond, real_per_event)
+    # Conditions far out of range overflow in here: the check of the states below names them,
+    # which numpy's warnings would only precede.
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        prompt = _prompt_tracks(rng, cond, pv)
+        decays = _decay_tracks(rng, cond, pv)
+        real_per_event = np.bincount(pv_event[np.concatenate((prompt.pv, decays.pv))],
+                                     minlength=n_events)
+        ghosts = _ghost_tracks(rng, cond, real_per_event)
 
     event = np.concatenate((pv_event[prompt.pv], pv_event[decays.pv], ghosts.pv))
     label = np.concatenate((prompt.pv - pv_first[pv_event[prompt.pv]],
