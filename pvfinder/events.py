@@ -465,7 +465,10 @@ class TrackBatch(_Jagged):
         # constructor too), its structure is checked, not its values (from_arrays does that).
         offsets = self.offsets
         if getattr(offsets, "ndim", None) != 1 or len(offsets) == 0:
-            raise ValueError("tracks: offsets must be a non-empty 1-d array")
+            got = (f"{offsets.ndim}-d of {offsets.size}" if hasattr(offsets, "ndim")
+                   else type(offsets).__name__)
+            raise ValueError("tracks: offsets must be a non-empty 1-d array (numpy or CuPy), "
+                             f"got {got}")
         # Types only (no scan): float offsets were truncated, text fields parsed as numbers.
         if getattr(offsets.dtype, "kind", None) not in ("i", "u"):
             raise ValueError(f"tracks: offsets must be integers, got {offsets.dtype}")

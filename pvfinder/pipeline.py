@@ -152,6 +152,8 @@ def _lists(values: Any) -> ak.Array:
         counts = np.array([len(entry) for entry in entries], dtype=np.int64)
         flat = np.concatenate(entries) if entries else np.zeros(0)
         return ak.unflatten(flat, counts)
+    if isinstance(values, np.ndarray) and not values.dtype.isnative:  # awkward refuses them
+        values = values.astype(values.dtype.newbyteorder("="))
     array = ak.Array(values)
     if len(array) == 0 and array.ndim == 1:
         return ak.unflatten(np.zeros(0), np.zeros(0, dtype=np.int64))

@@ -67,6 +67,16 @@ def test_from_arrays_counts_and_offsets_agree():
     np.testing.assert_array_equal(by_counts.counts, [2, 0, 4])
 
 
+def test_buffers_name_what_their_offsets_are_when_not_an_array():
+    # A list of offsets was said to be "not a non-empty 1-d array", which it looks like.
+    fields = track_fields(3)
+    with pytest.raises(ValueError, match=r"offsets must be a non-empty 1-d array \(numpy or "
+                                         r"CuPy\), got list"):
+        TrackBatch.from_buffers([0, 3], **fields)
+    with pytest.raises(ValueError, match="got 2-d of 2"):
+        TrackBatch.from_buffers(np.array([[0, 3]]), **fields)
+
+
 def test_float32_is_kept_and_mixed_precision_promoted():
     fields = {k: v.astype(np.float32) for k, v in track_fields(3).items()}
     assert TrackBatch.from_arrays(counts=[3], **fields).x.dtype == np.float32
