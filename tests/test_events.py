@@ -271,6 +271,7 @@ def test_track_validation_errors(change, message):
         ({"counts": [1.5, 2.5]}, "must be integers"),
         ({"offsets": [1, 2, 4]}, "start at 0"),
         ({"offsets": [0, 3, 1, 4]}, "decrease at event 1"),
+        ({"offsets": [0, 2, 1, 4]}, "decrease at event 1"),  # by one: a count of -1
         # Unsigned differences wrap around: counts of 3, -2 and 3 were accepted.
         ({"offsets": np.array([0, 3, 1, 4], np.uint64)}, "decrease at event 1"),
         ({"offsets": [0, 1, 3]}, "'x' has 4 entries but the counts add up to 3"),

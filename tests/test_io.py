@@ -82,7 +82,10 @@ def test_sample_round_trip(tmp_path, sample):
         np.testing.assert_array_equal(getattr(again, name), getattr(tracks, name))
     truth_again = read_truth(path)
     np.testing.assert_array_equal(truth_again.track_mc_pv, truth.track_mc_pv)
-    np.testing.assert_array_equal(truth_again.vertices.z, truth.vertices.z)
+    np.testing.assert_array_equal(truth_again.vertices.offsets, truth.vertices.offsets)
+    for name in ("x", "y", "z", "n_reconstructible"):
+        np.testing.assert_array_equal(getattr(truth_again.vertices, name),
+                                      getattr(truth.vertices, name), err_msg=name)
 
 
 def test_vertices_round_trip(tmp_path, sample):

@@ -137,11 +137,23 @@ def concat_tracks(*parts):
 
 # -- extrapolate ------------------------------------------------------------------------------
 
-def test_extrapolate_moves_track_to_the_beamline():
+# The names of the x view and their twins in y: a case and its mirror image.
+_MIRROR = {"x": "y", "tx": "ty", "cov_xx": "cov_yy", "cov_xtx": "cov_yty",
+           "cov_txtx": "cov_tyty", "wx": "wy"}
+_MIRROR.update({y: x for x, y in _MIRROR.items()})
+
+
+@pytest.mark.parametrize("mirrored", [False, True], ids=["in x", "in y"])
+def test_extrapolate_moves_track_to_the_beamline(mirrored):
     # Crosses x = 1 at z = 10 with tx = 0.1: reaches x = 0.3 (the beam) 7 mm earlier.
-    out = run_extrapolate(beam=(0.3, 0.0), x=1.0, y=0.0, z=10.0, tx=0.1, ty=0.0,
-                          cov_xx=1e-4, cov_yy=2e-4, cov_xtx=1e-6, cov_yty=0.0,
-                          cov_txtx=1e-6, cov_tyty=1e-6)
+    track = {"x": 1.0, "y": 0.0, "z": 10.0, "tx": 0.1, "ty": 0.0, "cov_xx": 1e-4, "cov_yy": 2e-4,
+             "cov_xtx": 1e-6, "cov_yty": 0.0, "cov_txtx": 1e-6, "cov_tyty": 1e-6}
+    beam = (0.3, 0.0)
+    name = _MIRROR.get if mirrored else lambda key, default=None: key
+    if mirrored:
+        track, beam = {name(k, k): v for k, v in track.items()}, beam[::-1]
+    out = run_extrapolate(beam=beam, **track)
+    out = {name(k, k): v for k, v in out.items()}  # read back in the x view
     assert out["z"][0] == pytest.approx(3.0, abs=1e-12)
     assert out["x"][0] == pytest.approx(0.3, abs=1e-12)
     assert out["y"][0] == pytest.approx(0.0, abs=1e-12)
@@ -158,6 +170,7 @@ def test_extrapolate_moves_track_to_the_beamline():
         (dict(x=0.0, y=0.0, z=299.0, tx=0.1, ty=0.0), 299.0, 1),
         (dict(x=0.0, y=0.0, z=301.0, tx=0.1, ty=0.0), 301.0, 0),     # beyond zmax
         (dict(x=0.1, y=0.0, z=-299.0, tx=0.1, ty=0.0), -300.0, 0),   # exactly at zmin: open range
+        (dict(x=0.0, y=0.0, z=300.0, tx=0.1, ty=0.0), 300.0, 0),     # exactly at zmax: the same
         # Misses the beam by 0.03 in y: χ²_bl = 0.03²/1e-4 = 9 (kept), 0.04 → 16 (cut).
         (dict(x=0.0, y=0.03, z=5.0, tx=0.1, ty=0.0), 5.0, 1),
         (dict(x=0.0, y=0.04, z=5.0, tx=0.1, ty=0.0), 5.0, 0),
@@ -288,6 +301,16 @@ def test_histogram_drops_what_falls_in_the_edge_bins():
     assert row[: N_BINS // 2].sum() == pytest.approx(kept_low, abs=1e-12)
 
 
+def test_histogram_keeps_a_window_that_ends_in_the_first_bin_to_fill():
+    # The window [z - 2.65 σ, z + 2.65 σ] of a track at zmin + 0.2 with σ = 0.05 spans bins 0
+    # and 1; bin 1 gets what lies beyond zmin + 0.25. The CDF from (15/16)(1 - s²)²:
+    # F(s) = 1/2 + (15/16)(s - 2s³/3 + s⁵/5).
+    s = 0.05 / (HALF_WIDTH * 0.05)
+    beyond = 0.5 - 15 / 16 * (s - 2 * s**3 / 3 + s**5 / 5)
+    row = run_histogram([0, 1], [ZMIN + 0.2], [0.05])[0]
+    assert row[1] == pytest.approx(beyond, rel=1e-12) and row[0] == 0.0
+
+
 def test_histogram_empty_batch():
     assert run_histogram([0], [], []).shape == (0, N_BINS)
 
@@ -334,6 +357,9 @@ def test_find_peaks_shallow_dip_gives_one_seed_at_the_higher_maximum():
     assert n_seeds[0] == 1
     # Parabola through (3, 5, 4.6): shift = 0.5·(4.6 - 3)/(10 - 3 - 4.6) = 1/3 bin.
     assert seeds[0, 0] == pytest.approx(ZMIN + BIN_WIDTH * (start + 2.5 + 1 / 3), abs=1e-12)
+    # A dip must be significant on both sides: 5 - 3 = 2 is, 3.5 - 3 = 0.5 is not.
+    _, n_seeds = run_find_peaks(hist_with([1, 3, 5, 3, 3.5, 1], start))
+    assert n_seeds[0] == 1
 
 
 def test_find_peaks_shallow_gaussian_pair_merges():
@@ -356,6 +382,18 @@ def test_find_peaks_small_subcluster_is_dropped_or_merged():
     assert n_seeds[0] == 1
     shift = 0.5 * (0.1 - 0.5) / (3.6 - 0.5 - 0.1)
     assert seeds[0, 0] == pytest.approx(ZMIN + BIN_WIDTH * (1001.5 + shift), abs=1e-12)
+
+
+def test_find_peaks_shares_the_dip_bin_between_its_two_sides():
+    # The dip (1.0) is significant on both sides (5 and 2 exceed it by more than 0.75). The
+    # right side holds half the dip bin: 0.5 + 2.0 + 0.1 = 2.6 > 2.5 tracks, a seed; with
+    # the whole dip bin on the left it would hold 2.1, and be merged.
+    start = 1000
+    seeds, n_seeds = run_find_peaks(hist_with([1, 3, 5, 3, 1.0, 2.0, 0.1], start))
+    assert n_seeds[0] == 2
+    # Parabolas through (3, 5, 3) and (1.0, 2.0, 0.1): shift = 0.5·(0.1 - 1.0)/(4 - 1.1).
+    expected = ZMIN + BIN_WIDTH * (start + np.array([2.5, 5.5 - 0.45 / 2.9]))
+    np.testing.assert_allclose(seeds[0, :2], expected, rtol=0, atol=1e-12)
 
 
 def test_find_peaks_small_peak_gives_no_seed():
@@ -486,6 +524,12 @@ def test_fit_rejects_vertex_far_from_beamline():
     assert out["valid"][0, 0] == 0
     np.testing.assert_array_equal(out["weights"], 0.0)
     assert run_fit([0, 40], tracks, [[0.0]], [1], max_rho2=1.0)["valid"][0, 0] == 1
+    # ρ is measured from the beamline: the same tracks around a beam there, in x or in y.
+    assert run_fit([0, 40], tracks, [[0.0]], [1], beam=(0.8, 0.0))["valid"][0, 0] == 1
+    swapped = {**tracks, "x": tracks["y"], "y": tracks["x"], "tx": tracks["ty"],
+               "ty": tracks["tx"]}
+    assert run_fit([0, 40], swapped, [[0.0]], [1])["valid"][0, 0] == 0
+    assert run_fit([0, 40], swapped, [[0.0]], [1], beam=(0.0, 0.8))["valid"][0, 0] == 1
 
 
 def test_fit_singular_when_all_slopes_equal():
@@ -528,6 +572,10 @@ def test_cleanup_keeps_the_larger_of_two_close_vertices():
     # Equal track counts: the lower slot wins.
     order, n_kept = run_cleanup([[0.0, 0.05]], [[0.01, 0.01]], [[10.0, 10.0]], [[1, 1]], [2])
     assert n_kept[0] == 1 and order[0, 0] == 0
+    # Both variances count: 1²/(0.001 + 0.05) = 19.6 < 25 (either one doubled: 500 or 10).
+    for var_z, n_tracks, kept in (([0.001, 0.05], [5.0, 10.0], 1), ([0.05, 0.001], [10.0, 5.0], 0)):
+        order, n_kept = run_cleanup([[0.0, 1.0]], [var_z], [n_tracks], [[1, 1]], [2])
+        assert n_kept[0] == 1 and order[0, 0] == kept
 
 
 def test_cleanup_keeps_separated_vertices_sorted_by_z():

@@ -78,6 +78,11 @@ def test_shifted_vertices_give_bias_and_pull():
     assert report.residuals["z"].mean == pytest.approx(0.02, abs=1e-9)
     assert report.pull_mean["z"] == pytest.approx(2.0, abs=1e-6)
     assert report.pull_mean["x"] == 0.0
+    # Each axis in units of its own error: σ_x = 0.02 here, σ_z = 0.01.
+    report = validate(make_vertices(COUNTS, MC_Z, x=np.full(12, 0.02), sigma_xy=0.02),
+                      make_truth(COUNTS, MC_Z))
+    assert report.pull_mean["x"] == pytest.approx(1.0, abs=1e-9)
+    assert report.pull_mean["z"] == 0.0
 
 
 def test_match_window_is_five_sigma_z():
@@ -89,6 +94,9 @@ def test_match_window_is_five_sigma_z():
     near = validate(make_vertices(COUNTS, np.asarray(MC_Z) + 0.04, sigma_z=0.01), make_truth(COUNTS, MC_Z))
     assert near.efficiency == 1.0
     assert near.fake_rate == 0.0
+    # Exactly 5 σ (1.25 = 5 · 0.25, exact in binary): outside, as |Δz| < 5 σ_z says.
+    edge = validate(make_vertices([1], [1.25], sigma_z=0.25), make_truth([1], [0.0]))
+    assert edge.efficiency == 0.0 and edge.fake_rate == 1.0
 
 
 
@@ -168,6 +176,12 @@ def test_isolation_distance_is_configurable():
     truth = make_truth([2], [0.0, 5.0])
     report = validate(make_vertices([2], [0.0, 5.0]), truth, isolation_distance=4.0)
     assert report.counts["isolated"] == 2
+
+
+def test_pvs_exactly_the_isolation_distance_apart_are_close():
+    # Isolated means the nearest other MC PV lies more than 10 mm away.
+    report = validate(make_vertices([2], [0.0, 10.0]), make_truth([2], [0.0, 10.0]))
+    assert report.counts["close"] == 2 and report.counts["isolated"] == 0
 
 
 @pytest.mark.parametrize("width", [0.01, 0.05])
