@@ -17,7 +17,8 @@ import uproot
 from pvfinder import find_vertices
 from pvfinder.cli import main
 from pvfinder.events import TRACK_FIELDS
-from pvfinder.io import DEFAULT_VERTEX_COMPRESSION, read_tracks, read_vertices
+from pvfinder.io import DEFAULT_VERTEX_COMPRESSION, read_tracks, read_truth, read_vertices
+from pvfinder.validation import validate
 
 from .test_io import write_tree
 
@@ -49,13 +50,17 @@ def test_simulate_refuses_an_output_it_cannot_write_before_simulating(output, me
 
 
 def test_reconstruct_then_validate(sample_file, tmp_path, capsys):
+    # Both commands print the checker's table of the in-memory run, number for number.
+    expected = validate(find_vertices(read_tracks(sample_file), backend="cpu"),
+                        read_truth(sample_file)).table()
     output = tmp_path / "pvs.root"
     assert main(["reconstruct", str(sample_file), "-o", str(output), "--backend", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "reconstructed" in out and "efficiency" in out.lower()
+    assert "reconstructed" in out and expected in out
     with uproot.open(output) as file:  # the library's default codec, not one of the CLI's own
         assert str(file.file.compression).startswith(DEFAULT_VERTEX_COMPRESSION.upper() + "(")
     assert main(["validate", str(sample_file), str(output), "--plots", str(tmp_path / "plots")]) == 0
+    assert expected in capsys.readouterr().out
     assert list((tmp_path / "plots").glob("*.png"))
     # The per-track weights, never used there, were read too (25 kB an event), and a damaged
     # weights tree failed the validation.
@@ -63,7 +68,7 @@ def test_reconstruct_then_validate(sample_file, tmp_path, capsys):
         file["vertex_weights"] = {"junk": np.zeros(3)}
     capsys.readouterr()
     assert main(["validate", str(sample_file), str(output)]) == 0
-    assert "efficiency" in capsys.readouterr().out.lower()
+    assert expected in capsys.readouterr().out
 
 
 def test_reconstruct_validates_against_truth_beside_a_renamed_tracks_tree(
