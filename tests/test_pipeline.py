@@ -51,14 +51,15 @@ def one_vertex_event(n_tracks: int, z0: float = 10.0, seed: int = 0) -> dict[str
 def test_physics_on_simulated_sample(sample, backend_name):
     vertices = find_vertices(sample.tracks, backend=backend_name)
     report = validate(vertices, sample.truth)
-    # 1000 events hold ~7000 reconstructible PVs: these bounds are several σ inside the
-    # targets measured on 100 000 events by the benchmark.
+    # 1000 events hold ~7000 reconstructible PVs. The rates' bounds lie several σ beyond the
+    # targets (measured on 100 000 events); the pulls, known to about 0.015 here, must meet
+    # theirs (cov_zz 25 % too large, a width of 0.87, passed the earlier 0.8-1.3).
     assert report.efficiency_isolated_20 >= 0.97
     assert report.fake_rate <= 0.02
     assert report.clone_rate <= 0.01
     for axis in "xyz":
-        assert abs(report.pull_mean[axis]) < 0.15
-        assert 0.8 < report.pull_width[axis] < 1.3
+        assert abs(report.pull_mean[axis]) < 0.1
+        assert 0.9 < report.pull_width[axis] < 1.2
 
 
 @pytest.mark.parametrize("changes", [
