@@ -17,7 +17,12 @@ import uproot
 from pvfinder import find_vertices
 from pvfinder.cli import main
 from pvfinder.events import TRACK_FIELDS
-from pvfinder.io import DEFAULT_VERTEX_COMPRESSION, read_tracks, read_truth, read_vertices
+from pvfinder.io import (
+    DEFAULT_VERTEX_COMPRESSION,
+    read_tracks,
+    read_truth,
+    read_vertices,
+)
 from pvfinder.validation import validate
 
 from .test_io import write_tree

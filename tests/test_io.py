@@ -46,6 +46,8 @@ def write_tree(path, flat_values, counts, flat=None, tree="tracks"):
 
 
 def assert_same_vertices(found: VertexBatch, expected: VertexBatch, weights: bool = True):
+    """Equal to the last bit, wherever the two batches live, with their weights if asked."""
+    found, expected = found.to_host(), expected.to_host()
     np.testing.assert_array_equal(found.offsets, expected.offsets)
     for name in VERTEX_FIELDS:
         np.testing.assert_array_equal(getattr(found, name), getattr(expected, name), err_msg=name)

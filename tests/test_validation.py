@@ -258,7 +258,6 @@ def test_efficiency_vs_multiplicity_binning():
     np.testing.assert_array_equal(curve.passed, [1, 2, 1])
     np.testing.assert_allclose(curve.value, [1 / 2, 1, 1 / 3])
     np.testing.assert_allclose(curve.error, [math.sqrt(0.25 / 2), 0.0, math.sqrt(2 / 9 / 3)])
-    # The Wilson interval stays open where the binomial error vanishes (2 of 2 found).
     # The Wilson interval, centre (k + 1/2)/(n + 1) and half-width sqrt(k(n-k)/n + 1/4)/(n + 1),
     # stays open where the binomial error vanishes (2 of 2 found).
     half = np.array([math.sqrt(0.75) / 3, 0.5 / 3, math.sqrt(2 / 3 + 0.25) / 4])
