@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import secrets
 import stat
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -861,8 +862,8 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
     ----------
     path : str or Path
         The ROOT file to write, replaced once the new one is complete (it is written as
-        ``<path>.part`` and renamed, so that a refused input or an interruption leaves an
-        existing file as it was).
+        ``<path>.<unique>.part`` and renamed, so that a refused input or an interruption
+        leaves an existing file as it was).
     tracks : TrackBatch
         The tracks of every event: the tree ``tracks``.
     truth : MCTruth, optional
@@ -1004,18 +1005,21 @@ def _weight_rows(vertices: VertexBatch, track_counts: Any
 
 def _write_target(path: Path) -> tuple[Path, Path]:
     """The file to write for ``path`` (the target of a link, as ``open`` writes through it;
-    the rename would replace the link) and ``<file>.part``, its name until complete; once
-    ``path`` is known to be a regular file or nothing yet (a directory was found out only at
-    the final rename, ``.part`` left behind; /dev/null was replaced) and its folders are
-    made."""
+    the rename would replace the link) and ``<file>.<unique>.part``, its name until complete
+    (two jobs writing one output each rename a whole file of their own: a shared name had one
+    job's vertices in the file and the other's success reported); once ``path`` is known to be
+    a regular file or nothing yet (a directory was found out only at the final rename, the
+    partial file left behind; /dev/null was replaced) and its folders are made."""
     kind = _not_a_regular_file(path)
     if kind == "a directory":
         raise IsADirectoryError(f"{path}: a directory, not a file to write")
     if kind is not None:  # the rename would replace /dev/null itself
         raise FileExistsError(f"{path}: {kind}, not a file to write")
+    _make_folder_of(path)  # the folders the user named, not those of a link's target
     final = path.resolve() if path.is_symlink() else path
-    _make_folder_of(final)
-    return final, final.with_name(final.name + ".part")
+    if not final.parent.is_dir():
+        raise FileNotFoundError(f"{path}: a link to {final}, whose folder does not exist")
+    return final, final.with_name(f"{final.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
 
 
 def _not_a_regular_file(path: Path) -> str | None:
@@ -1049,8 +1053,10 @@ def _make_folder_of(path: Path) -> None:
 class VertexWriter:
     """Append vertices to a new ROOT file chunk by chunk (layout in this module's docstring).
 
-    The file is written under ``<path>.part`` and renamed to ``path`` by :meth:`close`, so an
-    interrupted run never leaves a half-written file that looks finished. Used as a context
+    The file is written under ``<path>.<unique>.part`` (:attr:`partial`; each writer its own)
+    and renamed to ``path`` by :meth:`close`, so an interrupted run never leaves a
+    half-written file that looks finished, and of two jobs writing one output each finishes
+    whole. Used as a context
     manager it closes on success and discards the partial file on an exception; a writer
     dropped unfinished discards it too.
 
@@ -1248,7 +1254,7 @@ class VertexWriter:
             return
         try:
             self.close()
-        except BaseException:  # cannot be finished (a full disk): no OUT.part left either
+        except BaseException:  # cannot be finished (a full disk): no partial file left either
             self.discard()
             raise
 
@@ -1347,7 +1353,8 @@ def write_vertices(path: PathLike, vertices: VertexBatch, *, with_weights: bool 
     Parameters
     ----------
     path : path
-        The file (written as ``<path>.part``, then renamed; see :class:`VertexWriter`).
+        The file (written as ``<path>.<unique>.part``, then renamed; see
+        :class:`VertexWriter`).
     vertices : VertexBatch
         The vertices of every event.
     with_weights : bool

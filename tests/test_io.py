@@ -602,6 +602,32 @@ def test_a_refused_sample_leaves_the_file_it_would_replace(tmp_path, small, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.root"]  # no .part left
 
 
+def test_two_writers_of_one_output_each_finish_a_whole_file(tmp_path, small):
+    # Both wrote OUT.part: the first rename took the second's file, which the second then
+    # could not rename, and the output held one job's vertices under the other's success.
+    output = tmp_path / "pvs.root"
+    one, other = (find_vertices(small.tracks.select_events(start, start + 5), backend="cpu")
+                  for start in (0, 5))
+    first, second = VertexWriter(output), VertexWriter(output)
+    assert first.partial != second.partial
+    first.write(one)
+    second.write(other)
+    first.close()
+    assert_same_vertices(read_vertices(output), one, weights=False)
+    second.close()
+    assert_same_vertices(read_vertices(output), other, weights=False)
+    assert [path.name for path in tmp_path.iterdir()] == ["pvs.root"]
+
+
+def test_a_link_to_a_missing_folder_is_not_followed_to_make_it(tmp_path, small):
+    # The folders of the link's target were made, wherever it pointed.
+    (tmp_path / "dangling.root").symlink_to(tmp_path / "missing" / "pvs.root")
+    with pytest.raises(FileNotFoundError, match="dangling.root: a link to .*missing/pvs.root, "
+                                                "whose folder does not exist"):
+        VertexWriter(tmp_path / "dangling.root")
+    assert not (tmp_path / "missing").exists()
+
+
 def test_an_output_that_is_a_link_is_written_through(tmp_path, small):
     # The rename from .part replaced the link with a file, where open() writes through it.
     store = tmp_path / "store"
