@@ -1157,10 +1157,11 @@ class VertexWriter:
             _check_vertex_structure(vertices, self.path, self.with_weights)
             ids = _event_id_arrays(event_ids, first_event, vertices.n_events, self.path,
                                    _VERTEX_BRANCHES)
-            if layout is None:  # the first events written give the identifiers' types
-                layout = ({name: values.dtype for name, values in ids.items()},
-                          track_counts is not None)
-            self._check(vertices, ids, track_counts, *layout)
+            if layout is None and vertices.n_events:  # the first events give the layout: not
+                layout = ({name: values.dtype for name, values in ids.items()},  # a batch
+                          track_counts is not None)  # of none (an empty input merged first)
+            if layout is not None:
+                self._check(vertices, ids, track_counts, *layout)
             checked.append((vertices, ids, track_counts))
             first_event += vertices.n_events
         if self._ids is None and layout is not None:  # only once nothing was refused

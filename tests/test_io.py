@@ -686,6 +686,14 @@ def test_writer_keeps_identifiers_exact_across_writes(tmp_path, small):
         writer.write(vertices, {"event_number": np.arange(5, 10, dtype=np.int32)})
     stored = uproot.open(tmp_path / "c.root")["vertices"]["event_number"].array(library="np")
     assert stored.tolist() == list(range(10))
+    # Events of none fix nothing: an empty input merged first gave the file its int16
+    # identifiers (or none but event_number), and every later input was refused.
+    with VertexWriter(tmp_path / "d.root") as writer:
+        writer.write(vertices.select_events(0, 0), {"run_number": np.zeros(0, np.int16)})
+        writer.write(vertices, {"run_number": np.full(5, 885044293, np.int64),
+                                "event_number": first["event_number"]})
+    stored = uproot.open(tmp_path / "d.root")["vertices"].arrays(library="np")
+    assert stored["run_number"].dtype == np.int64 and stored["run_number"][0] == 885044293
 
 def test_writer_writes_batches_all_or_none(tmp_path, small):
     # The second batch's identifiers do not fit the types the first gives the file: neither
