@@ -298,7 +298,7 @@ def reconstruct_files(
     TypeError
         For a ``plan`` that is not a mapping, or a ``schema`` that is not a TrackSchema.
     BackendUnavailableError
-        When the backend asked for cannot run here.
+        When the backend asked for cannot run here (and there is an input to reconstruct).
     ImportError
         When ``scheduler`` is given and Dask is not installed (the message says how).
     """
@@ -323,6 +323,8 @@ def reconstruct_files(
                 sources[path] = inspect_tracks(path, schema)
             except (ValueError, OSError) as error:
                 record(FileResult(path, output, "failed", error=str(error)))
+    if not sources:  # all skipped or failed: no finder, and no cluster, to start
+        return results
     total = sum(source.n_entries for source in sources.values())
     with _engine(scheduler, config, backend, step_size, with_weights) as engine, \
             tqdm(total=total, unit="evt", disable=not progress) as bar:

@@ -146,6 +146,19 @@ def test_a_plan_written_by_hand_with_strings_works(tmp_path, files):
         reconstruct_files([(output, [files[0]])], backend="cpu")
 
 
+def test_a_resumed_job_with_nothing_left_starts_no_finder(tmp_path, files, monkeypatch):
+    # It started the finder, or a whole Dask cluster, to report every input skipped.
+    plan = plan_outputs(files[:2], tmp_path)
+    reconstruct_files(plan, backend="cpu")
+
+    def no_engine(*_args, **_kwargs):
+        raise AssertionError("an engine was started")
+
+    monkeypatch.setattr(distributed, "_engine", no_engine)
+    results = reconstruct_files(plan, backend="cpu", skip_existing=True, scheduler="local:2")
+    assert [result.status for result in results] == ["skipped", "skipped"]
+
+
 def test_existing_name_with_glob_characters_is_a_file(tmp_path, files):
     literal = tmp_path / "run[0].root"
     literal.write_bytes(files[0].read_bytes())
