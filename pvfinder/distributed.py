@@ -310,7 +310,8 @@ def reconstruct_files(
 
     def record(result: FileResult) -> None:
         results.append(result)
-        report(result)
+        with tqdm.external_write_mode():  # what the reporter prints, not across the bar
+            report(result)
 
     sources: dict[Path, TrackSource] = {}
     for output, inputs in plan.items():
@@ -413,6 +414,8 @@ def _write_output(output: Path, sources: list[TrackSource], engine: Any, bar: An
     # until complete, so that a bad one leaves nothing of itself in the merged file.
     buffered = len(sources) > 1
     results: list[FileResult] = []
+    # The bar ends where these inputs' entries do, also when one fails part-way.
+    bar_end = bar.n + sum(source.n_entries for source in sources)
     writer: VertexWriter | None = None  # made inside the try, so that a stop discards it
     try:
         writer = VertexWriter(output, **writer_options)
@@ -436,6 +439,7 @@ def _write_output(output: Path, sources: list[TrackSource], engine: Any, bar: An
         if writer is not None:
             writer.discard()
         raise
+    bar.update(bar_end - bar.n)
     for result in results:
         record(result)
 

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import re
 import sys
 import threading
 import time
@@ -189,6 +190,20 @@ def test_bad_file_in_a_batch_is_reported_and_the_rest_written(tmp_path, files, m
     for path in files[:2]:
         assert_same_vertices(read_vertices(tmp_path / "out" / f"{path.stem}_pvs.root"),
                              expected_vertices(path), weights=False)
+
+
+def test_the_progress_bar_ends_full_and_reports_print_on_lines_of_their_own(tmp_path, files,
+                                                                            capsys):
+    # The bar stopped at 60 + 10 of 60 + 30 + 40 events when an input failed part-way, and a
+    # reporter's line was glued to the end of the bar ("...evt/s]run0.root: ...").
+    inputs = [files[0], files[4], files[1]]  # files[4] fails at its entry 13
+    reconstruct_files(plan_outputs(inputs, tmp_path / "out"), backend="cpu", step_size=10,
+                      progress=True,
+                      on_result=lambda result: print(f"REPORT {result.input.name}",
+                                                     file=sys.stderr))
+    err = capsys.readouterr().err
+    assert "130/130" in err.replace("\r", "\n").strip().splitlines()[-1]
+    assert err.count("REPORT") == 3 and not re.search(r"[^\r\n]REPORT", err)
 
 
 def test_merged_output_holds_the_good_inputs_in_order(tmp_path, files):
