@@ -319,6 +319,11 @@ def reconstruct_files(
             for result in _resumed(output, inputs, with_weights):
                 record(result)
             continue
+        refusal = _refusal_to_replace(output)
+        if refusal is not None:
+            for result in _all_failed(inputs, output, refusal):
+                record(result)
+            continue
         for path in inputs:
             try:  # open and check every input first: bad files show up at once
                 sources[path] = inspect_tracks(path, schema)
@@ -366,6 +371,20 @@ def _resumed(output: Path, inputs: Sequence[Path], with_weights: bool) -> list[F
                 f"{output} exists without the vertices of {path} (it failed when that file "
                 f"was written, or was not among its inputs); remove {output} to redo it"))
             for path in inputs]
+
+
+def _refusal_to_replace(output: Path) -> str | None:
+    """Why ``output``, when it exists, must not be replaced by vertices; None when it may
+    (nothing there, or a vertex file, as a rerun finds). A file of tracks named as the output
+    by mistake was replaced without a word."""
+    if not output.exists():
+        return None
+    try:
+        recorded_inputs(output)
+    except (ValueError, OSError) as error:
+        return (f"{error}: not a vertex file, which the vertices would replace; remove it or "
+                "write elsewhere")
+    return None
 
 
 def _all_failed(inputs: Sequence[Path], output: Path, error: str) -> list[FileResult]:

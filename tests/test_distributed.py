@@ -147,6 +147,20 @@ def test_a_plan_written_by_hand_with_strings_works(tmp_path, files):
         reconstruct_files([(output, [files[0]])], backend="cpu")
 
 
+def test_an_existing_file_that_holds_no_vertices_is_not_replaced(tmp_path, files):
+    # A sample of tracks named as the output was replaced without a word (as was junk).
+    kept = tmp_path / "sample.root"
+    kept.write_bytes(files[1].read_bytes())
+    (result,) = reconstruct_files({kept: [files[0]]}, backend="cpu")
+    assert result.status == "failed"
+    assert "no tree 'vertices'" in result.error and "not a vertex file" in result.error
+    assert kept.read_bytes() == files[1].read_bytes()
+    output = tmp_path / "pvs.root"  # a vertex file is replaced: a rerun
+    for _ in range(2):
+        (result,) = reconstruct_files({output: [files[0]]}, backend="cpu")
+        assert result.status == "done"
+
+
 def test_a_resumed_job_with_nothing_left_starts_no_finder(tmp_path, files, monkeypatch):
     # It started the finder, or a whole Dask cluster, to report every input skipped.
     plan = plan_outputs(files[:2], tmp_path)
