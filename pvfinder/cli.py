@@ -57,7 +57,11 @@ def _load_config(path: str | None, overrides: Sequence[str]):
             raise UsageError(f"--config {path}: holds {type(mapping).__name__}, not a table of "
                              "PVFinderConfig fields")
     mapping.update(_parse_assignments(overrides, "--set"))
-    return PVFinderConfig.from_mapping(mapping)
+    try:
+        return PVFinderConfig.from_mapping(mapping)
+    except ValueError as error:  # name where the fields came from
+        given = " and ".join(filter(None, (path and f"--config {path}", overrides and "--set")))
+        raise UsageError(f"{given}: {error}") from None
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -205,6 +209,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
     if args.plots and args.no_validate:
         raise UsageError("--plots draws the validation, which --no-validate turns off")
+    if args.output == "":  # was taken as the current directory
+        raise UsageError("-o needs a file or directory name, got ''")
     if args.dask and _names_an_input(args.dask):
         raise UsageError(f"--dask took the input {args.dask} for its scheduler: put --dask "
                          "after the inputs")  # Dask said: missing port number in address

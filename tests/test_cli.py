@@ -253,6 +253,17 @@ def test_a_config_file_named_dot_toml_is_toml(tmp_path):
     assert _load_config(str(tmp_path / ".toml"), []).chi2_cut == 9.0
 
 
+def test_a_bad_field_names_the_config_file_it_came_from(tmp_path):
+    from pvfinder.cli import UsageError, _load_config
+
+    (tmp_path / "cfg.toml").write_text("nonsense_field = 3\n")
+    with pytest.raises(UsageError, match=r"^--config .*cfg.toml: unknown PVFinderConfig "
+                                         r"field\(s\): nonsense_field"):
+        _load_config(str(tmp_path / "cfg.toml"), [])
+    with pytest.raises(UsageError, match=r"^--config .*cfg.toml and --set: "):
+        _load_config(str(tmp_path / "cfg.toml"), ["chi2_cut=9"])
+
+
 def test_set_takes_python_numbers_json_does_not():
     from pvfinder.cli import _load_config
 
@@ -289,6 +300,10 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
         (["simulate", "-n", "10", "--set", "nu=5", "--nu", "1"], "ν given twice"),
         (["simulate", "-n", "10", "--seed", "-1"], "--seed must be a non-negative integer"),
         (["reconstruct", "{sample}", "-o", "x.root", "--config", "."], "--config .: not a readable"),
+        # Which of --config and --set brought the field was not said.
+        (["reconstruct", "{sample}", "-o", "x.root", "--set", "nonsense=3"],
+         "--set: unknown PVFinderConfig field(s): nonsense"),
+        (["reconstruct", "{sample}", "-o", ""], "-o needs a file or directory name, got ''"),
         (["reconstruct", "{sample}", "-o", "x.root", "--plots", "p", "--no-validate"],
          "--plots draws the validation, which --no-validate turns off"),
         (["reconstruct", "--dask", "{sample}", "{sample}", "-o", "x.root"],  # missing port
