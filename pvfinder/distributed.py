@@ -212,7 +212,7 @@ class FileResult:
     n_events, n_vertices : int
         Events read and vertices found.
     seconds : float
-        Wall time from the first chunk to the last written.
+        Wall time from the moment its first chunk was asked for to its last written.
     first_event : int
         Position of the input's first event in the output (non-zero in merged outputs).
     error : str or None
@@ -682,7 +682,7 @@ class _DaskEngine:
                         raise
                     raise source.unreadable(start, error) from None
                 future.release()
-                yield _piece_of(records, list(source.event_ids) or ["event_number"])
+                yield _piece_of(records, list(source.written_ids))
         finally:
             self.client.cancel(futures)  # a failed partition stops the rest of its file
 
@@ -881,8 +881,7 @@ def _no_vertices(with_weights: bool) -> VertexBatch:
 
 
 def _empty_ids(source: TrackSource) -> dict[str, np.ndarray]:
-    dtypes = source.event_ids or {"event_number": "uint64"}
-    return {name: np.zeros(0, dtype) for name, dtype in dtypes.items()}
+    return {name: np.zeros(0, dtype) for name, dtype in source.written_ids.items()}
 
 
 _WORKER_FINDERS = threading.local()

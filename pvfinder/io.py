@@ -95,6 +95,8 @@ _WEIGHT_COUNTERS = {"weight_counts": "n_vertices", "weights": "n_weights",
 # Branches (and counters) of the files this module writes, which no event identifier may be named.
 _SAMPLE_BRANCHES = frozenset({*TRACK_FIELDS, "mc_pv", "n_tracks", "x", "y", "z",
                               "n_reconstructible", "n_pvs"})
+#: The identifier the events of an input without identifier branches get: their entry number.
+_ENTRY_NUMBER = {"event_number": "uint64"}
 _VERTEX_BRANCHES = frozenset({*VERTEX_FIELDS, "n_vertices", *_WEIGHT_COUNTERS,
                               *_WEIGHT_COUNTERS.values()})
 # Vertex files hold float64 values that barely compress: zstd makes them 7 % smaller than lz4
@@ -526,6 +528,12 @@ class TrackSource:
         return [*self.branches.values(), *self.event_ids]
 
     @property
+    def written_ids(self) -> dict[str, str]:
+        """The identifier branches its vertices get, with their dtype: its own, or
+        ``event_number`` counting its entries."""
+        return self.event_ids or dict(_ENTRY_NUMBER)
+
+    @property
     def where(self) -> str:
         """``file:tree``, the prefix of error messages."""
         return f"{self.path}:{self.tree}"
@@ -552,8 +560,8 @@ class TrackSource:
             fields[field] = np.full(int(offsets[-1]), value, dtype=dtype)
         n_events = len(offsets) - 1
         ids = {name: ak.to_numpy(arrays[name]).astype(id_dtype, copy=False)
-               for name, id_dtype in self.event_ids.items()} or {
-            "event_number": np.arange(entry_start, entry_start + n_events, dtype=np.uint64)}
+               for name, id_dtype in self.event_ids.items()} or _entry_numbers(entry_start,
+                                                                               n_events)
         try:
             tracks = TrackBatch.from_arrays(offsets=offsets, **fields)
         except ValueError as error:
@@ -1220,7 +1228,7 @@ class VertexWriter:
         self._check_open()
         self._open = False
         if self._ids is None:  # nothing written: still a valid, empty vertex file
-            self._create({"event_number": np.dtype(np.uint64)}, False)
+            self._create({name: np.dtype(dtype) for name, dtype in _ENTRY_NUMBER.items()}, False)
         if self._inputs is not None:  # JSON: any path (a newline in it) comes back whole
             self._file[INPUTS_RECORD] = json.dumps(self._inputs)
         self._file.close()
@@ -1291,13 +1299,19 @@ def _check_vertex_structure(vertices: VertexBatch, path: PathLike, weights: bool
         _check_weights(offsets, weight_offsets, np.asarray(vertices.weights))
 
 
+def _entry_numbers(first: int, n_events: int) -> dict[str, np.ndarray]:
+    """The identifiers of ``n_events`` events from entry ``first`` of an input without any."""
+    return {name: np.arange(first, first + n_events, dtype=dtype)
+            for name, dtype in _ENTRY_NUMBER.items()}
+
+
 def _event_id_arrays(event_ids: Mapping[str, Any] | None, first: int, n_events: int,
                      path: PathLike, taken: frozenset[str]) -> dict[str, np.ndarray]:
     """Identifier arrays of ``n_events`` events, checked to hold one integer per event (a
     cast to a branch's type must then drop nothing) and not to be named as one of the
     ``taken`` branches of the file; without any, ``event_number`` counting from ``first``."""
     if event_ids is None:
-        return {"event_number": np.arange(first, first + n_events, dtype=np.uint64)}
+        return _entry_numbers(first, n_events)
     if not isinstance(event_ids, Mapping):
         raise TypeError(f"{path}: event_ids must map branch names to arrays "
                         f"({{'event_number': ...}}), got {type(event_ids).__name__}")
