@@ -7,10 +7,10 @@ import contextlib
 import io
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
-import re
 import sys
 import threading
 import time
