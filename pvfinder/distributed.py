@@ -638,38 +638,65 @@ class _LocalEngine:
 
 
 class _DaskEngine:
-    """Every input's partitions submitted at once; results fetched in order, so the client
-    writes while the workers go on."""
+    """The inputs' partitions computed in order, a bounded number at a time (twice the
+    workers' threads), and fetched in that order: the client writes while the workers go
+    on, and results it has not written yet do not pile up on the workers (with weights,
+    13 kB an event) when the cluster outpaces the writing."""
 
     def __init__(self, client: Any, config: PVFinderConfig | None, backend: str,
                  step_size: int | str, with_weights: bool) -> None:
         self.client, self.step_size = client, step_size
         self.options = {"config": config, "backend": backend, "with_weights": with_weights}
-        # Per input: its partitions' futures and first entries.
-        self.futures: dict[str, tuple[list[Any], tuple[int, ...]]] = {}
+        self.window = max(2 * sum(client.nthreads().values()), 2)
+        # Per input: its partitions (delayed) and their first entries.
+        self.parts: dict[str, tuple[list[Any], tuple[int, ...]]] = {}
         self.errors: dict[str, Exception] = {}
+        self.pending: collections.deque[tuple[str, int]] = collections.deque()  # in order
+        self.running: dict[tuple[str, int], Any] = {}  # (input, partition) -> its future
 
     def submit(self, sources: list[TrackSource]) -> None:
         for source in sources:
             try:
                 tracks = _track_partitions(source, self.step_size)
                 parts = _vertices_of(tracks, source, **self.options).to_delayed()
-                self.futures[source.path] = (self.client.compute(parts), tracks.divisions)
             except (ValueError, OSError) as error:  # kept to be raised for its own input
                 self.errors[source.path] = error
+                continue
+            self.parts[source.path] = (parts, tracks.divisions)
+            self.pending.extend((source.path, index) for index in range(len(parts)))
+        self._top_up()
+
+    def _top_up(self) -> None:
+        while self.pending and len(self.running) < self.window:
+            path, index = key = self.pending.popleft()
+            self.running[key] = self.client.compute(self.parts[path][0][index])
 
     def drop(self, source: TrackSource) -> None:
         """Cancel what is left of ``source`` (its output cannot be written)."""
         self.errors.pop(source.path, None)
-        futures, _ = self.futures.pop(source.path, ([], ()))
-        self.client.cancel(futures)
+        self._forget(source.path)
+
+    def _forget(self, path: str) -> None:
+        """Cancel the partitions of ``path`` submitted and submit none of the others."""
+        self.parts.pop(path, None)
+        self.pending = collections.deque(key for key in self.pending if key[0] != path)
+        running = [key for key in self.running if key[0] == path]
+        if running:
+            self.client.cancel([self.running.pop(key) for key in running])
+        self._top_up()
 
     def pieces(self, source: TrackSource) -> Iterator[Piece]:
         if source.path in self.errors:
             raise self.errors.pop(source.path)
-        futures, starts = self.futures.pop(source.path)
+        parts, starts = self.parts[source.path]
         try:
-            for future, start in zip(futures, starts):
+            for index, start in zip(range(len(parts)), starts):
+                key = (source.path, index)
+                future = self.running.pop(key, None)
+                if future is None:  # asked for before its turn (inputs come in order)
+                    self.pending.remove(key)
+                    future = self.client.compute(parts[index])
+                self._top_up()  # the workers go on while this one is waited for
                 try:
                     records = future.result()
                 except MemoryError:
@@ -684,7 +711,7 @@ class _DaskEngine:
                 future.release()
                 yield _piece_of(records, list(source.written_ids))
         finally:
-            self.client.cancel(futures)  # a failed partition stops the rest of its file
+            self._forget(source.path)  # a failed partition stops the rest of its file
 
 
 # -- Dask ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -694,23 +695,55 @@ def test_a_write_that_fails_midway_fails_the_whole_merged_output(tmp_path, files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alone.root"]
 
 
+class _InProcessClient:
+    """A Dask client of one worker thread that computes a partition when its result is
+    asked for, noting what it was given."""
+
+    def __init__(self):
+        self.computed, self.cancelled = [], []
+
+    def nthreads(self):
+        return {"worker": 1}
+
+    def compute(self, part):
+        self.computed.append(part)
+        return types.SimpleNamespace(result=lambda: part.compute(scheduler="sync"),
+                                     release=lambda: None, part=part)
+
+    def cancel(self, futures):
+        self.cancelled.extend(future.part for future in futures)
+
+
+def test_dask_engine_keeps_a_bounded_number_of_partitions_running(files):
+    # Every partition of every input was submitted at once: results the client had not yet
+    # written piled up on the workers without bound (13 kB an event with weights).
+    client = _InProcessClient()
+    engine = distributed._DaskEngine(client, None, "cpu", 15, False)
+    sources = [inspect_tracks(path) for path in files[:2]]  # 60 and 40 events: 4 + 3 parts
+    engine.submit(sources)
+    assert engine.window == 2 and len(client.computed) == 2  # one partition each
+    assert not any(isinstance(part, list) for part in client.computed)
+    for source, path in zip(sources, files):
+        pieces = list(engine.pieces(source))
+        assert len(engine.running) <= 2
+        found = VertexBatch.concatenate([vertices.copy() for vertices, _, _ in pieces])
+        assert_same_vertices(found, expected_vertices(path), weights=False)
+    assert len(client.computed) == 7 and not engine.running and not client.cancelled
+
+
 def test_dask_engine_cancels_an_input_it_drops(files):
     # An output that cannot be written drops its inputs not begun: their partitions were
     # left to run, and their vertices held by the cluster until the end.
-    class Client:
-        def __init__(self):
-            self.cancelled = []
-
-        def cancel(self, futures):
-            self.cancelled.extend(futures)
-
-    client = Client()
-    engine = distributed._DaskEngine(client, None, "cpu", 25, False)
-    source = inspect_tracks(files[0])
-    engine.futures[source.path] = (["part 0", "part 1"], (0, 25))
-    engine.drop(source)
-    engine.drop(inspect_tracks(files[1]))  # nothing submitted for it: nothing to cancel
-    assert client.cancelled == ["part 0", "part 1"] and engine.futures == {}
+    client = _InProcessClient()
+    engine = distributed._DaskEngine(client, None, "cpu", 15, False)
+    first, second = (inspect_tracks(path) for path in files[:2])
+    engine.submit([first, second])
+    running = [future.part for future in engine.running.values()]
+    engine.drop(first)
+    assert client.cancelled == running  # its two running partitions
+    assert all(path == second.path for path, _ in [*engine.running, *engine.pending])
+    engine.drop(second)
+    assert not engine.running and not engine.pending and not engine.parts
 
 
 def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch):
