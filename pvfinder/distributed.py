@@ -175,7 +175,8 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
     output = Path(output)
     named_file = output.suffix.lower() == ".root" and not folder and not output.is_dir()
     other_file = output.exists() and not output.is_dir() and not named_file  # notes.txt
-    not_root = f"{output}: an existing file not named *.root, which the vertices would replace"
+    not_root = (f"{output}: {_not_a_regular_file(output) or 'an existing file'} not named "
+                "*.root, which the vertices would replace")
     if merge and other_file:
         raise ValueError(f"{not_root}; --merge writes a file named *.root")
     if merge or (len(inputs) == 1 and named_file):

@@ -130,6 +130,9 @@ def test_expand_inputs_and_plan_outputs(tmp_path, files):
         with pytest.raises(ValueError, match="notes: an existing file not named"):
             plan_outputs(files[:1], tmp_path / "notes", merge=merge)
     assert (tmp_path / "notes").read_text() == "kept"
+    if Path("/dev/null").exists():  # named as what it is, not "an existing file"
+        with pytest.raises(ValueError, match="/dev/null: a character device not named"):
+            plan_outputs(files[:1], "/dev/null")
     assert plan_outputs(files[:2], tmp_path / "new", merge=True) == {tmp_path / "new": files[:2]}
     (tmp_path / "pvs.root").write_text("not a vertex file")
     with pytest.raises(ValueError, match="pvs.root: a file, not a directory"):
