@@ -233,8 +233,13 @@ def test_core_width_ignores_tails():
 def test_core_width_needs_ten_entries():
     # Clipping three residuals kept the two closest and reported a width of 0.0002.
     assert np.isnan(core_gaussian([0.0056, 0.0059, 0.0468])[1])
-    mean, sigma, n_core = core_gaussian(np.linspace(-1.0, 1.0, 10))
-    assert 0.4 < sigma < 1.0 and n_core == 10 and abs(mean) < 1e-12
+    values = np.linspace(-1.0, 1.0, 10)
+    mean, sigma, n_core = core_gaussian(values)
+    # All ten lie within 2σ (the first σ, 1.4826 · MAD = 0.82): the width is their standard
+    # deviation over that of a unit Gaussian cut at ±2, sqrt(1 - 4 φ(2) / (2 Φ(2) - 1)).
+    truncated = math.sqrt(1 - 4 * math.exp(-2) / math.sqrt(2 * math.pi) / math.erf(math.sqrt(2)))
+    assert sigma == pytest.approx(np.std(values) / truncated, rel=1e-9)
+    assert n_core == 10 and abs(mean) < 1e-12
 
 
 @pytest.mark.parametrize("value", [0.001, 0.1, 0.0])
