@@ -34,11 +34,9 @@ class PVFinderConfig:
         Range of the z histogram and of usable track z [mm].
     bin_width : float
         Width of a histogram bin [mm]; ``(zmax - zmin) / bin_width`` must be an integer. The
-        CUDA backend holds a row in one block's shared memory: at most 6 144 bins, or about
-        29 000 on GPUs that allow more (H100, H200).
-        The CUDA backend holds an event's histogram (8 bytes a bin) in the shared memory of
-        one block: up to 29 056 bins on an H100 or H200 (227 KiB), 2400 by default; more is
-        refused there with a ``ValueError``.
+        CUDA backend holds an event's histogram (8 bytes a bin) in the shared memory of one
+        block: 6 144 bins on any GPU, up to 29 056 on an H100 or H200 (227 KiB), 2400 by
+        default; more is refused there with a ``ValueError``.
     max_track_beamline_chi2 : float
         Tracks with a transverse chi2 to the beamline at or above this are not used.
     max_track_z0_err : float

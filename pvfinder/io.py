@@ -560,8 +560,8 @@ class TrackSource:
             fields[field] = np.full(int(offsets[-1]), value, dtype=dtype)
         n_events = len(offsets) - 1
         ids = {name: ak.to_numpy(arrays[name]).astype(id_dtype, copy=False)
-               for name, id_dtype in self.event_ids.items()} or _entry_numbers(entry_start,
-                                                                               n_events)
+               for name, id_dtype in self.event_ids.items()}
+        ids = ids or _entry_number_ids(entry_start, n_events)
         try:
             tracks = TrackBatch.from_arrays(offsets=offsets, **fields)
         except ValueError as error:
@@ -909,6 +909,8 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
         When ``path`` is a device, a named pipe or a socket, which would be replaced.
     NotADirectoryError
         When a file stands where a folder of ``path`` should be (naming it).
+    FileNotFoundError
+        When ``path`` is a link into a folder that does not exist.
     """
     if not isinstance(tracks, TrackBatch):
         raise TypeError(f"tracks must be a TrackBatch (TrackBatch.from_awkward converts an "
@@ -1064,9 +1066,9 @@ class VertexWriter:
     The file is written under ``<path>.<unique>.part`` (:attr:`partial`; each writer its own)
     and renamed to ``path`` by :meth:`close`, so an interrupted run never leaves a
     half-written file that looks finished, and of two jobs writing one output each finishes
-    whole. Used as a context
-    manager it closes on success and discards the partial file on an exception; a writer
-    dropped unfinished discards it too.
+    whole. Used as a context manager it closes on success and discards the partial file on
+    an exception; a writer dropped unfinished discards it too (a process killed outright
+    leaves it behind).
 
     Parameters
     ----------
@@ -1089,6 +1091,8 @@ class VertexWriter:
         When ``path`` is a device, a named pipe or a socket, which would be replaced.
     NotADirectoryError
         When a file stands where a folder of ``path`` should be (naming it).
+    FileNotFoundError
+        When ``path`` is a link into a folder that does not exist.
 
     Examples
     --------
@@ -1105,6 +1109,7 @@ class VertexWriter:
         self.n_events = self.n_vertices = 0
         self._ids: dict[str, np.dtype] | None = None
         self._per_track: bool | None = None
+        self._empty_layout: tuple[dict[str, np.dtype], bool] | None = None
         self._inputs: list[str] | None = None
         codec = _compression(compression)
         try:
@@ -1133,8 +1138,9 @@ class VertexWriter:
         vertices : VertexBatch
             The events' vertices (with weights when the writer writes them).
         event_ids : mapping of str to array, optional
-            One integer per event for each identifier branch (the same names in every call);
-            without it ``event_number`` counts the events written.
+            One integer per event for each identifier branch (the same names in every call
+            with events: the first such call gives the branches and their types); without it
+            ``event_number`` counts the events written.
         track_counts : array of int, optional
             Input tracks per event; needed for the per-track ``vertex_index`` and ``weight``.
 
@@ -1165,16 +1171,20 @@ class VertexWriter:
             _check_vertex_structure(vertices, self.path, self.with_weights)
             ids = _event_id_arrays(event_ids, first_event, vertices.n_events, self.path,
                                    _VERTEX_BRANCHES)
-            if layout is None and vertices.n_events:  # the first events give the layout: not
-                layout = ({name: values.dtype for name, values in ids.items()},  # a batch
-                          track_counts is not None)  # of none (an empty input merged first)
-            if layout is not None:
+            own = ({name: values.dtype for name, values in ids.items()}, track_counts is not None)
+            # The first events give the layout, not a batch of none (an empty input merged
+            # among others), whose identifiers are not written and need not fit it.
+            if layout is None and vertices.n_events:
+                layout = own
+            if layout is not None and vertices.n_events:
                 self._check(vertices, ids, track_counts, *layout)
-            checked.append((vertices, ids, track_counts))
+            checked.append((vertices, ids, track_counts, own))
             first_event += vertices.n_events
         if self._ids is None and layout is not None:  # only once nothing was refused
             self._create(*layout)
-        for vertices, ids, track_counts in checked:  # converted one at a time
+        if self._empty_layout is None and checked:  # a file of no events gets the first's
+            self._empty_layout = checked[0][3]
+        for vertices, ids, track_counts, _ in checked:  # converted one at a time
             if vertices.n_events:
                 ids = {name: values.astype(self._ids[name], copy=False)
                        for name, values in ids.items()}
@@ -1227,8 +1237,9 @@ class VertexWriter:
         """Finish the file and give it its name; returns that name."""
         self._check_open()
         self._open = False
-        if self._ids is None:  # nothing written: still a valid, empty vertex file
-            self._create({name: np.dtype(dtype) for name, dtype in _ENTRY_NUMBER.items()}, False)
+        if self._ids is None:  # no events: still a valid vertex file, with the branches that
+            self._create(*(self._empty_layout or (  # the input's events would have had
+                {name: np.dtype(dtype) for name, dtype in _ENTRY_NUMBER.items()}, False)))
         if self._inputs is not None:  # JSON: any path (a newline in it) comes back whole
             self._file[INPUTS_RECORD] = json.dumps(self._inputs)
         self._file.close()
@@ -1299,7 +1310,7 @@ def _check_vertex_structure(vertices: VertexBatch, path: PathLike, weights: bool
         _check_weights(offsets, weight_offsets, np.asarray(vertices.weights))
 
 
-def _entry_numbers(first: int, n_events: int) -> dict[str, np.ndarray]:
+def _entry_number_ids(first: int, n_events: int) -> dict[str, np.ndarray]:
     """The identifiers of ``n_events`` events from entry ``first`` of an input without any."""
     return {name: np.arange(first, first + n_events, dtype=dtype)
             for name, dtype in _ENTRY_NUMBER.items()}
@@ -1311,7 +1322,7 @@ def _event_id_arrays(event_ids: Mapping[str, Any] | None, first: int, n_events: 
     cast to a branch's type must then drop nothing) and not to be named as one of the
     ``taken`` branches of the file; without any, ``event_number`` counting from ``first``."""
     if event_ids is None:
-        return _entry_numbers(first, n_events)
+        return _entry_number_ids(first, n_events)
     if not isinstance(event_ids, Mapping):
         raise TypeError(f"{path}: event_ids must map branch names to arrays "
                         f"({{'event_number': ...}}), got {type(event_ids).__name__}")

@@ -692,8 +692,16 @@ def test_writer_keeps_identifiers_exact_across_writes(tmp_path, small):
         writer.write(vertices.select_events(0, 0), {"run_number": np.zeros(0, np.int16)})
         writer.write(vertices, {"run_number": np.full(5, 885044293, np.int64),
                                 "event_number": first["event_number"]})
+        writer.write(vertices.select_events(0, 0), {"other": np.zeros(0, np.int8)})  # after
     stored = uproot.open(tmp_path / "d.root")["vertices"].arrays(library="np")
     assert stored["run_number"].dtype == np.int64 and stored["run_number"][0] == 885044293
+    # A file of no events at all keeps the branches its events would have had.
+    with VertexWriter(tmp_path / "e.root", with_weights=True) as writer:
+        writer.write(vertices.select_events(0, 0), {"run_number": np.zeros(0, np.int32)},
+                     np.zeros(0, np.int64))
+    with uproot.open(tmp_path / "e.root") as file:
+        assert file["vertices"]["run_number"].typename == "int32_t"
+        assert {"vertex_index", "weight"} <= set(file["vertex_weights"].keys())
 
 def test_writer_writes_batches_all_or_none(tmp_path, small):
     # The second batch's identifiers do not fit the types the first gives the file: neither
