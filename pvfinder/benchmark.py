@@ -72,7 +72,12 @@ def hardware_description(backend_name: str) -> dict[str, Any]:
 
 
 def _values(value: Any) -> list[Any]:
-    return [] if value is None else list(value) if isinstance(value, Sequence) else [value]
+    """``value`` as a list: None as none, a sequence or array as its items, else alone."""
+    if value is None:
+        return []
+    if isinstance(value, np.ndarray):
+        return value.ravel().tolist()
+    return list(value) if isinstance(value, Sequence) else [value]
 
 
 def check_counts(named: Mapping[str, int | Sequence[int] | None], *,

@@ -45,6 +45,7 @@ from .io import (
     VertexWriter,
     _not_a_regular_file,
     _schema,
+    check_vertex_file,
     holds_weights,
     inspect_tracks,
     parse_step_size,
@@ -294,14 +295,15 @@ def reconstruct_files(
     ValueError
         When an input appears more than once in ``plan``, an output is also an input (it
         would be overwritten), an output is a directory, ``step_size`` is neither entries
-        nor a size with its unit, or the backend name, the compression or a ``local:N``
-        scheduler is not one there is.
+        nor a size with its unit, or (when there is an input to reconstruct) the backend
+        name, the compression or a ``local:N`` scheduler is not one there is.
     TypeError
         For a ``plan`` that is not a mapping, or a ``schema`` that is not a TrackSchema.
     BackendUnavailableError
         When the backend asked for cannot run here (and there is an input to reconstruct).
     ImportError
-        When ``scheduler`` is given and Dask is not installed (the message says how).
+        When ``scheduler`` is given, there is an input to reconstruct and Dask is not
+        installed (the message says how).
     """
     plan = _as_paths(plan)
     _check_plan(plan)
@@ -376,12 +378,12 @@ def _resumed(output: Path, inputs: Sequence[Path], with_weights: bool) -> list[F
 
 def _refusal_to_replace(output: Path) -> str | None:
     """Why ``output``, when it exists, must not be replaced by vertices; None when it may
-    (nothing there, or a vertex file, as a rerun finds). A file of tracks named as the output
-    by mistake was replaced without a word."""
+    (nothing there, or a vertex file of any version, as a rerun finds). A file of tracks
+    named as the output by mistake was replaced without a word."""
     if not output.exists():
         return None
     try:
-        recorded_inputs(output)
+        check_vertex_file(output)
     except (ValueError, OSError) as error:
         return (f"{error}: not a vertex file, which the vertices would replace; remove it or "
                 "write elsewhere")
@@ -640,15 +642,15 @@ class _LocalEngine:
 
 class _DaskEngine:
     """The inputs' partitions computed in order, a bounded number at a time (twice the
-    workers' threads), and fetched in that order: the client writes while the workers go
-    on, and results it has not written yet do not pile up on the workers (with weights,
-    13 kB an event) when the cluster outpaces the writing."""
+    threads of the workers there are, as they join or leave), and fetched in that order:
+    the client writes while the workers go on, and results it has not written yet do not
+    pile up on the workers (with weights, 13 kB an event) when the cluster outpaces the
+    writing."""
 
     def __init__(self, client: Any, config: PVFinderConfig | None, backend: str,
                  step_size: int | str, with_weights: bool) -> None:
         self.client, self.step_size = client, step_size
         self.options = {"config": config, "backend": backend, "with_weights": with_weights}
-        self.window = max(2 * sum(client.nthreads().values()), 2)
         # Per input: its partitions (delayed) and their first entries.
         self.parts: dict[str, tuple[list[Any], tuple[int, ...]]] = {}
         self.errors: dict[str, Exception] = {}
@@ -667,8 +669,14 @@ class _DaskEngine:
             self.pending.extend((source.path, index) for index in range(len(parts)))
         self._top_up()
 
+    def window(self) -> int:
+        """How many partitions may run at once: asked each time, as workers may join (a
+        scheduler's, an adaptive cluster's) after the job has begun."""
+        return max(2 * sum(self.client.nthreads().values()), 2)
+
     def _top_up(self) -> None:
-        while self.pending and len(self.running) < self.window:
+        window = self.window()
+        while self.pending and len(self.running) < window:
             path, index = key = self.pending.popleft()
             self.running[key] = self.client.compute(self.parts[path][0][index])
 

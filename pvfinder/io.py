@@ -65,6 +65,7 @@ __all__ = [
     "TrackSchema",
     "TrackSource",
     "VertexWriter",
+    "check_vertex_file",
     "holds_weights",
     "inspect_tracks",
     "iterate_tracks",
@@ -1402,6 +1403,18 @@ def write_vertices(path: PathLike, vertices: VertexBatch, *, with_weights: bool 
     with VertexWriter(path, with_weights=with_weights and vertices.weights is not None,
                       compression=compression) as writer:
         writer.write(vertices, event_ids, track_counts)
+
+
+def check_vertex_file(path: PathLike) -> None:
+    """Check that ``path`` is a ROOT file with the tree ``vertices`` (one this module wrote).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        For a missing or unreadable file, or one without the tree ``vertices``, naming it.
+    """
+    with _open(path) as file:
+        _tree(file, Path(path), VERTICES_TREE)
 
 
 def recorded_inputs(path: PathLike) -> list[str] | None:

@@ -165,6 +165,16 @@ def test_an_existing_file_that_holds_no_vertices_is_not_replaced(tmp_path, files
         assert result.status == "done"
 
 
+def test_a_vertex_file_of_an_earlier_version_is_replaced(tmp_path, files):
+    # Its note of inputs was lines of text, not JSON: it was taken for "not a vertex file".
+    output = tmp_path / "pvs.root"
+    reconstruct_files({output: [files[0]]}, backend="cpu")
+    with uproot.update(output) as file:
+        file["pvfinder_inputs"] = f"{files[0]}\n{files[1]}"
+    (result,) = reconstruct_files({output: [files[0]]}, backend="cpu")
+    assert result.status == "done"
+
+
 def test_a_resumed_job_with_nothing_left_starts_no_finder(tmp_path, files, monkeypatch):
     # It started the finder, or a whole Dask cluster, to report every input skipped.
     plan = plan_outputs(files[:2], tmp_path)
@@ -704,9 +714,10 @@ class _InProcessClient:
 
     def __init__(self):
         self.computed, self.cancelled = [], []
+        self.threads = {"worker": 1}
 
     def nthreads(self):
-        return {"worker": 1}
+        return self.threads
 
     def compute(self, part):
         self.computed.append(part)
@@ -724,11 +735,16 @@ def test_dask_engine_keeps_a_bounded_number_of_partitions_running(files):
     engine = distributed._DaskEngine(client, None, "cpu", 15, False)
     sources = [inspect_tracks(path) for path in files[:2]]  # 60 and 40 events: 4 + 3 parts
     engine.submit(sources)
-    assert engine.window == 2 and len(client.computed) == 2  # one partition each
+    assert engine.window() == 2 and len(client.computed) == 2  # one partition each
     assert not any(isinstance(part, list) for part in client.computed)
     for source, path in zip(sources, files):
-        pieces = list(engine.pieces(source))
-        assert len(engine.running) <= 2
+        pieces = []
+        for piece in engine.pieces(source):
+            pieces.append(piece)
+            assert len(engine.running) <= engine.window()
+            if len(client.computed) == 3:  # a worker joins after the job began: counted
+                client.threads = {"worker": 1, "joined": 1}
+        assert engine.window() == 4
         found = VertexBatch.concatenate([vertices.copy() for vertices, _, _ in pieces])
         assert_same_vertices(found, expected_vertices(path), weights=False)
     assert len(client.computed) == 7 and not engine.running and not client.cancelled

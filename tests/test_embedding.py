@@ -715,6 +715,16 @@ def test_benchmark_functions_refuse_bad_settings_before_anything_runs(function, 
         getattr(module, function)(**options)
 
 
+def test_benchmark_checks_take_numpy_arrays():
+    # run_benchmark(nu_values=np.array([5.0, 7.0])) was refused: "got array([5., 7.])".
+    from pvfinder.benchmark import check_counts, check_pile_ups
+
+    check_pile_ups({"nu_values": np.array([5.0, 7.0])})
+    check_counts({"threads": np.array([1, 2])})
+    with pytest.raises(ValueError, match="nu_values names a value twice"):
+        check_pile_ups({"nu_values": np.array([5.0, 5.0])})
+
+
 def test_start_up_benchmark_stops_at_the_result_and_reports_a_failed_process(sample,
                                                                             monkeypatch):
     from pvfinder import benchmark
