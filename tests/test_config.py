@@ -71,3 +71,23 @@ def test_beamline_with_and_without_slopes():
 def test_invalid_configs(changes, message):
     with pytest.raises(ValueError, match=message):
         PVFinderConfig(**changes)
+
+
+def test_three_bins_is_the_smallest_histogram():
+    assert PVFinderConfig(zmin=0.0, zmax=3.0, bin_width=1.0).n_bins == 3
+
+
+def test_n_bins_rounds_a_ratio_just_below_an_integer():
+    assert PVFinderConfig(zmin=0.0, zmax=0.3, bin_width=0.1).n_bins == 3  # 2.9999999999999996
+    assert PVFinderConfig(zmin=0.0, zmax=0.3, bin_width=0.05).n_bins == 6
+
+
+def test_two_tracks_per_vertex_is_allowed():
+    assert PVFinderConfig(min_tracks_per_vertex=2).min_tracks_per_vertex == 2
+
+
+@pytest.mark.parametrize("changes", [{"min_fit_iter": 0}, {"max_delta_z_converged": 0.0},
+                                     {"max_delta_z_converged": -1e-3}])
+def test_fit_iterations_and_convergence_are_positive(changes):
+    with pytest.raises(ValueError, match=next(iter(changes))):
+        PVFinderConfig(**changes)

@@ -1027,3 +1027,29 @@ def test_nan_state_names_branch_and_entry(tmp_path, small):
     with pytest.raises(ValueError, match=r"nan.root:tracks: branch 'velo_tx' is nan in entry 57 "
                                          r"\(track 4 of that entry\)"):
         list(iterate_tracks(path, schema, step_size=20))  # entry 57 is in the third chunk
+
+
+def test_binary_and_decimal_units_differ_at_one_byte():
+    assert parse_step_size("0.00099 KiB") == "0.00099 KiB"  # 1.01 bytes
+    with pytest.raises(ValueError):
+        parse_step_size("0.00099 kB")  # 0.99 bytes
+
+
+def test_entry_numbers_of_later_chunks_count_from_their_first_entry(tmp_path):
+    path = tmp_path / "t.root"
+    write_sample(path, simulate(5, seed=1).tracks)
+    chunks = list(iterate_tracks(path, TrackSchema(event_ids=()), step_size=2))
+    assert [c.event_ids["event_number"].tolist() for c in chunks] == [[0, 1], [2, 3], [4]]
+
+
+def test_event_numbers_continue_across_the_batches_of_one_write(tmp_path):
+    def empty_events(n):
+        return VertexBatch.from_arrays(counts=np.zeros(n, np.int64),
+                                       **{name: np.zeros(0) for name in VERTEX_FIELDS})
+
+    with VertexWriter(tmp_path / "v.root") as writer:
+        writer.write(empty_events(2))
+        writer.write_all([(empty_events(3), None, None), (empty_events(1), None, None)])
+    with uproot.open(tmp_path / "v.root") as file:
+        numbers = file["vertices"]["event_number"].array(library="np")
+    assert numbers.tolist() == [0, 1, 2, 3, 4, 5]

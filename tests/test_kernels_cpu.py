@@ -563,6 +563,52 @@ def test_fit_empty_inputs():
     assert out["valid"][1, 0] == 0 and out["n_tracks"][1, 0] == 0.0
 
 
+def lines_through_origin():
+    """Four tracks whose states lie at (0, 0, 0): χ² = 0 exactly at the seed z = 0."""
+    zero = np.zeros(4)
+    return {"x": zero, "y": zero, "z": zero, "tx": np.array([0.1, -0.1, 0.0, 0.0]),
+            "ty": np.array([0.0, 0.0, 0.1, -0.1]), "wx": np.full(4, 1e4), "wy": np.full(4, 1e4),
+            "usable": np.ones(4, np.uint8)}
+
+
+def with_offset_track(x0):
+    """:func:`lines_through_origin` and a fifth track ``x0`` off the origin in x."""
+    extra = {"x": x0, "y": 0.0, "z": 0.0, "tx": 0.05, "ty": 0.0, "wx": 1e4, "wy": 1e4,
+             "usable": 1}
+    return {k: np.append(v, extra[k]).astype(v.dtype) for k, v in lines_through_origin().items()}
+
+
+def test_a_weight_equal_to_min_weight_is_skipped():
+    # One seed, χ² = 0: w = 1 / (exp(-chi2_cut/2) + 1), the largest a weight can be.
+    w = 1.0 / (math.exp(-2.0) + 1.0)
+    below = run_fit([0, 4], lines_through_origin(), [[0.0]], [1], min_weight=np.nextafter(w, 0))
+    assert below["valid"][0, 0] == 1
+    np.testing.assert_allclose(below["weights"], w, rtol=1e-15)
+    at = run_fit([0, 4], lines_through_origin(), [[0.0]], [1], min_weight=w)
+    assert at["valid"][0, 0] == 0  # w > min_weight fails for every track
+
+
+def test_a_track_at_exactly_max_chi2_does_not_enter():
+    tracks = with_offset_track(0.03)
+    chi2 = (0.0 - 0.03) ** 2 * 1e4  # the fifth track's χ² at the seed (0, 0, 0): 9
+    at = run_fit([0, 5], tracks, [[0.0]], [1], max_chi2=chi2)
+    assert at["weights"][4] == 0.0
+    np.testing.assert_array_equal(at["pos"][0, 0], 0.0)  # the four exact lines alone
+    above = run_fit([0, 5], tracks, [[0.0]], [1], max_chi2=np.nextafter(chi2, np.inf))
+    assert above["weights"][4] > 0.0
+
+
+def test_a_vertex_at_exactly_max_rho2_is_rejected():
+    # The bound is read from the fit's own position: only so is it met exactly.
+    tracks = with_offset_track(0.03)
+    x, y = run_fit([0, 5], tracks, [[0.0]], [1], max_rho2=1.0)["pos"][0, 0, :2]
+    rho2 = x * x + y * y
+    assert rho2 > 0
+    assert run_fit([0, 5], tracks, [[0.0]], [1], max_rho2=rho2)["valid"][0, 0] == 0
+    assert run_fit([0, 5], tracks, [[0.0]], [1],
+                   max_rho2=np.nextafter(rho2, np.inf))["valid"][0, 0] == 1
+
+
 # -- cleanup ----------------------------------------------------------------------------------
 
 def test_cleanup_keeps_the_larger_of_two_close_vertices():

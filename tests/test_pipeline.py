@@ -489,3 +489,28 @@ def test_cpu_and_cuda_pipelines_agree_on_simulated_events(sample):
                                    atol=1e-15, err_msg=field)
     np.testing.assert_allclose(gpu.weights, cpu.weights, rtol=1e-6, atol=1e-9)
     assert len(cpu.z) > 5000  # the comparison covers the sample's vertices
+
+
+def test_exactly_max_vertices_clusters_is_no_overflow():
+    # Three clusters in three slots lose nothing: no SeedOverflowWarning.
+    events = [one_vertex_event(30, z0=z, seed=i) for i, z in enumerate((-50.0, 0.0, 50.0))]
+    tracks = {"counts": [90], **{k: np.concatenate([e[k] for e in events]) for k in events[0]}}
+    finder = PVFinder(PVFinderConfig(max_vertices_per_event=3), backend="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SeedOverflowWarning)
+        view = finder.z_histograms(tracks)
+        vertices = finder(tracks)
+    assert len(view.seeds[0]) == 3 and vertices.counts.tolist() == [3]
+
+
+def test_an_overflow_names_the_event_of_the_batch_not_of_its_chunk():
+    quiet = one_vertex_event(30, z0=0.0, seed=9)
+    crowded = [one_vertex_event(30, z0=z, seed=i) for i, z in enumerate((-50.0, 0.0, 50.0))]
+    events = [quiet, quiet, *crowded]
+    tracks = {"counts": [30, 30, 90],
+              **{k: np.concatenate([e[k] for e in events]) for k in quiet}}
+    backend = dataclasses.replace(get_backend("cpu"), events_per_chunk=1)
+    finder = PVFinder(PVFinderConfig(max_vertices_per_event=2), backend=backend)
+    with pytest.warns(SeedOverflowWarning, match="event 2: 3") as caught:
+        finder(tracks)
+    assert [list(w.message.events) for w in caught] == [[2]]

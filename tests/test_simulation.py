@@ -282,3 +282,23 @@ def test_empty_sample():
     assert sample.statistics()["mean_tracks_per_event"] == 0.0
     nothing = simulate(20, seed=1, nu=0.0, ghost_fraction=0.1)
     assert nothing.tracks.n_tracks == 0 and nothing.truth.vertices.counts.sum() == 0
+
+
+def test_forward_tracks_stay_within_the_forward_eta_range():
+    # Without scattering and with exact hits, slopes are 1/sinh(η): forward η ≥ 2 gives
+    # |t| ≤ 1/sinh(2) = 0.2757, backward η ≥ 1.5 allows up to 1/sinh(1.5) = 0.4696.
+    s = simulate(100, seed=3, ms_angle_term=1e-9, hit_resolution=1e-6, ghost_fraction=0.0)
+    slope = np.hypot(s.tracks.tx, s.tracks.ty)
+    prompt = s.track_origin == TrackOrigin.PROMPT
+    assert slope[prompt & ~s.track_backward].max() <= 1 / np.sinh(2.0) + 1e-3
+    assert slope[prompt & s.track_backward].max() > 1 / np.sinh(2.0) + 0.05
+
+
+def test_no_track_is_reconstructed_at_zero_efficiency():
+    assert simulate(50, seed=1, track_efficiency=0.0).tracks.n_tracks == 0
+
+
+def test_ghost_fraction_is_a_fraction_of_all_tracks():
+    s = simulate(200, seed=5, ghost_fraction=0.5)
+    fraction = np.mean(s.track_origin == TrackOrigin.GHOST)
+    assert 0.45 < fraction < 0.55  # ghost_fraction/(1 - ghost_fraction) ghosts per real track

@@ -533,3 +533,40 @@ def test_table_gives_the_uncertainty_of_core_widths_and_means():
     assert f"{pull.core_mean:.3f}±{pull.core_mean_error:.3f}" in line
     (line,) = [line for line in report.table().splitlines() if "core mean [um]" in line]
     assert f"{res.core_mean * 1e3:.1f}±{res.core_mean_error * 1e3:.1f}" in line
+
+
+_SLOPES = [(0.1, 0.05), (-0.08, 0.1), (0.02, -0.15)]
+
+
+def _three_lines(at_dz, cov):
+    """Three exact lines from (0, 0, 5), their states at z = 5 + at_dz with covariance ``cov``."""
+    fields = {name: [] for name in TRACK_FIELDS}
+    for tx, ty in _SLOPES:
+        state = {"x": tx * at_dz, "y": ty * at_dz, "z": 5.0 + at_dz, "tx": tx, "ty": ty, **cov}
+        for name in TRACK_FIELDS:
+            fields[name].append(state[name])
+    tracks = TrackBatch.from_arrays(counts=[3], **{k: np.array(v) for k, v in fields.items()})
+    truth = MCTruth(MCVertices.from_arrays(counts=[1], x=[0.0], y=[0.0], z=[5.0],
+                                           n_reconstructible=[3]), np.zeros(3, np.int32))
+    return tracks, truth
+
+
+def test_truth_fit_propagates_the_state_covariance_to_the_pv():
+    # A state 20 mm downstream, moved to the PV (dz = -20): C_xx + 2·dz·C_xtx + dz²·C_txtx
+    # = 1e-4 - 4e-5 + 4e-6 = 6.4e-5; the same track given at the PV with that covariance.
+    # C_xtx + dz·C_txtx = 1e-6 - 2e-7 = 8e-7.
+    far = {"cov_xx": 1e-4, "cov_xtx": 1e-6, "cov_txtx": 1e-8, "cov_yy": 1e-4, "cov_yty": 1e-6,
+           "cov_tyty": 1e-8}
+    near = {"cov_xx": 6.4e-5, "cov_xtx": 8e-7, "cov_txtx": 1e-8, "cov_yy": 6.4e-5,
+            "cov_yty": 8e-7, "cov_tyty": 1e-8}
+    fit_far = truth_fit(*_three_lines(20.0, far))
+    fit_near = truth_fit(*_three_lines(0.0, near))
+    np.testing.assert_allclose(fit_far.covariance, fit_near.covariance, rtol=1e-9, atol=1e-15)
+
+
+def test_truth_fit_fits_a_pv_with_exactly_min_tracks():
+    cov = {"cov_xx": 1e-4, "cov_xtx": 0.0, "cov_txtx": 1e-8, "cov_yy": 1e-4, "cov_yty": 0.0,
+           "cov_tyty": 1e-8}
+    fit = truth_fit(*_three_lines(20.0, cov), min_tracks=3)
+    np.testing.assert_allclose(fit.position[0], [0.0, 0.0, 5.0], atol=1e-9)
+    assert np.all(np.isnan(truth_fit(*_three_lines(20.0, cov), min_tracks=4).position))
