@@ -928,10 +928,11 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
     if not event_ids:
         raise ValueError(f"{path}: event_ids must name at least one identifier branch")
     tracks = tracks.to_host()
-    with _naming(path):  # from_buffers scans none
-        _check_offsets(tracks.offsets, tracks.n_tracks, "tracks")
-    if truth is not None:
-        truth.check_matches(tracks)
+    with _naming(path):  # from_buffers scans no offsets; check_matches scans them with labels
+        if truth is None:
+            _check_offsets(tracks.offsets, tracks.n_tracks, "tracks")
+        else:
+            truth.check_matches(tracks)
     path = Path(path)
     final, partial = _write_target(path)
     try:
