@@ -641,11 +641,13 @@ class _LocalEngine:
 
 
 class _DaskEngine:
-    """The inputs' partitions computed in order, a bounded number at a time (twice the
+    """The inputs' partitions computed in order, a bounded number at a time (four times the
     threads of the workers there are, as they join or leave), and fetched in that order:
     the client writes while the workers go on, and results it has not written yet do not
     pile up on the workers (with weights, 13 kB an event) when the cluster outpaces the
-    writing."""
+    writing. A window of twice the threads made a job on two local workers about 10 %
+    slower than none (a slow partition holds the next ones' results until it is fetched),
+    four times about 6 % (200 000 events in four files, runs taking turns)."""
 
     def __init__(self, client: Any, config: PVFinderConfig | None, backend: str,
                  step_size: int | str, with_weights: bool) -> None:
@@ -672,7 +674,7 @@ class _DaskEngine:
     def window(self) -> int:
         """How many partitions may run at once: asked each time, as workers may join (a
         scheduler's, an adaptive cluster's) after the job has begun."""
-        return max(2 * sum(self.client.nthreads().values()), 2)
+        return max(4 * sum(self.client.nthreads().values()), 4)
 
     def _top_up(self) -> None:
         window = self.window()
