@@ -80,6 +80,12 @@ def _values(value: Any) -> list[Any]:
     return list(value) if isinstance(value, Sequence) else [value]
 
 
+def _check_once(name: str, values: list[Any]) -> None:
+    """Refuse a value given twice: its rows would be measured twice, or overwrite each other."""
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} names a value twice: {' '.join(map(str, values))}")
+
+
 def check_counts(named: Mapping[str, int | Sequence[int] | None], *,
                  at_most: int | None = None) -> None:
     """Refuse a count (events, files, threads, batch sizes, repeats) before a run of minutes.
@@ -105,8 +111,7 @@ def check_counts(named: Mapping[str, int | Sequence[int] | None], *,
             if (isinstance(count, bool) or not isinstance(count, (int, np.integer))
                     or not 1 <= count <= (count if at_most is None else at_most)):
                 raise ValueError(f"{name} takes whole numbers from 1{top}, got {count!r}")
-        if len(set(values)) != len(values):
-            raise ValueError(f"{name} names a value twice: {' '.join(map(str, values))}")
+        _check_once(name, values)
 
 
 def check_pile_ups(named: Mapping[str, float | Sequence[float] | None]) -> None:
@@ -135,8 +140,7 @@ def check_pile_ups(named: Mapping[str, float | Sequence[float] | None]) -> None:
                 Conditions().replace(nu=nu)
             except ValueError as error:
                 raise ValueError(f"{name} {nu!r}: {error}") from None
-        if len(set(values)) != len(values):
-            raise ValueError(f"{name} names a value twice: {' '.join(map(str, values))}")
+        _check_once(name, values)
 
 
 def _in_turns(jobs: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, list[Any]]:
