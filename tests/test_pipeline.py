@@ -321,9 +321,14 @@ def test_five_thousand_tracks_in_one_event(backend_name):
     np.testing.assert_allclose(vertices.z, np.linspace(-200, 200, 10), atol=0.05)
 
 
-def test_seed_overflow_is_reported_at_the_users_line():
+def three_vertex_event() -> dict[str, np.ndarray]:
+    """One event of 90 tracks from three vertices, at z = -50, 0 and 50 mm."""
     events = [one_vertex_event(30, z0=z, seed=i) for i, z in enumerate((-50.0, 0.0, 50.0))]
-    tracks = {"counts": [90], **{k: np.concatenate([e[k] for e in events]) for k in events[0]}}
+    return {k: np.concatenate([e[k] for e in events]) for k in events[0]}
+
+
+def test_seed_overflow_is_reported_at_the_users_line():
+    tracks = {"counts": [90], **three_vertex_event()}
     config = PVFinderConfig(max_vertices_per_event=2)
     finder = PVFinder(config, backend="cpu")
     entry_points = {"call": finder, "run": finder.run,
@@ -493,8 +498,7 @@ def test_cpu_and_cuda_pipelines_agree_on_simulated_events(sample):
 
 def test_exactly_max_vertices_clusters_is_no_overflow():
     # Three clusters in three slots lose nothing: no SeedOverflowWarning.
-    events = [one_vertex_event(30, z0=z, seed=i) for i, z in enumerate((-50.0, 0.0, 50.0))]
-    tracks = {"counts": [90], **{k: np.concatenate([e[k] for e in events]) for k in events[0]}}
+    tracks = {"counts": [90], **three_vertex_event()}
     finder = PVFinder(PVFinderConfig(max_vertices_per_event=3), backend="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("error", SeedOverflowWarning)
@@ -504,11 +508,9 @@ def test_exactly_max_vertices_clusters_is_no_overflow():
 
 
 def test_an_overflow_names_the_event_of_the_batch_not_of_its_chunk():
-    quiet = one_vertex_event(30, z0=0.0, seed=9)
-    crowded = [one_vertex_event(30, z0=z, seed=i) for i, z in enumerate((-50.0, 0.0, 50.0))]
-    events = [quiet, quiet, *crowded]
+    quiet, crowded = one_vertex_event(30, z0=0.0, seed=9), three_vertex_event()
     tracks = {"counts": [30, 30, 90],
-              **{k: np.concatenate([e[k] for e in events]) for k in quiet}}
+              **{k: np.concatenate([quiet[k], quiet[k], crowded[k]]) for k in quiet}}
     backend = dataclasses.replace(get_backend("cpu"), events_per_chunk=1)
     finder = PVFinder(PVFinderConfig(max_vertices_per_event=2), backend=backend)
     with pytest.warns(SeedOverflowWarning, match="event 2: 3") as caught:

@@ -546,9 +546,7 @@ def _three_lines(at_dz, cov):
         for name in TRACK_FIELDS:
             fields[name].append(state[name])
     tracks = TrackBatch.from_arrays(counts=[3], **{k: np.array(v) for k, v in fields.items()})
-    truth = MCTruth(MCVertices.from_arrays(counts=[1], x=[0.0], y=[0.0], z=[5.0],
-                                           n_reconstructible=[3]), np.zeros(3, np.int32))
-    return tracks, truth
+    return tracks, MCTruth(make_truth([1], [5.0], [3]).vertices, np.zeros(3, np.int32))
 
 
 def test_truth_fit_propagates_the_state_covariance_to_the_pv():
