@@ -1173,20 +1173,18 @@ class VertexWriter:
             _check_vertex_structure(vertices, self.path, self.with_weights)
             ids = _event_id_arrays(event_ids, first_event, vertices.n_events, self.path,
                                    _VERTEX_BRANCHES)
-            own = ({name: values.dtype for name, values in ids.items()}, track_counts is not None)
             # The first events give the layout, not a batch of none (an empty input merged
             # among others), whose identifiers are not written and need not fit it.
-            if layout is None and vertices.n_events:
-                layout = own
-            if layout is not None and vertices.n_events:
+            if vertices.n_events:
+                layout = layout or _layout_of(ids, track_counts)
                 self._check(vertices, ids, track_counts, *layout)
-            checked.append((vertices, ids, track_counts, own))
+            checked.append((vertices, ids, track_counts))
             first_event += vertices.n_events
         if self._ids is None and layout is not None:  # only once nothing was refused
             self._create(*layout)
         if self._empty_layout is None and checked:  # a file of no events gets the first's
-            self._empty_layout = checked[0][3]
-        for vertices, ids, track_counts, _ in checked:  # converted one at a time
+            self._empty_layout = _layout_of(*checked[0][1:])
+        for vertices, ids, track_counts in checked:  # converted one at a time
             if vertices.n_events:
                 ids = {name: values.astype(self._ids[name], copy=False)
                        for name, values in ids.items()}
@@ -1310,6 +1308,13 @@ def _check_vertex_structure(vertices: VertexBatch, path: PathLike, weights: bool
         _check_offsets(weight_offsets, len(vertices.weights), "vertices weight",
                        lists="vertex", values="the weights")
         _check_weights(offsets, weight_offsets, np.asarray(vertices.weights))
+
+
+def _layout_of(ids: Mapping[str, np.ndarray], track_counts: Any
+               ) -> tuple[dict[str, np.dtype], bool]:
+    """The layout a batch gives a vertex file: its identifiers' types, and whether it has
+    per-track branches (when written with track counts)."""
+    return {name: values.dtype for name, values in ids.items()}, track_counts is not None
 
 
 def _entry_number_ids(first: int, n_events: int) -> dict[str, np.ndarray]:
