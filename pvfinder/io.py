@@ -3,7 +3,8 @@
 Tracks are read from any TTree whose branches hold one list of numbers per entry (event) for
 each track field; a :class:`TrackSchema` says which branch holds which field. Reading goes in
 chunks (:func:`iterate_tracks`), and :class:`VertexWriter` appends vertices chunk by chunk,
-so memory stays bounded whatever the file size.
+so memory stays bounded whatever the file size. Inputs may be URLs (``root://``,
+``https://``, ``s3://``), read through fsspec as uproot reads them; outputs are local files.
 
 Layout written by default (all lengths in mm):
 
@@ -33,13 +34,15 @@ import os
 import re
 import secrets
 import stat
+import urllib.parse
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import awkward as ak
+import fsspec
 import numpy as np
 import uproot
 from uproot.interpretation.jagged import AsJagged
@@ -67,7 +70,9 @@ __all__ = [
     "VertexWriter",
     "check_vertex_file",
     "holds_weights",
+    "input_identity",
     "inspect_tracks",
+    "is_url",
     "iterate_tracks",
     "parse_step_size",
     "read_event_ids",
@@ -305,6 +310,60 @@ def _checked_fill(fill: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+# -- where inputs live: local files and URLs ----------------------------------------------
+
+# "scheme://...": a file that fsspec reads (root:// with fsspec-xrootd, https:// with aiohttp,
+# s3:// with s3fs), as uproot takes it. A one-letter scheme would be a Windows drive.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def is_url(name: PathLike) -> bool:
+    """Whether ``name`` is a URL (``scheme://...``, read through fsspec) rather than a local
+    path; a ``pathlib.Path`` is always local."""
+    return isinstance(name, str) and _URL.match(name) is not None
+
+
+def input_name(name: PathLike) -> Path | str:
+    """An input as this package keeps it: a URL as the string itself, a local file as a
+    Path (which would fold a URL's ``//``: ``root://host//f.root`` became ``root:/host/f.root``,
+    a local folder ``root:``)."""
+    if isinstance(name, bytes):  # a path as the OS gives it
+        name = os.fsdecode(name)
+    return name if is_url(name) else Path(name)
+
+
+def input_identity(name: PathLike) -> str:
+    """What makes two names one input, and what a vertex file records of its inputs (see
+    :func:`recorded_inputs`): a local file's absolute path with its links followed; a URL as
+    fsspec spells it (``memory://d/a.root`` and ``memory:///d/a.root`` are one)."""
+    name = input_name(name)
+    if isinstance(name, Path):
+        return str(name.resolve())
+    try:
+        filesystem, where = fsspec.core.url_to_fs(name)
+    except Exception:  # noqa: BLE001 (a protocol not installed here: reading it says so)
+        return name
+    return filesystem.unstrip_protocol(where)
+
+
+def input_stem(name: PathLike) -> str:
+    """The file name without its suffix, also of a URL (``root://host//data/run1.root`` →
+    ``run1``)."""
+    name = input_name(name)
+    if isinstance(name, Path):
+        return name.stem
+    return PurePosixPath(urllib.parse.urlsplit(name).path).stem
+
+
+def _local_output(path: PathLike) -> Path:
+    """``path`` as a file to write on this machine; a URL is refused, uproot writes local
+    files only."""
+    if is_url(path):
+        raise ValueError(f"{path}: a URL; pvfinder writes files on this machine only (give "
+                         "a local path, and copy the file afterwards, e.g. with xrdcp)")
+    return Path(path)
+
+
 # -- opening files and checking trees ------------------------------------------------------
 
 
@@ -340,38 +399,62 @@ def _described(error: Exception) -> str:
     return f"{type(error).__name__}: {' '.join(message.split())}"  # on one line
 
 
-def _check_root_header(path: Path) -> None:
+def _check_root_header(path: Path | str, head: bytes, size: int) -> None:
     """A ROOT file starts with ``root`` and records its own length: catch the wrong kind of
-    file and a truncated copy before uproot fails somewhere in the middle."""
-    with open(path, "rb") as file:
-        head = file.read(20)
+    file and a truncated copy (``head``: its first 20 bytes, ``size``: its length) before
+    uproot fails somewhere in the middle."""
     if head[:4] != b"root":
         raise ValueError(f"{path}: not a ROOT file (it does not start with 'root')")
     version = int.from_bytes(head[4:8], "big")
     end = int.from_bytes(head[12:20] if version >= 1_000_000 else head[12:16], "big")
-    size = path.stat().st_size
     if size < end:
         raise ValueError(f"{path}: truncated ROOT file ({size} bytes, but its header says {end})")
 
 
 def _open(path: PathLike) -> Any:
-    path = Path(path)
+    path = input_name(path)
+    if isinstance(path, str):
+        return _open_url(path)
     kind = _not_a_regular_file(path)
     if kind is not None:  # a directory, /dev/null, a named pipe
         raise ValueError(f"{path}: {kind}, not a ROOT file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    _check_root_header(path)
+    with open(path, "rb") as file:
+        _check_root_header(path, file.read(20), path.stat().st_size)
+    return _uproot_open(path, LOCAL_SOURCE)
+
+
+def _uproot_open(path: Path | str, handler: Any) -> Any:
     try:
-        return uproot.open(path, handler=LOCAL_SOURCE)
+        return uproot.open(path, handler=handler)
     except Exception as error:  # noqa: BLE001 (uproot raises many kinds for damaged files)
         raise ValueError(f"{path}: not a readable ROOT file ({error})") from None
+
+
+def _open_url(url: str) -> Any:
+    """Open a remote file through fsspec (uproot's own way), checked as a local one is."""
+    try:
+        filesystem, where = fsspec.core.url_to_fs(url)
+        with filesystem.open(where, "rb") as file:
+            head = file.read(20)
+        size = filesystem.size(where)
+    except ImportError as error:  # fsspec knows the protocol, its package is missing
+        raise ValueError(f"{url}: cannot be read here: {error}") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url}: no such file") from None
+    except OSError as error:  # the network, a permission: the system's kind of error
+        raise OSError(f"{url}: cannot be read ({_described(error)})") from None
+    except Exception as error:  # noqa: BLE001 (an unknown protocol, a malformed URL)
+        raise ValueError(f"{url}: cannot be read ({_described(error)})") from None
+    _check_root_header(url, head, size)
+    return _uproot_open(url, None)  # uproot's default: fsspec
 
 
 _TREE_CLASSES = ("TTree", "TNtuple", "TNtupleD")
 
 
-def _holds(file: Any, path: Path, name: str) -> bool:
+def _holds(file: Any, path: Path | str, name: str) -> bool:
     """Whether ``file`` (read from ``path``) has an object at ``name``; a damaged folder on
     the way is an error naming it."""
     with _reading(f"{path}:{name}"):
@@ -381,7 +464,7 @@ def _holds(file: Any, path: Path, name: str) -> bool:
             return False
 
 
-def _tree(file: Any, path: Path, name: str) -> Any:
+def _tree(file: Any, path: Path | str, name: str) -> Any:
     if not _holds(file, path, name):
         with _reading(str(path)):  # name the trees, also in folders ("Dir/tracks")
             trees = ", ".join(sorted({key.split(";")[0] for key, kind in
@@ -473,15 +556,15 @@ class TrackChunk:
     event_ids : dict of str to numpy.ndarray
         The entries' identifiers (the schema's ``event_ids`` branches present in the file;
         ``event_number`` counting entries from 0 when it has none).
-    path, tree : Path, str
-        Where they were read.
+    path, tree : Path or str, str
+        Where they were read: the file (a URL as a str) and the tree.
     entry_start, entry_stop : int
         Entry range in the tree.
     """
 
     tracks: TrackBatch
     event_ids: dict[str, np.ndarray]
-    path: Path
+    path: Path | str
     tree: str
     entry_start: int
     entry_stop: int
@@ -503,7 +586,7 @@ class TrackSource:
     Attributes
     ----------
     path : str
-        The file.
+        The file (or its URL).
     tree : str
         The tree.
     n_entries : int
@@ -567,7 +650,7 @@ class TrackSource:
             tracks = TrackBatch.from_arrays(offsets=offsets, **fields)
         except ValueError as error:
             raise self._located(error, fields, offsets, entry_start) from None
-        return TrackChunk(tracks, ids, Path(self.path), self.tree, entry_start,
+        return TrackChunk(tracks, ids, input_name(self.path), self.tree, entry_start,
                           entry_start + n_events)
 
     def _located(self, error: ValueError, fields: dict[str, np.ndarray], offsets: np.ndarray,
@@ -624,7 +707,7 @@ class TrackSource:
         """Open :attr:`path` again and read it in chunks as it was inspected, without
         checking it or warning of it again."""
         with _open(self.path) as file:
-            yield from self.iterate(_tree(file, Path(self.path), self.tree), step_size)
+            yield from self.iterate(_tree(file, self.path, self.tree), step_size)
 
 
 def usable_cores() -> int:
@@ -635,7 +718,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _track_source(file: Any, path: Path, schema: TrackSchema) -> TrackSource:
+def _track_source(file: Any, path: Path | str, schema: TrackSchema) -> TrackSource:
     tree = _tree(file, path, schema.tree)
     where = f"{path}:{schema.tree}"
     fill = schema.fill_missing_covariance or {}
@@ -673,8 +756,9 @@ def inspect_tracks(path: PathLike, schema: TrackSchema | None = None) -> TrackSo
 
     Parameters
     ----------
-    path : path
-        ROOT file.
+    path : path or str
+        ROOT file: a local path, or a URL that fsspec reads (``root://`` with
+        fsspec-xrootd, ``https://`` with aiohttp, ``s3://`` with s3fs; see :func:`is_url`).
     schema : TrackSchema, optional
         Tree and branches to find (default: this package's layout).
 
@@ -688,11 +772,14 @@ def inspect_tracks(path: PathLike, schema: TrackSchema | None = None) -> TrackSo
     ------
     FileNotFoundError, ValueError
         Naming the file, tree and branch: missing file, not a ROOT file or a truncated one,
-        missing tree or branch, a branch that does not hold numbers per entry.
+        missing tree or branch, a branch that does not hold numbers per entry; a URL whose
+        protocol this machine cannot read (the message names the package to install).
+    OSError
+        Naming the URL, when the network or the server fails.
     TypeError
         For a ``schema`` that is not a TrackSchema.
     """
-    path = Path(path)
+    path = input_name(path)
     with _open(path) as file:
         return _track_source(file, path, _schema(schema))
 
@@ -704,7 +791,8 @@ def iterate_tracks(paths: PathLike | Iterable[PathLike], schema: TrackSchema | N
     Parameters
     ----------
     paths : path or iterable of paths
-        ROOT files, read one after the other.
+        ROOT files, read one after the other: local paths or URLs (see
+        :func:`inspect_tracks`).
     schema : TrackSchema, optional
         Tree and branches to read (default: this package's layout).
     step_size : int or str
@@ -736,7 +824,7 @@ def iterate_tracks(paths: PathLike | Iterable[PathLike], schema: TrackSchema | N
 def _iterate_files(paths: Iterable[PathLike], schema: TrackSchema, step_size: int | str
                    ) -> Iterator[TrackChunk]:
     """The chunks of :func:`iterate_tracks`, file after file."""
-    for path in map(Path, paths):
+    for path in map(input_name, paths):
         with _open(path) as file:
             source = _track_source(file, path, schema)
             yield from source.iterate(file[source.tree], step_size)
@@ -748,8 +836,8 @@ def read_tracks(path: PathLike, tree: str | None = None,
 
     Parameters
     ----------
-    path : path
-        ROOT file.
+    path : path or str
+        ROOT file: a local path or a URL (see :func:`inspect_tracks`).
     tree : str, optional
         Tree name, overriding the schema's.
     schema : TrackSchema, optional
@@ -765,7 +853,7 @@ def read_tracks(path: PathLike, tree: str | None = None,
     schema = _schema(schema)
     if tree is not None:
         schema = dataclasses.replace(schema, tree=tree)
-    path = Path(path)
+    path = input_name(path)
     with _open(path) as file:
         source = _track_source(file, path, schema)
         chunks = list(source.iterate(file[source.tree], step_size=max(source.n_entries, 1)))
@@ -801,7 +889,7 @@ def read_truth(path: PathLike, tracks_tree: str = TRACKS_TREE) -> MCTruth | None
     FileNotFoundError, ValueError
         Naming the file, tree and branch that are missing or malformed.
     """
-    path = Path(path)
+    path = input_name(path)
     with _open(path) as file:
         if not _holds(file, path, TRUTH_TREE):
             return None
@@ -900,8 +988,9 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
     ValueError
         For an unknown compression or precision, a basket size below 1, identifiers that
         are not one integer per event (or take the name of a branch of the layout), truth
-        that does not match the tracks, or track offsets that decrease (wrapped buffers:
-        :meth:`TrackBatch.from_buffers` does not scan them).
+        that does not match the tracks, track offsets that decrease (wrapped buffers:
+        :meth:`TrackBatch.from_buffers` does not scan them), or a URL for ``path`` (files
+        are written on this machine).
     TypeError
         When ``tracks`` is not a TrackBatch or ``truth`` not an MCTruth.
     IsADirectoryError
@@ -933,7 +1022,6 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
             _check_offsets(tracks.offsets, tracks.n_tracks, "tracks")
         else:
             truth.check_matches(tracks)
-    path = Path(path)
     final, partial = _write_target(path)
     try:
         with uproot.recreate(partial, compression=codec) as file:
@@ -1015,13 +1103,14 @@ def _weight_rows(vertices: VertexBatch, track_counts: Any
     return track_offsets, vertex_event, weight_counts
 
 
-def _write_target(path: Path) -> tuple[Path, Path]:
+def _write_target(path: PathLike) -> tuple[Path, Path]:
     """The file to write for ``path`` (the target of a link, as ``open`` writes through it;
     the rename would replace the link) and ``<file>.<unique>.part``, its name until complete
     (two jobs writing one output each rename a whole file of their own: a shared name had one
     job's vertices in the file and the other's success reported); once ``path`` is known to be
     a regular file or nothing yet (a directory was found out only at the final rename, the
     partial file left behind; /dev/null was replaced) and its folders are made."""
+    path = _local_output(path)
     kind = _not_a_regular_file(path)
     if kind == "a directory":
         raise IsADirectoryError(f"{path}: a directory, not a file to write")
@@ -1086,7 +1175,8 @@ class VertexWriter:
     Raises
     ------
     ValueError
-        For an unknown compression; from :meth:`write` and :meth:`close`, once closed.
+        For an unknown compression or a URL for ``path`` (files are written on this
+        machine); from :meth:`write` and :meth:`close`, once closed.
     IsADirectoryError
         When ``path`` is a directory.
     FileExistsError
@@ -1105,8 +1195,8 @@ class VertexWriter:
 
     def __init__(self, path: PathLike, *, with_weights: bool = False,
                  compression: str = DEFAULT_VERTEX_COMPRESSION) -> None:
+        self._final, self.partial = _write_target(path)
         self.path = Path(path)
-        self._final, self.partial = _write_target(self.path)
         self.with_weights = with_weights
         self.n_events = self.n_vertices = 0
         self._ids: dict[str, np.dtype] | None = None
@@ -1129,7 +1219,7 @@ class VertexWriter:
         self._check_open()
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        self._inputs = [str(Path(path).resolve()) for path in paths]
+        self._inputs = [input_identity(path) for path in paths]
 
     def write(self, vertices: VertexBatch, event_ids: Mapping[str, Any] | None = None,
               track_counts: Any = None) -> None:
@@ -1420,12 +1510,13 @@ def check_vertex_file(path: PathLike) -> None:
         For a missing or unreadable file, or one without the tree ``vertices``, naming it.
     """
     with _open(path) as file:
-        _tree(file, Path(path), VERTICES_TREE)
+        _tree(file, input_name(path), VERTICES_TREE)
 
 
 def recorded_inputs(path: PathLike) -> list[str] | None:
     """The inputs a vertex file holds the vertices of, as :meth:`VertexWriter.record_inputs`
-    noted them (absolute paths), or None when it noted none.
+    noted them (absolute paths, or URLs: see :func:`input_identity`), or None when it noted
+    none.
 
     Raises
     ------
@@ -1433,8 +1524,8 @@ def recorded_inputs(path: PathLike) -> list[str] | None:
         For a missing or unreadable file, or one without the tree ``vertices``.
     """
     with _open(path) as file:
-        _tree(file, Path(path), VERTICES_TREE)  # a file of tracks notes no inputs either
-        if not _holds(file, Path(path), INPUTS_RECORD):
+        _tree(file, path, VERTICES_TREE)  # a file of tracks notes no inputs either
+        if not _holds(file, path, INPUTS_RECORD):
             return None
         with _reading(f"{path}:{INPUTS_RECORD}"):
             text = str(file[INPUTS_RECORD])
@@ -1466,7 +1557,7 @@ def holds_weights(path: PathLike) -> bool:
         For a missing or unreadable file.
     """
     with _open(path) as file:
-        return _holds(file, Path(path), WEIGHTS_TREE)
+        return _holds(file, path, WEIGHTS_TREE)
 
 
 def read_event_ids(path: PathLike, tree: str) -> dict[str, np.ndarray]:
@@ -1478,7 +1569,7 @@ def read_event_ids(path: PathLike, tree: str) -> dict[str, np.ndarray]:
     FileNotFoundError, ValueError
         For a missing or unreadable file or a missing tree, naming it.
     """
-    path = Path(path)
+    path = input_name(path)
     with _open(path) as file:
         found = _tree(file, path, tree)
         with _reading(f"{path}:{tree}"):
@@ -1507,7 +1598,7 @@ def read_vertices(path: PathLike, *, weights: bool = True) -> VertexBatch:
         For a missing or unreadable file, a missing tree or branch, or values that do not
         make vertices (naming the file and tree).
     """
-    path = Path(path)
+    path = input_name(path)
     with _open(path) as file:
         where = f"{path}:{VERTICES_TREE}"
         offsets, flat = _read_jagged(_tree(file, path, VERTICES_TREE), where, VERTEX_FIELDS)

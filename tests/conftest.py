@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import signal
+import uuid
+from pathlib import Path
 
+import fsspec
 import pytest
 
 from pvfinder.backends import available_backends
@@ -35,3 +38,30 @@ def sample():
     from pvfinder.simulation import simulate
 
     return simulate(1000, seed=11)
+
+
+class RemoteFolder:
+    """A folder of fsspec's in-memory filesystem (``memory://``), standing in for remote
+    storage (``root://``, ``https://``): what is put there is read through fsspec, as a URL."""
+
+    def __init__(self) -> None:
+        self.filesystem = fsspec.filesystem("memory")
+        self.folder = f"/pvfinder-tests-{uuid.uuid4().hex}"
+
+    def put(self, path: Path, name: str | None = None) -> str:
+        """Copy the local file ``path`` there (as ``name``); return its URL."""
+        where = f"{self.folder}/{name or path.name}"
+        self.filesystem.pipe(where, path.read_bytes())
+        return f"memory://{where}"
+
+    def url(self, name: str) -> str:
+        return f"memory://{self.folder}/{name}"
+
+
+@pytest.fixture
+def remote():
+    """A fresh :class:`RemoteFolder`, emptied afterwards."""
+    folder = RemoteFolder()
+    yield folder
+    if folder.filesystem.exists(folder.folder):
+        folder.filesystem.rm(folder.folder, recursive=True)

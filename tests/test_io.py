@@ -10,6 +10,8 @@ import re
 import warnings
 
 import awkward as ak
+import fsspec
+import fsspec.implementations.memory
 import numpy as np
 import pytest
 import uproot
@@ -759,6 +761,87 @@ def test_writer_records_inputs_whatever_their_names(tmp_path, small):
         assert recorded_inputs(tmp_path / "pvs.root") == [str(p.resolve()) for p in inputs]
     write_vertices(tmp_path / "plain.root", vertices)
     assert recorded_inputs(tmp_path / "plain.root") is None
+
+
+# -- inputs given as URLs ----------------------------------------------------------------------
+
+
+def test_every_reader_takes_a_url(tmp_path, small, small_file, remote):
+    """A URL is read through fsspec, as uproot does; ``pathlib.Path`` folded its ``//``
+    (``memory:/...``) and looked for a local file."""
+    url = remote.put(small_file)
+    assert_same_batch(read_tracks(url), read_tracks(small_file))
+    source = inspect_tracks(url)
+    assert source.path == url and source.n_entries == small.tracks.n_events
+    chunks = list(iterate_tracks(url, step_size=70))
+    assert [chunk.path for chunk in chunks] == [url] * 3
+    assert [chunk.entry_start for chunk in chunks] == [0, 70, 140]
+    truth = read_truth(url)
+    np.testing.assert_array_equal(truth.vertices.z, small.truth.vertices.z)
+    np.testing.assert_array_equal(truth.track_mc_pv, small.truth.track_mc_pv)
+    vertices = find_vertices(small.tracks, backend="cpu")
+    with VertexWriter(tmp_path / "pvs.root", with_weights=True) as writer:
+        writer.write(vertices, track_counts=small.tracks.counts)
+        writer.record_inputs([url])
+    vertex_url = remote.put(tmp_path / "pvs.root")
+    assert_same_vertices(read_vertices(vertex_url), vertices)
+    assert holds_weights(vertex_url) and recorded_inputs(vertex_url) == [url]
+
+
+def assert_same_batch(found: TrackBatch, expected: TrackBatch) -> None:
+    np.testing.assert_array_equal(found.offsets, expected.offsets)
+    for name in TRACK_FIELDS:
+        np.testing.assert_array_equal(getattr(found, name), getattr(expected, name), err_msg=name)
+
+
+class _FailingFileSystem(fsspec.implementations.memory.MemoryFileSystem):
+    """Storage whose connection drops as a file is opened."""
+
+    protocol = "pvfinder-failing"
+
+    def _open(self, path, mode="rb", **kwargs):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+def test_a_url_that_cannot_be_read_is_an_error_naming_it(tmp_path, small_file, remote):
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(remote.url('nope.root'))}: no such file"):
+        read_tracks(remote.url("nope.root"))
+    (tmp_path / "text.root").write_text("hello")
+    url = remote.put(tmp_path / "text.root")
+    with pytest.raises(ValueError, match=f"^{re.escape(url)}: not a ROOT file"):
+        read_tracks(url)
+    (tmp_path / "half.root").write_bytes(small_file.read_bytes()[:5000])
+    url = remote.put(tmp_path / "half.root")
+    with pytest.raises(ValueError, match=f"^{re.escape(url)}: truncated ROOT file \\(5000 bytes"):
+        read_tracks(url)
+    with pytest.raises(ValueError, match=r"^nosuch://host/a.root: cannot be read \(ValueError: "
+                                         r"Protocol not known: nosuch\)"):
+        inspect_tracks("nosuch://host/a.root")
+    # A protocol fsspec knows, whose package is not installed here (as root:// without
+    # fsspec-xrootd): the message says what to install.
+    fsspec.register_implementation("pvfinder-absent", "pvfinder_absent_module.FileSystem",
+                                   errtxt="Install pvfinder-absent to read these", clobber=True)
+    with pytest.raises(ValueError, match="^pvfinder-absent://host/a.root: cannot be read here: "
+                                         "Install pvfinder-absent to read these"):
+        read_truth("pvfinder-absent://host/a.root")
+    fsspec.register_implementation("pvfinder-failing", _FailingFileSystem, clobber=True)
+    with pytest.raises(OSError, match="^pvfinder-failing://host/a.root: cannot be read "
+                                      r"\(ConnectionResetError: .*Connection reset by peer\)"):
+        read_vertices("pvfinder-failing://host/a.root")
+
+
+def test_files_are_written_on_this_machine_not_to_a_url(tmp_path, small, monkeypatch):
+    """A URL given to a writer made a folder ``memory:`` (or ``root:``) here and wrote there."""
+    monkeypatch.chdir(tmp_path)
+    vertices = find_vertices(small.tracks.select_events(0, 3), backend="cpu")
+    for write in (lambda url: VertexWriter(url),
+                  lambda url: write_vertices(url, vertices),
+                  lambda url: write_sample(url, small.tracks)):
+        with pytest.raises(ValueError, match="^root://host//out.root: a URL; pvfinder writes "
+                                             "files on this machine only"):
+            write("root://host//out.root")
+    assert list(tmp_path.iterdir()) == []
+
 
 # -- errors ----------------------------------------------------------------------------------
 
