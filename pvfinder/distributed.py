@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import awkward as ak
+import fsspec
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -43,11 +44,16 @@ from .io import (
     TrackSchema,
     TrackSource,
     VertexWriter,
+    _local_output,
     _not_a_regular_file,
     _schema,
     check_vertex_file,
     holds_weights,
+    input_identity,
+    input_name,
+    input_stem,
     inspect_tracks,
+    is_url,
     parse_step_size,
     recorded_inputs,
     usable_cores,
@@ -76,7 +82,7 @@ _Read = tuple[int, TrackChunk | Exception]
 
 
 def expand_inputs(patterns: Iterable[str], *, output: str | os.PathLike | None = None
-                  ) -> tuple[list[Path], list[str]]:
+                  ) -> tuple[list[Path | str], list[str]]:
     """Expand glob patterns (``"dir/*.root"``, ``"runs/**/*.root"`` recursively) into files,
     in order and without repeats (a file named twice, also by another path or a link, is
     kept once, where it first came, under its own name rather than a link's).
@@ -84,7 +90,8 @@ def expand_inputs(patterns: Iterable[str], *, output: str | os.PathLike | None =
     Parameters
     ----------
     patterns : iterable of str
-        File names and glob patterns.
+        File names and glob patterns, local or URLs (``"root://host//data/*.root"``,
+        listed by fsspec: see :func:`pvfinder.io.inspect_tracks`).
     output : path, optional
         Where the job writes (as given to :func:`plan_outputs`). A file that a pattern
         matched is then left out when it is a vertex file this job would write (``output``
@@ -94,41 +101,65 @@ def expand_inputs(patterns: Iterable[str], *, output: str | os.PathLike | None =
 
     Returns
     -------
-    files : list of Path
-        The files; names without wildcards are kept even when missing (reading reports them).
+    files : list of Path or str
+        The files (URLs as str); names without wildcards are kept even when missing (reading
+        reports them).
     errors : list of str
-        One message per pattern that matched nothing (or only this job's outputs).
+        One message per pattern that matched nothing (or only this job's outputs), or whose
+        URLs cannot be listed here.
     """
-    expanded: list[tuple[str | None, list[Path]]] = []  # (pattern or None if named, files)
+    expanded: list[tuple[str | None, list[Path | str]]] = []  # (pattern or None, files)
+    errors = []
     for pattern in patterns:
+        name = input_name(pattern)
         # A name that exists is a file even when it holds glob characters ("run[1].root").
-        if any(char in pattern for char in "*?[") and not Path(pattern).exists():
+        if not any(char in pattern for char in "*?[") or (
+                isinstance(name, Path) and name.exists()):
+            expanded.append((None, [name]))
+        elif isinstance(name, Path):
             expanded.append((pattern, [
                 Path(match) for match in sorted(glob.glob(pattern, recursive=True))
                 if not Path(match).is_dir()]))  # "runs/**" also matches the folders
         else:
-            expanded.append((None, [Path(pattern)]))
+            try:
+                expanded.append((pattern, _remote_matches(pattern)))
+            except (ImportError, ValueError, OSError) as error:
+                errors.append(f"{pattern}: cannot be listed ({type(error).__name__}: {error})")
     own = set() if output is None else _own_outputs(
-        [path for _, paths in expanded for path in paths], output)
-    files: dict[Path, Path] = {}  # the file itself → the name it is read under
-    errors = []
+        [path for _, paths in expanded for path in paths if isinstance(path, Path)], output)
+    files: dict[str, Path | str] = {}  # the file itself → the name it is read under
     for pattern, matches in expanded:
         if pattern is not None:
-            kept = [match for match in matches if match.resolve() not in own]
+            kept = [match for match in matches if input_identity(match) not in own]
             if not kept:
                 errors.append(f"{pattern}: matches only this job's outputs" if matches else
                               f"{pattern}: no file matches")
             matches = kept
         for match in matches:
-            known = files.setdefault(match.resolve(), match)
-            if known.is_symlink() and not match.is_symlink():  # outputs take its own name
-                files[match.resolve()] = match
+            known = files.setdefault(input_identity(match), match)
+            if _is_link(known) and not _is_link(match):  # outputs take its own name
+                files[input_identity(match)] = match
     return list(files.values()), errors
 
 
-def _own_outputs(files: Sequence[Path], output: str | os.PathLike) -> set[Path]:
-    """Those of ``files`` (resolved) that are vertex files, recording their inputs, at a
-    place this job would write to: ``output`` or ``output/<stem>_pvs.root`` for one of them."""
+def _remote_matches(pattern: str) -> list[str]:
+    """The files (not folders) that a URL with wildcards matches, as URLs, in order."""
+    filesystem, where = fsspec.core.url_to_fs(pattern)
+    found = filesystem.glob(where, detail=True)
+    return sorted(filesystem.unstrip_protocol(path) for path, info in found.items()
+                  if info.get("type") != "directory")
+
+
+def _is_link(name: Path | str) -> bool:
+    return isinstance(name, Path) and name.is_symlink()
+
+
+def _own_outputs(files: Sequence[Path], output: str | os.PathLike) -> set[str]:
+    """Those of the local ``files`` (by :func:`~pvfinder.io.input_identity`) that are vertex
+    files, recording their inputs, at a place this job would write to: ``output`` or
+    ``output/<stem>_pvs.root`` for one of them."""
+    if is_url(output):  # refused when the outputs are planned
+        return set()
     output = Path(output)
     targets = {output.resolve()} | {(output / f"{path.stem}_pvs.root").resolve()
                                      for path in files}
@@ -136,20 +167,20 @@ def _own_outputs(files: Sequence[Path], output: str | os.PathLike) -> set[Path]:
     for path in {path.resolve() for path in files} & targets:
         with contextlib.suppress(OSError, ValueError):  # unreadable: left to the reading
             if recorded_inputs(path) is not None:
-                own.add(path)
+                own.add(str(path))
     return own
 
 
 def plan_outputs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *,
-                 merge: bool = False) -> dict[Path, list[Path]]:
+                 merge: bool = False) -> dict[Path, list[Path | str]]:
     """Decide which output file each input goes to.
 
     Parameters
     ----------
     inputs : sequence of path
-        The input files.
+        The input files (local paths or URLs).
     output : path
-        With ``merge``, the one output file. Else an output file when there is a single input
+        A local path. With ``merge``, the one output file. Else an output file when there is a single input
         and ``output`` ends in ``.root`` (any case), not in a slash, and is not a directory;
         otherwise a directory that receives ``<stem>_pvs.root`` for each input.
     merge : bool
@@ -157,8 +188,8 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
 
     Returns
     -------
-    dict of Path to list of Path
-        Output → its inputs.
+    dict of Path to list of Path or str
+        Output → its inputs (URLs as str).
 
     Raises
     ------
@@ -167,13 +198,14 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
         are given a file name (ending in ``.root``, or an existing file) rather than a
         directory: ``--merge`` forgotten, or a glob that matched more than one file; when
         a single input or ``merge`` is given an existing file not named ``*.root`` (which
-        would be replaced); or when ``merge`` is given a directory (a name ending in a slash).
+        would be replaced); when ``merge`` is given a directory (a name ending in a slash);
+        or when ``output`` is a URL (the vertices are written on this machine).
     """
-    inputs = [Path(path) for path in inputs]
+    inputs = [input_name(path) for path in inputs]
     folder = str(output).endswith(("/", os.sep))  # "pvs.root/": meant as a directory
+    output = _local_output(output)
     if merge and folder:
         raise ValueError(f"{output}: --merge writes one file, and this names a directory")
-    output = Path(output)
     named_file = output.suffix.lower() == ".root" and not folder and not output.is_dir()
     other_file = output.exists() and not output.is_dir() and not named_file  # notes.txt
     not_root = (f"{output}: {_not_a_regular_file(output) or 'an existing file'} not named "
@@ -191,9 +223,9 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
                              "for one)")
         raise ValueError(f"{not_root}; the output is a file named *.root or a directory (for "
                          "<stem>_pvs.root)")
-    plan: dict[Path, list[Path]] = {}
+    plan: dict[Path, list[Path | str]] = {}
     for path in inputs:
-        target = output / f"{path.stem}_pvs.root"
+        target = output / f"{input_stem(path)}_pvs.root"
         if target in plan:
             raise ValueError(f"{plan[target][0]} and {path} would both write {target}; "
                              "rename one or use --merge")
@@ -207,8 +239,8 @@ class FileResult:
 
     Attributes
     ----------
-    input, output : Path
-        The input file and the output its vertices went to.
+    input, output : Path or str, Path
+        The input file (a URL as a str) and the output its vertices went to.
     status : {"done", "skipped", "failed"}
         ``skipped``: the output existed already (``skip_existing``).
     n_events, n_vertices : int
@@ -221,7 +253,7 @@ class FileResult:
         Why it failed, naming file, tree, branch and entry.
     """
 
-    input: Path
+    input: Path | str
     output: Path
     status: str
     n_events: int = 0
@@ -258,8 +290,8 @@ def reconstruct_files(
 
     Parameters
     ----------
-    plan : mapping of Path to sequence of Path
-        Output → inputs, as from :func:`plan_outputs`.
+    plan : mapping of Path to sequence of Path or str
+        Output → inputs (local paths or URLs), as from :func:`plan_outputs`.
     schema : TrackSchema, optional
         Tree and branches of the inputs (default: this package's layout).
     config : PVFinderConfig, optional
@@ -316,7 +348,7 @@ def reconstruct_files(
         with tqdm.external_write_mode():  # what the reporter prints, not across the bar
             report(result)
 
-    sources: dict[Path, TrackSource] = {}
+    sources: dict[Path | str, TrackSource] = {}
     for output, inputs in plan.items():
         if skip_existing and output.exists():
             for result in _resumed(output, inputs, with_weights):
@@ -346,7 +378,8 @@ def reconstruct_files(
     return results
 
 
-def _resumed(output: Path, inputs: Sequence[Path], with_weights: bool) -> list[FileResult]:
+def _resumed(output: Path, inputs: Sequence[Path | str], with_weights: bool
+             ) -> list[FileResult]:
     """What ``--skip-existing`` makes of ``inputs`` when ``output`` exists: skipped when it
     holds their vertices, as it recorded them; failed when it lacks one or holds another's,
     is not a readable vertex file (junk, a file of tracks, a truncated copy) or lacks the
@@ -363,7 +396,7 @@ def _resumed(output: Path, inputs: Sequence[Path], with_weights: bool) -> list[F
                            "for; remove it to redo its inputs with them")
     if recorded is None:
         return [FileResult(path, output, "skipped") for path in inputs]
-    held, resolved = set(recorded), {path: str(Path(path).resolve()) for path in inputs}
+    held, resolved = set(recorded), {path: input_identity(path) for path in inputs}
     extra = sorted(held - set(resolved.values()))
     if extra:  # it holds vertices not asked for: not this job's output
         return _all_failed(inputs, output, (
@@ -390,35 +423,36 @@ def _refusal_to_replace(output: Path) -> str | None:
     return None
 
 
-def _all_failed(inputs: Sequence[Path], output: Path, error: str) -> list[FileResult]:
+def _all_failed(inputs: Sequence[Path | str], output: Path, error: str) -> list[FileResult]:
     return [FileResult(path, output, "failed", error=error) for path in inputs]
 
 
-def _as_paths(plan: Mapping[Any, Any]) -> dict[Path, list[Path]]:
-    """``plan`` with Paths throughout (str keys failed on ``output.exists()``), one input
-    given alone taken as one (not as the letters of its name)."""
+def _as_paths(plan: Mapping[Any, Any]) -> dict[Path, list[Path | str]]:
+    """``plan`` with Paths throughout (str keys failed on ``output.exists()``) but for input
+    URLs, one input given alone taken as one (not as the letters of its name)."""
     if not isinstance(plan, Mapping):
         raise TypeError(f"plan must map each output to its inputs (plan_outputs makes one), "
                         f"got {type(plan).__name__}")
-    return {Path(output): [Path(inputs)] if isinstance(inputs, (str, os.PathLike))
-            else [Path(path) for path in inputs] for output, inputs in plan.items()}
+    return {_local_output(output): [input_name(inputs)]
+            if isinstance(inputs, (str, os.PathLike)) else list(map(input_name, inputs))
+            for output, inputs in plan.items()}
 
 
-def _check_plan(plan: Mapping[Path, Sequence[Path]]) -> None:
+def _check_plan(plan: Mapping[Path, Sequence[Path | str]]) -> None:
     """Refuse, before anything is read, a plan that would lose data or could not finish."""
-    names: dict[Path, list[str]] = collections.defaultdict(list)  # by file, also via links
+    names: dict[str, list[str]] = collections.defaultdict(list)  # by file, also via links
     for path in (path for inputs in plan.values() for path in inputs):
-        names[Path(path).resolve()].append(str(path))
+        names[input_identity(path)].append(str(path))
     repeated = [" = ".join(given) for given in names.values() if len(given) > 1]
     if repeated:
         raise ValueError(f"input(s) given more than once: {', '.join(repeated)}")
     inputs = set(names)
     for output in plan:
-        if Path(output).resolve() in inputs:
+        if input_identity(output) in inputs:
             raise ValueError(f"{output} is an input too: writing the vertices there would "
                              "overwrite it; choose another output (or inputs that do not "
                              "match it)")
-        kind = _not_a_regular_file(Path(output))
+        kind = _not_a_regular_file(output)
         if kind is not None:
             raise ValueError(f"{output} is {kind}; the vertices need a file name there")
 
@@ -454,8 +488,9 @@ def _write_output(output: Path, sources: list[TrackSource], engine: Any, bar: An
         for source in sources[len(results):]:  # the one being written and those not begun
             engine.drop(source)
         own = {result.input: result for result in results if result.status == "failed"}
-        results = [own.get(Path(source.path)) or FileResult(
-                       Path(source.path), output, "failed", error=_unwritable(output, error))
+        results = [own.get(input_name(source.path)) or FileResult(
+                       input_name(source.path), output, "failed",
+                       error=_unwritable(output, error))
                    for source in sources]
     except BaseException:
         if writer is not None:
@@ -484,8 +519,8 @@ def _run_input(source: TrackSource, writer: VertexWriter, engine: Any, buffered:
     except _OutputError:
         raise  # the file, not this input: _write_output fails them all
     except (ValueError, OSError) as error:
-        return FileResult(Path(source.path), writer.path, "failed", error=str(error))
-    return FileResult(Path(source.path), writer.path, "done", n_events, n_vertices,
+        return FileResult(input_name(source.path), writer.path, "failed", error=str(error))
+    return FileResult(input_name(source.path), writer.path, "done", n_events, n_vertices,
                       time.perf_counter() - start, first_event)
 
 
@@ -876,9 +911,12 @@ def _track_partitions(source: TrackSource, step_size: int | str) -> Any:
     import uproot
 
     _import_dask()
-    # uproot takes the names as glob patterns: run[1].root would read run1.root.
-    return uproot.dask({glob.escape(source.path): source.tree}, filter_name=source.read_branches,
-                       step_size=step_size, handler=LOCAL_SOURCE)
+    if is_url(source.path):  # through fsspec, uproot's default
+        files, handler = {source.path: source.tree}, None
+    else:  # uproot takes local names as glob patterns: run[1].root would read run1.root
+        files, handler = {glob.escape(source.path): source.tree}, LOCAL_SOURCE
+    return uproot.dask(files, filter_name=source.read_branches, step_size=step_size,
+                       handler=handler)
 
 
 def _vertices_of(tracks: Any, source: TrackSource, config: PVFinderConfig | None,

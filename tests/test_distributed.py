@@ -799,6 +799,55 @@ def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch
         dask.compute(*bad.to_delayed(), scheduler="sync")
 
 
+def test_inputs_given_as_urls_are_listed_planned_and_reconstructed(tmp_path, files, remote,
+                                                                    monkeypatch):
+    """URLs are globbed by fsspec, named by their file, read through it and recorded as
+    they are; a URL as the output is refused before anything is made."""
+    urls = [remote.put(path) for path in files[:2]]
+    remote.filesystem.mkdir(f"{remote.folder}/folder.root")  # matched, but not a file
+    spelled_otherwise = urls[0].replace("memory://", "memory:///")
+    found, errors = expand_inputs([remote.url("*.root"), spelled_otherwise, str(files[2]),
+                                   remote.url("none*.root"), "nosuch://host/*.root"])
+    assert [pvfinder_io.input_identity(name) for name in found] == [
+        *map(pvfinder_io.input_identity, urls), str(files[2])]
+    assert errors == [("nosuch://host/*.root: cannot be listed (ValueError: Protocol not "
+                       "known: nosuch)"), f"{remote.url('none*.root')}: no file matches"]
+    plan = plan_outputs(found, tmp_path / "out")
+    assert list(plan) == [tmp_path / "out" / f"run{i}_pvs.root" for i in range(3)]
+    with pytest.raises(ValueError, match="given more than once"):
+        reconstruct_files({tmp_path / "a.root": urls[:1], tmp_path / "b.root": [spelled_otherwise]})
+    results = reconstruct_files(plan, backend="cpu", step_size=25)
+    assert [result.status for result in results] == ["done"] * 3
+    assert [result.input for result in results] == found
+    for result, path in zip(results, files[:3]):
+        assert_same_vertices(read_vertices(result.output), expected_vertices(path), weights=False)
+        assert recorded_inputs(result.output) == [pvfinder_io.input_identity(result.input)]
+    resumed = reconstruct_files(plan, backend="cpu", skip_existing=True)
+    assert [result.status for result in resumed] == ["skipped"] * 3
+    monkeypatch.chdir(tmp_path)
+    for output in ("root://host//pvs/", "root://host//pvs.root"):
+        with pytest.raises(ValueError, match=f"^{output}: a URL; pvfinder writes files on "
+                                             "this machine only"):
+            plan_outputs(urls, output, merge=output.endswith(".root"))
+    with pytest.raises(ValueError, match="a URL; pvfinder writes files"):
+        reconstruct_files({"root://host//pvs.root": urls})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+
+
+def test_dask_reads_a_url_as_the_process_does(tmp_path, files, remote):
+    """An in-process cluster (its workers share this process's in-memory filesystem)."""
+    from distributed import LocalCluster
+
+    url = remote.put(files[2])
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=2,
+                      dashboard_address=None) as cluster:
+        [result] = reconstruct_files(plan_outputs([url], tmp_path), backend="cpu", step_size=25,
+                                     scheduler=cluster.scheduler_address)
+    assert (result.status, result.input, result.n_events) == ("done", url, 70)
+    assert_same_vertices(read_vertices(result.output), expected_vertices(files[2]),
+                         weights=False)
+
+
 def test_dask_reads_a_file_whose_name_looks_like_a_glob(tmp_path, files):
     # uproot.dask took "run[1].root" as a pattern and read run1.root beside it, exit 0.
     import dask
