@@ -65,7 +65,7 @@ def _load_config(path: str | None, overrides: Sequence[str]):
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .io import write_sample
+    from .io import _local_output, write_sample
     from .simulation import Conditions, simulate
 
     overrides = _parse_assignments(args.set, "--set")
@@ -80,7 +80,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.output == "":  # was taken as no -o at all
         raise UsageError("-o needs a file name, got ''")
-    if args.output is not None and Path(args.output).is_dir():  # before, not after simulating
+    # Before, not after simulating: a URL (refused) or a directory.
+    if args.output is not None and _local_output(args.output).is_dir():
         raise UsageError(f"{args.output}: a directory, not a file to write")
     conditions = Conditions().replace(**overrides)  # only conditions' names, none of simulate's
     start = time.perf_counter()
@@ -179,28 +180,32 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str) -> int:
     return plots_failed
 
 
-def _plot_folders(inputs: list[Path]) -> dict[Path, str]:
+def _plot_folders(inputs: list[Path | str]) -> dict[Path | str, str]:
     """A folder name per input for its plots: its stem, numbered where stems repeat
     (a/run.root, b/run.root → run, run_2)."""
-    folders: dict[Path, str] = {}
+    from .io import input_stem
+
+    folders: dict[Path | str, str] = {}
     taken: set[str] = set()
     last: dict[str, int] = {}  # per stem, the last number given: no rescan from 2
     for path in inputs:
-        name, number = path.stem, last.get(path.stem, 1)
+        stem = input_stem(path)
+        name, number = stem, last.get(stem, 1)
         while name in taken:  # also past an input named like a numbered one
             number += 1
-            name = f"{path.stem}_{number}"
-        folders[path], last[path.stem] = name, number
+            name = f"{stem}_{number}"
+        folders[path], last[stem] = name, number
         taken.add(name)
     return folders
 
 
 def _names_an_input(scheduler: str) -> bool:
-    """Whether ``--dask``'s value is rather an input that followed it: not ``local[:N]``
-    nor a ``scheme://`` address, and a ``*.root`` name or an existing path."""
-    if scheduler.partition(":")[0] == "local" or "://" in scheduler:
+    """Whether ``--dask``'s value is rather an input that followed it: not ``local[:N]``,
+    and a ``*.root`` name (also a URL's: an address ends in a port) or an existing path."""
+    if scheduler.partition(":")[0] == "local":
         return False
-    return scheduler.lower().endswith(".root") or Path(scheduler).exists()
+    return scheduler.lower().endswith(".root") or (
+        "://" not in scheduler and Path(scheduler).exists())
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -467,7 +472,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Find the PVs of each input and write them; a bad input is reported and "
                     "the others go on (exit code 2 at the end).")
     reconstruct.add_argument("inputs", nargs="+", metavar="IN",
-                             help="ROOT files of tracks, or glob patterns ('dir/*.root')")
+                             help="ROOT files of tracks, glob patterns ('dir/*.root') or URLs "
+                                  "('root://host//dir/*.root', read through fsspec)")
     reconstruct.add_argument("-o", "--output", required=True,
                              help="ROOT file, a name ending in .root (one input, or "
                                   "--merge), or directory (one <stem>_pvs.root per input)")

@@ -308,6 +308,13 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
          "--plots draws the validation, which --no-validate turns off"),
         (["reconstruct", "--dask", "{sample}", "{sample}", "-o", "x.root"],  # missing port
          "--dask took the input {sample} for its scheduler: put --dask after the inputs"),
+        (["reconstruct", "--dask", "root://host//run.root", "{sample}", "-o", "x.root"],
+         "--dask took the input root://host//run.root for its scheduler"),
+        # Not a folder "root:" made here and written into.
+        (["reconstruct", "{sample}", "-o", "root://host//x.root"],
+         "root://host//x.root: a URL; pvfinder writes files on this machine only"),
+        (["simulate", "-n", "10", "-o", "root://host//x.root"],
+         "root://host//x.root: a URL; pvfinder writes files on this machine only"),
         (["reconstruct", "{sample}", "-o", "x.root", "--plots", "{sample}"], "a file, not a directory"),
         (["validate", "{sample}", "{sample}", "--plots", "{sample}"], "a file, not a directory"),
         # A file on the way: the table was printed, then the plots failed ("not validated"
@@ -331,6 +338,15 @@ def test_user_mistakes_are_one_line_errors(argv, message, sample_file, tmp_path,
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.root").exists()  # refused before anything ran
     assert not (tmp_path / "p").exists()
+    assert not (tmp_path / "root:").exists()
+
+
+@pytest.mark.parametrize("output", [".", "root://host//x.root"])
+def test_simulate_refuses_an_output_before_simulating(output, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("pvfinder.simulation.simulate", lambda *a, **k: pytest.fail("simulated"))
+    assert main(["simulate", "-n", "10", "-o", output]) == 2
+    assert f"{output}: a " in capsys.readouterr().err
 
 
 def test_info_names_backends(capsys):
