@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
+import http.server
 import io
 import logging
 import os
@@ -846,6 +848,67 @@ def test_dask_reads_a_url_as_the_process_does(tmp_path, files, remote):
     assert (result.status, result.input, result.n_events) == ("done", url, 70)
     assert_same_vertices(read_vertices(result.output), expected_vertices(files[2]),
                          weights=False)
+
+
+class _RangeRequests(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder's files whole or by byte range (``Range: bytes=a-b``), as remote
+    storage does for uproot; Python's own handler ignores ranges."""
+
+    def log_message(self, *args):
+        pass
+
+    def send_head(self):
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return None
+        data = path.read_bytes()
+        asked = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        start, stop = (int(asked[1]), int(asked[2] or len(data) - 1) + 1) if asked else (0, None)
+        body = data[start:stop]
+        self.send_response(206 if asked else 200)
+        if asked:
+            self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        return io.BytesIO(body)
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A folder served over HTTP on loopback, and its URL."""
+    pytest.importorskip("aiohttp", reason="fsspec reads http:// with aiohttp")
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(_RangeRequests, directory=str(folder))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+        server.shutdown()
+        thread.join()
+
+
+def test_inputs_over_http_give_the_local_files_vertices_also_on_dask_workers(
+        tmp_path, files, http_folder):
+    """Remote storage as a cluster sees it: worker processes read the inputs over the
+    network themselves."""
+    folder, address = http_folder
+    for path in files[:2]:
+        shutil.copy(path, folder)
+    urls = [f"{address}/{path.name}" for path in files[:2]]
+    for scheduler in (None, "local:2"):
+        out = tmp_path / f"out-{scheduler}"
+        results = {result.input: result for result in reconstruct_files(
+            plan_outputs([*urls, f"{address}/nope.root"], out), backend="cpu", step_size=25,
+            scheduler=scheduler)}
+        assert results.pop(f"{address}/nope.root").error == f"{address}/nope.root: no such file"
+        assert list(results) == urls
+        for result, path in zip(results.values(), files):
+            assert result.status == "done"
+            assert_same_vertices(read_vertices(result.output), expected_vertices(path),
+                                 weights=False)
 
 
 def test_dask_reads_a_file_whose_name_looks_like_a_glob(tmp_path, files):
