@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -112,8 +113,10 @@ def expand_inputs(patterns: Iterable[str], *, output: str | os.PathLike | None =
     errors = []
     for pattern in patterns:
         name = input_name(pattern)
-        # A name that exists is a file even when it holds glob characters ("run[1].root").
-        if not any(char in pattern for char in "*?[") or (
+        # A name that exists is a file even when it holds glob characters ("run[1].root");
+        # a URL's "?" may start its query ("run.root?authz=..."), not a wildcard.
+        where = pattern if isinstance(name, Path) else urllib.parse.urlsplit(pattern).path
+        if not any(char in where for char in "*?[") or (
                 isinstance(name, Path) and name.exists()):
             expanded.append((None, [name]))
         elif isinstance(name, Path):
