@@ -183,13 +183,13 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str) -> int:
 def _plot_folders(inputs: list[Path | str]) -> dict[Path | str, str]:
     """A folder name per input for its plots: its stem, numbered where stems repeat
     (a/run.root, b/run.root → run, run_2)."""
-    from .io import input_stem
+    from .io import _input_stem
 
     folders: dict[Path | str, str] = {}
     taken: set[str] = set()
     last: dict[str, int] = {}  # per stem, the last number given: no rescan from 2
     for path in inputs:
-        stem = input_stem(path)
+        stem = _input_stem(path)
         name, number = stem, last.get(stem, 1)
         while name in taken:  # also past an input named like a numbered one
             number += 1
@@ -201,10 +201,11 @@ def _plot_folders(inputs: list[Path | str]) -> dict[Path | str, str]:
 
 def _names_an_input(scheduler: str) -> bool:
     """Whether ``--dask``'s value is rather an input that followed it: not ``local[:N]``,
-    and a ``*.root`` name (also a URL's: an address ends in a port) or an existing path."""
+    and a ``*.root`` name (also a URL's, before its query: an address ends in a port) or an
+    existing path."""
     if scheduler.partition(":")[0] == "local":
         return False
-    return scheduler.lower().endswith(".root") or (
+    return scheduler.partition("?")[0].lower().endswith(".root") or (
         "://" not in scheduler and Path(scheduler).exists())
 
 

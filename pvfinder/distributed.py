@@ -23,7 +23,6 @@ import os
 import signal
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -45,14 +44,15 @@ from .io import (
     TrackSchema,
     TrackSource,
     VertexWriter,
+    _described,
+    _input_name,
+    _input_stem,
     _local_output,
     _not_a_regular_file,
     _schema,
     check_vertex_file,
     holds_weights,
     input_identity,
-    input_name,
-    input_stem,
     inspect_tracks,
     is_url,
     parse_step_size,
@@ -112,22 +112,23 @@ def expand_inputs(patterns: Iterable[str], *, output: str | os.PathLike | None =
     expanded: list[tuple[str | None, list[Path | str]]] = []  # (pattern or None, files)
     errors = []
     for pattern in patterns:
-        name = input_name(pattern)
-        # A name that exists is a file even when it holds glob characters ("run[1].root");
-        # a URL's "?" may start its query ("run.root?authz=..."), not a wildcard.
-        where = pattern if isinstance(name, Path) else urllib.parse.urlsplit(pattern).path
-        if not any(char in where for char in "*?[") or (
-                isinstance(name, Path) and name.exists()):
-            expanded.append((None, [name]))
-        elif isinstance(name, Path):
+        name = _input_name(pattern)
+        if isinstance(name, str):
+            try:
+                matches = _remote_matches(name)
+            except MemoryError:
+                raise
+            except Exception as error:  # noqa: BLE001 (fsspec and its clients' own kinds)
+                errors.append(f"{pattern}: cannot be listed ({_described(error)})")
+                continue
+            expanded.append((None, [name]) if matches is None else (pattern, matches))
+        # A name that exists is a file even when it holds glob characters ("run[1].root").
+        elif any(char in str(name) for char in "*?[") and not name.exists():
             expanded.append((pattern, [
-                Path(match) for match in sorted(glob.glob(pattern, recursive=True))
+                Path(match) for match in sorted(glob.glob(str(name), recursive=True))
                 if not Path(match).is_dir()]))  # "runs/**" also matches the folders
         else:
-            try:
-                expanded.append((pattern, _remote_matches(pattern)))
-            except (ImportError, ValueError, OSError) as error:
-                errors.append(f"{pattern}: cannot be listed ({type(error).__name__}: {error})")
+            expanded.append((None, [name]))
     own = set() if output is None else _own_outputs(
         [path for _, paths in expanded for path in paths if isinstance(path, Path)], output)
     files: dict[str, Path | str] = {}  # the file itself → the name it is read under
@@ -145,12 +146,19 @@ def expand_inputs(patterns: Iterable[str], *, output: str | os.PathLike | None =
     return list(files.values()), errors
 
 
-def _remote_matches(pattern: str) -> list[str]:
-    """The files (not folders) that a URL with wildcards matches, as URLs, in order."""
-    filesystem, where = fsspec.core.url_to_fs(pattern)
+def _remote_matches(url: str) -> list[str] | None:
+    """The files (not folders) that a URL with wildcards (``*``, ``[...]``) matches, as URLs
+    in order and with its query (a token) each; None when it names one file: no wildcard (a
+    ``?`` starts the query), or a file of that very name (``run[1].root``)."""
+    base, mark, query = url.partition("?")
+    if not any(char in base for char in "*["):
+        return None
+    filesystem, where = fsspec.core.url_to_fs(base)
+    if filesystem.exists(where):
+        return None
     found = filesystem.glob(where, detail=True)
-    return sorted(filesystem.unstrip_protocol(path) for path, info in found.items()
-                  if info.get("type") != "directory")
+    return sorted(filesystem.unstrip_protocol(path) + mark + query
+                  for path, info in found.items() if info.get("type") != "directory")
 
 
 def _is_link(name: Path | str) -> bool:
@@ -183,9 +191,10 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
     inputs : sequence of path
         The input files (local paths or URLs).
     output : path
-        A local path. With ``merge``, the one output file. Else an output file when there is a single input
-        and ``output`` ends in ``.root`` (any case), not in a slash, and is not a directory;
-        otherwise a directory that receives ``<stem>_pvs.root`` for each input.
+        A local path. With ``merge``, the one output file. Else an output file when there
+        is a single input and ``output`` ends in ``.root`` (any case), not in a slash, and is
+        not a directory; otherwise a directory that receives ``<stem>_pvs.root`` for each
+        input (a URL's stem: ``run1`` of ``root://host//data/run1.root?authz=...``).
     merge : bool
         Write every input's vertices, in order, into one file.
 
@@ -204,7 +213,7 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
         would be replaced); when ``merge`` is given a directory (a name ending in a slash);
         or when ``output`` is a URL (the vertices are written on this machine).
     """
-    inputs = [input_name(path) for path in inputs]
+    inputs = [_input_name(path) for path in inputs]
     folder = str(output).endswith(("/", os.sep))  # "pvs.root/": meant as a directory
     output = _local_output(output)
     if merge and folder:
@@ -228,7 +237,7 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
                          "<stem>_pvs.root)")
     plan: dict[Path, list[Path | str]] = {}
     for path in inputs:
-        target = output / f"{input_stem(path)}_pvs.root"
+        target = output / f"{_input_stem(path)}_pvs.root"
         if target in plan:
             raise ValueError(f"{plan[target][0]} and {path} would both write {target}; "
                              "rename one or use --merge")
@@ -330,8 +339,9 @@ def reconstruct_files(
     ValueError
         When an input appears more than once in ``plan``, an output is also an input (it
         would be overwritten), an output is a directory, ``step_size`` is neither entries
-        nor a size with its unit, or (when there is an input to reconstruct) the backend
-        name, the compression or a ``local:N`` scheduler is not one there is.
+        nor a size with its unit, an output is a URL (the vertices are written on this
+        machine), or (when there is an input to reconstruct) the backend name, the
+        compression or a ``local:N`` scheduler is not one there is.
     TypeError
         For a ``plan`` that is not a mapping, or a ``schema`` that is not a TrackSchema.
     BackendUnavailableError
@@ -436,8 +446,8 @@ def _as_paths(plan: Mapping[Any, Any]) -> dict[Path, list[Path | str]]:
     if not isinstance(plan, Mapping):
         raise TypeError(f"plan must map each output to its inputs (plan_outputs makes one), "
                         f"got {type(plan).__name__}")
-    return {_local_output(output): [input_name(inputs)]
-            if isinstance(inputs, (str, os.PathLike)) else list(map(input_name, inputs))
+    return {_local_output(output): [_input_name(inputs)]
+            if isinstance(inputs, (str, os.PathLike)) else list(map(_input_name, inputs))
             for output, inputs in plan.items()}
 
 
@@ -491,8 +501,8 @@ def _write_output(output: Path, sources: list[TrackSource], engine: Any, bar: An
         for source in sources[len(results):]:  # the one being written and those not begun
             engine.drop(source)
         own = {result.input: result for result in results if result.status == "failed"}
-        results = [own.get(input_name(source.path)) or FileResult(
-                       input_name(source.path), output, "failed",
+        results = [own.get(_input_name(source.path)) or FileResult(
+                       _input_name(source.path), output, "failed",
                        error=_unwritable(output, error))
                    for source in sources]
     except BaseException:
@@ -522,8 +532,8 @@ def _run_input(source: TrackSource, writer: VertexWriter, engine: Any, buffered:
     except _OutputError:
         raise  # the file, not this input: _write_output fails them all
     except (ValueError, OSError) as error:
-        return FileResult(input_name(source.path), writer.path, "failed", error=str(error))
-    return FileResult(input_name(source.path), writer.path, "done", n_events, n_vertices,
+        return FileResult(_input_name(source.path), writer.path, "failed", error=str(error))
+    return FileResult(_input_name(source.path), writer.path, "done", n_events, n_vertices,
                       time.perf_counter() - start, first_event)
 
 

@@ -313,32 +313,65 @@ def _checked_fill(fill: Mapping[str, Any]) -> dict[str, float]:
 # -- where inputs live: local files and URLs ----------------------------------------------
 
 # "scheme://...": a file that fsspec reads (root:// with fsspec-xrootd, https:// with aiohttp,
-# s3:// with s3fs), as uproot takes it. A one-letter scheme would be a Windows drive.
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")
+# s3:// with s3fs), as uproot takes it, also behind fsspec's chained protocols
+# ("simplecache::https://..."). A one-letter scheme would be a Windows drive.
+_URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]+::)*[A-Za-z][A-Za-z0-9+.-]+://")
+# Local files in URL form, which uproot reads as local files too.
+_LOCAL_URL = re.compile(r"(?:file|local)://", re.IGNORECASE)
 
 
 def is_url(name: PathLike) -> bool:
-    """Whether ``name`` is a URL (``scheme://...``, read through fsspec) rather than a local
-    path; a ``pathlib.Path`` is always local."""
-    return isinstance(name, str) and _URL.match(name) is not None
+    """Whether an input is read through fsspec rather than from a local file.
+
+    Parameters
+    ----------
+    name : str or path
+        An input as given: ``root://host//data/run1.root``, ``https://...``, ``s3://...``,
+        ``simplecache::https://...``, or a local path (also a ``file://`` URL; a
+        ``pathlib.Path`` is always local).
+
+    Returns
+    -------
+    bool
+        True for a URL of any protocol but ``file://`` and ``local://``.
+    """
+    return (isinstance(name, str) and _URL.match(name) is not None
+            and _LOCAL_URL.match(name) is None)
 
 
-def input_name(name: PathLike) -> Path | str:
-    """An input as this package keeps it: a URL as the string itself, a local file as a
-    Path (which would fold a URL's ``//``: ``root://host//f.root`` became ``root:/host/f.root``,
-    a local folder ``root:``)."""
+def _input_name(name: PathLike) -> Path | str:
+    """An input as this package keeps it: a URL as the string itself, a local file (also
+    ``file://path``) as a Path. (Path would fold a URL's ``//``: ``root://host//f.root`` was
+    read as ``root:/host/f.root``, in a local folder ``root:``.)"""
     if isinstance(name, bytes):  # a path as the OS gives it
         name = os.fsdecode(name)
-    return name if is_url(name) else Path(name)
+    if is_url(name):
+        return name
+    if isinstance(name, str) and _LOCAL_URL.match(name):
+        return Path(name.split("://", 1)[1])
+    return Path(name)
 
 
 def input_identity(name: PathLike) -> str:
-    """What makes two names one input, and what a vertex file records of its inputs (see
-    :func:`recorded_inputs`): a local file's absolute path with its links followed; a URL as
-    fsspec spells it (``memory://d/a.root`` and ``memory:///d/a.root`` are one)."""
-    name = input_name(name)
+    """What makes two names one input, and what a vertex file records of its inputs.
+
+    Parameters
+    ----------
+    name : str or path
+        An input: a local path or a URL (see :func:`is_url`).
+
+    Returns
+    -------
+    str
+        For a local file, its absolute path with links followed. For a URL, the URL as
+        fsspec spells it (``memory://d/a.root`` and ``memory:///d/a.root`` are one) without
+        its query: a token (``?authz=...``) is neither written into vertex files nor part of
+        what ``--skip-existing`` compares, so a rerun with a fresh token resumes.
+    """
+    name = _input_name(name)
     if isinstance(name, Path):
         return str(name.resolve())
+    name = name.partition("?")[0]
     try:
         filesystem, where = fsspec.core.url_to_fs(name)
     except Exception:  # noqa: BLE001 (a protocol not installed here: reading it says so)
@@ -346,22 +379,25 @@ def input_identity(name: PathLike) -> str:
     return filesystem.unstrip_protocol(where)
 
 
-def input_stem(name: PathLike) -> str:
-    """The file name without its suffix, also of a URL (``root://host//data/run1.root`` →
-    ``run1``)."""
-    name = input_name(name)
+def _input_stem(name: PathLike) -> str:
+    """The file name without its suffix, also of a URL (``root://host//data/run1.root`` and
+    ``simplecache::https://host/run%201.root?authz=x`` give ``run1`` and ``run 1``)."""
+    name = _input_name(name)
     if isinstance(name, Path):
         return name.stem
-    return PurePosixPath(urllib.parse.urlsplit(name).path).stem
+    path = urllib.parse.urlsplit(name.rsplit("::", 1)[-1]).path
+    return PurePosixPath(urllib.parse.unquote(path)).stem
 
 
 def _local_output(path: PathLike) -> Path:
     """``path`` as a file to write on this machine; a URL is refused, uproot writes local
     files only."""
-    if is_url(path):
-        raise ValueError(f"{path}: a URL; pvfinder writes files on this machine only (give "
-                         "a local path, and copy the file afterwards, e.g. with xrdcp)")
-    return Path(path)
+    name = _input_name(path)
+    if isinstance(name, str):  # a URL: a value refused, not a wrong type
+        raise ValueError(  # noqa: TRY004
+            f"{path}: a URL; pvfinder writes files on this machine only (give a local path, "
+            "and copy the file afterwards, e.g. with xrdcp)")
+    return name
 
 
 # -- opening files and checking trees ------------------------------------------------------
@@ -381,30 +417,40 @@ def _reading(where: str) -> Iterator[None]:
     """What uproot raises inside on a damaged file (zlib, deserialization, value and other
     errors alike, and OSErrors without an errno: "expected Chunk of length 325") as a
     ``ValueError`` naming ``where`` (``file:tree``). The system's OSErrors (a disk, a
-    permission) and MemoryError pass."""
+    permission) and MemoryError pass. From a URL, where the network may be at fault as well,
+    nothing is called damage, and the network's OSErrors (a dropped connection) name it too."""
     try:
         yield
+    except MemoryError:
+        raise
     except Exception as error:
-        if isinstance(error, MemoryError) or (isinstance(error, OSError)
-                                              and error.errno is not None):
+        if is_url(where):
+            kind = OSError if isinstance(error, OSError) else ValueError
+            raise kind(f"{where}: cannot be read ({_described(error)})") from None
+        if isinstance(error, OSError) and error.errno is not None:
             raise
         raise ValueError(f"{where}: damaged, cannot be read ({_described(error)})") from None
 
 
 def _described(error: Exception) -> str:
-    """``Type: message`` of an error uproot raised on a damaged file. Its
+    """``Type: message`` of an error met reading a file, on one line. uproot's
     DeserializationError says what went wrong in ``.message``, and then dumps the bytes it
-    was reading."""
-    message = str(getattr(error, "message", None) or error)
-    return f"{type(error).__name__}: {' '.join(message.split())}"  # on one line
+    was reading; others say it all (an HTTP client's error: status, reason and URL)."""
+    text = error.message if isinstance(error, uproot.deserialization.DeserializationError) \
+        else str(error)
+    message = " ".join(text.split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
-def _check_root_header(path: Path | str, head: bytes, size: int) -> None:
+def _check_root_header(path: Path | str, head: bytes, size: int | None) -> None:
     """A ROOT file starts with ``root`` and records its own length: catch the wrong kind of
-    file and a truncated copy (``head``: its first 20 bytes, ``size``: its length) before
-    uproot fails somewhere in the middle."""
+    file and a truncated copy (``head``: its first 20 bytes, ``size``: its length, None when
+    unknown, as from a server that does not say) before uproot fails somewhere in the
+    middle."""
     if head[:4] != b"root":
         raise ValueError(f"{path}: not a ROOT file (it does not start with 'root')")
+    if size is None:
+        return
     version = int.from_bytes(head[4:8], "big")
     end = int.from_bytes(head[12:20] if version >= 1_000_000 else head[12:16], "big")
     if size < end:
@@ -412,7 +458,7 @@ def _check_root_header(path: Path | str, head: bytes, size: int) -> None:
 
 
 def _open(path: PathLike) -> Any:
-    path = input_name(path)
+    path = _input_name(path)
     if isinstance(path, str):
         return _open_url(path)
     kind = _not_a_regular_file(path)
@@ -436,16 +482,23 @@ def _open_url(url: str) -> Any:
     """Open a remote file through fsspec (uproot's own way), checked as a local one is."""
     try:
         filesystem, where = fsspec.core.url_to_fs(url)
-        with filesystem.open(where, "rb") as file:
-            head = file.read(20)
+        # Only the header: open() would read fsspec's first block (5 MB) ahead.
+        head = filesystem.cat_file(where, start=0, end=20)
         size = filesystem.size(where)
     except ImportError as error:  # fsspec knows the protocol, its package is missing
         raise ValueError(f"{url}: cannot be read here: {error}") from None
-    except FileNotFoundError:
+    except FileNotFoundError as error:
+        # fsspec's HTTP client says so of any failure, with the real one as the cause: a
+        # refused connection, or the server's answer (403 Forbidden, 500; 404 is missing).
+        cause = error.__cause__
+        if isinstance(cause, OSError) or getattr(cause, "status", 404) != 404:
+            raise OSError(f"{url}: cannot be read ({_described(cause)})") from None
         raise FileNotFoundError(f"{url}: no such file") from None
-    except OSError as error:  # the network, a permission: the system's kind of error
+    except OSError as error:  # the network, a permission
         raise OSError(f"{url}: cannot be read ({_described(error)})") from None
-    except Exception as error:  # noqa: BLE001 (an unknown protocol, a malformed URL)
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 (an unknown protocol, an HTTP error status)
         raise ValueError(f"{url}: cannot be read ({_described(error)})") from None
     _check_root_header(url, head, size)
     return _uproot_open(url, None)  # uproot's default: fsspec
@@ -650,7 +703,7 @@ class TrackSource:
             tracks = TrackBatch.from_arrays(offsets=offsets, **fields)
         except ValueError as error:
             raise self._located(error, fields, offsets, entry_start) from None
-        return TrackChunk(tracks, ids, input_name(self.path), self.tree, entry_start,
+        return TrackChunk(tracks, ids, _input_name(self.path), self.tree, entry_start,
                           entry_start + n_events)
 
     def _located(self, error: ValueError, fields: dict[str, np.ndarray], offsets: np.ndarray,
@@ -779,7 +832,7 @@ def inspect_tracks(path: PathLike, schema: TrackSchema | None = None) -> TrackSo
     TypeError
         For a ``schema`` that is not a TrackSchema.
     """
-    path = input_name(path)
+    path = _input_name(path)
     with _open(path) as file:
         return _track_source(file, path, _schema(schema))
 
@@ -824,7 +877,7 @@ def iterate_tracks(paths: PathLike | Iterable[PathLike], schema: TrackSchema | N
 def _iterate_files(paths: Iterable[PathLike], schema: TrackSchema, step_size: int | str
                    ) -> Iterator[TrackChunk]:
     """The chunks of :func:`iterate_tracks`, file after file."""
-    for path in map(input_name, paths):
+    for path in map(_input_name, paths):
         with _open(path) as file:
             source = _track_source(file, path, schema)
             yield from source.iterate(file[source.tree], step_size)
@@ -853,7 +906,7 @@ def read_tracks(path: PathLike, tree: str | None = None,
     schema = _schema(schema)
     if tree is not None:
         schema = dataclasses.replace(schema, tree=tree)
-    path = input_name(path)
+    path = _input_name(path)
     with _open(path) as file:
         source = _track_source(file, path, schema)
         chunks = list(source.iterate(file[source.tree], step_size=max(source.n_entries, 1)))
@@ -889,7 +942,7 @@ def read_truth(path: PathLike, tracks_tree: str = TRACKS_TREE) -> MCTruth | None
     FileNotFoundError, ValueError
         Naming the file, tree and branch that are missing or malformed.
     """
-    path = input_name(path)
+    path = _input_name(path)
     with _open(path) as file:
         if not _holds(file, path, TRUTH_TREE):
             return None
@@ -1510,7 +1563,7 @@ def check_vertex_file(path: PathLike) -> None:
         For a missing or unreadable file, or one without the tree ``vertices``, naming it.
     """
     with _open(path) as file:
-        _tree(file, input_name(path), VERTICES_TREE)
+        _tree(file, _input_name(path), VERTICES_TREE)
 
 
 def recorded_inputs(path: PathLike) -> list[str] | None:
@@ -1569,7 +1622,7 @@ def read_event_ids(path: PathLike, tree: str) -> dict[str, np.ndarray]:
     FileNotFoundError, ValueError
         For a missing or unreadable file or a missing tree, naming it.
     """
-    path = input_name(path)
+    path = _input_name(path)
     with _open(path) as file:
         found = _tree(file, path, tree)
         with _reading(f"{path}:{tree}"):
@@ -1598,7 +1651,7 @@ def read_vertices(path: PathLike, *, weights: bool = True) -> VertexBatch:
         For a missing or unreadable file, a missing tree or branch, or values that do not
         make vertices (naming the file and tree).
     """
-    path = input_name(path)
+    path = _input_name(path)
     with _open(path) as file:
         where = f"{path}:{VERTICES_TREE}"
         offsets, flat = _read_jagged(_tree(file, path, VERTICES_TREE), where, VERTEX_FIELDS)

@@ -76,6 +76,27 @@ def test_reconstruct_then_validate(sample_file, tmp_path, capsys):
     assert expected in capsys.readouterr().out
 
 
+def test_remote_inputs_are_reconstructed_validated_and_plotted(sample_file, tmp_path, remote,
+                                                               capsys):
+    """Two remote files of one name merged: each gets its table and a plots folder of its
+    own; validate reads remote files too."""
+    urls = [remote.put(sample_file, f"{run}/sample.root") for run in ("a", "b")]
+    expected = validate(find_vertices(read_tracks(sample_file), backend="cpu"),
+                        read_truth(sample_file)).table()
+    merged, plots = tmp_path / "all.root", tmp_path / "plots"
+    assert main(["reconstruct", *urls, "-o", str(merged), "--merge", "--backend", "cpu",
+                 "--plots", str(plots)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(expected) == 2 and all(f"== {url}" in out for url in urls)
+    assert all(list((plots / name).glob("*.png")) for name in ("sample", "sample_2"))
+    single = tmp_path / "a.root"
+    assert main(["reconstruct", urls[0], "-o", str(single), "--backend", "cpu",
+                 "--no-validate"]) == 0
+    capsys.readouterr()
+    assert main(["validate", urls[0], remote.put(single)]) == 0
+    assert expected in capsys.readouterr().out
+
+
 def test_reconstruct_validates_against_truth_beside_a_renamed_tracks_tree(
         sample_file, tmp_path, capsys):
     def copy(path, keep_labels=True):
@@ -310,6 +331,8 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
          "--dask took the input {sample} for its scheduler: put --dask after the inputs"),
         (["reconstruct", "--dask", "root://host//run.root", "{sample}", "-o", "x.root"],
          "--dask took the input root://host//run.root for its scheduler"),
+        (["reconstruct", "--dask", "https://host/run.root?authz=t", "{sample}", "-o", "x.root"],
+         "--dask took the input https://host/run.root?authz=t for its scheduler"),
         # Not a folder "root:" made here and written into.
         (["reconstruct", "{sample}", "-o", "root://host//x.root"],
          "root://host//x.root: a URL; pvfinder writes files on this machine only"),

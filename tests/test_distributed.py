@@ -852,13 +852,20 @@ def test_dask_reads_a_url_as_the_process_does(tmp_path, files, remote):
 
 class _RangeRequests(http.server.SimpleHTTPRequestHandler):
     """Serves a folder's files whole or by byte range (``Range: bytes=a-b``), as remote
-    storage does for uproot; Python's own handler ignores ranges."""
+    storage does for uproot (Python's own handler ignores ranges), and its folders'
+    listings. What lies in a folder ``forbidden`` is answered 403, and a file whose name
+    starts with ``sizeless`` has no length unless a range is asked for."""
 
     def log_message(self, *args):
         pass
 
     def send_head(self):
         path = Path(self.translate_path(self.path))
+        if "forbidden" in path.parts:
+            self.send_error(403)
+            return None
+        if path.is_dir():
+            return super().send_head()
         if not path.is_file():
             self.send_error(404)
             return None
@@ -869,9 +876,12 @@ class _RangeRequests(http.server.SimpleHTTPRequestHandler):
         self.send_response(206 if asked else 200)
         if asked:
             self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(body)))
+        if asked or not path.name.startswith("sizeless"):
+            self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
+        if self.command == "GET":
+            self.server.bytes_sent += len(body)
         return io.BytesIO(body)
 
 
@@ -883,9 +893,10 @@ def http_folder(tmp_path):
     folder.mkdir()
     handler = functools.partial(_RangeRequests, directory=str(folder))
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        server.bytes_sent = 0
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
-        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}", server
         server.shutdown()
         thread.join()
 
@@ -894,7 +905,7 @@ def test_inputs_over_http_give_the_local_files_vertices_also_on_dask_workers(
         tmp_path, files, http_folder):
     """Remote storage as a cluster sees it: worker processes read the inputs over the
     network themselves."""
-    folder, address = http_folder
+    folder, address, _ = http_folder
     for path in files[:2]:
         shutil.copy(path, folder)
     # The query, as in a URL with a token, is part of the name, not a wildcard: a missing
@@ -913,6 +924,73 @@ def test_inputs_over_http_give_the_local_files_vertices_also_on_dask_workers(
             assert result.status == "done"
             assert_same_vertices(read_vertices(result.output), expected_vertices(path),
                                  weights=False)
+
+
+def test_http_listings_and_failures_fail_only_their_own_input(tmp_path, files, http_folder):
+    """A folder listed by its server, a forbidden one (403 to its listing and to its files),
+    and a server that gives no file size (uproot does not need it): each failure is its
+    input's alone, named, and no crash ends the job."""
+    folder, address, _ = http_folder
+    (folder / "forbidden").mkdir()
+    shutil.copy(files[0], folder / "forbidden" / "run0.root")
+    shutil.copy(files[1], folder / "sizeless1.root")
+    shutil.copy(files[2], folder / "run2.root")
+    forbidden = f"{address}/forbidden/run0.root"
+    found, errors = expand_inputs([f"{address}/*.root", f"{address}/forbidden/*.root",
+                                   forbidden])
+    assert found == [f"{address}/run2.root", f"{address}/sizeless1.root", forbidden]
+    [error] = errors
+    assert error.startswith(f"{address}/forbidden/*.root: cannot be listed (ClientResponseError: "
+                            "403, message='Forbidden'")
+    results = reconstruct_files(plan_outputs(found, tmp_path), backend="cpu", step_size=25)
+    assert [(result.input, result.status) for result in results] == [
+        (forbidden, "failed"), (found[0], "done"), (found[1], "done")]
+    assert results[0].error.startswith(f"{forbidden}: cannot be read (ClientResponseError: "
+                                       "403, message='Forbidden'")
+    for result, path in zip(results[1:], files[2:0:-1]):
+        assert_same_vertices(read_vertices(result.output), expected_vertices(path),
+                             weights=False)
+
+
+def test_inspecting_a_url_reads_little_of_it(files, http_folder):
+    """The header check asked for the first 20 bytes through fsspec's file object, which
+    reads 5 MB ahead: the whole of a smaller file, before uproot read what it needs."""
+    folder, address, server = http_folder
+    shutil.copy(files[2], folder)
+    inspect_tracks(f"{address}/{files[2].name}")
+    assert server.bytes_sent < files[2].stat().st_size / 4, server.bytes_sent
+
+
+def test_a_rerun_with_a_fresh_token_resumes_and_no_token_is_written(tmp_path, files,
+                                                                    http_folder):
+    folder, address, _ = http_folder
+    for path in files[:2]:
+        shutil.copy(path, folder)
+    names = [f"{address}/{path.name}" for path in files[:2]]
+    first = reconstruct_files({tmp_path / "all.root": [f"{name}?authz=old" for name in names]},
+                              backend="cpu", step_size=25)
+    assert [result.status for result in first] == ["done", "done"]
+    assert recorded_inputs(tmp_path / "all.root") == names
+    again = reconstruct_files({tmp_path / "all.root": [f"{name}?authz=new" for name in names]},
+                              backend="cpu", skip_existing=True)
+    assert [result.status for result in again] == ["skipped", "skipped"]
+
+
+def test_a_url_whose_name_looks_like_a_glob_is_that_file(files, remote):
+    odd = remote.put(files[2], "run[1].root")
+    remote.put(files[1], "run1.root")  # what the pattern run[1].root matches
+    assert expand_inputs([odd]) == ([odd], [])
+
+
+def test_a_file_url_is_the_local_file(tmp_path, files):
+    """uproot reads file:// as a local file: it is one input with the file's own name."""
+    as_url = f"file://{files[0]}"
+    assert expand_inputs([str(files[0]), as_url]) == ([files[0]], [])
+    with pytest.raises(ValueError, match="given more than once"):
+        reconstruct_files({tmp_path / "a.root": [files[0]], tmp_path / "b.root": [as_url]})
+    assert plan_outputs([as_url], tmp_path) == {tmp_path / "run0_pvs.root": [files[0]]}
+    assert plan_outputs([files[0]], f"file://{tmp_path}/out.root") == {
+        tmp_path / "out.root": [files[0]]}
 
 
 def test_dask_reads_a_file_whose_name_looks_like_a_glob(tmp_path, files):

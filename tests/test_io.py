@@ -771,6 +771,10 @@ def test_every_reader_takes_a_url(tmp_path, small, small_file, remote):
     (``memory:/...``) and looked for a local file."""
     url = remote.put(small_file)
     assert_same_batch(read_tracks(url), read_tracks(small_file))
+    # Behind a chained protocol (a local cache of the remote file), and a local file as a
+    # file:// URL, read from this machine as uproot reads it.
+    assert_same_batch(read_tracks(f"simplecache::{url}"), read_tracks(small_file))
+    assert inspect_tracks(f"file://{small_file}").path == str(small_file)
     source = inspect_tracks(url)
     assert source.path == url and source.n_entries == small.tracks.n_events
     chunks = list(iterate_tracks(url, step_size=70))
@@ -794,13 +798,25 @@ def assert_same_batch(found: TrackBatch, expected: TrackBatch) -> None:
         np.testing.assert_array_equal(getattr(found, name), getattr(expected, name), err_msg=name)
 
 
-class _FailingFileSystem(fsspec.implementations.memory.MemoryFileSystem):
-    """Storage whose connection drops as a file is opened."""
+class _Connection:
+    """Reads of the in-memory storage (uproot reads through ``cat_file``), counted; the
+    connection drops once ``answers`` of them were answered (never when None)."""
 
-    protocol = "pvfinder-failing"
+    def __init__(self, monkeypatch):
+        self.answers: int | None = None
+        self.reads = 0
+        cat_file = fsspec.implementations.memory.MemoryFileSystem.cat_file
 
-    def _open(self, path, mode="rb", **kwargs):
-        raise ConnectionResetError(104, "Connection reset by peer")
+        def read(filesystem, path, start=None, end=None, **kwargs):
+            if self.answers is not None and self.reads >= self.answers:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            self.reads += 1
+            return cat_file(filesystem, path, start, end, **kwargs)
+
+        monkeypatch.setattr(fsspec.implementations.memory.MemoryFileSystem, "cat_file", read)
+
+    def drop_after(self, answers: int | None) -> None:
+        self.answers, self.reads = answers, 0
 
 
 def test_a_url_that_cannot_be_read_is_an_error_naming_it(tmp_path, small_file, remote):
@@ -824,10 +840,26 @@ def test_a_url_that_cannot_be_read_is_an_error_naming_it(tmp_path, small_file, r
     with pytest.raises(ValueError, match="^pvfinder-absent://host/a.root: cannot be read here: "
                                          "Install pvfinder-absent to read these"):
         read_truth("pvfinder-absent://host/a.root")
-    fsspec.register_implementation("pvfinder-failing", _FailingFileSystem, clobber=True)
-    with pytest.raises(OSError, match="^pvfinder-failing://host/a.root: cannot be read "
-                                      r"\(ConnectionResetError: .*Connection reset by peer\)"):
-        read_vertices("pvfinder-failing://host/a.root")
+
+
+def test_a_connection_that_drops_is_an_error_naming_the_url(small_file, remote, monkeypatch):
+    """At the header, after the file and tree were opened, and while reading the baskets:
+    each time the URL (and tree, and entries) is named, and nothing is called damaged."""
+    url = remote.put(small_file)
+    connection = _Connection(monkeypatch)
+    source = inspect_tracks(url)
+    opening = connection.reads  # the header, the file's keys, the tree
+    dropped = r"\(ConnectionResetError: \[Errno 104\] Connection reset by peer\)"
+    for answers, error, message in [
+            (0, OSError, f"^{re.escape(url)}: cannot be read {dropped}"),
+            (opening, ValueError,
+             f"^{re.escape(url)}:tracks: cannot read the entries from 0 on {dropped}")]:
+        connection.drop_after(answers)
+        with pytest.raises(error, match=message):
+            list(source.read_chunks())
+    connection.drop_after(opening - 1)  # at the first tree read: here the truth's
+    with pytest.raises(OSError, match=f"^{re.escape(url)}:truth: cannot be read {dropped}"):
+        read_truth(url)
 
 
 def test_files_are_written_on_this_machine_not_to_a_url(tmp_path, small, monkeypatch):
@@ -926,10 +958,12 @@ def test_damaged_baskets_of_truth_and_vertices_are_errors_naming_the_tree(tmp_pa
         read_event_ids(damage(tmp_path / "v.root", "vertices", "event_number"), "vertices")
 
 
-class _DumpingError(Exception):
-    """As uproot's DeserializationError: what went wrong in .message, bytes in str()."""
+class _DumpingError(uproot.deserialization.DeserializationError):
+    """uproot's DeserializationError, which says what went wrong in .message and dumps the
+    bytes it read in str()."""
 
-    message = "expected 24 bytes"
+    def __init__(self) -> None:
+        super().__init__("expected 24 bytes", None, None, {}, "f.root")
 
     def __str__(self) -> str:
         return "while reading\n\n    TTree version 20 (8132 bytes)\n..."
