@@ -203,10 +203,13 @@ def _names_an_input(scheduler: str) -> bool:
     """Whether ``--dask``'s value is rather an input that followed it: not ``local[:N]``,
     and a ``*.root`` name (also a URL's, before its query: an address ends in a port) or an
     existing path."""
+    from .io import is_url
+
     if scheduler.partition(":")[0] == "local":
         return False
-    return scheduler.partition("?")[0].lower().endswith(".root") or (
-        "://" not in scheduler and Path(scheduler).exists())
+    if is_url(scheduler):
+        return scheduler.partition("?")[0].lower().endswith(".root")
+    return scheduler.lower().endswith(".root") or Path(scheduler).exists()
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:

@@ -109,8 +109,8 @@ def expand_inputs(patterns: Iterable[str], *, output: str | os.PathLike | None =
         One message per pattern that matched nothing (or only this job's outputs), or whose
         URLs cannot be listed here.
     """
-    expanded: list[tuple[str | None, list[Path | str]]] = []  # (pattern or None, files)
-    errors = []
+    # Per pattern: None when it names a file, and what it matched, or why it could not list.
+    expanded: list[tuple[str | None, list[Path | str] | str]] = []
     for pattern in patterns:
         name = _input_name(pattern)
         if isinstance(name, str):
@@ -119,7 +119,7 @@ def expand_inputs(patterns: Iterable[str], *, output: str | os.PathLike | None =
             except MemoryError:
                 raise
             except Exception as error:  # noqa: BLE001 (fsspec and its clients' own kinds)
-                errors.append(f"{pattern}: cannot be listed ({_described(error)})")
+                expanded.append((pattern, f"{pattern}: cannot be listed ({_described(error)})"))
                 continue
             expanded.append((None, [name]) if matches is None else (pattern, matches))
         # A name that exists is a file even when it holds glob characters ("run[1].root").
@@ -130,28 +130,35 @@ def expand_inputs(patterns: Iterable[str], *, output: str | os.PathLike | None =
         else:
             expanded.append((None, [name]))
     own = set() if output is None else _own_outputs(
-        [path for _, paths in expanded for path in paths if isinstance(path, Path)], output)
+        [path for _, paths in expanded if not isinstance(paths, str)
+         for path in paths if isinstance(path, Path)], output)
     files: dict[str, Path | str] = {}  # the file itself → the name it is read under
+    errors = []
     for pattern, matches in expanded:
+        if isinstance(matches, str):  # the listing failed
+            errors.append(matches)
+            continue
+        named = [(match, input_identity(match)) for match in matches]
         if pattern is not None:
-            kept = [match for match in matches if input_identity(match) not in own]
+            kept = [(match, identity) for match, identity in named if identity not in own]
             if not kept:
                 errors.append(f"{pattern}: matches only this job's outputs" if matches else
                               f"{pattern}: no file matches")
-            matches = kept
-        for match in matches:
-            known = files.setdefault(input_identity(match), match)
+            named = kept
+        for match, identity in named:
+            known = files.setdefault(identity, match)
             if _is_link(known) and not _is_link(match):  # outputs take its own name
-                files[input_identity(match)] = match
+                files[identity] = match
     return list(files.values()), errors
 
 
 def _remote_matches(url: str) -> list[str] | None:
     """The files (not folders) that a URL with wildcards (``*``, ``[...]``) matches, as URLs
     in order and with its query (a token) each; None when it names one file: no wildcard (a
-    ``?`` starts the query), or a file of that very name (``run[1].root``)."""
+    ``?`` starts the query), a file of that very name (``run[1].root``), or a chained URL
+    (``simplecache::...``, whose listing would lose the chain)."""
     base, mark, query = url.partition("?")
-    if not any(char in base for char in "*["):
+    if "::" in base or not any(char in base for char in "*["):
         return None
     filesystem, where = fsspec.core.url_to_fs(base)
     if filesystem.exists(where):

@@ -318,6 +318,10 @@ def _checked_fill(fill: Mapping[str, Any]) -> dict[str, float]:
 _URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]+::)*[A-Za-z][A-Za-z0-9+.-]+://")
 # Local files in URL form, which uproot reads as local files too.
 _LOCAL_URL = re.compile(r"(?:file|local)://", re.IGNORECASE)
+# Query parameters that carry credentials (XRootD and WLCG tokens, S3 and GCS signatures,
+# Azure's SAS signature): neither written into vertex files nor part of an input's identity.
+_CREDENTIAL = re.compile(r"authz|token|access_token|bearer_token|sig|signature|x-amz-.*"
+                         r"|x-goog-.*", re.IGNORECASE)
 
 
 def is_url(name: PathLike) -> bool:
@@ -335,6 +339,8 @@ def is_url(name: PathLike) -> bool:
     bool
         True for a URL of any protocol but ``file://`` and ``local://``.
     """
+    if isinstance(name, bytes):  # a path as the OS gives it
+        name = os.fsdecode(name)
     return (isinstance(name, str) and _URL.match(name) is not None
             and _LOCAL_URL.match(name) is None)
 
@@ -343,7 +349,7 @@ def _input_name(name: PathLike) -> Path | str:
     """An input as this package keeps it: a URL as the string itself, a local file (also
     ``file://path``) as a Path. (Path would fold a URL's ``//``: ``root://host//f.root`` was
     read as ``root:/host/f.root``, in a local folder ``root:``.)"""
-    if isinstance(name, bytes):  # a path as the OS gives it
+    if isinstance(name, bytes):
         name = os.fsdecode(name)
     if is_url(name):
         return name
@@ -364,29 +370,39 @@ def input_identity(name: PathLike) -> str:
     -------
     str
         For a local file, its absolute path with links followed. For a URL, the URL as
-        fsspec spells it (``memory://d/a.root`` and ``memory:///d/a.root`` are one) without
-        its query: a token (``?authz=...``) is neither written into vertex files nor part of
-        what ``--skip-existing`` compares, so a rerun with a fresh token resumes.
+        fsspec spells it (``memory://d/a.root`` and ``memory:///d/a.root`` are one; a chained
+        URL as given) without the credentials in its query (``authz``, ``token``,
+        ``access_token``, ``X-Amz-*``, ...): a token is not written into vertex files, and a
+        rerun with a fresh one resumes (``--skip-existing``). Other parameters stay
+        (``?versionId=2`` is another file).
     """
     name = _input_name(name)
     if isinstance(name, Path):
         return str(name.resolve())
-    name = name.partition("?")[0]
+    base, _, query = name.partition("?")
+    kept = [item for item in query.split("&") if item
+            and not _CREDENTIAL.fullmatch(item.partition("=")[0])]
+    query = f"?{'&'.join(kept)}" if kept else ""
+    if "::" in base:  # the outer filesystem's spelling would drop the chain
+        return base + query
     try:
-        filesystem, where = fsspec.core.url_to_fs(name)
+        filesystem, where = fsspec.core.url_to_fs(base)
     except Exception:  # noqa: BLE001 (a protocol not installed here: reading it says so)
-        return name
-    return filesystem.unstrip_protocol(where)
+        return base + query
+    return filesystem.unstrip_protocol(where) + query
 
 
 def _input_stem(name: PathLike) -> str:
-    """The file name without its suffix, also of a URL (``root://host//data/run1.root`` and
-    ``simplecache::https://host/run%201.root?authz=x`` give ``run1`` and ``run 1``)."""
+    """The file name without its suffix, also of a URL (``run1`` of
+    ``root://host//data/run1.root?authz=x`` and of ``zip://run1.root::file:///a.zip``)."""
     name = _input_name(name)
     if isinstance(name, Path):
         return name.stem
-    path = urllib.parse.urlsplit(name.rsplit("::", 1)[-1]).path
-    return PurePosixPath(urllib.parse.unquote(path)).stem
+    # Of a chain, the first link that names a ROOT file (zip://member.root::...), else the last
+    # (simplecache::https://host/run1.root).
+    files = [link.partition("?")[0].rstrip("/").rpartition("/")[2] for link in name.split("::")]
+    file = next((file for file in files if file.lower().endswith(".root")), files[-1])
+    return PurePosixPath(urllib.parse.unquote(file)).stem
 
 
 def _local_output(path: PathLike) -> Path:
@@ -417,16 +433,15 @@ def _reading(where: str) -> Iterator[None]:
     """What uproot raises inside on a damaged file (zlib, deserialization, value and other
     errors alike, and OSErrors without an errno: "expected Chunk of length 325") as a
     ``ValueError`` naming ``where`` (``file:tree``). The system's OSErrors (a disk, a
-    permission) and MemoryError pass. From a URL, where the network may be at fault as well,
-    nothing is called damage, and the network's OSErrors (a dropped connection) name it too."""
+    permission) and MemoryError pass. From a URL, whose storage or network may be at fault
+    as well, every error is such a ValueError, and not called damage."""
     try:
         yield
     except MemoryError:
         raise
     except Exception as error:
         if is_url(where):
-            kind = OSError if isinstance(error, OSError) else ValueError
-            raise kind(f"{where}: cannot be read ({_described(error)})") from None
+            raise ValueError(f"{where}: cannot be read ({_described(error)})") from None
         if isinstance(error, OSError) and error.errno is not None:
             raise
         raise ValueError(f"{where}: damaged, cannot be read ({_described(error)})") from None
@@ -436,8 +451,10 @@ def _described(error: Exception) -> str:
     """``Type: message`` of an error met reading a file, on one line. uproot's
     DeserializationError says what went wrong in ``.message``, and then dumps the bytes it
     was reading; others say it all (an HTTP client's error: status, reason and URL)."""
-    text = error.message if isinstance(error, uproot.deserialization.DeserializationError) \
-        else str(error)
+    if isinstance(error, uproot.deserialization.DeserializationError):
+        text = error.message
+    else:
+        text = str(error)
     message = " ".join(text.split())
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
@@ -474,34 +491,48 @@ def _open(path: PathLike) -> Any:
 def _uproot_open(path: Path | str, handler: Any) -> Any:
     try:
         return uproot.open(path, handler=handler)
+    except MemoryError:
+        raise
     except Exception as error:  # noqa: BLE001 (uproot raises many kinds for damaged files)
-        raise ValueError(f"{path}: not a readable ROOT file ({error})") from None
+        if is_url(str(path)) and isinstance(error, OSError):  # the storage or the network
+            raise OSError(f"{path}: cannot be read ({_described(error)})") from None
+        raise ValueError(f"{path}: not a readable ROOT file ({_described(error)})") from None
 
 
 def _open_url(url: str) -> Any:
-    """Open a remote file through fsspec (uproot's own way), checked as a local one is."""
+    """Open a remote file through fsspec (uproot's own way), checked as a local one is.
+
+    Failures of the storage or the network (a refusal such as 403, a dropped connection)
+    are OSErrors; a protocol that cannot be read here is a ValueError."""
     try:
         filesystem, where = fsspec.core.url_to_fs(url)
+    except ImportError as error:  # fsspec knows the protocol, its package is missing
+        raise ValueError(f"{url}: cannot be read here: {error}") from None
+    except Exception as error:  # noqa: BLE001 (an unknown protocol, a malformed URL)
+        raise ValueError(f"{url}: cannot be read ({_described(error)})") from None
+    try:
         # Only the header: open() would read fsspec's first block (5 MB) ahead.
         head = filesystem.cat_file(where, start=0, end=20)
         size = filesystem.size(where)
-    except ImportError as error:  # fsspec knows the protocol, its package is missing
-        raise ValueError(f"{url}: cannot be read here: {error}") from None
-    except FileNotFoundError as error:
-        # fsspec's HTTP client says so of any failure, with the real one as the cause: a
-        # refused connection, or the server's answer (403 Forbidden, 500; 404 is missing).
-        cause = error.__cause__
-        if isinstance(cause, OSError) or getattr(cause, "status", 404) != 404:
-            raise OSError(f"{url}: cannot be read ({_described(cause)})") from None
-        raise FileNotFoundError(f"{url}: no such file") from None
-    except OSError as error:  # the network, a permission
-        raise OSError(f"{url}: cannot be read ({_described(error)})") from None
     except MemoryError:
         raise
-    except Exception as error:  # noqa: BLE001 (an unknown protocol, an HTTP error status)
-        raise ValueError(f"{url}: cannot be read ({_described(error)})") from None
+    except Exception as error:  # noqa: BLE001 (each client raises its own kinds)
+        if _missing(error):
+            raise FileNotFoundError(f"{url}: no such file") from None
+        failure = error.__cause__ if isinstance(error, FileNotFoundError) else error
+        raise OSError(f"{url}: cannot be read ({_described(failure)})") from None
     _check_root_header(url, head, size)
     return _uproot_open(url, None)  # uproot's default: fsspec
+
+
+def _missing(error: Exception) -> bool:
+    """Whether fsspec says a file is not there. Its HTTP client raises FileNotFoundError for
+    any failure of a request, with the real one as its cause: only a 404 (or a missing key
+    of a store) means missing, a refused connection or a 403 does not."""
+    if not isinstance(error, FileNotFoundError):
+        return False
+    cause = error.__cause__
+    return cause is None or isinstance(cause, LookupError) or getattr(cause, "status", None) == 404
 
 
 _TREE_CLASSES = ("TTree", "TNtuple", "TNtupleD")
@@ -828,7 +859,9 @@ def inspect_tracks(path: PathLike, schema: TrackSchema | None = None) -> TrackSo
         missing tree or branch, a branch that does not hold numbers per entry; a URL whose
         protocol this machine cannot read (the message names the package to install).
     OSError
-        Naming the URL, when the network or the server fails.
+        Naming the URL, when its storage or the network fails as it is opened (a refusal
+        such as 403, a dropped connection); failures later, while reading, are ValueErrors
+        naming URL, tree and entries.
     TypeError
         For a ``schema`` that is not a TrackSchema.
     """
@@ -1248,8 +1281,8 @@ class VertexWriter:
 
     def __init__(self, path: PathLike, *, with_weights: bool = False,
                  compression: str = DEFAULT_VERTEX_COMPRESSION) -> None:
-        self._final, self.partial = _write_target(path)
-        self.path = Path(path)
+        self.path = _local_output(path)
+        self._final, self.partial = _write_target(self.path)
         self.with_weights = with_weights
         self.n_events = self.n_vertices = 0
         self._ids: dict[str, np.dtype] | None = None

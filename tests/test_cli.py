@@ -333,6 +333,8 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
          "--dask took the input root://host//run.root for its scheduler"),
         (["reconstruct", "--dask", "https://host/run.root?authz=t", "{sample}", "-o", "x.root"],
          "--dask took the input https://host/run.root?authz=t for its scheduler"),
+        (["reconstruct", "--dask", "run?.root", "{sample}", "-o", "x.root"],  # a local glob
+         "--dask took the input run?.root for its scheduler"),
         # Not a folder "root:" made here and written into.
         (["reconstruct", "{sample}", "-o", "root://host//x.root"],
          "root://host//x.root: a URL; pvfinder writes files on this machine only"),

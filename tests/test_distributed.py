@@ -812,8 +812,9 @@ def test_inputs_given_as_urls_are_listed_planned_and_reconstructed(tmp_path, fil
                                    remote.url("none*.root"), "nosuch://host/*.root"])
     assert [pvfinder_io.input_identity(name) for name in found] == [
         *map(pvfinder_io.input_identity, urls), str(files[2])]
-    assert errors == [("nosuch://host/*.root: cannot be listed (ValueError: Protocol not "
-                       "known: nosuch)"), f"{remote.url('none*.root')}: no file matches"]
+    assert errors == [f"{remote.url('none*.root')}: no file matches",  # in the patterns' order
+                      ("nosuch://host/*.root: cannot be listed (ValueError: Protocol not "
+                       "known: nosuch)")]
     plan = plan_outputs(found, tmp_path / "out")
     assert list(plan) == [tmp_path / "out" / f"run{i}_pvs.root" for i in range(3)]
     with pytest.raises(ValueError, match="given more than once"):
@@ -976,10 +977,36 @@ def test_a_rerun_with_a_fresh_token_resumes_and_no_token_is_written(tmp_path, fi
     assert [result.status for result in again] == ["skipped", "skipped"]
 
 
-def test_a_url_whose_name_looks_like_a_glob_is_that_file(files, remote):
+def test_a_url_s_query_may_name_a_file_but_its_credentials_do_not(tmp_path):
+    """Each of these is another input: a query that names the file, chained URLs (members
+    of two archives, a cached copy) with the stems of their files."""
+    named = ["https://host/get?file=a.root&authz=t0k3n", "https://host/get?file=b.root"]
+    assert expand_inputs(named) == (named, [])
+    assert [pvfinder_io.input_identity(url) for url in named] == [
+        "https://host/get?file=a.root", "https://host/get?file=b.root"]
+    signed = "https://host/k.root?versionId=2&X-Amz-Date=1&X-Amz-Signature=abc&token=t"
+    assert pvfinder_io.input_identity(signed) == "https://host/k.root?versionId=2"
+    chained = [f"zip://run1.root::file://{tmp_path}/a.zip", f"zip://run2.root::file://{tmp_path}/a.zip",
+               "simplecache::https://host/run3.root?authz=t0k3n", "memory://run4.root"]
+    assert expand_inputs([*chained, "simplecache::memory://data/*.root"]) == (
+        [*chained, "simplecache::memory://data/*.root"], [])  # a chain is not listed
+    assert plan_outputs(chained, tmp_path) == {
+        tmp_path / f"run{i}_pvs.root": [url] for i, url in enumerate(chained, 1)}
+
+
+def test_a_url_whose_name_looks_like_a_glob_is_that_file(tmp_path, files, remote):
+    import dask
+
     odd = remote.put(files[2], "run[1].root")
     remote.put(files[1], "run1.root")  # what the pattern run[1].root matches
     assert expand_inputs([odd]) == ([odd], [])
+    [result] = reconstruct_files(plan_outputs([odd], tmp_path), backend="cpu")
+    expected = expected_vertices(files[2])
+    assert_same_vertices(read_vertices(result.output), expected, weights=False)
+    parts = dask.compute(*vertex_collection(inspect_tracks(odd), step_size=40).to_delayed(),
+                         scheduler="sync")
+    assert_same_vertices(VertexBatch.from_awkward(ak.concatenate(parts)["vertices"]), expected,
+                         weights=False)
 
 
 def test_a_file_url_is_the_local_file(tmp_path, files):

@@ -15,6 +15,7 @@ import fsspec.implementations.memory
 import numpy as np
 import pytest
 import uproot
+from fsspec.registry import known_implementations
 
 from pvfinder import PVFinder, find_vertices, simulate
 from pvfinder.events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch
@@ -819,7 +820,8 @@ class _Connection:
         self.answers, self.reads = answers, 0
 
 
-def test_a_url_that_cannot_be_read_is_an_error_naming_it(tmp_path, small_file, remote):
+def test_a_url_that_cannot_be_read_is_an_error_naming_it(tmp_path, small_file, remote,
+                                                         monkeypatch):
     with pytest.raises(FileNotFoundError, match=f"^{re.escape(remote.url('nope.root'))}: no such file"):
         read_tracks(remote.url("nope.root"))
     (tmp_path / "text.root").write_text("hello")
@@ -835,44 +837,67 @@ def test_a_url_that_cannot_be_read_is_an_error_naming_it(tmp_path, small_file, r
         inspect_tracks("nosuch://host/a.root")
     # A protocol fsspec knows, whose package is not installed here (as root:// without
     # fsspec-xrootd): the message says what to install.
-    fsspec.register_implementation("pvfinder-absent", "pvfinder_absent_module.FileSystem",
-                                   errtxt="Install pvfinder-absent to read these", clobber=True)
+    monkeypatch.setitem(known_implementations, "pvfinder-absent", {
+        "class": "pvfinder_absent_module.FileSystem",
+        "err": "Install pvfinder-absent to read these"})
     with pytest.raises(ValueError, match="^pvfinder-absent://host/a.root: cannot be read here: "
                                          "Install pvfinder-absent to read these"):
         read_truth("pvfinder-absent://host/a.root")
 
 
 def test_a_connection_that_drops_is_an_error_naming_the_url(small_file, remote, monkeypatch):
-    """At the header, after the file and tree were opened, and while reading the baskets:
-    each time the URL (and tree, and entries) is named, and nothing is called damaged."""
+    """As the file is opened (its header, then uproot's first reads) an OSError; once open
+    (a tree, the baskets) a ValueError naming tree and entries too. Never called damage."""
     url = remote.put(small_file)
     connection = _Connection(monkeypatch)
+    holds_weights(url)  # opens the file and looks at its keys: no tree is read
+    file_opened = connection.reads
     source = inspect_tracks(url)
-    opening = connection.reads  # the header, the file's keys, the tree
+    tree_opened = connection.reads - file_opened
     dropped = r"\(ConnectionResetError: \[Errno 104\] Connection reset by peer\)"
     for answers, error, message in [
             (0, OSError, f"^{re.escape(url)}: cannot be read {dropped}"),
-            (opening, ValueError,
+            (1, OSError, f"^{re.escape(url)}: cannot be read {dropped}"),
+            (file_opened, ValueError, f"^{re.escape(url)}:tracks: cannot be read {dropped}"),
+            (tree_opened, ValueError,
              f"^{re.escape(url)}:tracks: cannot read the entries from 0 on {dropped}")]:
         connection.drop_after(answers)
         with pytest.raises(error, match=message):
             list(source.read_chunks())
-    connection.drop_after(opening - 1)  # at the first tree read: here the truth's
-    with pytest.raises(OSError, match=f"^{re.escape(url)}:truth: cannot be read {dropped}"):
+    connection.drop_after(file_opened)
+    with pytest.raises(ValueError, match=f"^{re.escape(url)}:truth: cannot be read {dropped}"):
         read_truth(url)
+
+
+def test_only_a_missing_file_is_called_missing(small_file, remote, monkeypatch):
+    """fsspec's HTTP client raises FileNotFoundError for any failed request (a dropped
+    connection, a refusal), with the real failure as its cause."""
+    url = remote.put(small_file)
+
+    def size(filesystem, path):
+        raise FileNotFoundError(path) from RuntimeError("Server disconnected")
+
+    monkeypatch.setattr(fsspec.implementations.memory.MemoryFileSystem, "size", size)
+    with pytest.raises(OSError, match=f"^{re.escape(url)}: cannot be read \\(RuntimeError: "
+                                      "Server disconnected\\)$") as raised:
+        inspect_tracks(url)
+    assert not isinstance(raised.value, FileNotFoundError)
 
 
 def test_files_are_written_on_this_machine_not_to_a_url(tmp_path, small, monkeypatch):
     """A URL given to a writer made a folder ``memory:`` (or ``root:``) here and wrote there."""
     monkeypatch.chdir(tmp_path)
     vertices = find_vertices(small.tracks.select_events(0, 3), backend="cpu")
+    local = VertexWriter(f"file://{tmp_path}/local.root")  # a file:// URL is local
+    assert local.path == tmp_path / "local.root"
+    local.discard()
     for write in (lambda url: VertexWriter(url),
                   lambda url: write_vertices(url, vertices),
                   lambda url: write_sample(url, small.tracks)):
         with pytest.raises(ValueError, match="^root://host//out.root: a URL; pvfinder writes "
                                              "files on this machine only"):
             write("root://host//out.root")
-    assert list(tmp_path.iterdir()) == []
+    assert [path.name for path in tmp_path.iterdir()] == []
 
 
 # -- errors ----------------------------------------------------------------------------------
