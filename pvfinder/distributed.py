@@ -107,7 +107,8 @@ def expand_inputs(patterns: Iterable[str], *, output: str | os.PathLike | None =
         reports them).
     errors : list of str
         One message per pattern that matched nothing (or only this job's outputs), or whose
-        URLs cannot be listed here.
+        URLs cannot be listed here, and per URL left out because it differs from one before
+        only by its query (see :func:`~pvfinder.io.input_identity`).
     """
     # Per pattern: None when it names a file, and what it matched, or why it could not list.
     expanded: list[tuple[str | None, list[Path | str] | str]] = []
@@ -130,8 +131,7 @@ def expand_inputs(patterns: Iterable[str], *, output: str | os.PathLike | None =
         else:
             expanded.append((None, [name]))
     own = set() if output is None else _own_outputs(
-        [path for _, paths in expanded if not isinstance(paths, str)
-         for path in paths if isinstance(path, Path)], output)
+        [path for _, paths in expanded if not isinstance(paths, str) for path in paths], output)
     files: dict[str, Path | str] = {}  # the file itself → the name it is read under
     errors = []
     for pattern, matches in expanded:
@@ -147,9 +147,17 @@ def expand_inputs(patterns: Iterable[str], *, output: str | os.PathLike | None =
             named = kept
         for match, identity in named:
             known = files.setdefault(identity, match)
-            if _is_link(known) and not _is_link(match):  # outputs take its own name
+            if _query(known) != _query(match):  # not the same name twice: say so
+                errors.append(f"{match}: left out, one file with {known}; a URL's query is "
+                              "taken for access (a token), not for the file it names")
+            elif _is_link(known) and not _is_link(match):  # outputs take its own name
                 files[identity] = match
     return list(files.values()), errors
+
+
+def _query(name: Path | str) -> str:
+    """A URL's query (its access parameters), empty for a local file."""
+    return name.partition("?")[2] if isinstance(name, str) else ""
 
 
 def _remote_matches(url: str) -> list[str] | None:
@@ -172,17 +180,19 @@ def _is_link(name: Path | str) -> bool:
     return isinstance(name, Path) and name.is_symlink()
 
 
-def _own_outputs(files: Sequence[Path], output: str | os.PathLike) -> set[str]:
+def _own_outputs(files: Sequence[Path | str], output: str | os.PathLike) -> set[str]:
     """Those of the local ``files`` (by :func:`~pvfinder.io.input_identity`) that are vertex
     files, recording their inputs, at a place this job would write to: ``output`` or
-    ``output/<stem>_pvs.root`` for one of them."""
-    if is_url(output):  # refused when the outputs are planned
+    ``output/<stem>_pvs.root`` for one of ``files`` (also of a URL)."""
+    try:
+        output = _local_output(output)
+    except ValueError:  # a URL: refused when the outputs are planned
         return set()
-    output = Path(output)
-    targets = {output.resolve()} | {(output / f"{path.stem}_pvs.root").resolve()
-                                     for path in files}
+    targets = {output.resolve()} | {(output / f"{_input_stem(name)}_pvs.root").resolve()
+                                     for name in files}
+    local = {path.resolve() for path in files if isinstance(path, Path)}
     own = set()
-    for path in {path.resolve() for path in files} & targets:
+    for path in local & targets:
         with contextlib.suppress(OSError, ValueError):  # unreadable: left to the reading
             if recorded_inputs(path) is not None:
                 own.add(str(path))

@@ -318,10 +318,6 @@ def _checked_fill(fill: Mapping[str, Any]) -> dict[str, float]:
 _URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]+::)*[A-Za-z][A-Za-z0-9+.-]+://")
 # Local files in URL form, which uproot reads as local files too.
 _LOCAL_URL = re.compile(r"(?:file|local)://", re.IGNORECASE)
-# Query parameters that carry credentials (XRootD and WLCG tokens, S3 and GCS signatures,
-# Azure's SAS signature): neither written into vertex files nor part of an input's identity.
-_CREDENTIAL = re.compile(r"authz|token|access_token|bearer_token|sig|signature|x-amz-.*"
-                         r"|x-goog-.*", re.IGNORECASE)
 
 
 def is_url(name: PathLike) -> bool:
@@ -371,25 +367,21 @@ def input_identity(name: PathLike) -> str:
     str
         For a local file, its absolute path with links followed. For a URL, the URL as
         fsspec spells it (``memory://d/a.root`` and ``memory:///d/a.root`` are one; a chained
-        URL as given) without the credentials in its query (``authz``, ``token``,
-        ``access_token``, ``X-Amz-*``, ...): a token is not written into vertex files, and a
-        rerun with a fresh one resumes (``--skip-existing``). Other parameters stay
-        (``?versionId=2`` is another file).
+        URL as given) without its query, which is taken for access parameters (a token, a
+        signature and its expiry): no token is written into vertex files, and a rerun with
+        a fresh one resumes (``--skip-existing``).
     """
     name = _input_name(name)
     if isinstance(name, Path):
         return str(name.resolve())
-    base, _, query = name.partition("?")
-    kept = [item for item in query.split("&") if item
-            and not _CREDENTIAL.fullmatch(item.partition("=")[0])]
-    query = f"?{'&'.join(kept)}" if kept else ""
+    base = "::".join(link.partition("?")[0] for link in name.split("::"))
     if "::" in base:  # the outer filesystem's spelling would drop the chain
-        return base + query
+        return base
     try:
         filesystem, where = fsspec.core.url_to_fs(base)
     except Exception:  # noqa: BLE001 (a protocol not installed here: reading it says so)
-        return base + query
-    return filesystem.unstrip_protocol(where) + query
+        return base
+    return filesystem.unstrip_protocol(where)
 
 
 def _input_stem(name: PathLike) -> str:
@@ -494,7 +486,10 @@ def _uproot_open(path: Path | str, handler: Any) -> Any:
     except MemoryError:
         raise
     except Exception as error:  # noqa: BLE001 (uproot raises many kinds for damaged files)
-        if is_url(str(path)) and isinstance(error, OSError):  # the storage or the network
+        # Past the header check, a URL's failure other than of its contents is the storage's
+        # or the network's (whose clients' errors are not all OSErrors).
+        if isinstance(path, str) and not isinstance(
+                error, uproot.deserialization.DeserializationError):
             raise OSError(f"{path}: cannot be read ({_described(error)})") from None
         raise ValueError(f"{path}: not a readable ROOT file ({_described(error)})") from None
 
@@ -502,23 +497,24 @@ def _uproot_open(path: Path | str, handler: Any) -> Any:
 def _open_url(url: str) -> Any:
     """Open a remote file through fsspec (uproot's own way), checked as a local one is.
 
-    Failures of the storage or the network (a refusal such as 403, a dropped connection)
-    are OSErrors; a protocol that cannot be read here is a ValueError."""
+    A protocol that cannot be read here, or a malformed URL, is a ValueError; a missing file
+    a FileNotFoundError; any other failure of the storage or the network (a refusal such as
+    403, a dropped connection) an OSError."""
     try:
-        filesystem, where = fsspec.core.url_to_fs(url)
-    except ImportError as error:  # fsspec knows the protocol, its package is missing
-        raise ValueError(f"{url}: cannot be read here: {error}") from None
-    except Exception as error:  # noqa: BLE001 (an unknown protocol, a malformed URL)
-        raise ValueError(f"{url}: cannot be read ({_described(error)})") from None
-    try:
+        filesystem, where = fsspec.core.url_to_fs(url)  # of zip::https, reads the archive
         # Only the header: open() would read fsspec's first block (5 MB) ahead.
         head = filesystem.cat_file(where, start=0, end=20)
         size = filesystem.size(where)
+    except ImportError as error:  # fsspec knows the protocol, its package is missing
+        raise ValueError(f"{url}: cannot be read here: {error}") from None
     except MemoryError:
         raise
     except Exception as error:  # noqa: BLE001 (each client raises its own kinds)
         if _missing(error):
             raise FileNotFoundError(f"{url}: no such file") from None
+        if isinstance(error, ValueError):  # an unknown protocol ("Protocol not known")
+            raise ValueError(  # noqa: TRY004 (a value refused, passed on as such)
+                f"{url}: cannot be read ({_described(error)})") from None
         failure = error.__cause__ if isinstance(error, FileNotFoundError) else error
         raise OSError(f"{url}: cannot be read ({_described(failure)})") from None
     _check_root_header(url, head, size)
@@ -1108,7 +1104,7 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
             _check_offsets(tracks.offsets, tracks.n_tracks, "tracks")
         else:
             truth.check_matches(tracks)
-    final, partial = _write_target(path)
+    final, partial = _write_target(_local_output(path))
     try:
         with uproot.recreate(partial, compression=codec) as file:
             jagged = _jagged(tracks, TRACK_FIELDS, precision)
@@ -1189,14 +1185,13 @@ def _weight_rows(vertices: VertexBatch, track_counts: Any
     return track_offsets, vertex_event, weight_counts
 
 
-def _write_target(path: PathLike) -> tuple[Path, Path]:
+def _write_target(path: Path) -> tuple[Path, Path]:
     """The file to write for ``path`` (the target of a link, as ``open`` writes through it;
     the rename would replace the link) and ``<file>.<unique>.part``, its name until complete
     (two jobs writing one output each rename a whole file of their own: a shared name had one
     job's vertices in the file and the other's success reported); once ``path`` is known to be
     a regular file or nothing yet (a directory was found out only at the final rename, the
     partial file left behind; /dev/null was replaced) and its folders are made."""
-    path = _local_output(path)
     kind = _not_a_regular_file(path)
     if kind == "a directory":
         raise IsADirectoryError(f"{path}: a directory, not a file to write")
@@ -1595,8 +1590,9 @@ def check_vertex_file(path: PathLike) -> None:
     FileNotFoundError, ValueError
         For a missing or unreadable file, or one without the tree ``vertices``, naming it.
     """
+    path = _input_name(path)
     with _open(path) as file:
-        _tree(file, _input_name(path), VERTICES_TREE)
+        _tree(file, path, VERTICES_TREE)
 
 
 def recorded_inputs(path: PathLike) -> list[str] | None:
@@ -1609,6 +1605,7 @@ def recorded_inputs(path: PathLike) -> list[str] | None:
     FileNotFoundError, ValueError
         For a missing or unreadable file, or one without the tree ``vertices``.
     """
+    path = _input_name(path)
     with _open(path) as file:
         _tree(file, path, VERTICES_TREE)  # a file of tracks notes no inputs either
         if not _holds(file, path, INPUTS_RECORD):
@@ -1642,6 +1639,7 @@ def holds_weights(path: PathLike) -> bool:
     FileNotFoundError, ValueError
         For a missing or unreadable file.
     """
+    path = _input_name(path)
     with _open(path) as file:
         return _holds(file, path, WEIGHTS_TREE)
 

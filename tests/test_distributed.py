@@ -977,21 +977,33 @@ def test_a_rerun_with_a_fresh_token_resumes_and_no_token_is_written(tmp_path, fi
     assert [result.status for result in again] == ["skipped", "skipped"]
 
 
-def test_a_url_s_query_may_name_a_file_but_its_credentials_do_not(tmp_path):
-    """Each of these is another input: a query that names the file, chained URLs (members
-    of two archives, a cached copy) with the stems of their files."""
-    named = ["https://host/get?file=a.root&authz=t0k3n", "https://host/get?file=b.root"]
-    assert expand_inputs(named) == (named, [])
-    assert [pvfinder_io.input_identity(url) for url in named] == [
-        "https://host/get?file=a.root", "https://host/get?file=b.root"]
-    signed = "https://host/k.root?versionId=2&X-Amz-Date=1&X-Amz-Signature=abc&token=t"
-    assert pvfinder_io.input_identity(signed) == "https://host/k.root?versionId=2"
+def test_a_url_s_query_is_for_access_not_for_naming_a_file(tmp_path, files):
+    """A URL's query is taken for a token or a signature: two URLs that differ by it alone
+    are one file, said so when both are given. Chained URLs (members of two archives, a
+    cached copy) are each an input, named after their file."""
+    signed = "https://host/k.root?X-Amz-Date=1&X-Amz-Expires=60&X-Amz-Signature=abc"
+    assert pvfinder_io.input_identity(signed) == "https://host/k.root"
+    named = ["https://host/get?file=a.root", "https://host/get?file=b.root"]
+    assert expand_inputs(named) == (named[:1], [
+        (f"{named[1]}: left out, one file with {named[0]}; a URL's query is taken for access "
+         "(a token), not for the file it names")])
+    with pytest.raises(ValueError, match="given more than once"):
+        reconstruct_files({tmp_path / "a.root": named[:1], tmp_path / "b.root": named[1:]})
     chained = [f"zip://run1.root::file://{tmp_path}/a.zip", f"zip://run2.root::file://{tmp_path}/a.zip",
                "simplecache::https://host/run3.root?authz=t0k3n", "memory://run4.root"]
     assert expand_inputs([*chained, "simplecache::memory://data/*.root"]) == (
         [*chained, "simplecache::memory://data/*.root"], [])  # a chain is not listed
     assert plan_outputs(chained, tmp_path) == {
         tmp_path / f"run{i}_pvs.root": [url] for i, url in enumerate(chained, 1)}
+
+
+def test_expanding_leaves_out_the_outputs_written_for_urls(tmp_path, files, remote):
+    """Their names come from the URLs' files; the output folder may be given as file://."""
+    url, out = remote.put(files[2]), tmp_path / "out"
+    reconstruct_files(plan_outputs([url], out), backend="cpu")
+    for output in (out, f"file://{out}/"):
+        assert expand_inputs([url, str(out / "*.root")], output=output) == (
+            [url], [f"{out / '*.root'}: matches only this job's outputs"])
 
 
 def test_a_url_whose_name_looks_like_a_glob_is_that_file(tmp_path, files, remote):

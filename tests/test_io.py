@@ -884,6 +884,28 @@ def test_only_a_missing_file_is_called_missing(small_file, remote, monkeypatch):
     assert not isinstance(raised.value, FileNotFoundError)
 
 
+class _ServerDisconnected(Exception):
+    """As aiohttp's: a network failure that is no OSError."""
+
+
+@pytest.mark.parametrize(("raised", "error", "said"), [
+    (_ServerDisconnected("Server disconnected"), OSError,
+     "cannot be read \\(_ServerDisconnected: Server disconnected\\)"),
+    (uproot.deserialization.DeserializationError("expected 8 bytes", None, None, {}, "f"),
+     ValueError, "not a readable ROOT file \\(DeserializationError: expected 8 bytes\\)")])
+def test_a_url_that_uproot_cannot_open_names_the_network_or_the_contents(
+        small_file, remote, monkeypatch, raised, error, said):
+    """Past the header check, a failure other than of the file's contents is the network's."""
+    url = remote.put(small_file)
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(uproot, "open", fail)
+    with pytest.raises(error, match=f"^{re.escape(url)}: {said}$"):
+        inspect_tracks(url)
+
+
 def test_files_are_written_on_this_machine_not_to_a_url(tmp_path, small, monkeypatch):
     """A URL given to a writer made a folder ``memory:`` (or ``root:``) here and wrote there."""
     monkeypatch.chdir(tmp_path)
