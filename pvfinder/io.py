@@ -895,6 +895,9 @@ def iterate_tracks(paths: PathLike | Iterable[PathLike], schema: TrackSchema | N
         While iterating, as :func:`inspect_tracks` when a file is reached, and naming the
         entry for unreadable data, branches of different lengths in an entry, non-finite
         states and negative variances.
+    OSError
+        For a URL whose storage or network fails as it is opened (see
+        :func:`inspect_tracks`).
     """
     schema, step_size = _schema(schema), parse_step_size(step_size)
     if isinstance(paths, bytes):  # a path as the OS gives it, not a sequence of bytes
@@ -929,6 +932,9 @@ def read_tracks(path: PathLike, tree: str | None = None,
     ------
     FileNotFoundError, ValueError
         Naming the file, tree, branch and entry of the problem (see :func:`iterate_tracks`).
+    OSError
+        For a URL whose storage or network fails as it is opened (see
+        :func:`inspect_tracks`).
     TypeError
         For a ``schema`` that is not a TrackSchema.
     """
@@ -970,6 +976,9 @@ def read_truth(path: PathLike, tracks_tree: str = TRACKS_TREE) -> MCTruth | None
     ------
     FileNotFoundError, ValueError
         Naming the file, tree and branch that are missing or malformed.
+    OSError
+        For a URL whose storage or network fails as it is opened (see
+        :func:`inspect_tracks`).
     """
     path = _input_name(path)
     with _open(path) as file:
@@ -1589,6 +1598,9 @@ def check_vertex_file(path: PathLike) -> None:
     ------
     FileNotFoundError, ValueError
         For a missing or unreadable file, or one without the tree ``vertices``, naming it.
+    OSError
+        For a URL whose storage or network fails as it is opened (see
+        :func:`inspect_tracks`).
     """
     path = _input_name(path)
     with _open(path) as file:
@@ -1604,6 +1616,9 @@ def recorded_inputs(path: PathLike) -> list[str] | None:
     ------
     FileNotFoundError, ValueError
         For a missing or unreadable file, or one without the tree ``vertices``.
+    OSError
+        For a URL whose storage or network fails as it is opened (see
+        :func:`inspect_tracks`).
     """
     path = _input_name(path)
     with _open(path) as file:
@@ -1638,6 +1653,9 @@ def holds_weights(path: PathLike) -> bool:
     ------
     FileNotFoundError, ValueError
         For a missing or unreadable file.
+    OSError
+        For a URL whose storage or network fails as it is opened (see
+        :func:`inspect_tracks`).
     """
     path = _input_name(path)
     with _open(path) as file:
@@ -1652,6 +1670,9 @@ def read_event_ids(path: PathLike, tree: str) -> dict[str, np.ndarray]:
     ------
     FileNotFoundError, ValueError
         For a missing or unreadable file or a missing tree, naming it.
+    OSError
+        For a URL whose storage or network fails as it is opened (see
+        :func:`inspect_tracks`).
     """
     path = _input_name(path)
     with _open(path) as file:
@@ -1681,6 +1702,9 @@ def read_vertices(path: PathLike, *, weights: bool = True) -> VertexBatch:
     FileNotFoundError, ValueError
         For a missing or unreadable file, a missing tree or branch, or values that do not
         make vertices (naming the file and tree).
+    OSError
+        For a URL whose storage or network fails as it is opened (see
+        :func:`inspect_tracks`).
     """
     path = _input_name(path)
     with _open(path) as file:
