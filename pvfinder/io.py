@@ -1115,7 +1115,7 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
             truth.check_matches(tracks)
     final, partial = _write_target(_local_output(path))
     try:
-        with uproot.recreate(partial, compression=codec) as file:
+        with _recreate(partial, codec) as file:
             jagged = _jagged(tracks, TRACK_FIELDS, precision)
             if truth is not None:
                 jagged["mc_pv"] = _lists(tracks.offsets,
@@ -1213,6 +1213,18 @@ def _write_target(path: Path) -> tuple[Path, Path]:
     return final, final.with_name(f"{final.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
 
 
+def _recreate(path: Path, codec: Any) -> Any:
+    """A new ROOT file at the local ``path``, given to uproot as an open file: given a name,
+    uproot takes it for an fsspec URL, whose ``::`` chains protocols (``run::1.root`` was
+    written as a file ``run:``). Closing the uproot file closes it."""
+    handle = open(path, "w+b")  # noqa: SIM115 (uproot's file owns it from here)
+    try:
+        return uproot.recreate(handle, compression=codec)
+    except BaseException:
+        handle.close()
+        raise
+
+
 def _not_a_regular_file(path: Path) -> str | None:
     """What ``path`` (or the file it links to) is when it exists but is not a regular file,
     as ``"a directory"`` or ``"a character device"``; None otherwise."""
@@ -1295,7 +1307,7 @@ class VertexWriter:
         self._inputs: list[str] | None = None
         codec = _compression(compression)
         try:
-            self._file = uproot.recreate(self.partial, compression=codec)
+            self._file = _recreate(self.partial, codec)
             self._open = True
         except BaseException:  # a Ctrl-C may come once the file exists
             with contextlib.suppress(OSError):

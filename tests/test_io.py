@@ -906,6 +906,17 @@ def test_a_url_that_uproot_cannot_open_names_the_network_or_the_contents(
         inspect_tracks(url)
 
 
+def test_a_local_name_with_a_double_colon_is_that_file(tmp_path, small):
+    """uproot takes a name it is given to write for an fsspec URL, whose '::' chains
+    protocols: run::1.root was written as a file 'run:' (and the rename then failed)."""
+    tracks = small.tracks.select_events(0, 5)
+    write_sample(tmp_path / "run::1.root", tracks)
+    write_vertices(tmp_path / "run::1_pvs.root", find_vertices(tracks, backend="cpu"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run::1.root", "run::1_pvs.root"]
+    assert read_tracks(tmp_path / "run::1.root").n_events == 5
+    assert read_vertices(tmp_path / "run::1_pvs.root").n_events == 5
+
+
 def test_files_are_written_on_this_machine_not_to_a_url(tmp_path, small, monkeypatch):
     """A URL given to a writer made a folder ``memory:`` (or ``root:``) here and wrote there."""
     monkeypatch.chdir(tmp_path)
