@@ -620,6 +620,8 @@ def test_plots_of_inputs_of_one_name_go_to_folders_of_their_own():
     assert list(_plot_folders(inputs).values()) == ["run", "run_2", "run_3"]
     many = _plot_folders([Path(f"job{i}/output.root") for i in range(3000)])  # grid outputs
     assert len(set(many.values())) == 3000 and many[Path("job2999/output.root")] == "output_3000"
+    urls = ["https://host/a/run%201.root?v=1.2", "https://host/b/run%201.root"]  # their files'
+    assert list(_plot_folders(urls).values()) == ["run 1", "run 1_2"]
 
 
 def test_a_closed_pipe_ends_the_command_quietly_after_its_file_is_written(tmp_path):

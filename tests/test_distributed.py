@@ -18,6 +18,7 @@ import threading
 import time
 import types
 import warnings
+import zipfile
 from pathlib import Path
 
 import awkward as ak
@@ -937,6 +938,9 @@ def test_http_listings_and_failures_fail_only_their_own_input(tmp_path, files, h
     shutil.copy(files[1], folder / "sizeless1.root")
     shutil.copy(files[2], folder / "run2.root")
     forbidden = f"{address}/forbidden/run0.root"
+    # A character class is a wildcard too, and each match keeps the pattern's query.
+    assert expand_inputs([f"{address}/run[0-9].root?authz=t0k3n"]) == (
+        [f"{address}/run2.root?authz=t0k3n"], [])
     found, errors = expand_inputs([f"{address}/*.root", f"{address}/forbidden/*.root",
                                    forbidden])
     assert found == [f"{address}/run2.root", f"{address}/sizeless1.root", forbidden]
@@ -990,17 +994,27 @@ def test_a_url_s_query_is_for_access_not_for_naming_a_file(tmp_path, files):
     with pytest.raises(ValueError, match="given more than once"):
         reconstruct_files({tmp_path / "a.root": named[:1], tmp_path / "b.root": named[1:]})
     chained = [f"zip://run1.root::file://{tmp_path}/a.zip", f"zip://run2.root::file://{tmp_path}/a.zip",
-               "simplecache::https://host/run3.root?authz=t0k3n", "memory://run4.root"]
+               "simplecache::https://host/run3.root?authz=t0k3n", "memory://run4.root",
+               "https://host/run5.root?v=1.2", "https://host/run%206.root/"]
     assert expand_inputs([*chained, "simplecache::memory://data/*.root"]) == (
         [*chained, "simplecache::memory://data/*.root"], [])  # a chain is not listed
     assert plan_outputs(chained, tmp_path) == {
-        tmp_path / f"run{i}_pvs.root": [url] for i, url in enumerate(chained, 1)}
+        tmp_path / f"{stem}_pvs.root": [url]
+        for stem, url in zip(["run1", "run2", "run3", "run4", "run5", "run 6"], chained)}
+    same_member = []  # fsspec's spelling of a chain drops it: both were zip://run1.root
+    for archive in ("a.zip", "b.zip"):
+        with zipfile.ZipFile(tmp_path / archive, "w") as packed:
+            packed.write(files[0], "run1.root")
+        same_member.append(f"zip://run1.root::file://{tmp_path / archive}")
+    assert expand_inputs(same_member) == (same_member, [])
 
 
 def test_expanding_leaves_out_the_outputs_written_for_urls(tmp_path, files, remote):
-    """Their names come from the URLs' files; the output folder may be given as file://."""
-    url, out = remote.put(files[2]), tmp_path / "out"
+    """Their names come from the URLs' files (decoded: run%202.root gives 'run 2_pvs.root');
+    the output folder may be given as file://."""
+    url, out = remote.put(files[2], "run%202.root"), tmp_path / "out"
     reconstruct_files(plan_outputs([url], out), backend="cpu")
+    assert [path.name for path in out.iterdir()] == ["run 2_pvs.root"]
     for output in (out, f"file://{out}/"):
         assert expand_inputs([url, str(out / "*.root")], output=output) == (
             [url], [f"{out / '*.root'}: matches only this job's outputs"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
 import re
 import warnings
 
@@ -24,6 +25,7 @@ from pvfinder.io import (
     VertexWriter,
     holds_weights,
     inspect_tracks,
+    is_url,
     iterate_tracks,
     parse_step_size,
     read_tracks,
@@ -869,19 +871,44 @@ def test_a_connection_that_drops_is_an_error_naming_the_url(small_file, remote, 
         read_truth(url)
 
 
-def test_only_a_missing_file_is_called_missing(small_file, remote, monkeypatch):
+class _Answer(Exception):
+    """An HTTP client's error: the server's status, and its reason as the message."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@pytest.mark.parametrize(("cause", "error", "said"), [
+    (RuntimeError("Server disconnected"), OSError,
+     "cannot be read \\(RuntimeError: Server disconnected\\)"),
+    (_Answer(403, "Forbidden"), OSError, "cannot be read \\(_Answer: Forbidden\\)"),
+    (_Answer(404, "Not Found"), FileNotFoundError, "no such file"),
+    (TimeoutError(), OSError, "cannot be read \\(TimeoutError\\)"),  # no message: its kind
+])
+def test_only_a_missing_file_is_called_missing(small_file, remote, monkeypatch, cause, error,
+                                               said):
     """fsspec's HTTP client raises FileNotFoundError for any failed request (a dropped
     connection, a refusal), with the real failure as its cause."""
     url = remote.put(small_file)
 
     def size(filesystem, path):
-        raise FileNotFoundError(path) from RuntimeError("Server disconnected")
+        raise FileNotFoundError(path) from cause
 
     monkeypatch.setattr(fsspec.implementations.memory.MemoryFileSystem, "size", size)
-    with pytest.raises(OSError, match=f"^{re.escape(url)}: cannot be read \\(RuntimeError: "
-                                      "Server disconnected\\)$") as raised:
+    with pytest.raises(OSError, match=f"^{re.escape(url)}: {said}$") as raised:
         inspect_tracks(url)
-    assert not isinstance(raised.value, FileNotFoundError)
+    assert type(raised.value) is error
+
+
+def test_which_names_are_urls(small_file):
+    assert is_url("root://host//data/run1.root") and is_url(b"root://host//data/run1.root")
+    assert is_url("simplecache::https://host/run1.root")
+    assert not is_url("C://data/run1.root")  # a Windows drive
+    assert not is_url(pathlib.Path("root:/host/run1.root"))
+    for local in ("file", "local"):  # uproot reads these as local files
+        assert not is_url(f"{local}://{small_file}")
+        assert inspect_tracks(f"{local}://{small_file}").path == str(small_file)
 
 
 class _ServerDisconnected(Exception):
