@@ -835,6 +835,8 @@ def test_inputs_given_as_urls_are_listed_planned_and_reconstructed(tmp_path, fil
             plan_outputs(urls, output, merge=output.endswith(".root"))
     with pytest.raises(ValueError, match="a URL; pvfinder writes files"):
         reconstruct_files({"root://host//pvs.root": urls})
+    # Expanding leaves the refusal of a URL output to the planning.
+    assert expand_inputs([str(files[0])], output="root://host//out/") == ([files[0]], [])
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
 
 
