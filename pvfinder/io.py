@@ -374,7 +374,7 @@ def input_identity(name: PathLike) -> str:
     name = _input_name(name)
     if isinstance(name, Path):
         return str(name.resolve())
-    base = "::".join(link.partition("?")[0] for link in name.split("::"))
+    base = "::".join(_links(name))
     if "::" in base:  # the outer filesystem's spelling would drop the chain
         return base
     try:
@@ -392,9 +392,16 @@ def _input_stem(name: PathLike) -> str:
         return name.stem
     # Of a chain, the first link that names a ROOT file (zip://member.root::...), else the last
     # (simplecache::https://host/run1.root).
-    files = [link.partition("?")[0].rstrip("/").rpartition("/")[2] for link in name.split("::")]
+    files = [link.rstrip("/").rpartition("/")[2] for link in _links(name)]
     file = next((file for file in files if file.lower().endswith(".root")), files[-1])
     return PurePosixPath(urllib.parse.unquote(file)).stem
+
+
+def _links(url: str) -> list[str]:
+    """The links of a URL, chained by ``::`` (one link unless chained), each without its
+    query (``zip://run1.root::https://host/a.zip?token=t`` → ``zip://run1.root``,
+    ``https://host/a.zip``)."""
+    return [link.partition("?")[0] for link in url.split("::")]
 
 
 def _local_output(path: PathLike) -> Path:
