@@ -46,7 +46,7 @@ import fsspec
 import numpy as np
 import uproot
 from uproot.interpretation.jagged import AsJagged
-from uproot.interpretation.numerical import AsDtype
+from uproot.interpretation.numerical import Numerical
 
 from ._settings import parse_settings
 from .events import (
@@ -582,18 +582,24 @@ def _require_branches(tree: Any, where: str, names: Iterable[str], *, jagged: bo
         raise ValueError(f"{where}: missing branch(es) {', '.join(missing)}{hint}")
     for name in names:
         interpretation = tree[name].interpretation
-        inner = interpretation.content if isinstance(interpretation, AsJagged) else None
         if jagged:
-            ok = isinstance(inner, AsDtype) and inner.inner_shape == () and \
-                inner.to_dtype.kind in "iuf"
+            inner = interpretation.content if isinstance(interpretation, AsJagged) else None
+            ok = _numbers(inner, "iuf")
             want = "a list of numbers per entry"
         else:
-            ok = isinstance(interpretation, AsDtype) and interpretation.inner_shape == () and \
-                interpretation.to_dtype.kind in "iu"
+            ok = _numbers(interpretation, "iu")
             want = "one integer per entry"
         if not ok:
             raise ValueError(f"{where}: branch {name!r} holds {tree[name].typename!r}, "
                              f"not {want}{hint}")
+
+
+def _numbers(interpretation: Any, kinds: str) -> bool:
+    """Whether uproot reads ``interpretation`` as one number of these numpy ``kinds`` per item:
+    as stored (``AsDtype``: plain numbers, a ``std::vector``'s) or unpacked from fewer bits
+    (``Double32_t``, ``Float16_t``)."""
+    return isinstance(interpretation, Numerical) and interpretation.to_dtype.shape == () and \
+        interpretation.to_dtype.kind in kinds
 
 
 def _flatten_jagged(arrays: Mapping[str, ak.Array], where: str, entry_start: int = 0
@@ -821,8 +827,7 @@ def _track_source(file: Any, path: Path | str, schema: TrackSchema) -> TrackSour
     absent = [name for name in schema.event_ids if name not in present]
     if absent and schema.event_ids != EVENT_ID_BRANCHES:  # named by the user: a typo?
         integers = sorted(name for name in present
-                          if isinstance(tree[name].interpretation, AsDtype)
-                          and tree[name].interpretation.to_dtype.kind in "iu")
+                          if _numbers(tree[name].interpretation, "iu"))
         carried = ", ".join(id_names) or "event_number counting the entries"
         # Warned from here for every reader alike (TrackSource.read_chunks does not come
         # here, so that reconstruct, which inspects each input first, warns once).

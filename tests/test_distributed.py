@@ -49,7 +49,7 @@ from pvfinder.io import (
 )
 from pvfinder.pipeline import PVFinder, SeedOverflowWarning
 
-from .test_io import assert_same_vertices, write_tree
+from .test_io import assert_same_vertices, write_root_lists, write_tree
 
 
 @pytest.fixture(scope="module")
@@ -800,6 +800,19 @@ def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch
     bad = vertex_collection(inspect_tracks(files[4]), step_size=10)
     with pytest.raises(ValueError, match="nan.root:tracks: branch 'x' is nan in entry 13"):
         dask.compute(*bad.to_delayed(), scheduler="sync")
+
+
+@pytest.mark.parametrize("kind", ["Double32_t[low,high,24]", "Float16_t"])
+def test_dask_graph_unpacks_numbers_root_packs(tmp_path, files, kind, monkeypatch):
+    """uproot.dask reads Double32_t and Float16_t lists as the one-process reader does."""
+    import dask
+
+    path = tmp_path / "packed.root"
+    write_root_lists(path, read_tracks(files[2]), kind, monkeypatch)
+    collection = vertex_collection(inspect_tracks(path), step_size=20)
+    records = ak.concatenate(dask.compute(*collection.to_delayed(), scheduler="sync"))
+    assert_same_vertices(VertexBatch.from_awkward(records["vertices"]),
+                         find_vertices(read_tracks(path), backend="cpu"), weights=False)
 
 
 def test_inputs_given_as_urls_are_listed_planned_and_reconstructed(tmp_path, files, remote,

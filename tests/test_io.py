@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import uproot
 from fsspec.registry import known_implementations
+from uproot.interpretation.jagged import AsJagged
+from uproot.interpretation.numerical import AsDouble32, AsDtype, AsFloat16
 
 from pvfinder import PVFinder, find_vertices, simulate
 from pvfinder.events import TRACK_FIELDS, VERTEX_FIELDS, TrackBatch, VertexBatch
@@ -1229,6 +1231,98 @@ def test_nan_state_names_branch_and_entry(tmp_path, small):
     with pytest.raises(ValueError, match=r"nan.root:tracks: branch 'velo_tx' is nan in entry 57 "
                                          r"\(track 4 of that entry\)"):
         list(iterate_tracks(path, schema, step_size=20))  # entry 57 is in the third chunk
+
+
+# How ROOT stores a list of numbers per entry besides a leaf with a counter (all uproot
+# writes): ``encode(values) -> (bytes of each value, the values read back, interpretation)``,
+# the interpretation being the one uproot gives such a branch of a file that ROOT wrote.
+# uproot cannot write them, so the test writes their bytes and tells uproot how ROOT would
+# have described them.
+def _stl_vector(dtype):
+    def encode(values):  # the numbers, big-endian (ROOT writes a header before them)
+        stored = np.asarray(values, dtype)
+        return (stored.view(np.uint8).reshape(len(stored), -1), stored.astype(dtype[1:]),
+                AsJagged(AsDtype(dtype), header_bytes=10))
+    return encode
+
+
+def _double32(values):
+    """Double32_t[low,high,24]: an unsigned integer of 24 bits on a range that holds the
+    branch's values, as a user would choose it for each branch ([0, high] for variances)."""
+    values = np.asarray(values, np.float64)
+    high = 2.0 ** (np.floor(np.log2(np.abs(values).max())) + 1)
+    low, bits = (0.0 if values.min() >= 0 else -high), 24
+    step = (high - low) / 2**bits
+    packed = np.round((values - low) / step).astype(">u4")
+    return (packed.view(np.uint8).reshape(-1, 4), low + packed * step,
+            AsJagged(AsDouble32(low, high, bits)))
+
+
+def _float16(values):
+    """Float16_t without a range: the float's exponent byte, then its sign and the 12 leading
+    bits of its mantissa; the values keep only those 12 bits, so ROOT's rounding drops none."""
+    bits = np.asarray(values, np.float32).view(np.uint32) & np.uint32(0xFFFFF800)
+    raw = np.empty((len(bits), 3), np.uint8)
+    raw[:, 0] = (bits >> 23) & 0xFF
+    mantissa = ((bits >> 11) & 0xFFF) | ((bits >> 31) << 13)
+    raw[:, 1:] = mantissa.astype(">u2").view(np.uint8).reshape(-1, 2)
+    return raw, bits.view(np.float32), AsJagged(AsFloat16(0.0, 0.0, 12))
+
+
+def _stl_header(n_values, n_bytes):
+    """What ROOT writes before a std::vector's numbers: its byte count (flagged), the class
+    version and the number of elements."""
+    head = np.array([0x40000000 | (6 + n_bytes)], ">u4").view(np.uint8)
+    return np.concatenate([head, np.array([0, 9], np.uint8),
+                           np.array([n_values], ">u4").view(np.uint8)])
+
+
+_ROOT_LISTS = {"std::vector<float>": _stl_vector(">f4"), "std::vector<double>": _stl_vector(">f8"),
+               "Double32_t[low,high,24]": _double32, "Float16_t": _float16}
+
+
+def write_root_lists(path, tracks, kind, monkeypatch):
+    """Write the tracks' fields as ROOT stores them as lists of ``kind`` (see
+    ``_ROOT_LISTS``), have uproot read the file's branches so, and return the numbers they
+    stand for."""
+    stored, expected, interpretations = {}, {}, {}
+    for name in TRACK_FIELDS:
+        raw, expected[name], interpretations[name] = _ROOT_LISTS[kind](
+            np.asarray(getattr(tracks, name)))
+        stl = interpretations[name].header_bytes > 0
+        entries = []
+        for start, stop in zip(tracks.offsets[:-1], tracks.offsets[1:]):
+            body = raw[start:stop].ravel()
+            entries.append(np.concatenate([_stl_header(stop - start, body.size), body])
+                           if stl else body)
+        stored[name] = ak.Array(entries)
+    with uproot.recreate(path) as file:
+        file.mktree("tracks", {name: "var * uint8" for name in TRACK_FIELDS},
+                    counter_name=lambda name: f"bytes_{name}")
+        file["tracks"].extend(stored)
+    identify = uproot.interpretation.identify.interpretation_of
+    monkeypatch.setattr(uproot.interpretation.identify, "interpretation_of",
+                        lambda branch, context, simplify=True: interpretations[branch.name]
+                        if branch.name in TRACK_FIELDS and branch.file.file_path == str(path)
+                        else identify(branch, context, simplify))
+    return expected
+
+
+@pytest.mark.parametrize("kind", list(_ROOT_LISTS))
+def test_lists_of_numbers_as_root_stores_them_are_read(tmp_path, small, kind, monkeypatch):
+    # Trees written by ROOT from C++ hold std::vector branches, or Double32_t / Float16_t ones
+    # packed into fewer bits: each is read as the numbers it stands for.
+    tracks = small.tracks.select_events(0, 60)
+    path = tmp_path / "root_lists.root"
+    expected = write_root_lists(path, tracks, kind, monkeypatch)
+    read = read_tracks(path)
+    assert_same_batch(read, read_tracks(write_tree(tmp_path / "plain.root", expected,
+                                                   tracks.counts)))
+    chunks = [chunk.tracks for chunk in iterate_tracks(path, step_size=7)]
+    assert len(chunks) == 9
+    for name in TRACK_FIELDS:
+        np.testing.assert_array_equal(
+            np.concatenate([getattr(chunk, name) for chunk in chunks]), getattr(read, name))
 
 
 def test_binary_and_decimal_units_differ_at_one_byte():
