@@ -412,6 +412,13 @@ class ValidationReport:
         """Efficiency for isolated MC PVs with at least 20 reconstructible tracks (the plateau)."""
         return self.efficiency_where(isolated=True, min_multiplicity=PLATEAU_MULTIPLICITY)[0]
 
+    def resolution_where(self, *, min_multiplicity: float = 0) -> dict[str, float]:
+        """Core Gaussian width of rec − MC per axis [mm] for the found MC PVs with at least
+        ``min_multiplicity`` reconstructible tracks (21 for "more than 20 tracks"); nan with
+        fewer than 10 such PVs."""
+        keep = self.mc_multiplicity[self.mc_found] >= min_multiplicity
+        return {axis: core_gaussian(self.residual_values[axis][keep])[1] for axis in AXES}
+
     @property
     def bias(self) -> dict[str, float]:
         """Core mean of rec − MC per axis [mm]."""

@@ -394,11 +394,13 @@ def test_runs_as_a_module_with_its_exit_code(tmp_path):
 @pytest.mark.parametrize(("argv", "module", "function", "default"), [
     (["bench"], "pvfinder.benchmark", "run_benchmark", 20_000),
     (["bench", "--io"], "pvfinder.benchmark_io", "run_io_benchmark", 200_000),
+    (["bench", "--physics"], "pvfinder.benchmark_physics", "run_physics_benchmark", 100_000),
 ])
 def test_bench_sizes_default_per_kind_and_n_overrides(argv, module, function, default, tmp_path,
                                                       monkeypatch):
-    """`bench` measures 20 000 events per ν, `bench --io` 200 000 in all (the issues'
-    figures), unless -n says otherwise."""
+    """`bench` measures 20 000 events per ν, `bench --io` 200 000 in all, `bench --physics`
+    checks the goals on 100 000 (the issues' figures), unless -n says otherwise; each has
+    its own seed unless --seed gives one."""
     import importlib
     import inspect
 
@@ -409,8 +411,25 @@ def test_bench_sizes_default_per_kind_and_n_overrides(argv, module, function, de
     output = str(tmp_path / "bench.json")
     assert main([*argv, "-o", output]) == 0
     assert main([*argv, "-n", "500", "-o", output]) == 0
-    assert "n_events" not in calls[0]  # the function's own default applies
+    assert "n_events" not in calls[0] and "seed" not in calls[0]  # the function's own apply
     assert calls[1]["n_events"] == 500
+    assert main([*argv, "--seed", "5", "-o", output]) == 0
+    assert calls[2]["seed"] == 5
+
+
+@pytest.mark.parametrize("met", [(True, True), (True, False, False)])
+def test_bench_physics_exits_1_naming_the_goals_missed(met, tmp_path, monkeypatch, capsys):
+    from pvfinder import benchmark_physics
+
+    goals = [{"name": f"goal {i}", "met": ok} for i, ok in enumerate(met)]
+    monkeypatch.setattr(benchmark_physics, "run_physics_benchmark",
+                        lambda **options: {"goals": goals})
+    output = tmp_path / "physics.json"
+    assert main(["bench", "--physics", "-o", str(output)]) == (0 if all(met) else 1)
+    assert json.loads(output.read_text())["goals"] == goals  # written either way
+    err = capsys.readouterr().err
+    assert err == ("" if all(met) else
+                   "pvfinder bench: 2 of 3 physics goals missed: goal 1; goal 2\n")
 
 
 def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
@@ -443,7 +462,12 @@ def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
         (["--nu", "7.6", "7.6"], "--nu names a value twice: 7.6 7.6"),
         (["--latency", "--batch", "16", "1", "16"], "--batch names a value twice"),
         (["--threads", "1", "1"], "--threads names a value twice"),
-        (["--io", "--latency"], "--io and --latency are two benchmarks"),
+        (["--io", "--latency"], "--io and --latency are separate benchmarks"),
+        (["--latency", "--physics"], "--latency and --physics are separate benchmarks"),
+        (["--physics", "--nu", "5", "11"], "bench --physics takes one --nu"),
+        (["--physics", "--threads", "1"], "--threads does not apply to bench --physics"),
+        (["--physics", "--batch", "10"], "--batch does not apply to bench --physics"),
+        (["--physics", "-n", "0"], "-n takes whole numbers from 1, got 0"),
         # Found after the first ν's measurement: minutes lost.
         (["--nu", "2", "150"], "--nu 150.0: condition nu must be at most 100"),
         pytest.param(["-o", "/proc/pvfinder.json"], "-o /proc/pvfinder.json: cannot be written",
@@ -453,13 +477,14 @@ def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
 )
 def test_bench_option_mistakes_are_refused_before_anything_runs(extra, message, capsys,
                                                                  monkeypatch):
-    from pvfinder import benchmark, benchmark_io
+    from pvfinder import benchmark, benchmark_io, benchmark_physics
 
     def must_not_run(**_):
         raise AssertionError("the benchmark ran")
 
     for module, name in ((benchmark, "run_benchmark"), (benchmark, "run_latency_benchmark"),
-                         (benchmark_io, "run_io_benchmark")):
+                         (benchmark_io, "run_io_benchmark"),
+                         (benchmark_physics, "run_physics_benchmark")):
         monkeypatch.setattr(module, name, must_not_run)
     assert main(["bench", *extra]) == 2
     err = capsys.readouterr().err

@@ -568,3 +568,65 @@ def test_truth_fit_fits_a_pv_with_exactly_min_tracks():
     fit = truth_fit(*_three_lines(20.0, cov), min_tracks=3)
     np.testing.assert_allclose(fit.position[0], [0.0, 0.0, 5.0], atol=1e-9)
     assert np.all(np.isnan(truth_fit(*_three_lines(20.0, cov), min_tracks=4).position))
+
+
+def test_resolution_where_takes_the_found_pvs_of_enough_tracks():
+    # 12 PVs of 20 tracks 50 µm off in z, 12 of 21 tracks 10 µm off: "more than 20 tracks"
+    # (at least 21) are the second dozen alone.
+    mc_z = np.arange(24) * 10.0 - 115.0
+    residual = np.tile([0.01, -0.01], 12) * np.repeat([5.0, 1.0], 12)
+    truth = make_truth([24], mc_z, n_reconstructible=np.repeat([20, 21], 12))
+    report = validate(make_vertices([24], mc_z + residual, sigma_z=0.02), truth)
+    above_20 = report.resolution_where(min_multiplicity=21)
+    assert above_20["z"] == pytest.approx(core_gaussian(residual[12:])[1], rel=1e-9)
+    assert above_20["z"] == pytest.approx(0.01 / 0.8796, rel=1e-3)
+    assert report.resolution_where()["z"] == report.resolution["z"] > 0.02
+    assert above_20["x"] == 0.0  # no residual in x
+    assert math.isnan(report.resolution_where(min_multiplicity=22)["z"])  # no PV
+
+
+def test_physics_goals_hold_their_bounds():
+    from pvfinder.benchmark_physics import PhysicsGoal
+
+    efficiency = PhysicsGoal("efficiency", lambda report: 0.0, at_least=0.99)
+    assert (efficiency.met_by(0.99), efficiency.met_by(0.9899), efficiency.goal) == (
+        True, False, ">= 0.99")
+    resolution = PhysicsGoal("resolution", lambda report: 0.0, below=0.05)
+    assert (resolution.met_by(0.05), resolution.met_by(0.0499), resolution.goal) == (
+        False, True, "< 0.05")
+    pull = PhysicsGoal("pull width", lambda report: 0.0, at_least=0.9, at_most=1.2)
+    assert [pull.met_by(value) for value in (0.9, 1.2, 0.89, 1.21, math.nan)] == [
+        True, True, False, False, False]
+    assert pull.goal == "0.9 to 1.2"
+    fakes = PhysicsGoal("fake rate", lambda report: 0.0, at_most=0.01)
+    assert (fakes.met_by(0.01), fakes.met_by(0.0101), fakes.goal) == (True, False, "<= 0.01")
+
+
+def test_physics_benchmark_measures_each_goal_on_its_sample():
+    from pvfinder import find_vertices
+    from pvfinder.benchmark_physics import PHYSICS_GOALS, run_physics_benchmark
+    from pvfinder.simulation import simulate
+
+    result = run_physics_benchmark(n_events=300, seed=4)
+    json.dumps(result, allow_nan=False)
+    sample = simulate(300, seed=4)
+    report = validate(find_vertices(sample.tracks, backend="cpu"), sample.truth)
+    values = {goal["name"]: goal["value"] for goal in result["goals"]}
+    assert len(values) == len(PHYSICS_GOALS) == 13
+    above_20 = report.resolution_where(min_multiplicity=21)
+    assert values == {
+        "efficiency, isolated MC PVs with >= 20 tracks": report.efficiency_isolated_20,
+        "efficiency, MC PVs with >= 30 tracks": report.efficiency_where(min_multiplicity=30)[0],
+        "fake rate": report.fake_rate, "clone rate": report.clone_rate,
+        **{f"pull mean {axis}": report.pull_mean[axis] for axis in "xyz"},
+        **{f"pull width {axis}": report.pull_width[axis] for axis in "xyz"},
+        **{f"resolution {axis} [mm], MC PVs with > 20 tracks": above_20[axis] for axis in "xyz"},
+    }
+    assert result["all_met"] == all(goal["met"] for goal in result["goals"])
+    assert [goal["met"] for goal in result["goals"]] == [
+        goal.met_by(values[goal.name]) for goal in PHYSICS_GOALS]
+    reference = truth_fit(sample.tracks, sample.truth)
+    many = np.asarray(sample.truth.vertices.n_reconstructible) > 20
+    assert result["truth_fit_resolution"]["z"] == core_gaussian(reference.residual[many, 2])[1]
+    assert result["sample"] == {"n_events": 300, "nu": 7.6, "seed": 4}
+    assert result["report"]["counts"] == report.to_dict()["counts"]
