@@ -126,7 +126,7 @@ def run_physics_benchmark(
     Returns
     -------
     dict
-        JSON-serialisable: the date, the hardware, the sample, the configuration, each goal
+        JSON-serialisable: the date (of the start), the hardware, the sample, the configuration, each goal
         with its figure and whether it is met (``goals``; ``all_met``), the resolution of
         the truth fit for the same PVs (``truth_fit_resolution``) and the PV checker's whole
         summary (``report``: the efficiency against multiplicity and z included).
@@ -143,6 +143,7 @@ def run_physics_benchmark(
     check_counts({"n_events": n_events})
     check_pile_ups({"nu": nu})
     config = PVFinderConfig()
+    began = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     sample = simulate(n_events, seed=seed, nu=nu)
     report = validate(PVFinder(config, backend=chosen)(sample.tracks), sample.truth)
     goals = []
@@ -155,7 +156,8 @@ def run_physics_benchmark(
     reference = truth_fit(sample.tracks, sample.truth)
     many = np.asarray(sample.truth.vertices.n_reconstructible) >= RESOLUTION_MULTIPLICITY
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": began,
+        "kind": "physics",
         "backend": chosen.name,
         "hardware": hardware_description(chosen.name),
         "sample": {"n_events": n_events, "nu": nu, "seed": seed},

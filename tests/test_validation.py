@@ -628,5 +628,6 @@ def test_physics_benchmark_measures_each_goal_on_its_sample():
     reference = truth_fit(sample.tracks, sample.truth)
     many = np.asarray(sample.truth.vertices.n_reconstructible) > 20
     assert result["truth_fit_resolution"]["z"] == core_gaussian(reference.residual[many, 2])[1]
-    assert result["sample"] == {"n_events": 300, "nu": 7.6, "seed": 4}
+    assert (result["kind"], result["sample"]) == ("physics", {"n_events": 300, "nu": 7.6,
+                                                              "seed": 4})
     assert result["report"]["counts"] == report.to_dict()["counts"]
