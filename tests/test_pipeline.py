@@ -55,11 +55,16 @@ def test_physics_on_simulated_sample(sample, backend_name):
     # targets (measured on 100 000 events); the pulls, known to about 0.015 here, must meet
     # theirs (cov_zz 25 % too large, a width of 0.87, passed the earlier 0.8-1.3).
     assert report.efficiency_isolated_20 >= 0.97
+    assert report.efficiency_where(min_multiplicity=30)[0] >= 0.96  # 0.979 ± 0.003 here
     assert report.fake_rate <= 0.02
     assert report.clone_rate <= 0.01
     for axis in "xyz":
         assert abs(report.pull_mean[axis]) < 0.1
         assert 0.9 < report.pull_width[axis] < 1.2
+    # x and y meet their goal by far (8 µm); z, which misses its own by 4 %, is held to what
+    # the tracks allow by test_resolution_is_near_what_the_tracks_allow.
+    above_20 = report.resolution_where(min_multiplicity=21)
+    assert above_20["x"] < 0.015 and above_20["y"] < 0.015
 
 
 @pytest.mark.parametrize("changes", [
