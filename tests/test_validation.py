@@ -602,6 +602,23 @@ def test_physics_goals_hold_their_bounds():
     assert (fakes.met_by(0.01), fakes.met_by(0.0101), fakes.goal) == (True, False, "<= 0.01")
 
 
+def test_physics_goals_are_the_issues():
+    # The CPU pipeline issue's goals, as stated: bounds inclusive ("at least", "within") or
+    # strict ("better than"), which the goal's text shows.
+    from pvfinder.benchmark_physics import PHYSICS_GOALS
+
+    assert [(goal.name, goal.goal) for goal in PHYSICS_GOALS] == [
+        ("efficiency, isolated MC PVs with >= 20 tracks", ">= 0.99"),
+        ("efficiency, MC PVs with >= 30 tracks", ">= 0.97"),
+        ("fake rate", "<= 0.01"), ("clone rate", "<= 0.005"),
+        *((f"pull mean {axis}", "-0.1 to 0.1") for axis in "xyz"),
+        *((f"pull width {axis}", "0.9 to 1.2") for axis in "xyz"),
+        ("resolution x [mm], MC PVs with > 20 tracks", "< 0.015"),
+        ("resolution y [mm], MC PVs with > 20 tracks", "< 0.015"),
+        ("resolution z [mm], MC PVs with > 20 tracks", "< 0.05"),
+    ]
+
+
 def test_physics_benchmark_measures_each_goal_on_its_sample():
     from pvfinder import find_vertices
     from pvfinder.benchmark_physics import PHYSICS_GOALS, run_physics_benchmark
