@@ -355,6 +355,8 @@ def _check_bench_options(args: argparse.Namespace) -> None:
                "--physics": {"--threads": args.threads, "--batch": args.batch},
                "--backend cpu": {"--batch": args.batch},
                "--backend cuda": {"-n": args.n_events, "--threads": args.threads}}[kind]
+    if kind != "--physics":  # the others measure the specification's finder
+        ignored.update({"--config": args.config, "--set": args.set or None})
     for option, value in ignored.items():
         if value is not None:
             raise UsageError(f"{option} does not apply to bench {kind}")
@@ -412,8 +414,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     elif args.physics:
         from .benchmark_physics import run_physics_benchmark
 
-        result = run_physics_benchmark(backend=args.backend, progress=print, **size, **nu,
-                                       **seed)
+        config = _load_config(args.config, args.set)
+        result = run_physics_benchmark(backend=args.backend, config=config, progress=print,
+                                       **size, **nu, **seed)
     else:
         nu_values = {} if args.nu is None else {"nu_values": args.nu}
         result = run_benchmark(
@@ -568,6 +571,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="the PV checker on -n simulated events (default 100 000) at one "
                             "--nu (default 7.6) against the CPU pipeline's physics goals; "
                             "exits 3 when one is missed")
+    bench.add_argument("--config", help="with --physics: JSON or TOML file of PVFinderConfig "
+                                        "fields (default: the specification's)")
+    bench.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="with --physics: override a PVFinderConfig field (repeatable)")
     bench.add_argument("--seed", type=int, default=None,
                        help="random seed of the simulated events (default 7; --physics: 2, "
                             "the sample of the physics notebook)")

@@ -16,6 +16,7 @@ import uproot
 
 from pvfinder import find_vertices
 from pvfinder.cli import main
+from pvfinder.config import PVFinderConfig
 from pvfinder.events import TRACK_FIELDS
 from pvfinder.io import (
     DEFAULT_VERTEX_COMPRESSION,
@@ -417,6 +418,22 @@ def test_bench_sizes_default_per_kind_and_n_overrides(argv, module, function, de
     assert calls[2]["seed"] == 5
 
 
+def test_bench_physics_takes_the_finder_s_parameters(tmp_path, monkeypatch):
+    from pvfinder import benchmark_physics
+
+    calls = []
+    monkeypatch.setattr(benchmark_physics, "run_physics_benchmark",
+                        lambda **options: calls.append(options) or {})
+    config = tmp_path / "cfg.toml"
+    config.write_text("chi2_cut = 9.0\nmin_weight = 0.2\n")
+    output = str(tmp_path / "physics.json")
+    assert main(["bench", "--physics", "-o", output]) == 0
+    assert main(["bench", "--physics", "--config", str(config), "--set", "chi2_cut=6",
+                 "-o", output]) == 0
+    assert calls[0]["config"] == PVFinderConfig()
+    assert calls[1]["config"] == PVFinderConfig(chi2_cut=6.0, min_weight=0.2)
+
+
 @pytest.mark.parametrize("met", [(True, True), (True, False, False)])
 def test_bench_physics_exits_3_naming_the_goals_missed(met, tmp_path, monkeypatch, capsys):
     from pvfinder import benchmark_physics
@@ -469,6 +486,9 @@ def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
         (["--physics", "--threads", "1"], "--threads does not apply to bench --physics"),
         (["--physics", "--batch", "10"], "--batch does not apply to bench --physics"),
         (["--physics", "-n", "0"], "-n takes whole numbers from 1, got 0"),
+        (["--set", "chi2_cut=9"], "--set does not apply to bench --backend cpu"),
+        (["--latency", "--config", "cfg.toml"], "--config does not apply to bench --latency"),
+        (["--physics", "--set", "chi2_cut=-1"], "--set: chi2_cut must be"),
         # Found after the first ν's measurement: minutes lost.
         (["--nu", "2", "150"], "--nu 150.0: condition nu must be at most 100"),
         pytest.param(["-o", "/proc/pvfinder.json"], "-o /proc/pvfinder.json: cannot be written",

@@ -619,15 +619,22 @@ def test_physics_goals_are_the_issues():
     ]
 
 
-def test_physics_benchmark_measures_each_goal_on_its_sample():
+@pytest.mark.parametrize("changes", [{}, {"chi2_cut": 9.0}])
+def test_physics_benchmark_measures_each_goal_on_its_sample(changes):
     from pvfinder import find_vertices
     from pvfinder.benchmark_physics import PHYSICS_GOALS, run_physics_benchmark
+    from pvfinder.config import PVFinderConfig
     from pvfinder.simulation import simulate
 
-    result = run_physics_benchmark(n_events=300, seed=4)
+    config = PVFinderConfig(**changes)
+    lines = []
+    result = run_physics_benchmark(n_events=300, seed=4, config=config if changes else None,
+                                   progress=lines.append)
     json.dumps(result, allow_nan=False)
+    assert result["config"] == config.to_dict()
+    assert (lines[0] == "not the specification's defaults: chi2_cut = 9.0") == bool(changes)
     sample = simulate(300, seed=4)
-    report = validate(find_vertices(sample.tracks, backend="cpu"), sample.truth)
+    report = validate(find_vertices(sample.tracks, config, backend="cpu"), sample.truth)
     values = {goal["name"]: goal["value"] for goal in result["goals"]}
     assert len(values) == len(PHYSICS_GOALS) == 13
     above_20 = report.resolution_where(min_multiplicity=21)
