@@ -131,11 +131,12 @@ def run_physics_benchmark(
     Returns
     -------
     dict
-        JSON-serialisable: the date (of the start), the hardware, the sample, the configuration, each goal
-        with its figure and whether it is met (``goals``; ``all_met``), the resolution of
-        the truth fit for the MC PVs with more than 20 tracks, found or not
-        (``truth_fit_resolution``, as the physics notebook gives it) and the PV checker's whole
-        summary (``report``: the efficiency against multiplicity and z included).
+        JSON-serialisable: the date (of the start), the hardware, the sample, the
+        configuration, each goal with its figure and whether it is met (``goals``;
+        ``all_met``), the resolution of the truth fit for the MC PVs with more than 20
+        tracks, found or not (``truth_fit_resolution``, as the physics notebook gives it)
+        and the PV checker's whole summary (``report``: the efficiency against multiplicity
+        and z included).
 
     Raises
     ------
