@@ -143,13 +143,16 @@ def run_physics_benchmark(
     ValueError
         For a count that is not a positive integer or a ν the simulation refuses, before
         anything runs.
+    TypeError
+        For a ``config`` that is not a PVFinderConfig.
     """
     from .simulation import simulate
 
     chosen = get_backend(backend)
     check_counts({"n_events": n_events})
     check_pile_ups({"nu": nu})
-    config = PVFinderConfig() if config is None else config
+    finder = PVFinder(config, backend=chosen)  # checks the configuration
+    config = finder.config
     defaults = PVFinderConfig().to_dict()
     changed = {name: value for name, value in config.to_dict().items() if value != defaults[name]}
     if changed:
@@ -157,7 +160,7 @@ def run_physics_benchmark(
                  + ", ".join(f"{name} = {value}" for name, value in changed.items()))
     began = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     sample = simulate(n_events, seed=seed, nu=nu)
-    report = validate(PVFinder(config, backend=chosen)(sample.tracks), sample.truth)
+    report = validate(finder(sample.tracks), sample.truth)
     progress(report.table())  # the overall, isolated and close efficiencies and the curves
     goals = []
     for goal in PHYSICS_GOALS:

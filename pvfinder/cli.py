@@ -334,9 +334,9 @@ def _check_same_events(sample: str, tracks_tree: str, vertices: str) -> None:
                              "not this sample's vertices")
 
 
-def _check_bench_options(args: argparse.Namespace) -> None:
+def _check_bench_options(args: argparse.Namespace) -> Any:
     """Refuse, before anything runs, an option the chosen benchmark would ignore or a size
-    it cannot run."""
+    it cannot run; returns the finder's configuration for ``--physics`` (else None)."""
     import numba
 
     from .backends import get_backend
@@ -373,8 +373,10 @@ def _check_bench_options(args: argparse.Namespace) -> None:
             _import_dask()
         except ImportError as error:
             raise UsageError(str(error)) from None
+    config = _load_config(args.config, args.set) if args.physics else None
     if args.output is not None:  # known before a run of minutes, not after it
         _check_writable(args.output)
+    return config
 
 
 def _check_writable(path: str) -> None:
@@ -399,7 +401,7 @@ def _check_writable(path: str) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark, run_latency_benchmark
 
-    _check_bench_options(args)
+    config = _check_bench_options(args)
     # Each benchmark has its own defaults (the issue's figures); the options override them.
     size = {} if args.n_events is None else {"n_events": args.n_events}
     seed = {} if args.seed is None else {"seed": args.seed}
@@ -414,7 +416,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     elif args.physics:
         from .benchmark_physics import run_physics_benchmark
 
-        config = _load_config(args.config, args.set)
         result = run_physics_benchmark(backend=args.backend, config=config, progress=print,
                                        **size, **nu, **seed)
     else:

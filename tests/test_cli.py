@@ -489,6 +489,11 @@ def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
         (["--set", "chi2_cut=9"], "--set does not apply to bench --backend cpu"),
         (["--latency", "--config", "cfg.toml"], "--config does not apply to bench --latency"),
         (["--physics", "--set", "chi2_cut=-1"], "--set: chi2_cut must be"),
+        (["--physics", "--set", "nonsense=1"], "--set: unknown PVFinderConfig field(s): nonsense"),
+        (["--physics", "--config", "no/cfg.toml"], "--config no/cfg.toml: not a readable TOML"),
+        (["--io", "--set", "chi2_cut=9"], "--set does not apply to bench --io"),
+        # The configuration before the output: both are known before anything runs.
+        (["--physics", "--set", "nonsense=1", "-o", "."], "--set: unknown PVFinderConfig"),
         # Found after the first ν's measurement: minutes lost.
         (["--nu", "2", "150"], "--nu 150.0: condition nu must be at most 100"),
         pytest.param(["-o", "/proc/pvfinder.json"], "-o /proc/pvfinder.json: cannot be written",

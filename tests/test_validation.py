@@ -602,6 +602,19 @@ def test_physics_goals_hold_their_bounds():
     assert (fakes.met_by(0.01), fakes.met_by(0.0101), fakes.goal) == (True, False, "<= 0.01")
 
 
+def test_physics_benchmark_refuses_a_configuration_of_another_type_before_simulating(
+        monkeypatch):
+    import pvfinder.simulation
+    from pvfinder.benchmark_physics import run_physics_benchmark
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("simulated")
+
+    monkeypatch.setattr(pvfinder.simulation, "simulate", must_not_run)
+    with pytest.raises(TypeError, match="config must be a PVFinderConfig, not dict"):
+        run_physics_benchmark(config={"chi2_cut": 9.0})
+
+
 def test_physics_goals_are_the_issues():
     # The CPU pipeline issue's goals, as stated: bounds inclusive ("at least", "within") or
     # strict ("better than"), which the goal's text shows.
