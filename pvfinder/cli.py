@@ -141,10 +141,12 @@ def _result_printer() -> Callable[[Any], None]:
     return report
 
 
-def _validate_outputs(results, plots: str | None, tracks_tree: str) -> int:
-    """The PV checker's table for each reconstructed input that carries truth; an input whose
-    truth cannot be read is reported and left unvalidated (its vertices are written). Returns
-    how many inputs' plots could not be written (each reported, the others go on)."""
+def _validate_outputs(results, plots: str | None, tracks_tree: str,
+                      summaries: str | None = None) -> int:
+    """The PV checker's table for each reconstructed input that carries truth, its plots in
+    ``plots`` and its summary in the JSON file ``summaries`` when asked; an input whose truth
+    cannot be read is reported and left unvalidated (its vertices are written). Returns how
+    many of the files asked for could not be written (each reported, the others go on)."""
     from .events import VertexBatch
     from .io import read_truth, read_vertices
     from .validation import validate
@@ -152,14 +154,16 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str) -> int:
     done = [result for result in results if result.status == "done"]
     outputs: dict[Path, VertexBatch] = {}
     folders = _plot_folders([result.input for result in done]) if len(done) > 1 else {}
+    missing = " and ".join(filter(None, (plots and "no plots", summaries and "no summary")))
     plots_failed = 0
+    validated = []
     for result in done:
         try:
             truth = read_truth(result.input, tracks_tree)
             if truth is None:
-                if plots:  # asked for, and none will come
+                if missing:  # asked for, and none will come
                     print(f"pvfinder reconstruct: warning: {result.input}: no truth to "
-                          "validate against, so no plots", file=sys.stderr)
+                          f"validate against, so {missing}", file=sys.stderr)
                 continue
             if result.output not in outputs:
                 outputs[result.output] = read_vertices(result.output, weights=False)
@@ -173,6 +177,7 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str) -> int:
                 f"{result.input}: {error}")
             print(f"pvfinder reconstruct: warning: not validated: {named}", file=sys.stderr)
             continue
+        validated.append(_summary(result.input, result.output, report))
         if len(done) > 1:
             print(f"== {result.input}")
         try:  # an error of the command (exit 2), not of the validation; the next input goes on
@@ -181,7 +186,37 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str) -> int:
             print(f"pvfinder reconstruct: error: {result.input}: plots not written ({error})",
                   file=sys.stderr)
             plots_failed += 1
+    if summaries:
+        try:
+            _write_summaries(summaries, validated)
+        except OSError as error:
+            print(f"pvfinder reconstruct: error: --json {summaries}: not written ({error})",
+                  file=sys.stderr)
+            plots_failed += 1
     return plots_failed
+
+
+def _check_summaries_apart(summaries: str | None, files: list[Path | str]) -> None:
+    """Refuse a ``--json`` file that is one of the job's ROOT files: it would be replaced."""
+    from .io import input_identity, is_url
+
+    if summaries is None:
+        return
+    mine = input_identity(summaries)
+    for name in files:
+        if not is_url(name) and input_identity(name) == mine:
+            raise UsageError(f"--json {summaries}: is {name}, a ROOT file of this job")
+
+
+def _summary(sample: Path | str, vertices: Path | str, report: Any) -> dict[str, Any]:
+    """One entry of ``--json``: the files validated and the PV checker's summary."""
+    return {"sample": str(sample), "vertices": str(vertices), "report": report.to_dict()}
+
+
+def _write_summaries(path: str, summaries: list[dict[str, Any]]) -> None:
+    """``--json``: the summaries as a JSON list (strict: no NaN, as ``to_dict`` gives none)."""
+    Path(path).write_text(json.dumps(summaries, indent=2, allow_nan=False) + "\n")
+    print(f"wrote {path}")
 
 
 def _plot_folders(inputs: list[Path | str]) -> dict[Path | str, str]:
@@ -222,18 +257,23 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
     if args.plots and args.no_validate:
         raise UsageError("--plots draws the validation, which --no-validate turns off")
+    if args.json and args.no_validate:
+        raise UsageError("--json holds the validation, which --no-validate turns off")
     if args.output == "":  # was taken as the current directory
         raise UsageError("-o needs a file or directory name, got ''")
     if args.dask and _names_an_input(args.dask):
         raise UsageError(f"--dask took the input {args.dask} for its scheduler: put --dask "
                          "after the inputs")  # Dask said: missing port number in address
     _check_plots_folder(args.plots)
+    if args.json is not None:  # known before the reconstruction, not after it
+        _check_writable(args.json, "--json")
     config = _load_config(args.config, args.set)
     schema = _track_schema(args)
     inputs, errors = expand_inputs(args.inputs, output=args.output)
     for message in errors:
         print(f"pvfinder reconstruct: error: {message}", file=sys.stderr)
     plan = plan_outputs(inputs, args.output, merge=args.merge)
+    _check_summaries_apart(args.json, [*inputs, *plan, args.output])
     where = f"Dask ({args.dask})" if args.dask else get_backend(args.backend).name
     start = time.perf_counter()
     try:
@@ -253,7 +293,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
           "and compilation)")
     for output in sorted({r.output for r in results if r.status == "done"}):
         print(f"wrote {output}")
-    plots_failed = 0 if args.no_validate else _validate_outputs(results, args.plots, schema.tree)
+    plots_failed = 0 if args.no_validate else _validate_outputs(results, args.plots,
+                                                                schema.tree, args.json)
     n_failed = len(errors) + sum(result.status == "failed" for result in results)
     if n_failed:
         print(f"{n_failed} input(s) failed (errors above)")
@@ -273,6 +314,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from .validation import validate
 
     _check_plots_folder(args.plots)
+    if args.json is not None:
+        _check_writable(args.json, "--json")
+    _check_summaries_apart(args.json, [args.sample, args.vertices])
     truth = read_truth(args.sample, args.tree)
     if truth is None:
         raise UsageError(f"{args.sample}: holds no truth tree to validate against")
@@ -281,7 +325,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if vertices.n_events != truth.n_events:  # validate() would name neither file
         raise UsageError(f"{args.vertices}: the vertices of {vertices.n_events} events, but "
                          f"{args.sample} has {truth.n_events}: not this sample's vertices")
-    _print_validation(validate(vertices, truth), args.plots)
+    report = validate(vertices, truth)
+    _print_validation(report, args.plots)
+    if args.json is not None:
+        _write_summaries(args.json, [_summary(args.sample, args.vertices, report)])
     return 0
 
 
@@ -379,21 +426,21 @@ def _check_bench_options(args: argparse.Namespace) -> Any:
     return config
 
 
-def _check_writable(path: str) -> None:
+def _check_writable(path: str, option: str = "-o") -> None:
     """Refuse a file that cannot be written, by creating it (and removing it again when it
     was not there): asking the permissions does not tell (root, /proc, read-only mounts)."""
     output = Path(path).resolve()  # a link's target: the probe must not replace the link
     if output.is_dir():
-        raise UsageError(f"-o {path}: cannot be written, it is a directory")
+        raise UsageError(f"{option} {path}: cannot be written, it is a directory")
     if not output.parent.is_dir():
         what = "is a file" if output.parent.exists() else "does not exist"
-        raise UsageError(f"-o {path}: cannot be written, {output.parent} {what}")
+        raise UsageError(f"{option} {path}: cannot be written, {output.parent} {what}")
     existed = output.exists()
     try:
         with output.open("a"):
             pass
     except OSError as error:
-        raise UsageError(f"-o {path}: cannot be written ({error.strerror})") from None
+        raise UsageError(f"{option} {path}: cannot be written ({error.strerror})") from None
     if not existed:
         output.unlink()
 
@@ -533,6 +580,9 @@ def _parser() -> argparse.ArgumentParser:
                                   "may use); put it "
                                   "after the inputs")
     reconstruct.add_argument("--plots", help="directory for validation plots")
+    reconstruct.add_argument("--json", metavar="FILE",
+                             help="write the PV checker's summary of each input with truth "
+                                  "to this JSON file (a list of sample, vertices, report)")
     reconstruct.add_argument("--no-validate", action="store_true",
                              help="skip the validation table even if truth is present")
     reconstruct.set_defaults(run=_cmd_reconstruct)
@@ -543,6 +593,9 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--tree", default="tracks",
                           help="the sample's tree of tracks, whose branch mc_pv labels them")
     validate.add_argument("--plots", help="directory for validation plots")
+    validate.add_argument("--json", metavar="FILE",
+                          help="write the PV checker's summary to this JSON file (a list of "
+                               "one sample, vertices, report)")
     validate.set_defaults(run=_cmd_validate)
 
     bench = commands.add_parser("bench", help="measure throughput (events/s) per stage, "

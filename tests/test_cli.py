@@ -175,19 +175,46 @@ def test_an_absent_identifier_is_warned_of_once_per_input(sample_file, tmp_path,
     assert capsys.readouterr().err.splitlines() == [warning]
 
 
-def test_plots_asked_for_an_input_without_truth_are_a_warning(sample_file, tmp_path, capsys):
-    # Nothing was said: the plots folder simply stayed empty.
-    tracks_only = tmp_path / "tracks_only.root"
-    with uproot.open(sample_file) as source, uproot.recreate(tracks_only) as out:
+def tracks_only(sample_file, path):
+    """A copy of the sample's tree of tracks alone (no truth)."""
+    with uproot.open(sample_file) as source, uproot.recreate(path) as out:
         arrays = source["tracks"].arrays(how=dict)
         out.mktree("tracks", {name: array.type if array.ndim > 1 else array.layout.dtype
                               for name, array in arrays.items()},
                    counter_name=lambda _: "n_tracks")
         out["tracks"].extend(arrays)
-    assert main(["reconstruct", str(tracks_only), "-o", str(tmp_path / "pvs.root"),
+    return path
+
+
+def test_plots_asked_for_an_input_without_truth_are_a_warning(sample_file, tmp_path, capsys):
+    # Nothing was said: the plots folder simply stayed empty.
+    no_truth = tracks_only(sample_file, tmp_path / "tracks_only.root")
+    assert main(["reconstruct", str(no_truth), "-o", str(tmp_path / "pvs.root"),
                  "--backend", "cpu", "--plots", str(tmp_path / "plots")]) == 0
-    assert capsys.readouterr().err == (f"pvfinder reconstruct: warning: {tracks_only}: no "
+    assert capsys.readouterr().err == (f"pvfinder reconstruct: warning: {no_truth}: no "
                                        "truth to validate against, so no plots\n")
+
+
+def test_json_holds_the_checker_s_summary_of_each_input_with_truth(sample_file, tmp_path,
+                                                                   capsys):
+    # The merged output holds both inputs' vertices; the summary is the sample's share's.
+    expected = validate(find_vertices(read_tracks(sample_file), backend="cpu"),
+                        read_truth(sample_file)).to_dict()
+    no_truth = tracks_only(sample_file, tmp_path / "tracks_only.root")
+    merged, summaries = tmp_path / "all.root", tmp_path / "checker.json"
+    assert main(["reconstruct", str(no_truth), str(sample_file), "-o", str(merged), "--merge",
+                 "--backend", "cpu", "--json", str(summaries)]) == 0
+    assert capsys.readouterr().err == (f"pvfinder reconstruct: warning: {no_truth}: no "
+                                       "truth to validate against, so no summary\n")
+    assert json.loads(summaries.read_text()) == [
+        {"sample": str(sample_file), "vertices": str(merged), "report": expected}]
+    single = tmp_path / "pvs.root"
+    assert main(["reconstruct", str(sample_file), "-o", str(single), "--backend", "cpu",
+                 "--no-validate"]) == 0
+    assert main(["validate", str(sample_file), str(single), "--json", str(summaries)]) == 0
+    assert f"wrote {summaries}" in capsys.readouterr().out
+    assert json.loads(summaries.read_text()) == [
+        {"sample": str(sample_file), "vertices": str(single), "report": expected}]
 
 
 def test_plots_that_cannot_be_written_for_one_input_leave_the_others(two_files, tmp_path,
@@ -353,6 +380,19 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
         (["reconstruct", "missing.root", "-o", "x.root", "--plots", "p/deep"],
          "missing.root: no such file"),
         (["validate", "{sample}", "missing.root", "--plots", "p"], "missing.root"),
+        # --json: refused before the job, never written over one of its ROOT files.
+        (["reconstruct", "{sample}", "-o", "x.root", "--json", "j.json", "--no-validate"],
+         "--json holds the validation, which --no-validate turns off"),
+        (["reconstruct", "{sample}", "-o", "x.root", "--json", "{sample}"],
+         "--json {sample}: is {sample}, a ROOT file of this job"),
+        (["reconstruct", "{sample}", "-o", "x.root", "--json", "x.root"],
+         "--json x.root: is x.root, a ROOT file of this job"),
+        (["reconstruct", "{sample}", "-o", "p", "--json", "p"], "--json p: is p, a ROOT file"),
+        (["reconstruct", "{sample}", "-o", "x.root", "--json", "p/j.json"],
+         "--json p/j.json: cannot be written, {tmp}/p does not exist"),
+        (["validate", "{sample}", "{sample}", "--json", "{sample}"],
+         "--json {sample}: is {sample}, a ROOT file of this job"),
+        (["validate", "{sample}", "{sample}", "--json", "."], "--json .: cannot be written, it is"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(argv, message, sample_file, tmp_path, capsys, monkeypatch):
@@ -360,7 +400,7 @@ def test_user_mistakes_are_one_line_errors(argv, message, sample_file, tmp_path,
     argv = [a.format(sample=sample_file) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    message = message.format(sample=sample_file)
+    message = message.format(sample=sample_file, tmp=tmp_path)
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.root").exists()  # refused before anything ran
     assert not (tmp_path / "p").exists()
