@@ -143,19 +143,18 @@ def _result_printer() -> Callable[[Any], None]:
 
 def _validate_outputs(results, plots: str | None, tracks_tree: str,
                       summaries: str | None = None) -> int:
-    """The PV checker's table for each reconstructed input that carries truth, its plots in
-    ``plots`` and its summary in the JSON file ``summaries`` when asked; an input whose truth
-    cannot be read is reported and left unvalidated (its vertices are written). Returns how
-    many of the files asked for could not be written (each reported, the others go on)."""
+    """The PV checker's table for each input reconstructed in this run that carries truth,
+    its plots in ``plots`` and its summary in the JSON file ``summaries`` (written first,
+    before any table) when asked; an input whose truth cannot be read is reported and left
+    unvalidated (its vertices are written). Returns how many of the files asked for could not
+    be written (each reported, the others go on)."""
     from .events import VertexBatch
     from .io import read_truth, read_vertices
     from .validation import validate
 
     done = [result for result in results if result.status == "done"]
     outputs: dict[Path, VertexBatch] = {}
-    folders = _plot_folders([result.input for result in done]) if len(done) > 1 else {}
     missing = " and ".join(filter(None, (plots and "no plots", summaries and "no summary")))
-    plots_failed = 0
     validated = []
     for result in done:
         try:
@@ -171,13 +170,26 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str,
             if vertices.n_events != result.n_events:  # this input's share of a merged output
                 vertices = vertices.select_events(result.first_event,
                                                   result.first_event + result.n_events)
-            report = validate(vertices, truth)
+            validated.append((result, validate(vertices, truth)))
         except (ValueError, OSError) as error:  # the truth does not fit, cannot be read, ...
             named = str(error) if str(error).startswith(str(result.input)) else (
                 f"{result.input}: {error}")
             print(f"pvfinder reconstruct: warning: not validated: {named}", file=sys.stderr)
-            continue
-        validated.append(_summary(result.input, result.output, report))
+    files_failed = 0
+    if summaries:
+        skipped = sum(result.status == "skipped" for result in results)
+        if skipped:
+            print(f"pvfinder reconstruct: warning: --json {summaries}: the {skipped} input(s) "
+                  "left by --skip-existing are not validated again, so not in it "
+                  "(pvfinder validate gives their figures)", file=sys.stderr)
+        try:
+            _write_summaries(summaries, [_summary(result.input, result.output, report)
+                                         for result, report in validated])
+        except OSError as error:
+            print(f"pvfinder reconstruct: error: {error}", file=sys.stderr)
+            files_failed += 1
+    folders = _plot_folders([result.input for result in done]) if len(done) > 1 else {}
+    for result, report in validated:
         if len(done) > 1:
             print(f"== {result.input}")
         try:  # an error of the command (exit 2), not of the validation; the next input goes on
@@ -185,37 +197,67 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str,
         except OSError as error:
             print(f"pvfinder reconstruct: error: {result.input}: plots not written ({error})",
                   file=sys.stderr)
-            plots_failed += 1
-    if summaries:
-        try:
-            _write_summaries(summaries, validated)
-        except OSError as error:
-            print(f"pvfinder reconstruct: error: --json {summaries}: not written ({error})",
-                  file=sys.stderr)
-            plots_failed += 1
-    return plots_failed
+            files_failed += 1
+    return files_failed
 
 
-def _check_summaries_apart(summaries: str | None, files: list[Path | str]) -> None:
-    """Refuse a ``--json`` file that is one of the job's ROOT files: it would be replaced."""
+def _check_summaries(summaries: str | None, plots: str | None, files: list[Path | str]) -> None:
+    """Refuse, before the job, a ``--json`` file that cannot be written, or whose writing
+    would replace something else: one of the job's files (``files``: inputs, outputs, the
+    output folder), the ``--plots`` folder, or a ROOT file (``--json run.root``, a slip)."""
     from .io import input_identity, is_url
 
     if summaries is None:
         return
+    _check_writable(summaries, "--json")
     mine = input_identity(summaries)
     for name in files:
         if not is_url(name) and input_identity(name) == mine:
-            raise UsageError(f"--json {summaries}: is {name}, a ROOT file of this job")
+            raise UsageError(f"--json {summaries}: is {name}, an input or output of this job")
+    if plots is not None and input_identity(plots) == mine:
+        raise UsageError(f"--json {summaries}: is the --plots folder")
+    path = Path(summaries)
+    if path.is_file():
+        with path.open("rb") as file:
+            if file.read(4) == b"root":
+                raise UsageError(f"--json {summaries}: a ROOT file, which it would replace")
 
 
 def _summary(sample: Path | str, vertices: Path | str, report: Any) -> dict[str, Any]:
-    """One entry of ``--json``: the files validated and the PV checker's summary."""
-    return {"sample": str(sample), "vertices": str(vertices), "report": report.to_dict()}
+    """One entry of ``--json``: the files validated, as vertex files record their inputs
+    (absolute paths, URLs without their query: no token), and the PV checker's summary."""
+    from .io import input_identity
+
+    return {"sample": input_identity(sample), "vertices": input_identity(vertices),
+            "report": report.to_dict()}
 
 
 def _write_summaries(path: str, summaries: list[dict[str, Any]]) -> None:
-    """``--json``: the summaries as a JSON list (strict: no NaN, as ``to_dict`` gives none)."""
-    Path(path).write_text(json.dumps(summaries, indent=2, allow_nan=False) + "\n")
+    """``--json``: the summaries as a JSON list (strict: no NaN, as ``to_dict`` gives none).
+
+    Raises
+    ------
+    OSError
+        Naming the option and the file, which is then as it was.
+    """
+    try:
+        _write_text(path, json.dumps(summaries, indent=2, allow_nan=False) + "\n")
+    except OSError as error:
+        raise OSError(f"--json {path}: not written ({error.strerror or error})") from None
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: into ``<file>.<unique>.part``, then
+    renamed over it (a full disk or a stop leaves the earlier file as it was); says so."""
+    from .io import _write_target
+
+    final, part = _write_target(Path(path))
+    try:
+        part.write_text(text)
+        os.replace(part, final)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
     print(f"wrote {path}")
 
 
@@ -265,15 +307,13 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         raise UsageError(f"--dask took the input {args.dask} for its scheduler: put --dask "
                          "after the inputs")  # Dask said: missing port number in address
     _check_plots_folder(args.plots)
-    if args.json is not None:  # known before the reconstruction, not after it
-        _check_writable(args.json, "--json")
     config = _load_config(args.config, args.set)
     schema = _track_schema(args)
     inputs, errors = expand_inputs(args.inputs, output=args.output)
     for message in errors:
         print(f"pvfinder reconstruct: error: {message}", file=sys.stderr)
     plan = plan_outputs(inputs, args.output, merge=args.merge)
-    _check_summaries_apart(args.json, [*inputs, *plan, args.output])
+    _check_summaries(args.json, args.plots, [*inputs, *plan, args.output])
     where = f"Dask ({args.dask})" if args.dask else get_backend(args.backend).name
     start = time.perf_counter()
     try:
@@ -293,12 +333,12 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
           "and compilation)")
     for output in sorted({r.output for r in results if r.status == "done"}):
         print(f"wrote {output}")
-    plots_failed = 0 if args.no_validate else _validate_outputs(results, args.plots,
+    files_failed = 0 if args.no_validate else _validate_outputs(results, args.plots,
                                                                 schema.tree, args.json)
     n_failed = len(errors) + sum(result.status == "failed" for result in results)
     if n_failed:
         print(f"{n_failed} input(s) failed (errors above)")
-    return 2 if n_failed or plots_failed else 0
+    return 2 if n_failed or files_failed else 0
 
 
 def _print_validation(report, plots: str | None) -> None:
@@ -314,9 +354,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from .validation import validate
 
     _check_plots_folder(args.plots)
-    if args.json is not None:
-        _check_writable(args.json, "--json")
-    _check_summaries_apart(args.json, [args.sample, args.vertices])
+    _check_summaries(args.json, args.plots, [args.sample, args.vertices])
     truth = read_truth(args.sample, args.tree)
     if truth is None:
         raise UsageError(f"{args.sample}: holds no truth tree to validate against")
@@ -326,9 +364,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.vertices}: the vertices of {vertices.n_events} events, but "
                          f"{args.sample} has {truth.n_events}: not this sample's vertices")
     report = validate(vertices, truth)
-    _print_validation(report, args.plots)
-    if args.json is not None:
+    if args.json is not None:  # before the table: a closed stdout must not lose it
         _write_summaries(args.json, [_summary(args.sample, args.vertices, report)])
+    _print_validation(report, args.plots)
     return 0
 
 
@@ -478,8 +516,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
     text = json.dumps(result, indent=2)
     if args.output:
-        Path(args.output).write_text(text + "\n")
-        print(f"wrote {args.output}")
+        _write_text(args.output, text + "\n")
     else:
         print(text)
     missed = [goal["name"] for goal in result.get("goals", ()) if not goal["met"]]

@@ -212,9 +212,56 @@ def test_json_holds_the_checker_s_summary_of_each_input_with_truth(sample_file, 
     assert main(["reconstruct", str(sample_file), "-o", str(single), "--backend", "cpu",
                  "--no-validate"]) == 0
     assert main(["validate", str(sample_file), str(single), "--json", str(summaries)]) == 0
-    assert f"wrote {summaries}" in capsys.readouterr().out
+    out = capsys.readouterr().out  # the file first: a closed stdout must not lose it
+    assert out.index(f"wrote {summaries}") < out.index("PV checker")
     assert json.loads(summaries.read_text()) == [
         {"sample": str(sample_file), "vertices": str(single), "report": expected}]
+    # A rerun that leaves its input (--skip-existing) does not validate it again, and says so.
+    assert main(["reconstruct", str(sample_file), "-o", str(single), "--skip-existing",
+                 "--json", str(summaries)]) == 0
+    assert capsys.readouterr().err == (
+        f"pvfinder reconstruct: warning: --json {summaries}: the 1 input(s) left by "
+        "--skip-existing are not validated again, so not in it (pvfinder validate gives "
+        "their figures)\n")
+    assert json.loads(summaries.read_text()) == []
+
+
+def test_json_names_files_as_vertex_files_record_them(sample_file, monkeypatch):
+    # Absolute paths, and URLs without their query: an access token stays out of the file.
+    from pvfinder.cli import _summary
+
+    monkeypatch.chdir(sample_file.parent)
+    report = validate(find_vertices(read_tracks(sample_file), backend="cpu"),
+                      read_truth(sample_file))
+    entry = _summary("memory://bucket/run.root?token=SECRET", sample_file.name, report)
+    assert (entry["sample"], entry["vertices"]) == ("memory:///bucket/run.root", str(sample_file))
+
+
+def test_json_is_never_written_over_a_root_file_or_left_half_written(sample_file, tmp_path,
+                                                                     monkeypatch, capsys):
+    other = tmp_path / "other.root"  # --json other.root for other.json: a slip
+    other.write_bytes(sample_file.read_bytes())
+    assert main(["validate", str(sample_file), str(sample_file), "--json", str(other)]) == 2
+    assert capsys.readouterr().err == (f"pvfinder validate: error: --json {other}: a ROOT "
+                                       "file, which it would replace\n")
+    assert other.read_bytes() == sample_file.read_bytes()
+    vertices = tmp_path / "pvs.root"
+    assert main(["reconstruct", str(sample_file), "-o", str(vertices), "--backend", "cpu",
+                 "--no-validate"]) == 0
+    summaries = tmp_path / "checker.json"
+    summaries.write_text("[]\n")  # an earlier summary
+
+    def full_disk(self, text):
+        with self.open("w") as file:
+            file.write(text[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    capsys.readouterr()
+    assert main(["validate", str(sample_file), str(vertices), "--json", str(summaries)]) == 2
+    assert capsys.readouterr().err == (f"pvfinder validate: error: --json {summaries}: not "
+                                       "written (No space left on device)\n")
+    assert summaries.read_text() == "[]\n" and sorted(tmp_path.glob("*.part")) == []
 
 
 def test_plots_that_cannot_be_written_for_one_input_leave_the_others(two_files, tmp_path,
@@ -384,14 +431,18 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
         (["reconstruct", "{sample}", "-o", "x.root", "--json", "j.json", "--no-validate"],
          "--json holds the validation, which --no-validate turns off"),
         (["reconstruct", "{sample}", "-o", "x.root", "--json", "{sample}"],
-         "--json {sample}: is {sample}, a ROOT file of this job"),
+         "--json {sample}: is {sample}, an input or output of this job"),
         (["reconstruct", "{sample}", "-o", "x.root", "--json", "x.root"],
-         "--json x.root: is x.root, a ROOT file of this job"),
-        (["reconstruct", "{sample}", "-o", "p", "--json", "p"], "--json p: is p, a ROOT file"),
+         "--json x.root: is x.root, an input or output of this job"),
+        (["reconstruct", "{sample}", "-o", "p", "--json", "p"], "--json p: is p, an input or"),
+        (["reconstruct", "{sample}", "-o", "x.root", "--plots", "p", "--json", "p"],
+         "--json p: is the --plots folder"),
+        (["validate", "{sample}", "{sample}", "--plots", "p", "--json", "p"],
+         "--json p: is the --plots folder"),
         (["reconstruct", "{sample}", "-o", "x.root", "--json", "p/j.json"],
          "--json p/j.json: cannot be written, {tmp}/p does not exist"),
         (["validate", "{sample}", "{sample}", "--json", "{sample}"],
-         "--json {sample}: is {sample}, a ROOT file of this job"),
+         "--json {sample}: is {sample}, an input or output of this job"),
         (["validate", "{sample}", "{sample}", "--json", "."], "--json .: cannot be written, it is"),
     ],
 )
