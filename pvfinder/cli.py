@@ -209,13 +209,14 @@ def _check_summaries(summaries: str | None, plots: str | None, files: list[Path 
 
     if summaries is None:
         return
-    _check_writable(summaries, "--json")
     mine = input_identity(summaries)
     for name in files:
         if not is_url(name) and input_identity(name) == mine:
             raise UsageError(f"--json {summaries}: is {name}, an input or output of this job")
-    if plots is not None and input_identity(plots) == mine:
-        raise UsageError(f"--json {summaries}: is the --plots folder")
+    if plots is not None and (mine + os.sep).startswith(input_identity(plots) + os.sep):
+        raise UsageError(f"--json {summaries}: in the --plots folder, whose folders and "
+                         "files are the plots'")
+    _check_writable(summaries, "--json")
     path = Path(summaries)
     if path.is_file():
         with path.open("rb") as file:
@@ -233,32 +234,37 @@ def _summary(sample: Path | str, vertices: Path | str, report: Any) -> dict[str,
 
 
 def _write_summaries(path: str, summaries: list[dict[str, Any]]) -> None:
-    """``--json``: the summaries as a JSON list (strict: no NaN, as ``to_dict`` gives none).
+    """``--json``: the summaries as a JSON list (strict: no NaN, as ``to_dict`` gives none)."""
+    _write_text(path, json.dumps(summaries, indent=2, allow_nan=False) + "\n", "--json")
+
+
+def _write_text(path: str, text: str, option: str) -> None:
+    """Write ``text`` to the file ``path`` given to ``option``, whole or not at all: into
+    ``<file>.<unique>.part``, then renamed over it (a full disk or a stop leaves the earlier
+    file as it was); a device or a pipe (``/dev/null``) is written as it is. Says so.
 
     Raises
     ------
     OSError
-        Naming the option and the file, which is then as it was.
+        Naming the option and the file.
     """
+    from .io import _not_a_regular_file, _write_target
+
     try:
-        _write_text(path, json.dumps(summaries, indent=2, allow_nan=False) + "\n")
+        if _not_a_regular_file(Path(path)) not in (None, "a directory"):
+            with open(path, "w") as stream:
+                stream.write(text)
+        else:
+            final, part = _write_target(Path(path))
+            try:
+                part.write_text(text)
+                os.replace(part, final)
+            except BaseException:
+                part.unlink(missing_ok=True)
+                raise
     except OSError as error:
-        raise OSError(f"--json {path}: not written ({error.strerror or error})") from None
-
-
-def _write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all: into ``<file>.<unique>.part``, then
-    renamed over it (a full disk or a stop leaves the earlier file as it was); says so."""
-    from .io import _write_target
-
-    final, part = _write_target(Path(path))
-    try:
-        part.write_text(text)
-        os.replace(part, final)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    print(f"wrote {path}")
+        raise OSError(f"{option} {path}: not written ({error.strerror or error})") from None
+    print(f"wrote {path}")  # not in the try: a closed stdout is not a failed write
 
 
 def _plot_folders(inputs: list[Path | str]) -> dict[Path | str, str]:
@@ -473,6 +479,10 @@ def _check_writable(path: str, option: str = "-o") -> None:
     if not output.parent.is_dir():
         what = "is a file" if output.parent.exists() else "does not exist"
         raise UsageError(f"{option} {path}: cannot be written, {output.parent} {what}")
+    if output.is_fifo():  # opening it would wait for its reader, or end what it reads
+        if not os.access(output, os.W_OK):
+            raise UsageError(f"{option} {path}: cannot be written (permission denied)")
+        return
     existed = output.exists()
     try:
         with output.open("a"):
@@ -516,7 +526,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
     text = json.dumps(result, indent=2)
     if args.output:
-        _write_text(args.output, text + "\n")
+        _write_text(args.output, text + "\n", "-o")
     else:
         print(text)
     missed = [goal["name"] for goal in result.get("goals", ()) if not goal["met"]]

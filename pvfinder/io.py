@@ -318,6 +318,8 @@ def _checked_fill(fill: Mapping[str, Any]) -> dict[str, float]:
 _URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]+::)*[A-Za-z][A-Za-z0-9+.-]+://")
 # Local files in URL form, which uproot reads as local files too.
 _LOCAL_URL = re.compile(r"(?:file|local)://", re.IGNORECASE)
+# The user (and password) before a URL's host: "https://me:secret@host/..." keeps "https://".
+_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@")
 
 
 def is_url(name: PathLike) -> bool:
@@ -399,9 +401,10 @@ def _input_stem(name: PathLike) -> str:
 
 def _links(url: str) -> list[str]:
     """The links of a URL, chained by ``::`` (one link unless chained), each without its
-    query (``zip://run1.root::https://host/a.zip?token=t`` → ``zip://run1.root``,
+    query and the user and password of its address, which are for access too
+    (``zip://run1.root::https://me:pw@host/a.zip?token=t`` → ``zip://run1.root``,
     ``https://host/a.zip``)."""
-    return [link.partition("?")[0] for link in url.split("::")]
+    return [_CREDENTIALS.sub(r"\1", link.partition("?")[0]) for link in url.split("::")]
 
 
 def _local_output(path: PathLike) -> Path:

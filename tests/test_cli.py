@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -262,6 +263,10 @@ def test_json_is_never_written_over_a_root_file_or_left_half_written(sample_file
     assert capsys.readouterr().err == (f"pvfinder validate: error: --json {summaries}: not "
                                        "written (No space left on device)\n")
     assert summaries.read_text() == "[]\n" and sorted(tmp_path.glob("*.part")) == []
+    monkeypatch.undo()
+    # A device is written as it is (it cannot be renamed over), as a pipe would be.
+    assert main(["validate", str(sample_file), str(vertices), "--json", os.devnull]) == 0
+    assert f"wrote {os.devnull}" in capsys.readouterr().out
 
 
 def test_plots_that_cannot_be_written_for_one_input_leave_the_others(two_files, tmp_path,
@@ -436,9 +441,9 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
          "--json x.root: is x.root, an input or output of this job"),
         (["reconstruct", "{sample}", "-o", "p", "--json", "p"], "--json p: is p, an input or"),
         (["reconstruct", "{sample}", "-o", "x.root", "--plots", "p", "--json", "p"],
-         "--json p: is the --plots folder"),
-        (["validate", "{sample}", "{sample}", "--plots", "p", "--json", "p"],
-         "--json p: is the --plots folder"),
+         "--json p: in the --plots folder"),
+        (["validate", "{sample}", "{sample}", "--plots", "p", "--json", "p/s"],
+         "--json p/s: in the --plots folder"),
         (["reconstruct", "{sample}", "-o", "x.root", "--json", "p/j.json"],
          "--json p/j.json: cannot be written, {tmp}/p does not exist"),
         (["validate", "{sample}", "{sample}", "--json", "{sample}"],

@@ -1002,6 +1002,9 @@ def test_a_url_s_query_is_for_access_not_for_naming_a_file(tmp_path, files):
     cached copy) are each an input, named after their file."""
     signed = "https://host/k.root?X-Amz-Date=1&X-Amz-Expires=60&X-Amz-Signature=abc"
     assert pvfinder_io.input_identity(signed) == "https://host/k.root"
+    # So are a user and password in the address: never recorded in an output.
+    assert pvfinder_io.input_identity("https://me:secret@host/k.root") == "https://host/k.root"
+    assert pvfinder_io.input_identity("root://me@host//k.root") == "root://host//k.root"
     named = ["https://host/get?file=a.root", "https://host/get?file=b.root"]
     assert expand_inputs(named) == (named[:1], [
         (f"{named[1]}: left out, one file with {named[0]}; a URL's query is taken for access "
