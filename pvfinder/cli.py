@@ -226,7 +226,8 @@ def _check_summaries(summaries: str | None, plots: str | None, files: list[Path 
 
 def _summary(sample: Path | str, vertices: Path | str, report: Any) -> dict[str, Any]:
     """One entry of ``--json``: the files validated, as vertex files record their inputs
-    (absolute paths, URLs without their query: no token), and the PV checker's summary."""
+    (absolute paths; URLs without their query and credentials: no token, no password), and
+    the PV checker's summary."""
     from .io import input_identity
 
     return {"sample": input_identity(sample), "vertices": input_identity(vertices),
