@@ -40,9 +40,9 @@ _HOMES = {"PVFinder": "pipeline", "find_vertices": "pipeline", "PVFinderConfig":
           "MCTruth": "events", "MCVertices": "events", "TrackBatch": "events",
           "VertexBatch": "events", "available_backends": "backends",
           "get_backend": "backends", "simulate": "simulation"}
-_SUBMODULES = frozenset({"backends", "benchmark", "benchmark_io", "cli", "config",
-                         "distributed", "events", "io", "pipeline", "simulation",
-                         "validation"})
+_SUBMODULES = frozenset({"backends", "benchmark", "benchmark_io", "benchmark_physics", "cli",
+                         "config", "distributed", "events", "io", "kernels", "pipeline",
+                         "simulation", "validation"})
 
 
 def __getattr__(name: str) -> Any:
