@@ -25,6 +25,9 @@ __all__ = [
     "VertexBatch",
     "MCVertices",
     "MCTruth",
+    "as_track_batch",
+    "jagged_array",
+    "offsets_from_counts",
 ]
 
 TRACK_FIELDS = (
@@ -84,6 +87,28 @@ def offsets_from_counts(counts: Any, what: str = "counts") -> np.ndarray:
     offsets = np.zeros(counts.size + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     return offsets
+
+
+def jagged_array(offsets: Any, values: Any) -> ak.Array:
+    """One list per entry: ``values`` cut at ``offsets``, wrapped as they are, without a copy
+    (``ak.unflatten`` builds the same from counts, but checks them again and takes about ten
+    times as long).
+
+    Parameters
+    ----------
+    offsets : array of int
+        Where each list starts in ``values``, and where the last one ends (one more than the
+        lists; non-decreasing and within ``values``, which is not checked).
+    values : numpy.ndarray or awkward.Array
+        A flat host array, or an awkward array (of lists, for lists of lists).
+
+    Returns
+    -------
+    awkward.Array
+    """
+    content = values.layout if isinstance(values, ak.Array) else ak.contents.NumpyArray(values)
+    return ak.Array(ak.contents.ListOffsetArray(
+        ak.index.Index64(np.asarray(offsets, dtype=np.int64)), content))
 
 
 def _is_integer(value: Any) -> bool:
@@ -723,9 +748,9 @@ class VertexBatch(_Jagged):
         array = super().to_awkward()
         if self.weights is None:
             return array
-        per_vertex = ak.unflatten(np.array(_to_host(self.weights)),
-                                  np.diff(_to_host(self.weight_offsets)))
-        per_event = ak.unflatten(per_vertex, self.counts)
+        per_vertex = jagged_array(_to_host(self.weight_offsets, copy=True),
+                                  _to_host(self.weights, copy=True))
+        per_event = jagged_array(_to_host(self.offsets, copy=True), per_vertex)
         return ak.with_field(array, per_event, "weights")
 
     @classmethod
@@ -825,3 +850,101 @@ class VertexBatch(_Jagged):
     def sigma_z(self) -> np.ndarray:
         """Uncertainty of each vertex's z, ``sqrt(cov_zz)`` (mm, host array)."""
         return np.sqrt(_to_host(self.cov_zz))
+
+
+def as_track_batch(tracks: Any) -> TrackBatch:
+    """Accept a :class:`TrackBatch`, an awkward array of track records (one list of records
+    per event, or one record of lists per event as uproot's ``tree.arrays()`` gives; other
+    fields are ignored), a mapping of flat arrays with ``counts`` or ``offsets`` (see
+    :meth:`TrackBatch.from_arrays`), or a mapping without them holding one list per event for
+    each field (uproot's ``tree.arrays(how=dict)`` with either library; lists of lists; 2-d
+    arrays; other keys are ignored).
+
+    Raises
+    ------
+    TypeError
+        For anything else.
+    ValueError
+        For a missing field, fields of different lengths (per event), or counts or offsets
+        that do not match them.
+    """
+    if isinstance(tracks, TrackBatch):
+        return tracks
+    if isinstance(tracks, ak.Array):
+        if tracks.ndim == 1 and tracks.fields:  # a record of lists per event: tree.arrays()
+            return TrackBatch.from_awkward(_zipped_lists(
+                {name: tracks[name] for name in tracks.fields}))
+        return TrackBatch.from_awkward(tracks)
+    if isinstance(tracks, Mapping):
+        if "counts" not in tracks and "offsets" not in tracks:
+            return TrackBatch.from_awkward(_zipped_lists(tracks))
+        jagged = [name for name in TRACK_FIELDS
+                  if isinstance(tracks.get(name), ak.Array) and tracks[name].ndim > 1]
+        if jagged:
+            raise ValueError(f"tracks: {', '.join(jagged)} are lists per event, which carry "
+                             "their own counts: give either those or flat arrays with counts "
+                             "or offsets")
+        return TrackBatch.from_arrays(**tracks)
+    raise TypeError(
+        "tracks must be a TrackBatch, an awkward array of track records or a mapping of "
+        f"arrays, got {type(tracks).__name__}"
+    )
+
+
+def _zipped_lists(tracks: Mapping[str, Any]) -> ak.Array:
+    """Records from one list per event for each track field (awkward arrays, lists of lists,
+    2-d numpy arrays, numpy arrays of per-event arrays as uproot's ``library="np"`` gives),
+    every field with the same list lengths: zipping would broadcast a number per event, or
+    per batch, to every track."""
+    missing = [name for name in TRACK_FIELDS if name not in tracks]
+    if missing:
+        raise ValueError(f"tracks: missing field(s) {', '.join(missing)}")
+    fields: dict[str, ak.Array] = {}
+    for name in TRACK_FIELDS:
+        try:
+            field = _as_lists(tracks[name])
+        except (TypeError, ValueError):  # a number, or lists of things other than numbers
+            field = None
+        if field is None or field.ndim != 2:
+            raise ValueError(f"tracks: field {name!r} must be a list per event like the others "
+                             "(flat arrays need counts or offsets), got "
+                             f"{getattr(field, 'type', type(tracks[name]).__name__)}")
+        missing_events = np.flatnonzero(ak.to_numpy(ak.is_none(field, axis=0)))
+        if missing_events.size:
+            raise ValueError(f"tracks: event {missing_events[0]} of field {name!r} is None, "
+                             "not a list (an event without tracks is an empty list)")
+        fields[name] = field
+    first, *others = TRACK_FIELDS
+    counts = ak.to_numpy(ak.num(fields[first], axis=1))
+    for name in others:
+        these = ak.to_numpy(ak.num(fields[name], axis=1))
+        if len(these) != len(counts):
+            raise ValueError(f"tracks: field {name!r} has {len(these)} events but {first!r} "
+                             f"has {len(counts)}")
+        differ = np.flatnonzero(these != counts)
+        if differ.size:
+            raise ValueError(f"tracks: the lists of {name!r} differ in length from those of "
+                             f"{first!r} (event {differ[0]}: {these[differ[0]]} against "
+                             f"{counts[differ[0]]})")
+    return ak.zip(fields)
+
+
+def _as_lists(values: Any) -> ak.Array:
+    """``values`` as an awkward array; a numpy array of arrays (an object array, which
+    awkward refuses) joined into one list per entry, and no entries at all (``[]``, whose
+    type awkward cannot know) as no lists."""
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        if any(entry is None for entry in values):  # awkward's path names the event
+            return ak.from_iter(values.tolist())
+        entries = [np.asarray(entry) for entry in values]
+        if any(entry.ndim != 1 for entry in entries):
+            raise ValueError("not one list per entry")
+        counts = np.array([len(entry) for entry in entries], dtype=np.int64)
+        flat = np.concatenate(entries) if entries else np.zeros(0)
+        return ak.unflatten(flat, counts)
+    if isinstance(values, np.ndarray) and not values.dtype.isnative:  # awkward refuses them
+        values = values.astype(values.dtype.newbyteorder("="))
+    array = ak.Array(values)
+    if len(array) == 0 and array.ndim == 1:
+        return ak.unflatten(np.zeros(0), np.zeros(0, dtype=np.int64))
+    return array

@@ -60,6 +60,7 @@ from .events import (
     VertexBatch,
     _check_offsets,
     _check_weights,
+    jagged_array,
     offsets_from_counts,
 )
 
@@ -1031,15 +1032,8 @@ def _compression(name: str) -> Any:
 
 
 def _jagged(batch: Any, fields: tuple[str, ...], dtype: Any) -> dict[str, ak.Array]:
-    return {name: _lists(batch.offsets, np.asarray(getattr(batch, name), dtype=dtype))
+    return {name: jagged_array(batch.offsets, np.asarray(getattr(batch, name), dtype=dtype))
             for name in fields}
-
-
-def _lists(offsets: np.ndarray, values: np.ndarray) -> ak.Array:
-    """``values`` cut into lists at ``offsets`` (from 0 to ``len(values)``, as a batch's
-    are), built as they are: ``ak.unflatten`` takes ten times as long, checking them again."""
-    return ak.Array(ak.contents.ListOffsetArray(
-        ak.index.Index64(np.asarray(offsets, dtype=np.int64)), ak.contents.NumpyArray(values)))
 
 
 def _write_tree(file: Any, name: str, counter: str, jagged: dict[str, ak.Array],
@@ -1133,13 +1127,13 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
         with _recreate(partial, codec) as file:
             jagged = _jagged(tracks, TRACK_FIELDS, precision)
             if truth is not None:
-                jagged["mc_pv"] = _lists(tracks.offsets,
+                jagged["mc_pv"] = jagged_array(tracks.offsets,
                                          np.asarray(truth.track_mc_pv, dtype=np.int32))
             _write_tree(file, TRACKS_TREE, "n_tracks", jagged, event_ids, events_per_basket)
             if truth is not None:
                 pv = truth.vertices
                 jagged = _jagged(pv, ("x", "y", "z"), precision)
-                jagged["n_reconstructible"] = _lists(
+                jagged["n_reconstructible"] = jagged_array(
                     pv.offsets, np.asarray(pv.n_reconstructible, dtype=np.int32))
                 _write_tree(file, TRUTH_TREE, "n_pvs", jagged, event_ids, events_per_basket)
         os.replace(partial, final)
@@ -1572,16 +1566,16 @@ def _var(dtype: str) -> ak.types.ListType:
 def _weight_branches(vertices: VertexBatch, track_counts: Any) -> dict[str, ak.Array]:
     """The tree of weights' branches of a batch (checked by ``VertexWriter._check``)."""
     branches = {
-        "weight_counts": _lists(vertices.offsets,
+        "weight_counts": jagged_array(vertices.offsets,
                                 np.diff(vertices.weight_offsets).astype(np.int32)),
-        "weights": _lists(vertices.weight_offsets[vertices.offsets],
+        "weights": jagged_array(vertices.weight_offsets[vertices.offsets],
                           np.asarray(vertices.weights, dtype=np.float64)),  # native order
     }
     if track_counts is not None:
         index, weight = track_association(vertices, track_counts)
         track_offsets = offsets_from_counts(track_counts, "track counts")
-        branches["vertex_index"] = _lists(track_offsets, index)
-        branches["weight"] = _lists(track_offsets, weight)
+        branches["vertex_index"] = jagged_array(track_offsets, index)
+        branches["weight"] = jagged_array(track_offsets, weight)
     return branches
 
 

@@ -9,11 +9,10 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import awkward as ak
 import numpy as np
 
 from .backends import Backend, BackendUnavailableError, get_backend
@@ -24,7 +23,13 @@ from .events import (
     TrackBatch,
     VertexBatch,
     _to_host,
+    as_track_batch,
+    jagged_array,
+    offsets_from_counts,
 )
+
+if TYPE_CHECKING:
+    import awkward as ak
 
 __all__ = [
     "PVFinder",
@@ -60,104 +65,6 @@ class SeedOverflowWarning(UserWarning):
 # Every overflow is reported: by default Python shows a warning once per line of code, which
 # in a loop over batches hid all but the first. Appended, so the user's filters still win.
 warnings.filterwarnings("always", category=SeedOverflowWarning, append=True)
-
-
-def as_track_batch(tracks: Any) -> TrackBatch:
-    """Accept a :class:`TrackBatch`, an awkward array of track records (one list of records
-    per event, or one record of lists per event as uproot's ``tree.arrays()`` gives; other
-    fields are ignored), a mapping of flat arrays with ``counts`` or ``offsets`` (see
-    :meth:`TrackBatch.from_arrays`), or a mapping without them holding one list per event for
-    each field (uproot's ``tree.arrays(how=dict)`` with either library; lists of lists; 2-d
-    arrays; other keys are ignored).
-
-    Raises
-    ------
-    TypeError
-        For anything else.
-    ValueError
-        For a missing field, fields of different lengths (per event), or counts or offsets
-        that do not match them.
-    """
-    if isinstance(tracks, TrackBatch):
-        return tracks
-    if isinstance(tracks, ak.Array):
-        if tracks.ndim == 1 and tracks.fields:  # a record of lists per event: tree.arrays()
-            return TrackBatch.from_awkward(_zipped_lists(
-                {name: tracks[name] for name in tracks.fields}))
-        return TrackBatch.from_awkward(tracks)
-    if isinstance(tracks, Mapping):
-        if "counts" not in tracks and "offsets" not in tracks:
-            return TrackBatch.from_awkward(_zipped_lists(tracks))
-        jagged = [name for name in TRACK_FIELDS
-                  if isinstance(tracks.get(name), ak.Array) and tracks[name].ndim > 1]
-        if jagged:
-            raise ValueError(f"tracks: {', '.join(jagged)} are lists per event, which carry "
-                             "their own counts: give either those or flat arrays with counts "
-                             "or offsets")
-        return TrackBatch.from_arrays(**tracks)
-    raise TypeError(
-        "tracks must be a TrackBatch, an awkward array of track records or a mapping of "
-        f"arrays, got {type(tracks).__name__}"
-    )
-
-
-def _zipped_lists(tracks: Mapping[str, Any]) -> ak.Array:
-    """Records from one list per event for each track field (awkward arrays, lists of lists,
-    2-d numpy arrays, numpy arrays of per-event arrays as uproot's ``library="np"`` gives),
-    every field with the same list lengths: zipping would broadcast a number per event, or
-    per batch, to every track."""
-    missing = [name for name in TRACK_FIELDS if name not in tracks]
-    if missing:
-        raise ValueError(f"tracks: missing field(s) {', '.join(missing)}")
-    fields: dict[str, ak.Array] = {}
-    for name in TRACK_FIELDS:
-        try:
-            field = _lists(tracks[name])
-        except (TypeError, ValueError):  # a number, or lists of things other than numbers
-            field = None
-        if field is None or field.ndim != 2:
-            raise ValueError(f"tracks: field {name!r} must be a list per event like the others "
-                             "(flat arrays need counts or offsets), got "
-                             f"{getattr(field, 'type', type(tracks[name]).__name__)}")
-        missing_events = np.flatnonzero(ak.to_numpy(ak.is_none(field, axis=0)))
-        if missing_events.size:
-            raise ValueError(f"tracks: event {missing_events[0]} of field {name!r} is None, "
-                             "not a list (an event without tracks is an empty list)")
-        fields[name] = field
-    first, *others = TRACK_FIELDS
-    counts = ak.to_numpy(ak.num(fields[first], axis=1))
-    for name in others:
-        these = ak.to_numpy(ak.num(fields[name], axis=1))
-        if len(these) != len(counts):
-            raise ValueError(f"tracks: field {name!r} has {len(these)} events but {first!r} "
-                             f"has {len(counts)}")
-        differ = np.flatnonzero(these != counts)
-        if differ.size:
-            raise ValueError(f"tracks: the lists of {name!r} differ in length from those of "
-                             f"{first!r} (event {differ[0]}: {these[differ[0]]} against "
-                             f"{counts[differ[0]]})")
-    return ak.zip(fields)
-
-
-def _lists(values: Any) -> ak.Array:
-    """``values`` as an awkward array; a numpy array of arrays (an object array, which
-    awkward refuses) joined into one list per entry, and no entries at all (``[]``, whose
-    type awkward cannot know) as no lists."""
-    if isinstance(values, np.ndarray) and values.dtype == object:
-        if any(entry is None for entry in values):  # awkward's path names the event
-            return ak.from_iter(values.tolist())
-        entries = [np.asarray(entry) for entry in values]
-        if any(entry.ndim != 1 for entry in entries):
-            raise ValueError("not one list per entry")
-        counts = np.array([len(entry) for entry in entries], dtype=np.int64)
-        flat = np.concatenate(entries) if entries else np.zeros(0)
-        return ak.unflatten(flat, counts)
-    if isinstance(values, np.ndarray) and not values.dtype.isnative:  # awkward refuses them
-        values = values.astype(values.dtype.newbyteorder("="))
-    array = ak.Array(values)
-    if len(array) == 0 and array.ndim == 1:
-        return ak.unflatten(np.zeros(0), np.zeros(0, dtype=np.int64))
-    return array
 
 
 @dataclass(frozen=True)
@@ -568,14 +475,15 @@ class PVFinder:
                          for name in ("z", "sigma_z", "usable")}
         _report_overflow(n_seeds, cfg.max_vertices_per_event, 0, "kept")
         n_found = np.minimum(n_seeds, cfg.max_vertices_per_event)
-        per_event = {name: ak.unflatten(values, batch.counts) for name, values in per_track.items()}
+        track_offsets = _to_host(batch.offsets, copy=True)  # the caller's array may change
+        found = np.arange(seeds.shape[1]) < n_found[:, None]
         return ZHistograms(
             bin_edges=cfg.zmin + cfg.bin_width * np.arange(cfg.n_bins + 1),
             density=density,
-            seeds=ak.Array([row[:n] for row, n in zip(seeds.tolist(), n_found)]),
-            z_beam=per_event["z"],
-            sigma_z=per_event["sigma_z"],
-            usable=ak.values_astype(per_event["usable"], bool),
+            seeds=jagged_array(offsets_from_counts(n_found), seeds[found]),
+            z_beam=jagged_array(track_offsets, per_track["z"]),
+            sigma_z=jagged_array(track_offsets, per_track["sigma_z"]),
+            usable=jagged_array(track_offsets, per_track["usable"].astype(bool)),
         )
 
     # -- stages ---------------------------------------------------------------------------
