@@ -249,20 +249,15 @@ def _write_text(path: str, text: str, option: str) -> None:
     OSError
         Naming the option and the file.
     """
-    from .io import _not_a_regular_file, _write_target
+    from .io import _not_a_regular_file, _written_whole
 
     try:
         if _not_a_regular_file(Path(path)) not in (None, "a directory"):
             with open(path, "w") as stream:
                 stream.write(text)
         else:
-            final, part = _write_target(Path(path))
-            try:
-                part.write_text(text)
-                os.replace(part, final)
-            except BaseException:
-                part.unlink(missing_ok=True)
-                raise
+            with _written_whole(Path(path)) as partial:
+                partial.write_text(text)
     except OSError as error:
         raise OSError(f"{option} {path}: not written ({error.strerror or error})") from None
     print(f"wrote {path}")  # not in the try: a closed stdout is not a failed write

@@ -1122,24 +1122,18 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
             _check_offsets(tracks.offsets, tracks.n_tracks, "tracks")
         else:
             truth.check_matches(tracks)
-    final, partial = _write_target(_local_output(path))
-    try:
-        with _recreate(partial, codec) as file:
-            jagged = _jagged(tracks, TRACK_FIELDS, precision)
-            if truth is not None:
-                jagged["mc_pv"] = jagged_array(tracks.offsets,
-                                         np.asarray(truth.track_mc_pv, dtype=np.int32))
-            _write_tree(file, TRACKS_TREE, "n_tracks", jagged, event_ids, events_per_basket)
-            if truth is not None:
-                pv = truth.vertices
-                jagged = _jagged(pv, ("x", "y", "z"), precision)
-                jagged["n_reconstructible"] = jagged_array(
-                    pv.offsets, np.asarray(pv.n_reconstructible, dtype=np.int32))
-                _write_tree(file, TRUTH_TREE, "n_pvs", jagged, event_ids, events_per_basket)
-        os.replace(partial, final)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with _written_whole(_local_output(path)) as partial, _recreate(partial, codec) as file:
+        jagged = _jagged(tracks, TRACK_FIELDS, precision)
+        if truth is not None:
+            jagged["mc_pv"] = jagged_array(tracks.offsets,
+                                           np.asarray(truth.track_mc_pv, dtype=np.int32))
+        _write_tree(file, TRACKS_TREE, "n_tracks", jagged, event_ids, events_per_basket)
+        if truth is not None:
+            pv = truth.vertices
+            jagged = _jagged(pv, ("x", "y", "z"), precision)
+            jagged["n_reconstructible"] = jagged_array(
+                pv.offsets, np.asarray(pv.n_reconstructible, dtype=np.int32))
+            _write_tree(file, TRUTH_TREE, "n_pvs", jagged, event_ids, events_per_basket)
 
 
 def track_association(vertices: VertexBatch, track_counts: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -1220,6 +1214,19 @@ def _write_target(path: Path) -> tuple[Path, Path]:
     if not final.parent.is_dir():
         raise FileNotFoundError(f"{path}: a link to {final}, whose folder does not exist")
     return final, final.with_name(f"{final.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+
+
+@contextlib.contextmanager
+def _written_whole(path: Path) -> Iterator[Path]:
+    """The partial file to write ``path`` as (see :func:`_write_target`): renamed to ``path``
+    when the block ends, removed when it raises, so the file is whole or not there at all."""
+    final, partial = _write_target(path)
+    try:
+        yield partial
+        os.replace(partial, final)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _recreate(path: Path, codec: Any) -> Any:
