@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import operator
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -126,6 +127,26 @@ def _is_count(value: Any) -> bool:
     """Whether ``value`` is a non-negative integer (a Python or numpy one, not a bool)."""
     return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
             and value >= 0)
+
+
+def _check_flag(name: str, value: Any) -> None:
+    """Raise ``TypeError`` unless ``value`` is a bool (Python's or numpy's): "no" is true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _refuse_unread(value: Any, what: str) -> None:
+    """Raise ``TypeError`` for an uproot object or a lazy Dask collection given for values: a
+    TTree is a mapping of branches and a TBranch converts to an empty array, so either would
+    be read as no events."""
+    home = type(value).__module__.partition(".")[0]
+    if home == "uproot":  # Model_TTree_v20: a TTree
+        kind = re.sub(r"^Model_|_v\d+$", "", type(value).__name__)
+        raise TypeError(f"{what} is an uproot {kind}, not its values: read "
+                        "them first (tree.arrays(how=dict)), or use pvfinder.io.read_tracks")
+    if home in ("dask", "dask_awkward"):
+        raise TypeError(f"{what} is a lazy Dask collection: compute it first, or reconstruct "
+                        "the files with pvfinder.distributed")
 
 
 def _check_event_range(start: int, stop: int, n_events: int, what: str) -> None:
@@ -252,7 +273,7 @@ class _Jagged:
             # CuPy arrays stay on the device: each check is one reduction there, and only a
             # failing one brings an index back.
             xp = _array_module(fields[name])
-            array = xp.asarray(fields[name])
+            array = xp.asarray(fields[name])  # a masked array's data, without its mask
             if array.ndim != 1:
                 raise ValueError(
                     f"{cls.WHAT}: field {name!r} must be one-dimensional, got shape {array.shape}"
@@ -261,6 +282,10 @@ class _Jagged:
                 raise ValueError(
                     f"{cls.WHAT}: field {name!r} has {array.size} entries but the counts add up to {length}"
                 )
+            if np.ma.is_masked(fields[name]):  # the values under the mask are no data
+                bad = int(np.flatnonzero(np.ma.getmaskarray(fields[name]))[0])
+                raise ValueError(f"{cls.WHAT}: field {name!r} is masked (a missing value) "
+                                 f"{cls._located(offsets, bad)}")
             if name in cls.FLOAT_FIELDS:
                 if array.dtype not in (np.float32, np.float64):
                     if array.dtype.kind not in "iuf":  # complex lost its imaginary part
@@ -334,9 +359,39 @@ class _Jagged:
     def _field_arrays(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.FIELDS}
 
+    def check_structure(self) -> None:
+        """Check that the offsets cut every field into the events: what :meth:`from_arrays`
+        ensures along with the values, and the constructor, which wraps every result of the
+        finder, checks only in part. Scans the offsets, not the values.
+
+        Raises
+        ------
+        ValueError
+            For fields of different lengths or offsets that do not start at 0, decrease or
+            end elsewhere than the fields.
+        """
+        first = self.FIELDS[0]
+        length = len(getattr(self, first))
+        for name in self.FIELDS:
+            shape = np.shape(getattr(self, name))
+            if len(shape) != 1:
+                raise ValueError(f"{self.WHAT}: field {name!r} must be one-dimensional, got "
+                                 f"shape {shape}")
+            if shape[0] != length:
+                raise ValueError(f"{self.WHAT}: field {name!r} has {shape[0]} entries but "
+                                 f"{first} has {length}")
+        _check_offsets(_to_host(self.offsets), length, self.WHAT)
+
     def to_awkward(self) -> ak.Array:
         """Jagged awkward array of records, one list per event, in host memory of its own:
-        it stays valid when this batch's arrays are reused (results of ``out=`` calls)."""
+        it stays valid when this batch's arrays are reused (results of ``out=`` calls).
+
+        Raises
+        ------
+        ValueError
+            For a batch whose offsets do not cut its fields (see :meth:`check_structure`).
+        """
+        self.check_structure()
         offsets = ak.index.Index64(_to_host(self.offsets).astype(np.int64))
         content = ak.contents.RecordArray(
             [ak.contents.NumpyArray(np.array(_to_host(a))) for a in
@@ -379,7 +434,11 @@ class _Jagged:
             if missing_values.size:  # to_numpy would make them NaN, reported as such
                 raise ValueError(f"{cls.WHAT}: field {name!r} is None (a missing value) "
                                  f"{cls._located(offsets, int(missing_values[0]))}")
-            fields[name] = ak.to_numpy(flat)
+            try:
+                fields[name] = ak.to_numpy(flat)
+            except (TypeError, ValueError):  # a union with text: awkward names no field
+                raise ValueError(f"{cls.WHAT}: field {name!r} must hold numbers, got type "
+                                 f"{flat.type.content}") from None
         return offsets, fields
 
     def event_slice(self, start: int, stop: int) -> dict[str, Any]:
@@ -499,6 +558,10 @@ class TrackBatch(_Jagged):
             raise ValueError(f"tracks: offsets must be integers, got {offsets.dtype}")
         for name in self.FIELDS:
             array = getattr(self, name)
+            if getattr(array, "mask", np.ma.nomask) is not np.ma.nomask:  # no scan: any mask
+                raise ValueError(f"tracks: field {name!r} is a masked array, whose mask the "
+                                 "kernels would not see: fill it first (.filled(np.nan) makes "
+                                 "the masked tracks unusable)")
             if getattr(getattr(array, "dtype", None), "kind", None) != "f":
                 raise ValueError(f"tracks: field {name!r} must hold floats, got "
                                  f"{getattr(array, 'dtype', type(array).__name__)}")
@@ -742,9 +805,35 @@ class VertexBatch(_Jagged):
             _check_weights(offsets, weight_offsets, weights)
         return cls(offsets=offsets, weights=weights, weight_offsets=weight_offsets, **checked)
 
+    def check_structure(self, weights: bool = True) -> None:
+        """Check the structure of the fields (see :meth:`_Jagged.check_structure`) and, with
+        ``weights`` when the batch has them, of the weights: one row per vertex, cut by
+        ``weight_offsets``. Scans the offsets, not the values.
+
+        Raises
+        ------
+        ValueError
+            Naming what does not fit.
+        """
+        super().check_structure()
+        if not weights or self.weights is None:
+            return
+        weight_offsets = _to_host(self.weight_offsets)
+        if len(weight_offsets) != self.n_vertices + 1:
+            raise ValueError("vertices: weight_offsets needs one entry per vertex and one")
+        _check_offsets(weight_offsets, len(self.weights), "vertices weight", lists="vertex",
+                       values="the weights")
+
     def to_awkward(self) -> ak.Array:
         """Jagged records per event; with weights, each vertex gets a ``weights`` list. In
-        host memory of its own, valid when this batch's arrays are reused."""
+        host memory of its own, valid when this batch's arrays are reused.
+
+        Raises
+        ------
+        ValueError
+            For a batch whose offsets do not cut its fields or weights (see
+            :meth:`check_structure`).
+        """
         array = super().to_awkward()
         if self.weights is None:
             return array
@@ -863,13 +952,15 @@ def as_track_batch(tracks: Any) -> TrackBatch:
     Raises
     ------
     TypeError
-        For anything else.
+        For anything else, and for an uproot TTree or branches, or Dask collections, not yet
+        read.
     ValueError
         For a missing field, fields of different lengths (per event), or counts or offsets
         that do not match them.
     """
     if isinstance(tracks, TrackBatch):
         return tracks
+    _refuse_unread(tracks, "tracks")
     if isinstance(tracks, ak.Array):
         if tracks.ndim == 1 and tracks.fields:  # a record of lists per event: tree.arrays()
             return TrackBatch.from_awkward(_zipped_lists(
@@ -901,6 +992,7 @@ def _zipped_lists(tracks: Mapping[str, Any]) -> ak.Array:
         raise ValueError(f"tracks: missing field(s) {', '.join(missing)}")
     fields: dict[str, ak.Array] = {}
     for name in TRACK_FIELDS:
+        _refuse_unread(tracks[name], f"tracks: field {name!r}")
         try:
             field = _as_lists(tracks[name])
         except (TypeError, ValueError):  # a number, or lists of things other than numbers

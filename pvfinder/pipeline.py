@@ -22,6 +22,7 @@ from .events import (
     VERTEX_FIELDS,
     TrackBatch,
     VertexBatch,
+    _check_flag,
     _to_host,
     as_track_batch,
     jagged_array,
@@ -704,11 +705,6 @@ def _device_errors_raised(backend: Backend) -> Iterator[None]:
             backend.check_errors()
         raise
     backend.check_errors()
-
-
-def _check_flag(name: str, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _prefix_sum(xp: Any, out: Any, values: Any, first: int) -> Any:

@@ -418,3 +418,36 @@ def test_batches_slice_by_events_like_select_events():
         list(tracks)  # iteration would take one event at a time: refused the same way
     with pytest.raises(ValueError, match="takes no step"):
         tracks[::2]
+
+
+def test_masked_entries_are_refused_and_a_mask_of_none_is_taken_as_it_is():
+    # np.asarray dropped the mask: the value under it was used as a track state.
+    fields = track_fields(3)
+    masked = np.ma.masked_array([0.1, 999.0, 0.1], mask=[False, True, False])
+    with pytest.raises(ValueError, match=r"field 'x' is masked.*track 1"):
+        TrackBatch.from_arrays(counts=[3], **{**fields, "x": masked})
+    with pytest.raises(ValueError, match=r"field 'x' is a masked array.*filled"):
+        TrackBatch.from_buffers(np.array([0, 3]), **{**fields, "x": masked})
+    unmasked = np.ma.masked_array([0.1, 0.2, 0.1], mask=False)
+    batch = TrackBatch.from_arrays(counts=[3], **{**fields, "x": unmasked})
+    assert not isinstance(batch.x, np.ma.MaskedArray)
+    np.testing.assert_array_equal(batch.x, [0.1, 0.2, 0.1])
+
+
+def test_a_field_of_other_than_numbers_from_awkward_is_named():
+    # awkward's "irreducible unions" TypeError named neither the field nor the input.
+    records = [[{**{name: 0.1 for name in TRACK_FIELDS}, "x": "a"},
+                {name: 0.1 for name in TRACK_FIELDS}]]
+    with pytest.raises(ValueError, match=r"tracks: field 'x' must hold numbers"):
+        TrackBatch.from_awkward(ak.Array(records))
+
+
+def test_to_awkward_refuses_a_structure_the_constructor_did_not_check():
+    # The constructors of vertices check nothing (they are built on every call), and
+    # from_buffers scans no offsets: to_awkward built lists that cut the fields wrongly.
+    short = VertexBatch(offsets=np.array([0, 2]), **vertex_fields(1))
+    with pytest.raises(ValueError, match=r"vertices offsets end at 2 but the fields hold 1"):
+        short.to_awkward()
+    backwards = TrackBatch.from_buffers(np.array([0, 5, 2, 6]), **track_fields(6))
+    with pytest.raises(ValueError, match=r"tracks offsets decrease at event 1"):
+        backwards.to_awkward()

@@ -521,3 +521,20 @@ def test_an_overflow_names_the_event_of_the_batch_not_of_its_chunk():
     with pytest.warns(SeedOverflowWarning, match="event 2: 3") as caught:
         finder(tracks)
     assert [list(w.message.events) for w in caught] == [[2]]
+
+
+def test_an_uproot_tree_or_its_branches_are_refused_with_a_hint():
+    # A TTree is a Mapping of branches, and a TBranch converts to an empty awkward array:
+    # both gave a batch of 0 events without a word.
+    import pathlib
+
+    import uproot
+
+    sample_file = pathlib.Path(__file__).resolve().parent.parent / "data" / "sample.root"
+    with uproot.open(sample_file) as file:
+        tree = file["tracks"]
+        with pytest.raises(TypeError, match=r"tracks is an uproot TTree.*arrays\(how=dict\)"):
+            find_vertices(tree, backend="cpu")
+        with pytest.raises(TypeError, match=r"field 'x' is an uproot TBranch"):
+            find_vertices({name: tree[name] for name in TRACK_FIELDS}, backend="cpu")
+        assert find_vertices(tree.arrays(how=dict), backend="cpu").n_events == tree.num_entries
