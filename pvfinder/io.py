@@ -58,8 +58,10 @@ from .events import (
     MCVertices,
     TrackBatch,
     VertexBatch,
+    _check_flag,
     _check_offsets,
     _check_weights,
+    _first_true,
     jagged_array,
     offsets_from_counts,
 )
@@ -1032,8 +1034,23 @@ def _compression(name: str) -> Any:
 
 
 def _jagged(batch: Any, fields: tuple[str, ...], dtype: Any) -> dict[str, ak.Array]:
-    return {name: jagged_array(batch.offsets, np.asarray(getattr(batch, name), dtype=dtype))
-            for name in fields}
+    """``fields`` of ``batch`` as lists per event, stored as ``dtype``; every value finite, as
+    the reader wants them (wrapped buffers are not scanned, and a cast to float32 makes a
+    value beyond its range infinite)."""
+    branches = {}
+    for name in fields:
+        values = np.asarray(getattr(batch, name))
+        with np.errstate(over="ignore"):  # named below
+            stored = values.astype(dtype, copy=False)
+        bad = _first_true(np, ~np.isfinite(stored))
+        if bad is not None:
+            value = values[bad]
+            why = (f"beyond the range of {np.dtype(dtype)} (write with precision=numpy.float64)"
+                   if np.isfinite(value) else "not a number the reader takes")
+            raise ValueError(f"{batch.WHAT}: field {name!r} is {value} "
+                             f"{batch._located(batch.offsets, bad)}: {why}")
+        branches[name] = jagged_array(batch.offsets, stored)
+    return branches
 
 
 def _write_tree(file: Any, name: str, counter: str, jagged: dict[str, ak.Array],
@@ -1088,9 +1105,10 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
     ValueError
         For an unknown compression or precision, a basket size below 1, identifiers that
         are not one integer per event (or take the name of a branch of the layout), truth
-        that does not match the tracks, track offsets that decrease (wrapped buffers:
-        :meth:`TrackBatch.from_buffers` does not scan them), or a URL for ``path`` (files
-        are written on this machine).
+        that does not match the tracks, track offsets that decrease or states that are not
+        finite (wrapped buffers: :meth:`TrackBatch.from_buffers` does not scan them), a
+        value beyond the range of ``precision``, or a URL for ``path`` (files are written on
+        this machine).
     TypeError
         When ``tracks`` is not a TrackBatch or ``truth`` not an MCTruth.
     IsADirectoryError
@@ -1122,18 +1140,20 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
             _check_offsets(tracks.offsets, tracks.n_tracks, "tracks")
         else:
             truth.check_matches(tracks)
-    with _written_whole(_local_output(path)) as partial, _recreate(partial, codec) as file:
-        jagged = _jagged(tracks, TRACK_FIELDS, precision)
+        # Every branch made, and its values checked, before the file is.
+        track_branches = _jagged(tracks, TRACK_FIELDS, precision)
+        trees = {TRACKS_TREE: ("n_tracks", track_branches)}
         if truth is not None:
-            jagged["mc_pv"] = jagged_array(tracks.offsets,
-                                           np.asarray(truth.track_mc_pv, dtype=np.int32))
-        _write_tree(file, TRACKS_TREE, "n_tracks", jagged, event_ids, events_per_basket)
-        if truth is not None:
+            track_branches["mc_pv"] = jagged_array(
+                tracks.offsets, np.asarray(truth.track_mc_pv, dtype=np.int32))
             pv = truth.vertices
-            jagged = _jagged(pv, ("x", "y", "z"), precision)
-            jagged["n_reconstructible"] = jagged_array(
+            pv_branches = _jagged(pv, ("x", "y", "z"), precision)
+            pv_branches["n_reconstructible"] = jagged_array(
                 pv.offsets, np.asarray(pv.n_reconstructible, dtype=np.int32))
-            _write_tree(file, TRUTH_TREE, "n_pvs", jagged, event_ids, events_per_basket)
+            trees[TRUTH_TREE] = ("n_pvs", pv_branches)
+    with _written_whole(_local_output(path)) as partial, _recreate(partial, codec) as file:
+        for name, (counter, branches) in trees.items():
+            _write_tree(file, name, counter, branches, event_ids, events_per_basket)
 
 
 def track_association(vertices: VertexBatch, track_counts: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -1159,7 +1179,10 @@ def track_association(vertices: VertexBatch, track_counts: Any) -> tuple[np.ndar
     ValueError
         When ``vertices`` has no weights (found with ``weights=False``) or its weights do
         not match ``track_counts``.
+    TypeError
+        When ``vertices`` is not a VertexBatch.
     """
+    _check_vertex_batch(vertices, "track_association")
     if vertices.weights is None:
         raise ValueError("vertices: the batch has no per-track weights (it was found with "
                          "weights=False), so there is no track association to give")
@@ -1313,6 +1336,7 @@ class VertexWriter:
 
     def __init__(self, path: PathLike, *, with_weights: bool = False,
                  compression: str = DEFAULT_VERTEX_COMPRESSION) -> None:
+        _check_flag("with_weights", with_weights)  # "no" was taken as True
         self.path = _local_output(path)
         self._final, self.partial = _write_target(self.path)
         self.with_weights = with_weights
@@ -1491,9 +1515,9 @@ class VertexWriter:
             raise ValueError(f"{self.path}: the writer is closed")
 
 
-def _check_vertex_batch(vertices: Any, path: PathLike) -> None:
+def _check_vertex_batch(vertices: Any, where: PathLike) -> None:
     if not isinstance(vertices, VertexBatch):
-        raise TypeError(f"{path}: vertices must be a VertexBatch (VertexBatch.from_awkward "
+        raise TypeError(f"{where}: vertices must be a VertexBatch (VertexBatch.from_awkward "
                         f"converts an awkward array), got {type(vertices).__name__}")
 
 
@@ -1501,21 +1525,11 @@ def _check_vertex_structure(vertices: VertexBatch, path: PathLike, weights: bool
     """Offsets that cut every field (and, when they are written, the weights: in [0, 1], as
     many for every vertex of an event) into lists: a batch made with the constructor has not
     been checked, and the reader refuses a file that breaks these."""
-    n_vertices, offsets = vertices.n_vertices, np.asarray(vertices.offsets)
     with _naming(path):
-        _check_offsets(offsets, n_vertices, "vertices")
-        for name in VERTEX_FIELDS:
-            if len(getattr(vertices, name)) != n_vertices:
-                raise ValueError(f"vertices: field {name!r} has {len(getattr(vertices, name))}"
-                                 f" entries but x has {n_vertices}")
-        if not weights or vertices.weights is None:
-            return
-        weight_offsets = np.asarray(vertices.weight_offsets)
-        if len(weight_offsets) != n_vertices + 1:
-            raise ValueError("vertices: weight_offsets needs one entry per vertex and one")
-        _check_offsets(weight_offsets, len(vertices.weights), "vertices weight",
-                       lists="vertex", values="the weights")
-        _check_weights(offsets, weight_offsets, np.asarray(vertices.weights))
+        vertices.check_structure(weights=weights)
+        if weights and vertices.weights is not None:
+            _check_weights(np.asarray(vertices.offsets), np.asarray(vertices.weight_offsets),
+                           np.asarray(vertices.weights))
 
 
 def _layout_of(ids: Mapping[str, np.ndarray], track_counts: Any
@@ -1611,9 +1625,10 @@ def write_vertices(path: PathLike, vertices: VertexBatch, *, with_weights: bool 
         As :class:`VertexWriter` and its :meth:`~VertexWriter.write`; nothing is left
         behind then.
     TypeError
-        When ``vertices`` is not a VertexBatch.
+        When ``vertices`` is not a VertexBatch or ``with_weights`` not a bool.
     """
     _check_vertex_batch(vertices, path)
+    _check_flag("with_weights", with_weights)
     with VertexWriter(path, with_weights=with_weights and vertices.weights is not None,
                       compression=compression) as writer:
         writer.write(vertices, event_ids, track_counts)
@@ -1733,7 +1748,10 @@ def read_vertices(path: PathLike, *, weights: bool = True) -> VertexBatch:
     OSError
         For a URL whose storage or network fails as it is opened (see
         :func:`inspect_tracks`).
+    TypeError
+        When ``weights`` is not a bool.
     """
+    _check_flag("weights", weights)
     path = _input_name(path)
     with _open(path) as file:
         where = f"{path}:{VERTICES_TREE}"

@@ -397,7 +397,19 @@ class ValidationReport:
             Only isolated (True) or close (False) MC PVs; both when None.
         min_multiplicity : float
             Only MC PVs with at least this many reconstructible tracks.
+
+        Returns
+        -------
+        (float, float)
+            The efficiency and its binomial error; nan for a subset without MC PVs.
+
+        Raises
+        ------
+        TypeError
+            When ``isolated`` is neither a bool nor None.
         """
+        if not (isolated is None or isinstance(isolated, (bool, np.bool_))):  # "no" matched none
+            raise TypeError(f"isolated must be True, False or None, got {isolated!r}")
         return _ratio(*self._found_of(isolated, min_multiplicity))
 
     def _found_of(self, isolated: bool | None, min_multiplicity: float) -> tuple[int, int]:
@@ -1045,7 +1057,12 @@ def truth_fit(tracks: TrackBatch, truth: MCTruth, *, min_tracks: int = 2) -> Tru
     ValueError
         If the truth does not describe ``tracks`` or ``min_tracks`` is not an integer of
         at least 2.
+    TypeError
+        When ``tracks`` is not a TrackBatch or ``truth`` not an MCTruth.
     """
+    if not (isinstance(tracks, TrackBatch) and isinstance(truth, MCTruth)):
+        raise TypeError(f"truth_fit(tracks, truth) takes a TrackBatch and an MCTruth, got "
+                        f"{type(tracks).__name__} and {type(truth).__name__}")
     if not _is_count(min_tracks) or min_tracks < 2:  # 2.5 was taken as 3
         raise ValueError(f"min_tracks must be an integer of at least 2, got {min_tracks!r}")
     truth.check_matches(tracks)

@@ -36,7 +36,7 @@ from pvfinder.distributed import (
     reconstruct_files,
     vertex_collection,
 )
-from pvfinder.events import TRACK_FIELDS, TrackBatch, VertexBatch
+from pvfinder.events import TRACK_FIELDS, VertexBatch
 from pvfinder.io import (
     TrackSchema,
     TrackSource,
@@ -67,11 +67,10 @@ def files(tmp_path_factory):
         paths.append(folder / f"run{i}.root")
         write_sample(paths[-1], sample.tracks, sample.truth)
     tracks = simulate(30, seed=30).tracks
-    x = np.array(tracks.x, copy=True)
-    x[tracks.offsets[13]] = np.nan
-    bad = TrackBatch(**{**tracks.event_slice(0, 30), "x": x})
-    paths.append(folder / "nan.root")
-    write_sample(paths[-1], bad)
+    states = {name: np.array(getattr(tracks, name), dtype=np.float32) for name in TRACK_FIELDS}
+    states["x"][tracks.offsets[13]] = np.nan  # write_sample refuses it, as the reader does
+    paths.append(write_tree(folder / "nan.root", states, tracks.counts,
+                            flat={"event_number": np.arange(30, dtype=np.int64)}))
     paths.append(folder / "damaged.root")
     write_sample(paths[-1], simulate(120, seed=31).tracks, events_per_basket=40)
     with uproot.open(paths[-1]) as file:

@@ -1349,3 +1349,40 @@ def test_event_numbers_continue_across_the_batches_of_one_write(tmp_path):
     with uproot.open(tmp_path / "v.root") as file:
         numbers = file["vertices"]["event_number"].array(library="np")
     assert numbers.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_write_sample_refuses_states_the_reader_would_refuse(tmp_path, sample):
+    # 1e39 became inf in float32 (a RuntimeWarning only), and a NaN state of wrapped buffers
+    # was written as it was: read_tracks then refused the file.
+    tracks = sample.tracks.select_events(0, 3)
+    fields = {name: np.array(getattr(tracks, name), dtype=np.float64) for name in TRACK_FIELDS}
+    fields["z"][4] = 1e39
+    too_large = TrackBatch.from_arrays(offsets=tracks.offsets, **fields)
+    path = tmp_path / "big.root"
+    with pytest.raises(ValueError, match=r"big\.root: tracks: field 'z' is 1e\+39 in event 0 "
+                                         r"\(track 4 .*beyond the range of float32 \(write "
+                                         r"with precision=numpy\.float64\)"):
+        write_sample(path, too_large)
+    write_sample(path, too_large, precision=np.float64)  # fits there
+    assert read_tracks(path).z[4] == 1e39
+    fields["z"][4] = np.nan
+    with pytest.raises(ValueError, match=r"tracks: field 'z' is nan in event 0 .*not a number "
+                                         r"the reader takes"):
+        write_sample(tmp_path / "nan.root", TrackBatch.from_buffers(tracks.offsets, **fields))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.root"]
+
+
+@pytest.mark.parametrize("call", [
+    lambda v, path: write_vertices(path, v, with_weights="no"),
+    lambda v, path: VertexWriter(path, with_weights="no"),
+    lambda v, path: read_vertices(path, weights="false"),
+    lambda v, path: track_association(v.to_awkward(), v.counts),
+])
+def test_io_arguments_of_the_wrong_kind_are_named(tmp_path, sample, call):
+    # "no" was taken as True, and an awkward array for a batch raised awkward's AttributeError.
+    vertices = find_vertices(sample.tracks.select_events(0, 5), backend="cpu")
+    path = tmp_path / "pvs.root"
+    write_vertices(path, vertices)
+    with pytest.raises(TypeError, match=r"with_weights must be True or False|weights must be "
+                                        r"True or False|vertices must be a VertexBatch"):
+        call(vertices, path)

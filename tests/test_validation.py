@@ -668,3 +668,19 @@ def test_physics_benchmark_measures_each_goal_on_its_sample(changes):
     assert (result["kind"], result["sample"]) == ("physics", {"n_events": 300, "nu": 7.6,
                                                               "seed": 4})
     assert result["report"]["counts"] == report.to_dict()["counts"]
+
+
+def test_arguments_of_the_wrong_kind_are_type_errors(sample):
+    # truth_fit raised awkward's or Python's AttributeError; efficiency_where(isolated="no")
+    # compared every flag with the text and returned (nan, nan).
+    from pvfinder import find_vertices
+
+    tracks, truth = sample.tracks.select_events(0, 20), sample.truth.select_events(
+        0, 20, sample.tracks)
+    with pytest.raises(TypeError, match=r"takes a TrackBatch and an MCTruth, got Array and"):
+        truth_fit(tracks.to_awkward(), truth)
+    with pytest.raises(TypeError, match=r"got TrackBatch and SimulatedSample"):
+        truth_fit(tracks, sample)
+    report = validate(find_vertices(tracks, backend="cpu"), truth)
+    with pytest.raises(TypeError, match="isolated must be True, False or None"):
+        report.efficiency_where(isolated="no")
