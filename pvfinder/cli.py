@@ -803,7 +803,3 @@ def _stdout_is_closed() -> bool:
         return False
     os.dup2(os.open(os.devnull, os.O_WRONLY), descriptor)
     return True
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,8 +2,9 @@
 
 All containers hold one flat array per field plus an ``offsets`` array of length
 ``n_events + 1`` (``int64``) so that the items of event ``e`` are
-``offsets[e]:offsets[e + 1]``. Arrays may live on the host (numpy) or on a GPU (cupy);
-validation and awkward conversion work on host arrays. Lengths are in mm.
+``offsets[e]:offsets[e + 1]``. Arrays may live on the host (numpy) or on a GPU (cupy):
+values are checked where they live, and converted to awkward arrays on the host. Lengths are
+in mm.
 """
 
 from __future__ import annotations

@@ -106,8 +106,9 @@ class ZHistograms:
 _GROWTH = 1.25
 
 
-def _grown(size: int, capacity: int) -> int:
-    return max(size, int(_GROWTH * size), capacity)
+def _grown(size: int, at_least: int) -> int:
+    """Room for ``size`` items and a quarter more (a growing batch), and ``at_least``."""
+    return max(int(_GROWTH * size), at_least)
 
 
 # What sizes the larger work arrays per event, for an allocation that fails.
@@ -274,7 +275,7 @@ class PVFinder:
 
     One finder runs one call at a time (a call while it runs in another thread raises
     ``RuntimeError``); one finder per thread is safe (they share only the compiled kernels,
-    which release the GIL while they run).
+    which release the GIL while they run, and on the CPU a launch lock: see the README).
 
     Examples
     --------

@@ -767,6 +767,19 @@ def test_dask_engine_cancels_an_input_it_drops(files):
     assert not engine.running and not engine.pending and not engine.parts
 
 
+def test_a_vertex_collection_runs_the_finder_with_its_config(files):
+    import dask
+
+    config = PVFinderConfig(chi2_cut=9.0, min_tracks_per_vertex=6)
+    parts = dask.compute(*vertex_collection(inspect_tracks(files[0]), config=config,
+                                            step_size=20).to_delayed(), scheduler="sync")
+    found = VertexBatch.from_awkward(ak.concatenate(parts)["vertices"])
+    tracks = read_tracks(files[0])
+    assert_same_vertices(found, find_vertices(tracks, config=config, backend="cpu"),
+                         weights=False)
+    assert found.n_vertices != expected_vertices(files[0]).n_vertices  # not the defaults
+
+
 def test_dask_graph_in_process_runs_no_kernels_on_typetracers(files, monkeypatch):
     """dask-awkward's metadata pass must not reach the finder and must see every branch as
     needed; partitions carry their entry numbers, so errors name the entry."""

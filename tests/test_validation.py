@@ -196,6 +196,7 @@ def test_gaussian_residuals_give_core_width(width):
     assert report.resolution["z"] == pytest.approx(width, rel=0.05)
     assert report.resolution_rms["z"] == pytest.approx(width, rel=0.05)
     assert report.pull_width["z"] == pytest.approx(1.0, rel=0.05)
+    assert report.pull_rms["z"] == pytest.approx(1.0, rel=0.05)
     assert abs(report.pull_mean["z"]) < 0.05
 
 
