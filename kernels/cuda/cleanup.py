@@ -3,10 +3,15 @@ per event). Same signatures as the Numba twins."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._launch import THREADS, blocks_for, device_array
 from ._module import get_kernel
+
+if TYPE_CHECKING:
+    from cupy import ndarray as DeviceArray
 
 __all__ = ["cleanup", "compact"]
 
@@ -14,7 +19,10 @@ _EVENTS_PER_BLOCK = THREADS // 32
 _VERTEX_ROWS = 12  # x, y, z, six covariance terms, chi2, ndof, n_tracks
 
 
-def cleanup(pos, cov, n_tracks, valid, n_seeds, min_chi2_dist, out_order, out_n) -> None:
+def cleanup(
+    pos: DeviceArray, cov: DeviceArray, n_tracks: DeviceArray, valid: DeviceArray,
+    n_seeds: DeviceArray, min_chi2_dist: float, out_order: DeviceArray, out_n: DeviceArray,
+) -> None:
     """Drop duplicate vertices and order the rest by z, on the GPU.
 
     Arguments, units (mm) and results are those of the Numba twin
@@ -44,9 +52,13 @@ def cleanup(pos, cov, n_tracks, valid, n_seeds, min_chi2_dist, out_order, out_n)
     )
 
 
-def compact(track_offsets, weight_offsets, order, n_kept, vertex_offsets, weight_base,
-            pos, cov, chi2, ndof, n_tracks, weights,
-            out_vertices, out_weight_offsets, out_weights) -> None:
+def compact(
+    track_offsets: DeviceArray, weight_offsets: DeviceArray, order: DeviceArray,
+    n_kept: DeviceArray, vertex_offsets: DeviceArray, weight_base: DeviceArray,
+    pos: DeviceArray, cov: DeviceArray, chi2: DeviceArray, ndof: DeviceArray,
+    n_tracks: DeviceArray, weights: DeviceArray, out_vertices: DeviceArray,
+    out_weight_offsets: DeviceArray, out_weights: DeviceArray,
+) -> None:
     """Copy the kept vertices into flat outputs, on the GPU.
 
     Arguments, units (mm) and results are those of the Numba twin

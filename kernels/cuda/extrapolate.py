@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._launch import THREADS, blocks_for, device_array
 from ._module import get_kernel
+
+if TYPE_CHECKING:
+    from cupy import ndarray as DeviceArray
 
 __all__ = ["extrapolate"]
 
@@ -14,9 +19,14 @@ _INPUTS = ("x", "y", "z", "tx", "ty", "cov_xx", "cov_yy", "cov_xtx", "cov_yty", 
 _OUTPUTS = ("out_x", "out_y", "out_z", "out_wx", "out_wy", "out_sigma_z")
 
 
-def extrapolate(x, y, z, tx, ty, cov_xx, cov_yy, cov_xtx, cov_yty, cov_txtx, cov_tyty,
-                beam_x, beam_y, zmin, zmax, max_track_beamline_chi2, max_track_z0_err,
-                out_x, out_y, out_z, out_wx, out_wy, out_sigma_z, out_usable) -> None:
+def extrapolate(
+    x: DeviceArray, y: DeviceArray, z: DeviceArray, tx: DeviceArray, ty: DeviceArray,
+    cov_xx: DeviceArray, cov_yy: DeviceArray, cov_xtx: DeviceArray, cov_yty: DeviceArray,
+    cov_txtx: DeviceArray, cov_tyty: DeviceArray, beam_x: float, beam_y: float, zmin: float,
+    zmax: float, max_track_beamline_chi2: float, max_track_z0_err: float, out_x: DeviceArray,
+    out_y: DeviceArray, out_z: DeviceArray, out_wx: DeviceArray, out_wy: DeviceArray,
+    out_sigma_z: DeviceArray, out_usable: DeviceArray,
+) -> None:
     """Move every track to its closest approach to the beamline, on the GPU.
 
     Arguments, units (mm) and results are those of the Numba twin

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._launch import THREADS, blocks_for, device_array
 from ._module import get_kernel
+
+if TYPE_CHECKING:
+    from cupy import ndarray as DeviceArray
 
 __all__ = ["find_peaks"]
 
 _EVENTS_PER_BLOCK = THREADS // 32
 
 
-def find_peaks(hist, zmin, bin_width, threshold, min_tracks_in_seed, min_dip_density,
-               min_density, out_seeds, out_n_seeds) -> None:
+def find_peaks(
+    hist: DeviceArray, zmin: float, bin_width: float, threshold: float,
+    min_tracks_in_seed: float, min_dip_density: float, min_density: float,
+    out_seeds: DeviceArray, out_n_seeds: DeviceArray,
+) -> None:
     """Turn each event's z histogram into seeds, on the GPU.
 
     Arguments, units (mm) and results are those of the Numba twin

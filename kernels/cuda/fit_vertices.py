@@ -3,10 +3,15 @@ signature as the twin."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._launch import THREADS, device_array, error_buffer
 from ._module import cupy, get_kernel
+
+if TYPE_CHECKING:
+    from cupy import ndarray as DeviceArray
 
 __all__ = ["fit_vertices"]
 
@@ -14,10 +19,15 @@ _TRACK_INPUTS = ("x", "y", "z", "tx", "ty", "wx", "wy")
 _PER_SLOT_OUTPUTS = ("out_chi2", "out_ndof", "out_n_tracks")
 
 
-def fit_vertices(offsets, x, y, z, tx, ty, wx, wy, usable, seeds, n_seeds, weight_offsets,
-                 beam_x, beam_y, max_chi2, chi2_cut, min_weight, min_iter, max_iter,
-                 max_delta_z, min_tracks, max_rho2, out_pos, out_cov, out_chi2, out_ndof,
-                 out_n_tracks, out_valid, out_weights) -> None:
+def fit_vertices(
+    offsets: DeviceArray, x: DeviceArray, y: DeviceArray, z: DeviceArray, tx: DeviceArray,
+    ty: DeviceArray, wx: DeviceArray, wy: DeviceArray, usable: DeviceArray, seeds: DeviceArray,
+    n_seeds: DeviceArray, weight_offsets: DeviceArray, beam_x: float, beam_y: float,
+    max_chi2: float, chi2_cut: float, min_weight: float, min_iter: int, max_iter: int,
+    max_delta_z: float, min_tracks: int, max_rho2: float, out_pos: DeviceArray,
+    out_cov: DeviceArray, out_chi2: DeviceArray, out_ndof: DeviceArray,
+    out_n_tracks: DeviceArray, out_valid: DeviceArray, out_weights: DeviceArray,
+) -> None:
     """Adaptive multi-vertex fit of every event's seeds, on the GPU.
 
     Arguments, units (mm) and results are those of the Numba twin

@@ -3,17 +3,25 @@ dynamic shared memory. Same signature as the twin."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._launch import THREADS, device_array, error_buffer, max_dynamic_shared_bytes
 from ._module import get_kernel
+
+if TYPE_CHECKING:
+    from cupy import ndarray as DeviceArray
 
 __all__ = ["histogram"]
 
 _DEFAULT_SHARED_LIMIT = 48 * 1024  # bytes of dynamic shared memory a block gets without opt-in
 
 
-def histogram(offsets, z_beam, sigma_z, usable, zmin, bin_width, out_hist) -> None:
+def histogram(
+    offsets: DeviceArray, z_beam: DeviceArray, sigma_z: DeviceArray, usable: DeviceArray,
+    zmin: float, bin_width: float, out_hist: DeviceArray,
+) -> None:
     """Zero and fill one z histogram per event, on the GPU.
 
     Arguments, units (mm) and results are those of the Numba twin
