@@ -171,7 +171,8 @@ class VertexBuffers:
         place would have them write past its end.
     """
 
-    def __init__(self, xp: Any, n_events: int = 0, n_vertices: int = 0, n_weights: int = 0):
+    def __init__(self, xp: Any, n_events: int = 0, n_vertices: int = 0,
+                 n_weights: int = 0) -> None:
         self._xp = xp
         self._busy = threading.Lock()
         self._offsets = xp.zeros(n_events + 1, dtype=np.int64)
@@ -179,7 +180,7 @@ class VertexBuffers:
         self._weight_offsets = xp.zeros(n_vertices + 1, dtype=np.int64)
         self._weights = xp.empty(n_weights, dtype=np.float64)
 
-    def writing(self) -> contextlib.AbstractContextManager[None]:
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
         """Held while a finder writes into these buffers: two calls at once, in two threads
         (two finders given the same ``out=``), would interleave their vertices silently."""
         return _held_alone(self._busy, "these VertexBuffers are being written by another "
@@ -206,12 +207,12 @@ class VertexBuffers:
         return (f"VertexBuffers(events={len(self.offsets) - 1}, "
                 f"vertices={self.vertices.shape[1]}, weights={len(self.weights)})")
 
-    def reserve_events(self, n_events: int) -> None:
+    def _reserve_events(self, n_events: int) -> None:
         """Room for ``n_events`` events (previous contents are not kept)."""
         if len(self.offsets) < n_events + 1:
             self._offsets = self._xp.zeros(_grown(n_events + 1, 0), dtype=np.int64)
 
-    def reserve(self, n_vertices: int, n_weights: int, keep_vertices: int, keep_weights: int,
+    def _reserve(self, n_vertices: int, n_weights: int, keep_vertices: int, keep_weights: int,
                 expected: tuple[int, int] = (0, 0)) -> None:
         """Room for ``n_vertices`` and ``n_weights``, keeping the first ``keep_*`` written.
 
@@ -231,7 +232,7 @@ class VertexBuffers:
             weights[:keep_weights] = self.weights[:keep_weights]
             self._weights = weights
 
-    def view(self, n_events: int, n_vertices: int, n_weights: int | None) -> VertexBatch:
+    def _view(self, n_events: int, n_vertices: int, n_weights: int | None) -> VertexBatch:
         """The first ``n_events`` events written, as a batch of views (without weights when
         ``n_weights`` is ``None``)."""
         rows = dict(zip(VERTEX_FIELDS, self.vertices[:, :n_vertices]))
@@ -402,11 +403,11 @@ class PVFinder:
             _check_flag("to_host", to_host)
         batch = as_track_batch(tracks)
         target = self._output if out is None else out
-        with self._exclusive(), target.writing():
+        with self._exclusive(), target._writing():
             with self.backend.launch_guard:
                 n_vertices, n_weights = self._find(batch, target, weights,
                                                    _StageClock(self.backend, timings), origin)
-            vertices = target.view(batch.n_events, n_vertices, n_weights if weights else None)
+            vertices = target._view(batch.n_events, n_vertices, n_weights if weights else None)
             if out is None:  # the finder's own buffers: hand out arrays the caller owns
                 return (vertices.to_host(copy=True) if to_host in (None, True)
                         else vertices.copy())
@@ -497,7 +498,7 @@ class PVFinder:
         backend = self.backend
         offsets, state = self._inputs(batch)
         n_events = batch.n_events
-        target.reserve_events(n_events)
+        target._reserve_events(n_events)
         target.offsets[0] = 0
         target.weight_offsets[0] = 0
         host_offsets = _to_host(batch.offsets)  # chunk boundaries
@@ -673,7 +674,7 @@ class PVFinder:
         # Should the outputs grow, room for the whole batch at the rate so far: a large batch
         # then grows them about once, not at every chunk (each growth copies what is written).
         rate = batch_events / (first_event + n_events)
-        target.reserve(n_vertices, n_weights, vertices_before, weights_before,
+        target._reserve(n_vertices, n_weights, vertices_before, weights_before,
                        expected=(math.ceil(rate * n_vertices), math.ceil(rate * n_weights)))
         backend.compact(weighted_offsets, weight_offsets, order, n_kept, vertex_offsets,
                         weight_base,

@@ -538,13 +538,13 @@ def test_output_buffers_written_by_another_call_are_refused(sample):
     tracks = sample.tracks.select_events(0, 5)
     buffers = PVFinder(backend="cpu").output_buffers()
     # Held as another finder's call in another thread holds them:
-    with buffers.writing(), pytest.raises(RuntimeError, match="being written by another call"):
+    with buffers._writing(), pytest.raises(RuntimeError, match="being written by another call"):
         PVFinder(backend="cpu")(tracks, out=buffers)
     assert PVFinder(backend="cpu")(tracks, out=buffers).n_events == 5  # free again
 
 
 def test_output_buffers_cannot_be_swapped_for_arrays_of_another_size():
-    # reserve() grew the arrays it knew of; a short weight_offsets put in place of its own
+    # _reserve() grew the arrays it knew of; a short weight_offsets put in place of its own
     # was written past its end (a corrupted heap, the process ended with SIGSEGV).
     buffers = PVFinder(backend="cpu").output_buffers()
     for name in ("offsets", "vertices", "weight_offsets", "weights"):

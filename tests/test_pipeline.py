@@ -189,14 +189,14 @@ def test_a_batch_grows_the_outputs_about_once(sample):
     tracks = sample.tracks.select_events(0, 600)
     finder = PVFinder(backend=dataclasses.replace(get_backend("cpu"), events_per_chunk=40))
     outputs, grown = VertexBuffers(np), []
-    reserve = outputs.reserve
+    reserve = outputs._reserve
 
     def counting(*args, **kwargs):
         before = outputs.vertices, outputs.weights
         reserve(*args, **kwargs)
         grown.append((outputs.vertices is not before[0], outputs.weights is not before[1]))
 
-    outputs.reserve = counting
+    outputs._reserve = counting
     vertices = finder(tracks, out=outputs)
     assert len(grown) == 15
     assert sum(v for v, _ in grown) <= 2 and sum(w for _, w in grown) <= 2, grown
