@@ -257,6 +257,16 @@ def get_backend(name: str | Backend = "auto") -> Backend:
 
     ``"auto"`` picks ``cuda`` when cupy sees a GPU and falls back to ``cpu`` quietly.
 
+    Parameters
+    ----------
+    name : str or Backend
+        The backend's name, or a Backend (returned as it is).
+
+    Returns
+    -------
+    Backend
+        One per name in a process, shared by every finder that runs on it.
+
     Raises
     ------
     ValueError
@@ -279,5 +289,12 @@ def get_backend(name: str | Backend = "auto") -> Backend:
 
 
 def available_backends() -> dict[str, str | None]:
-    """Every registered backend → ``None`` if it can run here, else the reason it cannot."""
+    """Which backends can run here.
+
+    Returns
+    -------
+    dict of str to str or None
+        Every registered backend's name → ``None`` if it can run here, else the reason it
+        cannot (as ``pvfinder info`` prints it).
+    """
     return {"cpu": None, "cuda": cuda_unavailable_reason()}

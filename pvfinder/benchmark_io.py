@@ -58,6 +58,8 @@ def run_io_benchmark(
     n_events : int
         Events in all, split evenly over ``n_files`` files (file ``i`` simulated with seed
         ``seed + i``).
+    n_files : int
+        Input files of the job.
     workers : int
         Worker processes of the Dask run (``--dask local:N``); 0 skips it.
     backend : {"cpu", "cuda", "auto"}
@@ -71,8 +73,12 @@ def run_io_benchmark(
     repeats : int
         Reading alone, the reconstruction alone and the one-process job run this many times
         each, in turns, and each keeps its best (writing alone and the Dask job run once).
+    seed : int
+        Seed of the first file's events (see ``n_events``).
     directory : path, optional
         Where to put the files (a temporary directory, removed afterwards, by default).
+    progress : callable
+        Called with a line of text after each measurement.
 
     Returns
     -------

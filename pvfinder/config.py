@@ -171,7 +171,13 @@ class PVFinderConfig:
         return self.bin_width / (10.0 * self.max_track_z0_err)
 
     def replace(self, **changes: Any) -> PVFinderConfig:
-        """A copy with some fields changed (validated like a new config)."""
+        """A copy with some fields changed (validated like a new config).
+
+        Raises
+        ------
+        ValueError
+            For a name that is no field, or a value the field refuses (see the class).
+        """
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown PVFinderConfig field(s): {', '.join(sorted(unknown))}")

@@ -353,7 +353,20 @@ class _Jagged:
 
     @classmethod
     def from_awkward(cls: type[_J], array: Any) -> _J:
-        """From a jagged awkward array of records holding every field of ``FIELDS``."""
+        """From a jagged awkward array of records holding every field of ``FIELDS``.
+
+        Parameters
+        ----------
+        array : awkward.Array or array-like
+            One list of records per event (other fields are ignored); events that never
+            held a record (``[[], []]``) are empty events.
+
+        Raises
+        ------
+        ValueError
+            Naming the field, event and item for a missing field, an event or value that is
+            None, a field of other than numbers, and what :meth:`from_arrays` refuses.
+        """
         offsets, fields = cls._fields_from_awkward(array)
         return cls.from_arrays(offsets=offsets, **fields)
 
@@ -689,7 +702,25 @@ class MCTruth:
                              f"points to MC PV {labels[bad[0]]}, which does not exist")
 
     def select_events(self, start: int, stop: int, tracks: TrackBatch) -> MCTruth:
-        """The truth of events ``start:stop`` of ``tracks``, the batch this truth describes."""
+        """The truth of events ``start:stop`` of ``tracks``.
+
+        Parameters
+        ----------
+        start, stop : int
+            The events, ``0 <= start <= stop <= n_events``.
+        tracks : TrackBatch
+            The batch this truth describes, whose offsets cut the track labels.
+
+        Raises
+        ------
+        ValueError
+            For a range outside the events, or ``tracks`` with other numbers of events or
+            tracks than this truth labels.
+        """
+        if tracks.n_events != self.n_events or tracks.n_tracks != len(self.track_mc_pv):
+            raise ValueError(f"MC truth of {self.n_events} events and {len(self.track_mc_pv)} "
+                             f"tracks, but the tracks given are {tracks.n_events} events and "
+                             f"{tracks.n_tracks} tracks: not the batch it describes")
         vertices = self.vertices.select_events(start, stop)  # checks the range
         lo, hi = int(tracks.offsets[start]), int(tracks.offsets[stop])
         return MCTruth(vertices, self.track_mc_pv[lo:hi])
@@ -846,7 +877,19 @@ class VertexBatch(_Jagged):
     @classmethod
     def from_awkward(cls, array: Any) -> VertexBatch:
         """The inverse of :meth:`to_awkward`: per-event vertex records, with their
-        ``weights`` when the records hold them."""
+        ``weights`` when the records hold them.
+
+        Parameters
+        ----------
+        array : awkward.Array or array-like
+            One list of vertex records per event, each with a list of ``weights`` or none.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`_Jagged.from_awkward`, and naming the vertex and event for weights that
+            are not a list of numbers per vertex or hold a None.
+        """
         offsets, fields = cls._fields_from_awkward(array)
         array = ak.Array(array)
         if "weights" in ak.fields(array):

@@ -1709,6 +1709,18 @@ def read_event_ids(path: PathLike, tree: str) -> dict[str, np.ndarray]:
     """The event identifiers (``run_number``, ``event_number``) that ``tree`` in ``path``
     holds, by name; empty when it has none.
 
+    Parameters
+    ----------
+    path : str or Path
+        A ROOT file (local, or a URL as for :func:`inspect_tracks`).
+    tree : str
+        The tree whose identifier branches to read.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        One array of one integer per entry for each identifier branch found.
+
     Raises
     ------
     FileNotFoundError, ValueError

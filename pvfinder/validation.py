@@ -146,6 +146,17 @@ def wilson_interval(passed: Any, total: Any) -> tuple[Any, Any]:
 
     Unlike ``sqrt(ε(1 − ε)/n)`` it does not shrink to nothing at ε = 0 or 1 (4 of 4 found
     gives [0.80, 1]) and stays inside [0, 1]; nan where ``total`` is 0.
+
+    Parameters
+    ----------
+    passed, total : int or array of int
+        Successes and trials (broadcast together).
+
+    Returns
+    -------
+    (float, float) or (numpy.ndarray, numpy.ndarray)
+        The lower and upper bounds: numbers for numbers, else arrays shaped as ``passed``
+        and ``total`` broadcast.
     """
     passed = np.asarray(passed, dtype=np.float64)
     total = np.asarray(total, dtype=np.float64)
@@ -864,7 +875,8 @@ def validate(
     ------
     TypeError
         If ``vertices`` is not a :class:`VertexBatch` or ``truth`` not an :class:`MCTruth`
-        (given the other way round, say).
+        (given the other way round, say), or ``match_nsigma`` or ``isolation_distance`` is
+        not a number.
     ValueError
         If the two inputs hold different numbers of events, a reconstructed vertex has a
         position that is not finite or a variance of x, y or z that is not positive (it

@@ -231,6 +231,12 @@ def test_truth_checks_labels():
                            z=np.array([1.0, np.nan]), n_reconstructible=np.array([5, 6]))
     with pytest.raises(ValueError, match="MC vertices: field 'z' is nan in event 0"):
         MCTruth(unchecked, np.array([0, 1, -1]))
+    # select_events cut the labels at the offsets of whatever tracks it was given.
+    truth = MCTruth(two, np.array([0, 0, -1]))
+    two_events = TrackBatch.from_arrays(counts=[2, 1], **track_fields(3))
+    assert truth.select_events(1, 2, two_events).track_mc_pv.tolist() == [-1]
+    with pytest.raises(ValueError, match="not the batch it describes"):
+        truth.select_events(0, 1, TrackBatch.from_arrays(counts=[1, 1], **track_fields(2)))
 
 
 @pytest.mark.parametrize(
