@@ -19,12 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from .kernels import check_track_offsets
+
 __all__ = [
     "KERNELS",
     "STAGES",
     "Backend",
     "BackendUnavailableError",
     "available_backends",
+    "check_track_offsets",  # the same on every backend: the kernels share their words
     "get_backend",
 ]
 
@@ -59,10 +62,6 @@ class Backend:
     check_errors : callable
         Raises the first bad input a kernel recorded on the device, naming it (waits for the
         device; a no-op on the CPU, whose kernels raise at once).
-    check_track_offsets : callable
-        ``check_track_offsets(offsets, n_tracks)`` makes the histogram kernel's check of a
-        batch's host offsets, raising in its words, for batches handed to the stages in chunks
-        (where each kernel would name an event of its chunk).
     launch_guard : context manager
         Held while a batch runs (not reentrant): for the CPU, a lock for as long as Numba's
         threading layer may be one that cannot take launches from several threads at once;
@@ -76,8 +75,6 @@ class Backend:
     xp: ModuleType
     stages: dict[str, Callable[..., None]]
     events_per_chunk: int
-    # Keyword-only (and required), so that positional arguments keep their places.
-    check_track_offsets: Callable[[np.ndarray, int], None] = dataclasses.field(kw_only=True)
     synchronize: Callable[[], None] = lambda: None
     # Raises the first bad input a kernel recorded on the device (waits for the device).
     check_errors: Callable[[], None] = lambda: None
@@ -189,7 +186,6 @@ def _cpu_backend() -> Backend:
         name="cpu",
         xp=np,
         stages=_load_stages("pvfinder.kernels.cpu"),
-        check_track_offsets=importlib.import_module("pvfinder.kernels.cpu").check_track_offsets,
         # 2048 events × 2400 bins × 8 B ≈ 40 MB of histogram: stays in memory bandwidth's
         # sweet spot while giving every thread thousands of events.
         events_per_chunk=2048,
@@ -231,7 +227,6 @@ def _cuda_backend() -> Backend:
         stages=_load_stages("pvfinder.kernels.cuda"),
         # 65 536 events × 2400 bins × 8 B ≈ 1.3 GB of histogram: enough blocks to fill any GPU.
         events_per_chunk=65536,
-        check_track_offsets=launch.check_track_offsets,
         synchronize=lambda: cupy.cuda.get_current_stream().synchronize(),
         check_errors=launch.check_errors,
     )

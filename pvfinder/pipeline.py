@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .backends import Backend, BackendUnavailableError, get_backend
+from .backends import Backend, BackendUnavailableError, check_track_offsets, get_backend
 from .config import PVFinderConfig
 from .events import (
     TRACK_FIELDS,
@@ -503,7 +503,7 @@ class PVFinder:
         target.weight_offsets[0] = 0
         host_offsets = _to_host(batch.offsets)  # chunk boundaries
         if n_events > backend.events_per_chunk:  # a kernel would name an event of its chunk
-            backend.check_track_offsets(host_offsets, batch.n_tracks)
+            check_track_offsets(host_offsets, batch.n_tracks)
         n_vertices = n_weights = 0
         # All five stages run chunk by chunk, stage 1 included, so that the work arrays
         # (tracks at the beamline, histograms, weights) are sized by the chunk, not the batch.

@@ -256,20 +256,38 @@ def test_histogram_refuses_offsets_that_do_not_fit_the_tracks(offsets):
         run_histogram(offsets, z=np.zeros(4), sigma=np.full(4, 0.1))
 
 
-def test_the_check_of_a_chunked_batch_compiles_nothing_for_other_offsets():
-    # Read-only int64 offsets (from_buffers over the caller's memory) went straight to the
-    # Numba check and compiled it again in the middle of a job (2 s); int32 ones too.
-    from pvfinder.kernels.cpu import check_event_ranges, check_track_offsets
+def test_the_host_check_of_a_chunked_batch_names_the_event_as_the_kernels_do():
+    # The pipeline makes this check for batches it hands to the stages in chunks: it must
+    # raise what the histogram kernels (CPU, and CUDA in the same words) would for the whole
+    # batch, whatever the offsets' type (read-only, int32, unsigned).
+    from pvfinder.kernels import check_track_offsets
+    from pvfinder.kernels.cpu import check_event_ranges
 
-    check_track_offsets(np.array([0, 1, 3]), 3)
-    compiled = len(check_event_ranges.signatures)
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        counts = rng.integers(0, 6, size=rng.integers(1, 12))
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        n_tracks = int(offsets[-1])
+        if trial % 3:  # two in three damaged: an offset moved anywhere, past the end too
+            offsets[rng.integers(0, len(offsets))] = rng.integers(-2, n_tracks + 4)
+        outcomes = []
+        for check in (lambda o, n: check_event_ranges(o, n, "histogram"), check_track_offsets):
+            try:
+                check(offsets, n_tracks)
+                outcomes.append(None)
+            except ValueError as error:
+                outcomes.append(str(error))
+        assert outcomes[0] == outcomes[1], offsets
+        assert (outcomes[0] is None) == bool(
+            np.all((offsets[:-1] >= 0) & (np.diff(offsets) >= 0) & (offsets[1:] <= n_tracks)))
     read_only = np.array([0, 1, 3])
     read_only.flags.writeable = False
-    for offsets in (read_only, np.array([0, 1, 3], dtype=np.int32), np.array([0, 2, 3])[::1]):
+    for offsets in (read_only, np.array([0, 1, 3], dtype=np.int32),
+                    np.array([0, 1, 3], dtype=np.uint64)):
         check_track_offsets(offsets, 3)
-    assert len(check_event_ranges.signatures) == compiled
-    with pytest.raises(ValueError, match=r"histogram: .* \(first seen in event 1\)"):
-        check_track_offsets(read_only, 2)
+        with pytest.raises(ValueError, match=r"^histogram: offsets decrease or point outside "
+                                             r"the track arrays \(first seen in event 1\)$"):
+            check_track_offsets(offsets, 2)
 
 
 def test_fit_refuses_weight_offsets_that_do_not_fit():

@@ -1,7 +1,8 @@
 """Numba kernels of the five stages (the contract is ``kernels/README.md``)."""
 
 import numba
-import numpy as np
+
+from .. import BAD_TRACK_OFFSETS
 
 # Floating-point freedom of every CPU kernel: "contract" lets LLVM fuse a·b + c into one FMA
 # instruction (one rounding instead of two, as nvcc does by default for the CUDA kernels). One
@@ -17,14 +18,5 @@ def check_event_ranges(offsets, n_items, kernel):
     event and raise after the launch): bad offsets would make a kernel read out of bounds."""
     for e in range(len(offsets) - 1):
         if not 0 <= offsets[e] <= offsets[e + 1] <= n_items:
-            raise ValueError(kernel + ": offsets decrease or point outside the track arrays "
-                             "(first seen in event " + str(e) + ")")
-
-
-def check_track_offsets(offsets: np.ndarray, n_tracks: int) -> None:
-    """The histogram kernel's check of its track offsets, made for a whole batch: for batches
-    the pipeline hands to the stages in chunks, where each kernel would name an event of its
-    own chunk. Raises ``ValueError`` in the kernel's words."""
-    # Writable too: a read-only array would compile another specialisation mid-job (2 s).
-    offsets = np.require(offsets, np.int64, ["C_CONTIGUOUS", "WRITEABLE"])
-    check_event_ranges(offsets, n_tracks, "histogram")
+            raise ValueError(kernel + ": " + BAD_TRACK_OFFSETS + " (first seen in event "
+                             + str(e) + ")")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import BAD_TRACK_OFFSETS
 from ._module import cupy
 
 __all__ = [
@@ -24,7 +25,6 @@ __all__ = [
     "THREADS",
     "blocks_for",
     "check_errors",
-    "check_track_offsets",
     "device_array",
     "error_buffer",
     "max_dynamic_shared_bytes",
@@ -38,8 +38,8 @@ _NO_ERROR = np.iinfo(np.uint64).max
 
 # Codes of `PVF_ERROR_*` in common.cuh → (kernel, what is wrong); a test keeps them in step.
 ERROR_MESSAGES: dict[int, tuple[str, str]] = {
-    1: ("histogram", "offsets decrease or point outside the track arrays"),
-    2: ("fit_vertices", "offsets decrease or point outside the track arrays"),
+    1: ("histogram", BAD_TRACK_OFFSETS),
+    2: ("fit_vertices", BAD_TRACK_OFFSETS),
     3: ("fit_vertices", "weight_offsets do not give min(n_seeds, max_seeds) * n_tracks weights "
                         "per event inside out_weights"),
 }
@@ -108,26 +108,6 @@ def check_errors() -> None:
     code, event = key >> EVENT_BITS, key & ((1 << EVENT_BITS) - 1)
     kernel, message = ERROR_MESSAGES.get(code, ("unknown kernel", f"error code {code}"))
     raise ValueError(f"{kernel}: {message} (first seen in event {event})")
-
-
-def check_track_offsets(offsets: np.ndarray, n_tracks: int) -> None:
-    """The histogram kernel's check of its track offsets, made on the host for a whole batch.
-
-    For batches the pipeline hands to the stages in chunks: each kernel sees its own chunk,
-    and would name an event of it.
-
-    Raises
-    ------
-    ValueError
-        In the words of :func:`check_errors`, naming the first event whose tracks do not run
-        forwards within ``0..n_tracks``.
-    """
-    offsets = np.asarray(offsets)
-    starts, stops = offsets[:-1], offsets[1:]
-    bad = np.flatnonzero(~((starts >= 0) & (starts <= stops) & (stops <= n_tracks)))
-    if bad.size:
-        kernel, message = ERROR_MESSAGES[1]
-        raise ValueError(f"{kernel}: {message} (first seen in event {bad[0]})")
 
 
 @functools.cache
