@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .backends import STAGES, get_backend
-from .events import TRACK_FIELDS
+from .events import TRACK_FIELDS, _is_count
 from .pipeline import PVFinder
 
 __all__ = ["check_counts", "check_pile_ups", "hardware_description", "run_benchmark",
@@ -108,8 +108,7 @@ def check_counts(named: Mapping[str, int | Sequence[int] | None], *,
     for name, value in named.items():
         values = _values(value)
         for count in values:
-            if (isinstance(count, bool) or not isinstance(count, (int, np.integer))
-                    or not 1 <= count <= (count if at_most is None else at_most)):
+            if not _is_count(count) or not 1 <= count <= (count if at_most is None else at_most):
                 raise ValueError(f"{name} takes whole numbers from 1{top}, got {count!r}")
         _check_once(name, values)
 

@@ -61,7 +61,10 @@ from .events import (
     _check_flag,
     _check_offsets,
     _check_weights,
+    _event_of,
     _first_true,
+    _is_count,
+    _is_integer,
     jagged_array,
     offsets_from_counts,
 )
@@ -152,7 +155,7 @@ def parse_step_size(step_size: int | str) -> int | str:
     entries = step_size.strip() if isinstance(step_size, str) else step_size
     if isinstance(entries, str) and entries.isascii() and entries.isdigit():  # not "²"
         entries = int(entries)
-    if isinstance(entries, (int, np.integer)) and not isinstance(entries, bool):
+    if _is_integer(entries):
         if entries > 0:
             return int(entries)
     elif isinstance(entries, str):
@@ -762,7 +765,7 @@ class TrackSource:
             hits = np.flatnonzero(bad)
             if hits.size:
                 index = int(hits[0])
-                event = int(np.searchsorted(offsets, index, side="right") - 1)
+                event = _event_of(offsets, index)
                 origin = (f"branch {self.branches[field]!r}" if field in self.branches
                           else f"filled field {field!r}")
                 return ValueError(
@@ -1125,7 +1128,7 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
                         f"awkward array), got {type(tracks).__name__}")
     if truth is not None and not isinstance(truth, MCTruth):
         raise TypeError(f"truth must be an MCTruth, got {type(truth).__name__}")
-    if not isinstance(events_per_basket, (int, np.integer)) or events_per_basket < 1:
+    if not _is_count(events_per_basket) or events_per_basket < 1:  # True was taken as 1
         raise ValueError(f"events_per_basket must be a positive integer, got "
                          f"{events_per_basket!r}")
     if np.dtype(precision) not in (np.float32, np.float64):  # ROOT has no float16

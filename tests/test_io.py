@@ -532,6 +532,8 @@ def test_writers_name_arguments_of_the_wrong_kind(tmp_path, small):
         write_vertices(tmp_path / "b.root", vertices, event_ids=np.arange(3))
     with pytest.raises(ValueError, match="events_per_basket must be a positive integer, got 2.5"):
         write_sample(tmp_path / "c.root", small.tracks, events_per_basket=2.5)
+    with pytest.raises(ValueError, match="events_per_basket must be a positive integer, got True"):
+        write_sample(tmp_path / "c.root", small.tracks, events_per_basket=True)
     assert list(tmp_path.iterdir()) == []
 
 
