@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from .backends import STAGES, get_backend
-from .events import TRACK_FIELDS, _is_count
+from .events import TRACK_FIELDS, _is_count, offsets_from_counts
 from .pipeline import PVFinder
 
-__all__ = ["check_counts", "check_pile_ups", "hardware_description", "run_benchmark",
-           "run_latency_benchmark"]
+__all__ = ["check_counts", "check_pile_ups", "hardware_description", "result_header",
+           "run_benchmark", "run_latency_benchmark"]
 
 DEFAULT_GPU_BATCHES = (1_000, 10_000, 100_000, 1_000_000)
 DEFAULT_LATENCY_BATCHES = (1, 16, 256, 4096)
@@ -69,6 +69,13 @@ def hardware_description(backend_name: str) -> dict[str, Any]:
 
         info.update(device_properties())
     return info
+
+
+def result_header(kind: str, backend_name: str) -> dict[str, Any]:
+    """What every benchmark's JSON starts with: its date (now, UTC), its kind, the backend and
+    the hardware (:func:`hardware_description`)."""
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "kind": kind, "backend": backend_name, "hardware": hardware_description(backend_name)}
 
 
 def _values(value: Any) -> list[Any]:
@@ -308,12 +315,7 @@ def run_benchmark(
     check_counts({"n_events": n_events, "batch_sizes": batch_sizes, "repeats": repeats})
     check_counts({"threads": threads}, at_most=numba.config.NUMBA_NUM_THREADS)
     check_pile_ups({"nu_values": nu_values})
-    result: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "backend": chosen.name,
-        "hardware": hardware_description(chosen.name),
-        "measurements": [],
-    }
+    result: dict[str, Any] = {**result_header("throughput", chosen.name), "measurements": []}
     finder = PVFinder(backend=chosen).warmup()  # compiled, and cached for the start-up runs
     result["start_up"] = _start_up(chosen.name, simulate(100, seed=seed, nu=7.6).tracks,
                                    repeats)
@@ -413,14 +415,8 @@ def run_latency_benchmark(
     check_counts({"batch_sizes": batch_sizes})
     check_pile_ups({"nu": nu})
     sizes = sorted(batch_sizes or DEFAULT_LATENCY_BATCHES)
-    result: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "kind": "latency",
-        "backend": chosen.name,
-        "hardware": hardware_description(chosen.name),
-        "nu": nu,
-        "measurements": [],
-    }
+    result: dict[str, Any] = {**result_header("latency", chosen.name), "nu": nu,
+                              "measurements": []}
     pool = simulate(max(4 * sizes[-1], 1000), seed=seed, nu=nu).tracks
     finder = PVFinder(backend=chosen).warmup(_on_device(_tile(pool, sizes[-1]), chosen))
     buffers = finder.output_buffers()
@@ -455,8 +451,7 @@ def _tile(tracks: Any, n_events: int) -> Any:
     counts = np.tile(tracks.counts, reps)[:n_events]
     n_tracks = int(counts.sum())
     fields = {name: np.tile(getattr(tracks, name), reps)[:n_tracks] for name in TrackBatch.FIELDS}
-    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    return TrackBatch(offsets=offsets, **fields)
+    return TrackBatch(offsets=offsets_from_counts(counts), **fields)
 
 
 def _on_device(tracks: Any, backend: Any) -> Any:

@@ -9,7 +9,6 @@ which the command runs) and the same job on a local Dask cluster.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import tempfile
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .benchmark import _in_turns, check_counts, hardware_description
+from .benchmark import _in_turns, check_counts, result_header
 from .distributed import dask_client, plan_outputs, reconstruct_files
 from .events import VERTEX_FIELDS
 from .io import (
@@ -105,10 +104,7 @@ def run_io_benchmark(
         inputs = _simulate_files(folder, n_events, n_files, seed, input_compressions, progress)
         finder = PVFinder(backend=backend).warmup()  # compilation is not what is measured
         result: dict[str, Any] = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "kind": "io",
-            "backend": finder.backend.name,
-            "hardware": hardware_description(finder.backend.name),
+            **result_header("io", finder.backend.name),
             "sample": {"events": n_events, "files": n_files, "nu": 7.6, "step_size": step_size,
                        "output_compression": DEFAULT_VERTEX_COMPRESSION},
             "repeats": repeats,

@@ -12,7 +12,6 @@ tracks allow, and so whether a resolution missed is the algorithm's or the track
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .backends import get_backend
-from .benchmark import check_counts, check_pile_ups, hardware_description
+from .benchmark import check_counts, check_pile_ups, result_header
 from .config import PVFinderConfig
 from .pipeline import PVFinder
 from .validation import (
@@ -158,7 +157,7 @@ def run_physics_benchmark(
     if changed:
         progress("not the specification's defaults: "
                  + ", ".join(f"{name} = {value}" for name, value in changed.items()))
-    began = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    header = result_header("physics", chosen.name)  # dated as it starts
     sample = simulate(n_events, seed=seed, nu=nu)
     report = validate(finder(sample.tracks), sample.truth)
     progress(report.table())  # the overall, isolated and close efficiencies and the curves
@@ -172,10 +171,7 @@ def run_physics_benchmark(
     reference = truth_fit(sample.tracks, sample.truth)
     many = np.asarray(sample.truth.vertices.n_reconstructible) >= RESOLUTION_MULTIPLICITY
     return {
-        "date": began,
-        "kind": "physics",
-        "backend": chosen.name,
-        "hardware": hardware_description(chosen.name),
+        **header,
         "sample": {"n_events": n_events, "nu": nu, "seed": seed},
         "config": config.to_dict(),
         "goals": goals,
