@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 
 from .. import BAD_TRACK_OFFSETS
-from ._module import cupy
+from ._module import cupy, current_device_id
 
 __all__ = [
+    "DEFAULT_SHARED_BYTES",
     "ERROR_MESSAGES",
     "EVENT_BITS",
     "THREADS",
+    "WARPS_PER_BLOCK",
     "blocks_for",
     "check_errors",
     "device_array",
@@ -31,6 +33,8 @@ __all__ = [
 ]
 
 THREADS = 128  # threads per block: a multiple of 32 (the warp-level kernels rely on it)
+WARPS_PER_BLOCK = THREADS // 32  # events per block of the kernels that give each a warp
+DEFAULT_SHARED_BYTES = 48 * 1024  # dynamic shared memory a block gets without opting in
 # The error buffer holds (code << EVENT_BITS | event), all bits set while there is no error
 # (PVF_EVENT_BITS of common.cuh; a test keeps them in step).
 EVENT_BITS = 40
@@ -85,7 +89,7 @@ def error_buffer() -> Any:
     none. One per thread, so that finders run by two threads on one device neither raise
     nor clear each other's errors."""
     buffers = _THREAD_BUFFERS.__dict__.setdefault("by_device", {})
-    device = cupy().cuda.Device().id
+    device = current_device_id()
     if device not in buffers:
         buffers[device] = cupy().full(1, -1, dtype=np.int64)  # all bits set
     return buffers[device]
@@ -113,9 +117,9 @@ def check_errors() -> None:
 @functools.cache
 def _shared_limit(device_id: int) -> int:
     attributes = cupy().cuda.Device(device_id).attributes
-    return int(attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
+    return int(attributes.get("MaxSharedMemoryPerBlockOptin", DEFAULT_SHARED_BYTES))
 
 
 def max_dynamic_shared_bytes() -> int:
     """The most dynamic shared memory one block may opt in to on the current device."""
-    return _shared_limit(cupy().cuda.Device().id)
+    return _shared_limit(current_device_id())

@@ -18,6 +18,7 @@ __all__ = [
     "OPTIONS",
     "SOURCE_DIR",
     "cupy",
+    "current_device_id",
     "describe_device",
     "device_properties",
     "get_kernel",
@@ -48,7 +49,8 @@ def module_source() -> str:
     return "\n".join(path.read_text() for path in (HEADER, *sources))
 
 
-def _device_id() -> int:
+def current_device_id() -> int:
+    """The CUDA device that CuPy launches on in the calling thread."""
     return cupy().cuda.Device().id
 
 
@@ -67,7 +69,7 @@ def _kernel(name: str, device_id: int) -> Any:
 def get_kernel(name: str) -> Any:
     """The compiled ``extern "C" __global__`` function ``name`` for the current device
     (compiling the module on first use)."""
-    return _kernel(name, _device_id())
+    return _kernel(name, current_device_id())
 
 
 def device_properties() -> dict[str, Any]:
@@ -91,7 +93,7 @@ def describe_device() -> list[str]:
     """Lines for ``pvfinder info``: the GPU and whether the kernels compile."""
     lines = [f"{key}: {value}" for key, value in device_properties().items()]
     try:
-        _module(_device_id()).compile()
+        _module(current_device_id()).compile()
         lines.append("kernels: compiled")
     except Exception as error:  # report, do not crash `info`
         lines.append(f"kernels: failed to compile ({type(error).__name__}: {error})")

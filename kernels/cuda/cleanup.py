@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._launch import THREADS, blocks_for, device_array
+from ._launch import THREADS, WARPS_PER_BLOCK, blocks_for, device_array
 from ._module import get_kernel
 
 if TYPE_CHECKING:
@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 
 __all__ = ["cleanup", "compact"]
 
-_EVENTS_PER_BLOCK = THREADS // 32
 _VERTEX_ROWS = 12  # x, y, z, six covariance terms, chi2, ndof, n_tracks
 
 
@@ -86,7 +85,7 @@ def compact(
     device_array(stage, "out_weight_offsets", out_weight_offsets, np.int64, (capacity + 1,))
     device_array(stage, "out_weights", out_weights, np.float64, (None,))
     get_kernel("pvf_compact")(
-        (blocks_for(max(n_events, 1), _EVENTS_PER_BLOCK),), (THREADS,),
+        (blocks_for(max(n_events, 1), WARPS_PER_BLOCK),), (THREADS,),
         (track_offsets, weight_offsets, order, n_kept, vertex_offsets, weight_base,
          pos, cov, chi2, ndof, n_tracks, weights, np.int64(n_events), np.int32(max_seeds),
          np.int64(capacity), out_vertices, out_weight_offsets, out_weights),

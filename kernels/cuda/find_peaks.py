@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._launch import THREADS, blocks_for, device_array
+from ._launch import THREADS, WARPS_PER_BLOCK, blocks_for, device_array
 from ._module import get_kernel
 
 if TYPE_CHECKING:
@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
 __all__ = ["find_peaks"]
 
-_EVENTS_PER_BLOCK = THREADS // 32
 
 
 def find_peaks(
@@ -40,7 +39,7 @@ def find_peaks(
     if n_events == 0:
         return
     get_kernel("pvf_find_peaks")(
-        (blocks_for(n_events, _EVENTS_PER_BLOCK),), (THREADS,),
+        (blocks_for(n_events, WARPS_PER_BLOCK),), (THREADS,),
         (hist, np.int64(n_events), np.int32(n_bins), np.float64(zmin), np.float64(bin_width),
          np.float64(threshold), np.float64(min_tracks_in_seed), np.float64(min_dip_density),
          np.float64(min_density), np.int32(max_seeds), out_seeds, out_n_seeds),

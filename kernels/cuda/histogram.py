@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._launch import THREADS, device_array, error_buffer, max_dynamic_shared_bytes
+from ._launch import (
+    DEFAULT_SHARED_BYTES,
+    THREADS,
+    device_array,
+    error_buffer,
+    max_dynamic_shared_bytes,
+)
 from ._module import get_kernel
 
 if TYPE_CHECKING:
@@ -15,7 +21,6 @@ if TYPE_CHECKING:
 
 __all__ = ["histogram"]
 
-_DEFAULT_SHARED_LIMIT = 48 * 1024  # bytes of dynamic shared memory a block gets without opt-in
 
 
 def histogram(
@@ -47,7 +52,7 @@ def histogram(
         return
     kernel = get_kernel("pvf_histogram")
     shared = 8 * n_bins
-    if shared > _DEFAULT_SHARED_LIMIT:  # e.g. finer bins: opt in to more shared memory
+    if shared > DEFAULT_SHARED_BYTES:  # e.g. finer bins: opt in to more shared memory
         if shared > max_dynamic_shared_bytes():
             raise ValueError(f"{stage}: out_hist rows of {n_bins} bins do not fit in the "
                              f"shared memory of one block ({max_dynamic_shared_bytes()} bytes)")
