@@ -180,6 +180,11 @@ def _is_link(name: Path | str) -> bool:
     return isinstance(name, Path) and name.is_symlink()
 
 
+def _output_in(folder: Path, input_name: Path | str) -> Path:
+    """The vertex file of one input in an output folder: ``<stem>_pvs.root``."""
+    return folder / f"{_input_stem(input_name)}_pvs.root"
+
+
 def _own_outputs(files: Sequence[Path | str], output: str | os.PathLike) -> set[str]:
     """Those of the local ``files`` (by :func:`~pvfinder.io.input_identity`) that are vertex
     files, recording their inputs, at a place this job would write to: ``output`` or
@@ -188,8 +193,7 @@ def _own_outputs(files: Sequence[Path | str], output: str | os.PathLike) -> set[
         output = _local_output(output)
     except ValueError:  # a URL: refused when the outputs are planned
         return set()
-    targets = {output.resolve()} | {(output / f"{_input_stem(name)}_pvs.root").resolve()
-                                     for name in files}
+    targets = {output.resolve()} | {_output_in(output, name).resolve() for name in files}
     local = {path.resolve() for path in files if isinstance(path, Path)}
     own = set()
     for path in local & targets:
@@ -254,7 +258,7 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
                          "<stem>_pvs.root)")
     plan: dict[Path, list[Path | str]] = {}
     for path in inputs:
-        target = output / f"{_input_stem(path)}_pvs.root"
+        target = _output_in(output, path)
         if target in plan:
             raise ValueError(f"{plan[target][0]} and {path} would both write {target}; "
                              "rename one or use --merge")

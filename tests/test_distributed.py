@@ -52,6 +52,12 @@ from pvfinder.pipeline import PVFinder, SeedOverflowWarning
 from .test_io import assert_same_vertices, write_root_lists, write_tree
 
 
+def _third_basket_of_x(path) -> int:
+    """Where in ``path`` the third basket of the tracks' branch x starts (its key)."""
+    with uproot.open(path) as file:
+        return int(file["tracks"]["x"].member("fBasketSeek")[2])
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Four small samples (40–70 events each), one with a NaN state in entry 13, one whose
@@ -73,8 +79,7 @@ def files(tmp_path_factory):
                             flat={"event_number": np.arange(30, dtype=np.int64)}))
     paths.append(folder / "damaged.root")
     write_sample(paths[-1], simulate(120, seed=31).tracks, events_per_basket=40)
-    with uproot.open(paths[-1]) as file:
-        third_basket = int(file["tracks"]["x"].member("fBasketSeek")[2])
+    third_basket = _third_basket_of_x(paths[-1])
     data = bytearray(paths[-1].read_bytes())
     for i in range(third_basket + 80, third_basket + 400):  # past the key, into the frame
         data[i] ^= 0x5A
@@ -85,8 +90,7 @@ def files(tmp_path_factory):
     # A basket whose compression header names no codec: uproot raises a plain ValueError.
     paths.append(folder / "badheader.root")
     write_sample(paths[-1], simulate(120, seed=32).tracks, events_per_basket=40)
-    with uproot.open(paths[-1]) as file:
-        third_basket = int(file["tracks"]["x"].member("fBasketSeek")[2])
+    third_basket = _third_basket_of_x(paths[-1])
     data = bytearray(paths[-1].read_bytes())
     key_length = int.from_bytes(data[third_basket + 14 : third_basket + 16], "big")
     data[third_basket + key_length : third_basket + key_length + 2] = b"XX"
