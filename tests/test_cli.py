@@ -987,3 +987,28 @@ def test_reconstruct_option_mistakes_are_one_line_errors(extra, message, sample_
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.root").exists()
+
+
+def test_the_commands_choices_and_defaults_are_the_librarys():
+    # The parser names them itself (importing pvfinder.io would cost every command, --help
+    # included, uproot's import): this keeps the two in step.
+    import inspect
+
+    from pvfinder import backends, io
+    from pvfinder.cli import _parser
+
+    def option(command: str, flag: str):
+        subparsers = next(action for action in _parser()._actions if action.choices
+                          and command in action.choices)
+        return next(action for action in subparsers.choices[command]._actions
+                    if flag in action.option_strings)
+
+    written = inspect.signature(io.write_sample).parameters["compression"].default
+    assert option("simulate", "--compression").default == written
+    assert set(option("simulate", "--compression").choices) == set(io.COMPRESSION) - {"none"}
+    assert option("reconstruct", "--compression").default == io.DEFAULT_VERTEX_COMPRESSION
+    assert set(option("reconstruct", "--compression").choices) == set(io.COMPRESSION)
+    assert option("reconstruct", "--step-size").default == io.DEFAULT_STEP_SIZE
+    assert option("validate", "--tree").default == io.TRACKS_TREE
+    for command in ("reconstruct", "bench"):
+        assert set(option(command, "--backend").choices) == {"auto", *backends._FACTORIES}

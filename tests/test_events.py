@@ -457,3 +457,12 @@ def test_to_awkward_refuses_a_structure_the_constructor_did_not_check():
     backwards = TrackBatch.from_buffers(np.array([0, 5, 2, 6]), **track_fields(6))
     with pytest.raises(ValueError, match=r"tracks offsets decrease at event 1"):
         backwards.to_awkward()
+
+
+@pytest.mark.parametrize(("cls", "extra"), [(TrackBatch, ()), (MCVertices, ()),
+                                             (VertexBatch, ("weights", "weight_offsets"))])
+def test_each_container_holds_exactly_its_fields(cls, extra):
+    # The dataclass fields are written out beside TRACK_FIELDS / VERTEX_FIELDS, which the
+    # readers, writers and kernels go by.
+    assert tuple(field.name for field in dataclasses.fields(cls)) == (
+        "offsets", *cls.FIELDS, *extra)
