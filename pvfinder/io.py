@@ -1036,24 +1036,27 @@ def _compression(name: str) -> Any:
     return COMPRESSION[name]
 
 
-def _jagged(batch: Any, fields: tuple[str, ...], dtype: Any) -> dict[str, ak.Array]:
-    """``fields`` of ``batch`` as lists per event, stored as ``dtype``; every value finite, as
-    the reader wants them (wrapped buffers are not scanned, and a cast to float32 makes a
-    value beyond its range infinite)."""
-    branches = {}
+def _check_storable(batch: Any, fields: tuple[str, ...], dtype: Any) -> None:
+    """Refuse a value of ``fields`` that would not be finite stored as ``dtype``, as the reader
+    wants them (wrapped buffers and the constructors' batches are not scanned, and a cast to
+    float32 makes a value beyond its range infinite): called before a file is touched."""
     for name in fields:
         values = np.asarray(getattr(batch, name))
         with np.errstate(over="ignore"):  # named below
-            stored = values.astype(dtype, copy=False)
-        bad = _first_true(np, ~np.isfinite(stored))
+            bad = _first_true(np, ~np.isfinite(values.astype(dtype, copy=False)))
         if bad is not None:
             value = values[bad]
             why = (f"beyond the range of {np.dtype(dtype)} (write with precision=numpy.float64)"
                    if np.isfinite(value) else "not a number the reader takes")
             raise ValueError(f"{batch.WHAT}: field {name!r} is {value} "
                              f"{batch._located(batch.offsets, bad)}: {why}")
-        branches[name] = jagged_array(batch.offsets, stored)
-    return branches
+
+
+def _jagged(batch: Any, fields: tuple[str, ...], dtype: Any) -> dict[str, ak.Array]:
+    """``fields`` of ``batch`` as lists per event, stored as ``dtype`` (checked first by
+    :func:`_check_storable`)."""
+    return {name: jagged_array(batch.offsets, np.asarray(getattr(batch, name), dtype=dtype))
+            for name in fields}
 
 
 def _write_tree(file: Any, name: str, counter: str, jagged: dict[str, ak.Array],
@@ -1143,20 +1146,21 @@ def write_sample(path: PathLike, tracks: TrackBatch, truth: MCTruth | None = Non
             _check_offsets(tracks.offsets, tracks.n_tracks, "tracks")
         else:
             truth.check_matches(tracks)
-        # Every branch made, and its values checked, before the file is.
-        track_branches = _jagged(tracks, TRACK_FIELDS, precision)
-        trees = {TRACKS_TREE: ("n_tracks", track_branches)}
+        _check_storable(tracks, TRACK_FIELDS, precision)  # before the file is made
         if truth is not None:
-            track_branches["mc_pv"] = jagged_array(
-                tracks.offsets, np.asarray(truth.track_mc_pv, dtype=np.int32))
-            pv = truth.vertices
-            pv_branches = _jagged(pv, ("x", "y", "z"), precision)
-            pv_branches["n_reconstructible"] = jagged_array(
-                pv.offsets, np.asarray(pv.n_reconstructible, dtype=np.int32))
-            trees[TRUTH_TREE] = ("n_pvs", pv_branches)
+            _check_storable(truth.vertices, ("x", "y", "z"), precision)
     with _written_whole(_local_output(path)) as partial, _recreate(partial, codec) as file:
-        for name, (counter, branches) in trees.items():
-            _write_tree(file, name, counter, branches, event_ids, events_per_basket)
+        jagged = _jagged(tracks, TRACK_FIELDS, precision)
+        if truth is not None:
+            jagged["mc_pv"] = jagged_array(tracks.offsets,
+                                           np.asarray(truth.track_mc_pv, dtype=np.int32))
+        _write_tree(file, TRACKS_TREE, "n_tracks", jagged, event_ids, events_per_basket)
+        if truth is not None:
+            pv = truth.vertices
+            jagged = _jagged(pv, ("x", "y", "z"), precision)
+            jagged["n_reconstructible"] = jagged_array(
+                pv.offsets, np.asarray(pv.n_reconstructible, dtype=np.int32))
+            _write_tree(file, TRUTH_TREE, "n_pvs", jagged, event_ids, events_per_basket)
 
 
 def track_association(vertices: VertexBatch, track_counts: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -1387,8 +1391,9 @@ class VertexWriter:
             For identifiers that are not one integer per event (or change names or types
             between calls, or take a branch name of the layout), a batch without weights
             given to a writer that writes them, track counts that do not match them,
-            offsets that do not cut the fields (or the weights) into lists end to end, or
-            weights (when written) outside [0, 1] or not as many for every vertex of an event.
+            offsets that do not cut the fields (or the weights) into lists end to end, a
+            field value that is not finite (the reader refuses it), or weights (when
+            written) outside [0, 1] or not as many for every vertex of an event.
         """
         self.write_all([(vertices, event_ids, track_counts)])
 
@@ -1526,10 +1531,11 @@ def _check_vertex_batch(vertices: Any, where: PathLike) -> None:
 
 def _check_vertex_structure(vertices: VertexBatch, path: PathLike, weights: bool) -> None:
     """Offsets that cut every field (and, when they are written, the weights: in [0, 1], as
-    many for every vertex of an event) into lists: a batch made with the constructor has not
-    been checked, and the reader refuses a file that breaks these."""
+    many for every vertex of an event) into lists, and finite values: a batch made with the
+    constructor has not been checked, and the reader refuses a file that breaks these."""
     with _naming(path):
         vertices.check_structure(weights=weights)
+        _check_storable(vertices, VERTEX_FIELDS, np.float64)  # the reader wants them finite
         if weights and vertices.weights is not None:
             _check_weights(np.asarray(vertices.offsets), np.asarray(vertices.weight_offsets),
                            np.asarray(vertices.weights))

@@ -1374,17 +1374,39 @@ def test_write_sample_refuses_states_the_reader_would_refuse(tmp_path, sample):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.root"]
 
 
-@pytest.mark.parametrize("call", [
-    lambda v, path: write_vertices(path, v, with_weights="no"),
-    lambda v, path: VertexWriter(path, with_weights="no"),
-    lambda v, path: read_vertices(path, weights="false"),
-    lambda v, path: track_association(v.to_awkward(), v.counts),
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda v, path: write_vertices(path, v, with_weights="no"),
+     "with_weights must be True or False, got 'no'"),
+    (lambda v, path: VertexWriter(path, with_weights="no"),
+     "with_weights must be True or False, got 'no'"),
+    (lambda v, path: read_vertices(path, weights="false"),
+     "weights must be True or False, got 'false'"),
+    (lambda v, path: track_association(v.to_awkward(), v.counts),
+     "track_association: vertices must be a VertexBatch"),
 ])
-def test_io_arguments_of_the_wrong_kind_are_named(tmp_path, sample, call):
+def test_io_arguments_of_the_wrong_kind_are_named(tmp_path, sample, call, message):
     # "no" was taken as True, and an awkward array for a batch raised awkward's AttributeError.
     vertices = find_vertices(sample.tracks.select_events(0, 5), backend="cpu")
     path = tmp_path / "pvs.root"
     write_vertices(path, vertices)
-    with pytest.raises(TypeError, match=r"with_weights must be True or False|weights must be "
-                                        r"True or False|vertices must be a VertexBatch"):
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}"):
         call(vertices, path)
+
+
+def test_a_vertex_batch_with_a_value_the_reader_refuses_leaves_the_file_as_it_was(
+        tmp_path, small):
+    # The value check ran as the branches were made, after the file took its first batch
+    # (and its layout from a refused one): write_all was no longer all or none.
+    vertices = find_vertices(small.tracks.select_events(0, 4), backend="cpu")
+    chi2 = np.array(vertices.chi2, copy=True)
+    chi2[vertices.offsets[1]] = np.nan
+    bad = dataclasses.replace(vertices, chi2=chi2)
+    with VertexWriter(tmp_path / "pvs.root") as writer:
+        with pytest.raises(ValueError, match=r"pvs\.root: vertices: field 'chi2' is nan in "
+                                             r"event 1 .*not a number the reader takes"):
+            writer.write_all([(vertices, None, None), (bad, None, None)])
+        assert writer.n_events == 0
+        with pytest.raises(ValueError, match="field 'chi2' is nan"):
+            writer.write(bad)
+        writer.write(vertices, {"run_number": np.zeros(4, np.int64)})  # its own layout
+    assert_same_vertices(read_vertices(tmp_path / "pvs.root"), vertices, weights=False)
