@@ -803,3 +803,7 @@ def _stdout_is_closed() -> bool:
         return False
     os.dup2(os.open(os.devnull, os.O_WRONLY), descriptor)
     return True
+
+
+if __name__ == "__main__":  # python -m pvfinder.cli, as well as python -m pvfinder
+    sys.exit(main())

@@ -486,6 +486,11 @@ def test_runs_as_a_module_with_its_exit_code(tmp_path):
     ran = subprocess.run([sys.executable, "-m", "pvfinder", "reconstruct", str(missing), "-o",
                           str(tmp_path / "out")], capture_output=True, text=True, check=False)
     assert ran.returncode == 2 and f"{missing}: no such file" in ran.stderr
+    # The module itself too: python -m pvfinder.cli printed nothing and exited 0 when its
+    # __main__ block was taken for dead code.
+    ran = subprocess.run([sys.executable, "-m", "pvfinder.cli", "--version"],
+                         capture_output=True, text=True, check=False)
+    assert ran.returncode == 0 and ran.stdout.startswith("pvfinder "), ran
 
 
 @pytest.mark.parametrize(("argv", "module", "function", "default"), [
