@@ -546,7 +546,8 @@ class TrackBatch(_Jagged):
         ------
         ValueError
             For a missing or unknown field, a field of the wrong shape or of other than
-            floats, offsets of other than integers, or bad end offsets.
+            floats, or a masked array (whose mask the kernels would not see), offsets of other
+            than integers, or bad end offsets.
         """
         missing = [name for name in cls.FIELDS if name not in fields]
         unknown = [name for name in fields if name not in cls.FIELDS]
@@ -572,10 +573,11 @@ class TrackBatch(_Jagged):
             raise ValueError(f"tracks: offsets must be integers, got {offsets.dtype}")
         for name in self.FIELDS:
             array = getattr(self, name)
-            if getattr(array, "mask", np.ma.nomask) is not np.ma.nomask:  # no scan: any mask
-                raise ValueError(f"tracks: field {name!r} is a masked array, whose mask the "
-                                 "kernels would not see: fill it first (.filled(np.nan) makes "
-                                 "the masked tracks unusable)")
+            # No scan of the mask: any masked array. ValueError, as for a field's other faults.
+            if isinstance(array, np.ma.MaskedArray):
+                raise ValueError(  # noqa: TRY004
+                    f"tracks: field {name!r} is a masked array, whose mask the kernels would "
+                    "not see: fill it first (.filled(np.nan) makes the masked tracks unusable)")
             if getattr(getattr(array, "dtype", None), "kind", None) != "f":
                 raise ValueError(f"tracks: field {name!r} must hold floats, got "
                                  f"{getattr(array, 'dtype', type(array).__name__)}")

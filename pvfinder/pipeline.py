@@ -23,6 +23,7 @@ from .events import (
     TrackBatch,
     VertexBatch,
     _check_flag,
+    _is_count,
     _to_host,
     as_track_batch,
     jagged_array,
@@ -392,7 +393,7 @@ class PVFinder:
                             f"{type(out).__name__}")
         if origin is not None and not (  # used only when a warning is due, deep in a job
                 isinstance(origin, tuple) and len(origin) == 2 and isinstance(origin[0], str)
-                and isinstance(origin[1], (int, np.integer))):
+                and _is_count(origin[1])):  # True was taken for entry 1
             raise TypeError(f"origin must be (str, int): where the batch was read and its "
                             f"first entry, got {origin!r}")
         if timings is not None and not isinstance(timings, dict):

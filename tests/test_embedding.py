@@ -466,7 +466,8 @@ def test_bad_offsets_noted_on_the_device_are_raised_before_a_seed_overflow(sampl
             finder(sample.tracks.select_events(0, 20))
 
 
-@pytest.mark.parametrize("origin", ["run1.root", ("run1.root", "5"), ("run1.root",)])
+@pytest.mark.parametrize("origin", ["run1.root", ("run1.root", "5"), ("run1.root",),
+                                    ("run1.root", True), ("run1.root", -1)])
 def test_a_bad_origin_is_refused_at_the_call(sample, origin):
     # It was used only to name a seed overflow: a long job failed at its first busy event
     # with 'too many values to unpack'.

@@ -432,8 +432,9 @@ def test_masked_entries_are_refused_and_a_mask_of_none_is_taken_as_it_is():
     masked = np.ma.masked_array([0.1, 999.0, 0.1], mask=[False, True, False])
     with pytest.raises(ValueError, match=r"field 'x' is masked.*track 1"):
         TrackBatch.from_arrays(counts=[3], **{**fields, "x": masked})
-    with pytest.raises(ValueError, match=r"field 'x' is a masked array.*filled"):
-        TrackBatch.from_buffers(np.array([0, 3]), **{**fields, "x": masked})
+    for wrapped in (masked, np.ma.masked_array([0.1, 0.2, 0.1])):  # a mask, and nomask
+        with pytest.raises(ValueError, match=r"field 'x' is a masked array.*filled"):
+            TrackBatch.from_buffers(np.array([0, 3]), **{**fields, "x": wrapped})
     unmasked = np.ma.masked_array([0.1, 0.2, 0.1], mask=False)
     batch = TrackBatch.from_arrays(counts=[3], **{**fields, "x": unmasked})
     assert not isinstance(batch.x, np.ma.MaskedArray)

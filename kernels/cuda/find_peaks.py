@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 __all__ = ["find_peaks"]
 
 
-
 def find_peaks(
     hist: DeviceArray, zmin: float, bin_width: float, threshold: float,
     min_tracks_in_seed: float, min_dip_density: float, min_density: float,

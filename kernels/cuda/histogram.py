@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 __all__ = ["histogram"]
 
 
-
 def histogram(
     offsets: DeviceArray, z_beam: DeviceArray, sigma_z: DeviceArray, usable: DeviceArray,
     zmin: float, bin_width: float, out_hist: DeviceArray,
