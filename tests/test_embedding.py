@@ -654,6 +654,7 @@ def test_throughput_benchmark_times_the_thread_counts_in_turns(monkeypatch):
     # Two threads before one, so that the restored count differs from the last one set.
     result = benchmark.run_benchmark("cpu", n_events=50, nu_values=[2.0, 7.6], threads=[2, 1],
                                      repeats=3)
+    assert result["kind"] == "throughput" and result["backend"] == "cpu"
     rows = result["measurements"]
     assert [(row["nu"], row["threads"]) for row in rows] == [
         (2.0, 2), (2.0, 1), (7.6, 2), (7.6, 1)]
