@@ -216,12 +216,17 @@ def _check_summaries(summaries: str | None, plots: str | None, files: list[Path 
     if plots is not None and (mine + os.sep).startswith(input_identity(plots) + os.sep):
         raise UsageError(f"--json {summaries}: in the --plots folder, whose folders and "
                          "files are the plots'")
-    _check_writable(summaries, "--json")
-    path = Path(summaries)
-    if path.is_file():
-        with path.open("rb") as file:
+    _check_text_output(summaries, "--json")
+
+
+def _check_text_output(path: str, option: str) -> None:
+    """Refuse a file for ``option``'s text that cannot be written, or that is a ROOT file
+    (``run.root`` for ``run.json``, a slip), which writing would replace."""
+    _check_writable(path, option)
+    if Path(path).is_file():
+        with open(path, "rb") as file:
             if file.read(4) == b"root":
-                raise UsageError(f"--json {summaries}: a ROOT file, which it would replace")
+                raise UsageError(f"{option} {path}: a ROOT file, which it would replace")
 
 
 def _summary(sample: Path | str, vertices: Path | str, report: Any) -> dict[str, Any]:
@@ -462,7 +467,7 @@ def _check_bench_options(args: argparse.Namespace) -> Any:
             raise UsageError(str(error)) from None
     config = _load_config(args.config, args.set) if args.physics else None
     if args.output is not None:  # known before a run of minutes, not after it
-        _check_writable(args.output)
+        _check_text_output(args.output, "-o")
     return config
 
 

@@ -643,6 +643,21 @@ def test_bench_output_through_a_dangling_link_leaves_the_link(tmp_path, monkeypa
     assert link.is_symlink() and not (tmp_path / "target.json").exists()
 
 
+def test_bench_output_is_never_written_over_a_root_file(sample_file, tmp_path, monkeypatch,
+                                                       capsys):
+    # bench -o run.root (a slip for run.json) replaced the sample with the JSON, as --json
+    # would not; refused before the run.
+    from pvfinder import benchmark
+
+    other = tmp_path / "other.root"
+    other.write_bytes(sample_file.read_bytes())
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda **_: pytest.fail("ran"))
+    assert main(["bench", "-n", "10", "-o", str(other)]) == 2
+    assert capsys.readouterr().err == (f"pvfinder bench: error: -o {other}: a ROOT file, "
+                                       "which it would replace\n")
+    assert other.read_bytes() == sample_file.read_bytes()
+
+
 def test_bench_io_on_a_backend_that_cannot_run_is_refused_before_simulating(monkeypatch,
                                                                             capsys):
     # --io --backend cuda without a GPU simulated and wrote all its input files first.
