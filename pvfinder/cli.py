@@ -176,8 +176,12 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str,
                 f"{result.input}: {error}")
             print(f"pvfinder reconstruct: warning: not validated: {named}", file=sys.stderr)
     files_failed = 0
+    skipped = sum(result.status == "skipped" for result in results)
+    if plots and skipped:
+        print(f"pvfinder reconstruct: warning: --plots {plots}: the {skipped} input(s) left "
+              "by --skip-existing are not validated again, so have no plots (pvfinder "
+              "validate draws them)", file=sys.stderr)
     if summaries:
-        skipped = sum(result.status == "skipped" for result in results)
         if skipped:
             print(f"pvfinder reconstruct: warning: --json {summaries}: the {skipped} input(s) "
                   "left by --skip-existing are not validated again, so not in it "

@@ -225,6 +225,13 @@ def test_json_holds_the_checker_s_summary_of_each_input_with_truth(sample_file, 
         "--skip-existing are not validated again, so not in it (pvfinder validate gives "
         "their figures)\n")
     assert json.loads(summaries.read_text()) == []
+    plots = tmp_path / "plots"  # nor were its plots drawn, without a word
+    assert main(["reconstruct", str(sample_file), "-o", str(single), "--skip-existing",
+                 "--plots", str(plots)]) == 0
+    assert capsys.readouterr().err == (
+        f"pvfinder reconstruct: warning: --plots {plots}: the 1 input(s) left by "
+        "--skip-existing are not validated again, so have no plots (pvfinder validate draws "
+        "them)\n")
 
 
 def test_json_names_files_as_vertex_files_record_them(sample_file, monkeypatch):
