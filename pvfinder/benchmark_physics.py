@@ -170,13 +170,17 @@ def run_physics_benchmark(
                  f"{'met' if goals[-1]['met'] else 'MISSED'}")
     reference = truth_fit(sample.tracks, sample.truth)
     many = np.asarray(sample.truth.vertices.n_reconstructible) >= RESOLUTION_MULTIPLICITY
+    truth_fit_resolution = {axis: core_gaussian(reference.residual[many, i])[1]
+                            for i, axis in enumerate(AXES)}
+    progress("resolution [mm] of the truth fit (each MC PV from all its own tracks), MC PVs "
+             f"with > {RESOLUTION_MULTIPLICITY - 1} tracks: "
+             + ", ".join(f"{axis} {value:.6g}" for axis, value in truth_fit_resolution.items()))
     return {
         **header,
         "sample": {"n_events": n_events, "nu": nu, "seed": seed},
         "config": config.to_dict(),
         "goals": goals,
         "all_met": all(goal["met"] for goal in goals),
-        "truth_fit_resolution": _jsonable({axis: core_gaussian(reference.residual[many, i])[1]
-                                           for i, axis in enumerate(AXES)}),
+        "truth_fit_resolution": _jsonable(truth_fit_resolution),
         "report": report.to_dict(),
     }

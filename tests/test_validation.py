@@ -666,6 +666,11 @@ def test_physics_benchmark_measures_each_goal_on_its_sample(changes):
     reference = truth_fit(sample.tracks, sample.truth)
     many = np.asarray(sample.truth.vertices.n_reconstructible) > 20
     assert result["truth_fit_resolution"]["z"] == core_gaussian(reference.residual[many, 2])[1]
+    # Printed beside the goals too, as README says (it was in the JSON only).
+    assert lines[-1] == ("resolution [mm] of the truth fit (each MC PV from all its own "
+                         "tracks), MC PVs with > 20 tracks: " + ", ".join(
+                             f"{axis} {result['truth_fit_resolution'][axis]:.6g}"
+                             for axis in "xyz"))
     assert (result["kind"], result["sample"]) == ("physics", {"n_events": 300, "nu": 7.6,
                                                               "seed": 4})
     assert result["report"]["counts"] == report.to_dict()["counts"]
