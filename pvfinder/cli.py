@@ -199,8 +199,7 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str,
         try:  # an error of the command (exit 2), not of the validation; the next input goes on
             _print_validation(report, plots and str(Path(plots, folders.get(result.input, ""))))
         except OSError as error:
-            print(f"pvfinder reconstruct: error: {result.input}: plots not written ({error})",
-                  file=sys.stderr)
+            print(f"pvfinder reconstruct: error: {result.input}: {error}", file=sys.stderr)
             files_failed += 1
     return files_failed
 
@@ -353,10 +352,15 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _print_validation(report, plots: str | None) -> None:
-    """The report's table, and its plots in ``plots`` when given."""
+    """The report's table, and its plots in ``plots`` when given (an ``OSError`` that names
+    the folder when they cannot be written)."""
     print(report.table())
     if plots:
-        for path in report.plot(plots):
+        try:
+            paths = report.plot(plots)
+        except OSError as error:  # not the table's: a closed stdout is not a plot's fault
+            raise OSError(f"plots not written in {plots} ({error.strerror or error})") from None
+        for path in paths:
             print(f"wrote {path}")
 
 
@@ -452,7 +456,10 @@ def _check_bench_options(args: argparse.Namespace) -> Any:
                "--backend cpu": {"--batch": args.batch},
                "--backend cuda": {"-n": args.n_events, "--threads": args.threads}}[kind]
     if kind != "--physics":  # the others measure the specification's finder
-        ignored.update({"--config": args.config, "--set": args.set or None})
+        for option, value in (("--config", args.config), ("--set", args.set or None)):
+            if value is not None:
+                raise UsageError(f"{option} applies to bench --physics only (the other "
+                                 "benchmarks run the specification's finder)")
     for option, value in ignored.items():
         if value is not None:
             raise UsageError(f"{option} does not apply to bench {kind}")

@@ -594,12 +594,12 @@ def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
         (["--physics", "--threads", "1"], "--threads does not apply to bench --physics"),
         (["--physics", "--batch", "10"], "--batch does not apply to bench --physics"),
         (["--physics", "-n", "0"], "-n takes whole numbers from 1, got 0"),
-        (["--set", "chi2_cut=9"], "--set does not apply to bench --backend cpu"),
-        (["--latency", "--config", "cfg.toml"], "--config does not apply to bench --latency"),
+        (["--set", "chi2_cut=9"], "--set applies to bench --physics only"),
+        (["--latency", "--config", "cfg.toml"], "--config applies to bench --physics only"),
         (["--physics", "--set", "chi2_cut=-1"], "--set: chi2_cut must be"),
         (["--physics", "--set", "nonsense=1"], "--set: unknown PVFinderConfig field(s): nonsense"),
         (["--physics", "--config", "no/cfg.toml"], "--config no/cfg.toml: not a readable TOML"),
-        (["--io", "--set", "chi2_cut=9"], "--set does not apply to bench --io"),
+        (["--io", "--set", "chi2_cut=9"], "--set applies to bench --physics only"),
         # The configuration before the output: both are known before anything runs.
         (["--physics", "--set", "nonsense=1", "-o", "."], "--set: unknown PVFinderConfig"),
         # Found after the first ν's measurement: minutes lost.
@@ -1039,3 +1039,25 @@ def test_the_commands_choices_and_defaults_are_the_librarys():
     assert option("validate", "--tree").default == io.TRACKS_TREE
     for command in ("reconstruct", "bench"):
         assert set(option(command, "--backend").choices) == {"auto", *backends._FACTORIES}
+
+
+def test_plots_that_cannot_be_written_are_named_as_plots(sample_file, tmp_path, monkeypatch,
+                                                         capsys):
+    # validate printed the bare "[Errno 1] Operation not permitted: '/sys/x'" after its table.
+    from pvfinder.validation import ValidationReport
+
+    def refused(self, folder):
+        raise PermissionError(1, "Operation not permitted", folder)
+
+    monkeypatch.setattr(ValidationReport, "plot", refused)
+    plots = tmp_path / "plots"
+    output = tmp_path / "pvs.root"
+    assert main(["reconstruct", str(sample_file), "-o", str(output), "--backend", "cpu",
+                 "--plots", str(plots)]) == 2
+    assert capsys.readouterr().err == (f"pvfinder reconstruct: error: {sample_file}: plots not "
+                                       f"written in {plots} (Operation not permitted)\n")
+    assert main(["validate", str(sample_file), str(output), "--plots", str(plots)]) == 2
+    captured = capsys.readouterr()
+    assert "PV checker" in captured.out
+    assert captured.err == (f"pvfinder validate: error: plots not written in {plots} "
+                            "(Operation not permitted)\n")
