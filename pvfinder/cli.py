@@ -80,8 +80,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         if "nu" in overrides:
             raise UsageError("ν given twice, by --nu and by --set nu: give it once")
         overrides["nu"] = args.nu
-    if args.seed < 0:
-        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
+    _check_seed(args.seed)
     if args.output == "":  # was taken as no -o at all
         raise UsageError("-o needs a file name, got ''")
     # Before, not after simulating: a URL (refused) or a directory.
@@ -463,6 +462,7 @@ def _check_bench_options(args: argparse.Namespace) -> Any:
     for option, value in ignored.items():
         if value is not None:
             raise UsageError(f"{option} does not apply to bench {kind}")
+    _check_seed(args.seed)
     if (args.latency or args.physics) and args.nu is not None and len(args.nu) != 1:
         raise UsageError(f"bench {kind} takes one --nu")
     try:  # the benchmarks' own checks, naming the options
@@ -480,6 +480,12 @@ def _check_bench_options(args: argparse.Namespace) -> Any:
     if args.output is not None:  # known before a run of minutes, not after it
         _check_text_output(args.output, "-o")
     return config
+
+
+def _check_seed(seed: int | None) -> None:
+    """Refuse a negative ``--seed`` (argparse made it an integer), naming the option."""
+    if seed is not None and seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {seed}")
 
 
 def _check_writable(path: str, option: str = "-o") -> None:

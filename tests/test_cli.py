@@ -594,6 +594,7 @@ def test_bench_latency_takes_one_nu(tmp_path, monkeypatch):
         (["--physics", "--threads", "1"], "--threads does not apply to bench --physics"),
         (["--physics", "--batch", "10"], "--batch does not apply to bench --physics"),
         (["--physics", "-n", "0"], "-n takes whole numbers from 1, got 0"),
+        (["--seed", "-1"], "--seed must be a non-negative integer, got -1"),  # was 'seed'
         (["--set", "chi2_cut=9"], "--set applies to bench --physics only"),
         (["--latency", "--config", "cfg.toml"], "--config applies to bench --physics only"),
         (["--physics", "--set", "chi2_cut=-1"], "--set: chi2_cut must be"),
