@@ -705,9 +705,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parsed(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line parsed, an unknown option reported with its command's usage (argparse
+    leaves those of a subcommand to the top-level parser, whose usage shows no option)."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        commands = next(action for action in parser._actions
+                        if isinstance(action, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pvfinder`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = _parsed(argv)
     shown = warnings.showwarning
     on_sigterm = _catch_sigterm()
     unraisable, resent = sys.unraisablehook, []

@@ -1062,3 +1062,16 @@ def test_plots_that_cannot_be_written_are_named_as_plots(sample_file, tmp_path, 
     assert "PV checker" in captured.out
     assert captured.err == (f"pvfinder validate: error: plots not written in {plots} "
                             "(Operation not permitted)\n")
+
+
+@pytest.mark.parametrize("argv", [["simulate", "-n", "10", "--sed", "3"],
+                                  ["bench", "--latncy"]])
+def test_a_mistyped_option_is_reported_with_its_command_s_usage(argv, capsys):
+    # argparse left it to the top-level parser: "usage: pvfinder [-h] [--version] COMMAND".
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: pvfinder {argv[0]} [-h]")
+    assert err.endswith(f"pvfinder {argv[0]}: error: unrecognized arguments: "
+                        f"{' '.join(argv[3 if argv[0] == 'simulate' else 1:])}\n")
