@@ -125,7 +125,7 @@ def run_physics_benchmark(
         gives; the result records them.
     progress : callable
         Called with the parameters that differ from the specification's (if any), the PV
-        checker's table, then a line of text per goal.
+        checker's table, a line of text per goal, then the truth fit's resolution.
 
     Returns
     -------

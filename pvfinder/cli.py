@@ -176,15 +176,13 @@ def _validate_outputs(results, plots: str | None, tracks_tree: str,
             print(f"pvfinder reconstruct: warning: not validated: {named}", file=sys.stderr)
     files_failed = 0
     skipped = sum(result.status == "skipped" for result in results)
-    if plots and skipped:
-        print(f"pvfinder reconstruct: warning: --plots {plots}: the {skipped} input(s) left "
-              "by --skip-existing are not validated again, so have no plots (pvfinder "
-              "validate draws them)", file=sys.stderr)
+    for option, target, so in (
+            ("--plots", plots, "have no plots (pvfinder validate draws them)"),
+            ("--json", summaries, "not in it (pvfinder validate gives their figures)")):
+        if target and skipped:
+            print(f"pvfinder reconstruct: warning: {option} {target}: the {skipped} input(s) "
+                  f"left by --skip-existing are not validated again, so {so}", file=sys.stderr)
     if summaries:
-        if skipped:
-            print(f"pvfinder reconstruct: warning: --json {summaries}: the {skipped} input(s) "
-                  "left by --skip-existing are not validated again, so not in it "
-                  "(pvfinder validate gives their figures)", file=sys.stderr)
         try:
             _write_summaries(summaries, [_summary(result.input, result.output, report)
                                          for result, report in validated])
