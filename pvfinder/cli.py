@@ -310,9 +310,6 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         raise UsageError("--json holds the validation, which --no-validate turns off")
     if args.output == "":  # was taken as the current directory
         raise UsageError("-o needs a file or directory name, got ''")
-    if args.dask and _names_an_input(args.dask):
-        raise UsageError(f"--dask took the input {args.dask} for its scheduler: put --dask "
-                         "after the inputs")  # Dask said: missing port number in address
     _check_plots_folder(args.plots)
     config = _load_config(args.config, args.set)
     schema = _track_schema(args)
@@ -606,7 +603,8 @@ def _parser() -> argparse.ArgumentParser:
         "reconstruct", help="find the PVs of ROOT files of tracks",
         description="Find the PVs of each input and write them; a bad input is reported and "
                     "the others go on (exit code 2 at the end).")
-    reconstruct.add_argument("inputs", nargs="+", metavar="IN",
+    # "*", checked by _parsed: "+" reported an input taken by --dask as missing
+    reconstruct.add_argument("inputs", nargs="*", metavar="IN",
                              help="ROOT files of tracks, glob patterns ('dir/*.root') or URLs "
                                   "('root://host//dir/*.root', read through fsspec)")
     reconstruct.add_argument("-o", "--output", required=True,
@@ -704,14 +702,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _parsed(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line parsed, an unknown option reported with its command's usage (argparse
-    leaves those of a subcommand to the top-level parser, whose usage shows no option)."""
+    """The command line parsed, a mistake reported with its command's usage: an unknown option
+    (argparse leaves those of a subcommand to the top-level parser, whose usage shows no
+    option) or an input that ``reconstruct --dask`` took for its scheduler."""
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
+    commands = next(action for action in parser._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    command = commands.choices[args.command]
     if unknown:
-        commands = next(action for action in parser._actions
-                        if isinstance(action, argparse._SubParsersAction))
-        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "reconstruct":
+        if args.dask and _names_an_input(args.dask):  # Dask said: missing port number
+            command.error(f"--dask took the input {args.dask} for its scheduler: put --dask "
+                          "after the inputs")
+        if not args.inputs:
+            command.error("the following arguments are required: IN")
     return args
 
 

@@ -414,14 +414,6 @@ def test_config_file_and_overrides(sample_file, tmp_path, capsys):
         (["reconstruct", "{sample}", "-o", ""], "-o needs a file or directory name, got ''"),
         (["reconstruct", "{sample}", "-o", "x.root", "--plots", "p", "--no-validate"],
          "--plots draws the validation, which --no-validate turns off"),
-        (["reconstruct", "--dask", "{sample}", "{sample}", "-o", "x.root"],  # missing port
-         "--dask took the input {sample} for its scheduler: put --dask after the inputs"),
-        (["reconstruct", "--dask", "root://host//run.root", "{sample}", "-o", "x.root"],
-         "--dask took the input root://host//run.root for its scheduler"),
-        (["reconstruct", "--dask", "https://host/run.root?authz=t", "{sample}", "-o", "x.root"],
-         "--dask took the input https://host/run.root?authz=t for its scheduler"),
-        (["reconstruct", "--dask", "run?.root", "{sample}", "-o", "x.root"],  # a local glob
-         "--dask took the input run?.root for its scheduler"),
         # Not a folder "root:" made here and written into.
         (["reconstruct", "{sample}", "-o", "root://host//x.root"],
          "root://host//x.root: a URL; pvfinder writes files on this machine only"),
@@ -1062,6 +1054,40 @@ def test_plots_that_cannot_be_written_are_named_as_plots(sample_file, tmp_path, 
     assert "PV checker" in captured.out
     assert captured.err == (f"pvfinder validate: error: plots not written in {plots} "
                             "(Operation not permitted)\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dask", "{sample}", "{sample}"], "{sample}"),  # Dask: "missing port number"
+        (["--dask", "{sample}"], "{sample}"),  # argparse: "required: IN"
+        (["--dask", "root://host//run.root", "{sample}"], "root://host//run.root"),
+        (["--dask", "https://host/run.root?authz=t", "{sample}"],
+         "https://host/run.root?authz=t"),
+        (["--dask", "run?.root", "{sample}"], "run?.root"),  # a local glob
+    ],
+)
+def test_an_input_taken_by_dask_is_reported_with_the_usage(argv, message, sample_file, tmp_path,
+                                                           capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["reconstruct", *(a.format(sample=sample_file) for a in argv), "-o", "x.root"]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: pvfinder reconstruct [-h]")
+    assert err.endswith(f"pvfinder reconstruct: error: --dask took the input "
+                        f"{message.format(sample=sample_file)} for its scheduler: put --dask "
+                        "after the inputs\n")
+    assert not (tmp_path / "x.root").exists()
+
+
+def test_reconstruct_requires_an_input(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["reconstruct", "-o", "x.root"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith("pvfinder reconstruct: error: the following arguments are required: IN\n")
 
 
 @pytest.mark.parametrize("argv", [["simulate", "-n", "10", "--sed", "3"],
