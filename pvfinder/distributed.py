@@ -822,7 +822,8 @@ def dask_client(scheduler: str) -> Iterator[Any]:
     ImportError
         With the install hint, when Dask is missing.
     ValueError
-        For ``local:N`` with N not a positive integer.
+        For ``local:N`` with N not a positive integer, or an address that is not one
+        (``"bogus"``, ``"host:abc"``).
 
     Notes
     -----
@@ -836,7 +837,12 @@ def dask_client(scheduler: str) -> Iterator[Any]:
     _, distributed = _import_dask()
     kind, _, count = scheduler.partition(":")
     if kind != "local":
-        with distributed.Client(scheduler) as client:
+        try:
+            client = distributed.Client(scheduler)
+        except ValueError as error:  # Dask's own words: "invalid literal for int() ..."
+            raise ValueError(f"scheduler {scheduler!r} is neither local[:N] nor a scheduler's "
+                             f"address ({error})") from None
+        with client:
             yield client
         return
     cores = usable_cores()  # those this process may use, as a batch system's slot allows

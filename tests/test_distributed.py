@@ -1264,9 +1264,19 @@ def test_two_local_clusters_at_once_start_quietly():
     assert host == "127.0.0.1" and port != 8787  # loopback only, as the cluster
 
 
-def test_dask_missing_and_bad_scheduler(monkeypatch):
-    with pytest.raises(ValueError, match="positive number of workers"), dask_client("local:0"):
+@pytest.mark.parametrize(("scheduler", "message"), [
+    ("local:0", "positive number of workers"),
+    # Dask said "invalid literal for int() with base 10: 'abc'", naming no address
+    ("host:abc", r"scheduler 'host:abc' is neither local\[:N\] nor a scheduler's address"),
+    ("bogus", "scheduler 'bogus' is neither .* \\(missing port number"),
+])
+def test_a_bad_scheduler_is_named(scheduler, message):
+    pytest.importorskip("distributed")
+    with pytest.raises(ValueError, match=message), dask_client(scheduler):
         pass
+
+
+def test_dask_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask_awkward", None)
     with pytest.raises(ImportError, match=r'pip install "pvfinder\[dask\]"'), \
             dask_client("local:1"):
