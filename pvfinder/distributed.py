@@ -113,7 +113,11 @@ def expand_inputs(patterns: Iterable[str], *, output: str | os.PathLike | None =
     # Per pattern: None when it names a file, and what it matched, or why it could not list.
     expanded: list[tuple[str | None, list[Path | str] | str]] = []
     for pattern in patterns:
-        name = _input_name(pattern)
+        try:
+            name = _input_name(pattern)
+        except ValueError as error:  # "" names no file
+            expanded.append((pattern, str(error)))
+            continue
         if isinstance(name, str):
             try:
                 matches = _remote_matches(name)

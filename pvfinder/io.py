@@ -357,9 +357,10 @@ def _input_name(name: PathLike) -> Path | str:
         name = os.fsdecode(name)
     if is_url(name):
         return name
-    if isinstance(name, str) and _LOCAL_URL.match(name):
-        return Path(name.split("://", 1)[1])
-    return Path(name)
+    local = name.split("://", 1)[1] if isinstance(name, str) and _LOCAL_URL.match(name) else name
+    if local == "":  # Path("") is the current directory
+        raise ValueError(f"{name!r} names no file")
+    return Path(local)
 
 
 def input_identity(name: PathLike) -> str:

@@ -107,6 +107,8 @@ def test_expand_inputs_and_plan_outputs(tmp_path, files):
     found, errors = expand_inputs([pattern, str(files[1]), "missing.root", "none/*.root"])
     assert found == [*files[:4], Path("missing.root")]  # in order, each once
     assert errors == ["none/*.root: no file matches"]
+    # Path("") is the current directory: reading it said ".: a directory, not a ROOT file".
+    assert expand_inputs(["", str(files[0])]) == ([files[0]], ["'' names no file"])
     assert plan_outputs(files[:1], tmp_path / "one.root") == {tmp_path / "one.root": files[:1]}
     assert plan_outputs(files[:2], tmp_path / "all.root", merge=True) == {
         tmp_path / "all.root": files[:2]}

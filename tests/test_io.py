@@ -967,6 +967,18 @@ def test_files_are_written_on_this_machine_not_to_a_url(tmp_path, small, monkeyp
 # -- errors ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["", "file://"])
+def test_an_empty_name_is_no_file(name, tmp_path, small, monkeypatch):
+    """Path("") is the current directory: read as "a directory, not a ROOT file", written as
+    "a directory, not a file to write"."""
+    monkeypatch.chdir(tmp_path)
+    for use in (inspect_tracks, read_tracks, read_truth, read_vertices, VertexWriter,
+                lambda path: write_sample(path, small.tracks)):
+        with pytest.raises(ValueError, match=f"^'{name}' names no file$"):
+            use(name)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_file_not_root_and_truncated(tmp_path, small_file):
     with pytest.raises(FileNotFoundError, match="nope.root: no such file"):
         read_tracks(tmp_path / "nope.root")
