@@ -144,6 +144,37 @@ def test_impact_parameter_resolution(pt):
     assert accepted.mean() > 0.99
 
 
+def test_a_track_is_fitted_with_the_hits_it_leaves_on_the_modules():
+    """Every track had the covariance of hits_per_track hits, also one that left the sensors
+    after three (13.6 % of the prompt tracks have five or fewer)."""
+    cond = Conditions()
+    rng = np.random.default_rng(9)
+    n = 20_000
+    tx, ty, backward, _ = _directions(rng, cond, n)
+    origin = (rng.uniform(-5, 5, n), rng.uniform(-5, 5, n), rng.uniform(-300, 760, n))
+    states, accepted = measure(rng, cond, origin, tx, ty, backward, np.ones(n))
+    # Count by placing every hit: the modules crossed in a row from the first hit.
+    direction = np.where(backward, -1.0, 1.0)
+    k = np.arange(cond.hits_per_track)
+    z_hits = states["z"][:, None] + direction[:, None] * cond.module_spacing * k
+    run = z_hits - origin[2][:, None]
+    radius = np.hypot(origin[0][:, None] + tx[:, None] * run,
+                      origin[1][:, None] + ty[:, None] * run)
+    low, high = cond.velo_z_range
+    on = (radius < cond.velo_outer_radius) & (z_hits >= low) & (z_hits <= high)
+    hits = np.cumprod(on, axis=1).sum(axis=1)[accepted]
+    assert set(hits) == set(range(3, cond.hits_per_track + 1))  # every count occurs
+    d = cond.module_spacing * k
+    s0, s1, s2 = hits, np.cumsum(d)[hits - 1], np.cumsum(d * d)[hits - 1]
+    variance = cond.hit_resolution**2 / (s0 * s2 - s1 * s1)
+    np.testing.assert_allclose(states["cov_xx"][accepted], variance * s2, rtol=1e-9)
+    scattering = (cond.ms_angle_term / 1.0) ** 2  # a kink before the first hit, p = 1 GeV
+    np.testing.assert_allclose(states["cov_txtx"][accepted], variance * s0 + scattering,
+                               rtol=1e-9)
+    np.testing.assert_allclose(states["cov_xtx"][accepted],
+                               -direction[accepted] * variance * s1, rtol=1e-9)
+
+
 def test_accepted_tracks_have_their_first_three_hits_on_the_modules():
     # The radius was checked at the first hit only: 0.9 % of the tracks left the sensors
     # (40 mm) before their third hit and were kept.

@@ -56,7 +56,8 @@ class Conditions:
     hit_resolution : float
         Single-hit resolution in x and y.
     hits_per_track : int
-        Hits in a track's straight-line fit (at least 3).
+        Most hits in a track's straight-line fit (at least 3): fewer where the track leaves
+        the modules first.
     module_spacing : float
         Distance in z between successive hits.
     velo_inner_radius, velo_outer_radius : float
@@ -127,7 +128,8 @@ class Conditions:
     # Single-hit resolution of 55 µm pixels with charge sharing ≈ 12 µm (LHCb-TDR-013, sec. 4).
     hit_resolution: float = 0.012
     # Hits in the straight-line fit and their spacing along z: 26 stations, ≈ 25 mm apart
-    # near the interaction region (LHCb-TDR-013); ten hits per track is an approximation.
+    # near the interaction region (LHCb-TDR-013); at most ten hits per track is an
+    # approximation (a track has fewer when it leaves the modules' z span or outer reach).
     hits_per_track: int = 10
     module_spacing: float = 25.0
     # Sensors start 5.1 mm from the beam (JINST 19 (2024) P05065, sec. 3); their outer

@@ -1,7 +1,8 @@
 """VELO response: where a particle is first measured, its track state and covariance.
 
 The VELO has no magnetic field, so a track is a straight line. Its state is reported at the
-first measurement, with the covariance of a straight-line fit of equally spaced hits plus the
+first measurement, with the covariance of a straight-line fit of its hits (equally spaced, as
+many as the modules it crosses before it leaves them, up to ``hits_per_track``) plus the
 slope error from multiple scattering before that hit; the smearing is drawn from exactly
 that covariance, so pulls are N(0, 1) by construction. Lengths in mm, momenta in GeV.
 """
@@ -75,14 +76,17 @@ def measure(
         & (np.maximum(r_first, r_third) < cond.velo_outer_radius)
     )
 
-    # Least-squares line through hits at distances d_k = k·spacing past the first one, state
-    # at d = 0: var(x) = σ²·S2/D, var(t) = σ²·S0/D, cov(x, t) = −σ²·S1/D with S_j = Σ d_k^j,
-    # D = S0·S2 − S1². t = dx/dd, and dx/dz = direction·t flips the sign of the correlation.
-    d = cond.module_spacing * np.arange(cond.hits_per_track)
-    s0, s1, s2 = d.size, d.sum(), (d * d).sum()
+    # Least-squares line through the n hits at distances d_k = k·spacing past the first one
+    # (k < n), state at d = 0: var(x) = σ²·S2/D, var(t) = σ²·S0/D, cov(x, t) = −σ²·S1/D with
+    # S_j = Σ d_k^j, D = S0·S2 − S1². t = dx/dd, and dx/dz = direction·t flips the sign of the
+    # correlation.
+    hits = _hits_on_modules(cond, z_first, x_true, y_true, tx, ty, direction)
+    s0 = hits
+    s1 = cond.module_spacing * hits * (hits - 1) / 2.0
+    s2 = cond.module_spacing * cond.module_spacing * (hits - 1) * hits * (2 * hits - 1) / 6.0
     # σ·σ, not σ**2: a float power raises OverflowError where the product is inf
     scale = cond.hit_resolution * cond.hit_resolution / (s0 * s2 - s1 * s1)
-    var_pos = np.full(n, scale * s2)
+    var_pos = scale * s2
     cov_pos_slope = -direction * (scale * s1)
     # Scattering before the first hit adds a kink of RMS ms_angle_term/p to the slope.
     var_slope = scale * s0 + (cond.ms_angle_term / p) ** 2
@@ -95,6 +99,30 @@ def measure(
         "cov_yty": cov_pos_slope, "cov_txtx": var_slope, "cov_tyty": var_slope,
     }
     return states, accepted
+
+
+def _hits_on_modules(cond: Conditions, z_first: np.ndarray, x_first: np.ndarray,
+                     y_first: np.ndarray, tx: np.ndarray, ty: np.ndarray, direction: np.ndarray
+                     ) -> np.ndarray:
+    """Hits of each track: the modules it crosses from its first hit on, one every
+    ``module_spacing`` along z, before it leaves their z span or their outer radial reach;
+    at most ``hits_per_track``, at least 2 (a track with fewer than three is not accepted).
+
+    Along the flight s from the first hit, the distance from the beam is |a + b·s| with
+    a the first hit's offset and b the slopes (times the direction): a quadratic in s, below
+    the outer radius from the first hit until its larger root.
+    """
+    a_x, a_y = x_first - cond.beam_x, y_first - cond.beam_y
+    b_x, b_y = direction * tx, direction * ty
+    b2 = np.maximum(b_x * b_x + b_y * b_y, 1e-24)  # a slope of 0 never leaves radially
+    ab = a_x * b_x + a_y * b_y
+    outside = a_x * a_x + a_y * a_y - cond.velo_outer_radius * cond.velo_outer_radius
+    radial_room = (-ab + np.sqrt(np.maximum(ab * ab - b2 * outside, 0.0))) / b2
+    z_low, z_high = cond.velo_z_range
+    z_room = np.where(direction > 0, z_high - z_first, z_first - z_low)
+    room = np.minimum(radial_room, z_room) / cond.module_spacing
+    hits = np.floor(np.clip(room, 0.0, cond.hits_per_track)) + 1.0
+    return np.clip(hits, 2.0, cond.hits_per_track)
 
 
 def _correlated_pair(
