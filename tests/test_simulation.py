@@ -96,6 +96,21 @@ def test_ghosts_decays_and_direction(big):
     assert more > simulate(300, seed=4).statistics()["displaced_fraction"] + 0.03
 
 
+def test_strange_decays_follow_their_pv_s_multiplicity():
+    """K0S and Λ yields are measured per charged particle: a PV of few tracks made as many as
+    a busy one (and most fakes were quiet PVs with their decays)."""
+    sample = simulate(4000, seed=11, nu=1.0, ghost_fraction=0.0, k0s_per_pv=2.0,
+                      charm_per_pv=0.0, beauty_per_pv=0.0)
+    one_pv = sample.truth.vertices.counts == 1
+    event = np.repeat(np.arange(len(sample)), sample.tracks.counts)
+    prompt, displaced = (
+        np.bincount(event[sample.track_origin == origin], minlength=len(sample))[one_pv]
+        for origin in (TrackOrigin.PROMPT, TrackOrigin.DISPLACED))
+    busy = prompt > np.median(prompt)
+    assert displaced[busy].mean() / displaced[~busy].mean() == pytest.approx(
+        prompt[busy].mean() / prompt[~busy].mean(), rel=0.15)
+
+
 def test_displaced_daughters_miss_the_pv(big):
     """Daughters of long-lived decays point away from the PVs more than prompt tracks do."""
     tracks = big.tracks

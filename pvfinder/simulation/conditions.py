@@ -12,10 +12,15 @@ import math
 import numbers
 from typing import Any, NamedTuple
 
-__all__ = ["Conditions", "DecaySpecies", "SPECIES"]
+__all__ = ["PER_CHARGED_PARTICLE", "SPECIES", "Conditions", "DecaySpecies"]
 
 #: The decaying species whose charged daughters the generator adds, in field-name spelling.
 SPECIES = ("k0s", "lambda", "charm", "beauty")
+#: The species whose yield is measured per charged particle (K0S, and Λ as a ratio to K0S;
+#: see the comment on ``k0s_per_pv``): each PV makes them in proportion to its own charged
+#: multiplicity, ``<species>_per_pv`` on average. Charm and beauty come from cross-sections
+#: per interaction: the same mean for every PV.
+PER_CHARGED_PARTICLE = frozenset({"k0s", "lambda"})
 
 
 class DecaySpecies(NamedTuple):
@@ -73,7 +78,8 @@ class Conditions:
     ghost_transverse_spread : float
         Transverse spread of the ghosts' origins around the beam.
     <species>_per_pv, _ctau, _mass, _mean_pt, _decay_momentum : float
-        For ``k0s``, ``lambda``, ``charm`` and ``beauty`` decays: decays per interaction,
+        For ``k0s``, ``lambda``, ``charm`` and ``beauty`` decays: decays per interaction
+        (on average for :data:`PER_CHARGED_PARTICLE`),
         mean lifetime times c, parent mass, parent mean pT and daughter momentum in the
         parent's frame.
     <species>_daughters : int
@@ -156,7 +162,8 @@ class Conditions:
 
     # -- displaced decays (charged daughters are VELO tracks with MC label −1) --------------
     # per_pv: decays into charged final states per visible interaction, parent within the
-    #   η acceptance above. K0S: 0.06 per charged particle (CMS JHEP 05 (2011) 064) × 25
+    #   η acceptance above (K0S and Λ on average: a PV's share follows its charged
+    #   multiplicity, see PER_CHARGED_PARTICLE). K0S: 0.06 per charged particle (CMS JHEP 05 (2011) 064) × 25
     #   tracks = 1.5, × 0.69 (BR to π+π−) ≈ 1.0; Λ+Λ̄: 0.6 of those 1.5 K0S (LHCb JHEP 08
     #   (2011) 034 measures Λ̄/K0S ≈ 0.3 per species) × 0.64 (BR to pπ) ≈ 0.58; cc̄ and bb̄:
     #   LHCb σ(cc̄) ≈ 2.4 mb in 2 < y < 4.5 (JHEP 03 (2016) 159, with its errata) and

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..events import TRACK_FIELDS, MCTruth, MCVertices, TrackBatch, _is_count
-from .conditions import Conditions, DecaySpecies
+from .conditions import PER_CHARGED_PARTICLE, Conditions, DecaySpecies
 from .velo import measure
 
 __all__ = ["SimulatedSample", "TrackOrigin", "simulate"]
@@ -163,8 +163,10 @@ def simulate(
     # Conditions far out of range overflow in here: the check of the states below names them,
     # which numpy's warnings would only precede.
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        prompt = _prompt_tracks(rng, cond, pv)
-        decays = _decay_tracks(rng, cond, pv)
+        k = cond.multiplicity_k
+        n_charged = rng.negative_binomial(k, k / (k + cond.mean_charged), n_pvs)
+        prompt = _prompt_tracks(rng, cond, pv, n_charged)
+        decays = _decay_tracks(rng, cond, pv, n_charged)
         real_per_event = np.bincount(pv_event[np.concatenate((prompt.pv, decays.pv))],
                                      minlength=n_events)
         ghosts = _ghost_tracks(rng, cond, real_per_event)
@@ -241,11 +243,10 @@ def _momenta(rng: np.random.Generator, low: float, mean: float, eta: np.ndarray)
     return pt * np.cosh(eta)
 
 
-def _prompt_tracks(rng: np.random.Generator, cond: Conditions,
-                   pv: tuple[np.ndarray, ...]) -> _Tracks:
-    """Reconstructed prompt tracks: negative-binomial multiplicity per PV, efficiency, acceptance."""
-    k = cond.multiplicity_k
-    n_charged = rng.negative_binomial(k, k / (k + cond.mean_charged), pv[0].size)
+def _prompt_tracks(rng: np.random.Generator, cond: Conditions, pv: tuple[np.ndarray, ...],
+                   n_charged: np.ndarray) -> _Tracks:
+    """Reconstructed prompt tracks of ``n_charged`` particles per PV (drawn from the
+    negative-binomial multiplicity): efficiency, acceptance."""
     owner = np.repeat(np.arange(pv[0].size), n_charged)
     owner = owner[rng.random(owner.size) < cond.track_efficiency]  # lost ones need no state
     tx, ty, backward, eta = _directions(rng, cond, owner.size)
@@ -254,10 +255,12 @@ def _prompt_tracks(rng: np.random.Generator, cond: Conditions,
     return _select(owner, backward, states, seen)
 
 
-def _decay_tracks(rng: np.random.Generator, cond: Conditions,
-                  pv: tuple[np.ndarray, ...]) -> _Tracks:
-    """Reconstructed charged daughters of every species of :meth:`Conditions.decay_species`."""
-    parts = [_species_tracks(rng, cond, species, pv) for species in cond.decay_species()]
+def _decay_tracks(rng: np.random.Generator, cond: Conditions, pv: tuple[np.ndarray, ...],
+                  n_charged: np.ndarray) -> _Tracks:
+    """Reconstructed charged daughters of every species of :meth:`Conditions.decay_species`
+    (``n_charged``: prompt charged particles per PV)."""
+    parts = [_species_tracks(rng, cond, species, pv, n_charged)
+             for species in cond.decay_species()]
     return _Tracks(
         pv=np.concatenate([t.pv for t in parts]),
         backward=np.concatenate([t.backward for t in parts]),
@@ -266,14 +269,18 @@ def _decay_tracks(rng: np.random.Generator, cond: Conditions,
 
 
 def _species_tracks(rng: np.random.Generator, cond: Conditions, species: DecaySpecies,
-                    pv: tuple[np.ndarray, ...]) -> _Tracks:
-    """Daughters of one species: Poisson count per PV, flight exponential with mean βγcτ.
+                    pv: tuple[np.ndarray, ...], n_charged: np.ndarray) -> _Tracks:
+    """Daughters of one species: Poisson count per PV (its mean in proportion to the PV's
+    charged multiplicity for :data:`PER_CHARGED_PARTICLE`), flight exponential with mean βγcτ.
 
     Parents are flat in η like prompt particles, with their own pT spectrum and
     βγ = p/m. Daughters share the parent momentum equally and leave along the parent line
     with an isotropic kick of the decay momentum (approximations of the decay kinematics).
     """
-    parent_pv = np.repeat(np.arange(pv[0].size), rng.poisson(species.per_pv, pv[0].size))
+    rate = species.per_pv
+    if species.name in PER_CHARGED_PARTICLE:
+        rate = rate * n_charged / cond.mean_charged
+    parent_pv = np.repeat(np.arange(pv[0].size), rng.poisson(rate, pv[0].size))
     tx, ty, backward, eta = _directions(rng, cond, parent_pv.size)
     p = _momenta(rng, 0.0, species.mean_pt, eta)
     length = rng.exponential(p / species.mass * species.ctau)
