@@ -95,7 +95,10 @@ class Conditions:
 
     # -- pile-up and luminous region -----------------------------------------------------
     # Mean visible pp interactions per crossing at L = 2e33 /cm²/s: LHCb Upgrade I design
-    # (LHCb Framework TDR, LHCb-TDR-012; detector paper JINST 19 (2024) P05065, sec. 1).
+    # (LHCb Framework TDR, LHCb-TDR-012; detector paper JINST 19 (2024) P05065, sec. 1), as
+    # the spec reads it. LHCb's own ν counts all pp interactions, elastic and diffractive
+    # too, and its visible ones, μ, as about 0.7 ν (LHCb twiki NuMuPileUp): about 5.3 at
+    # ν = 7.6. Taken as visible, 7.6 is the busier case.
     # The multiplicity below is not conditioned on visibility: 1.3 % of the interactions
     # leave no reconstructible track and 3.2 % fewer than two (the PV checker needs four to
     # count one as reconstructible).
