@@ -606,6 +606,21 @@ def test_a_weight_equal_to_min_weight_is_skipped():
     assert at["valid"][0, 0] == 0  # w > min_weight fails for every track
 
 
+def test_a_fit_matrix_with_a_negative_diagonal_is_singular():
+    """A direct call may pass a weight W_x < 0. Once only such a track keeps a weight, the
+    half-Hessian's a_xx < 0 and it is singular, but the determinant bound, which holds for
+    positive diagonals only, let its rounding residue through: a vertex with cov_zz ≈ 2e14,
+    whose sign and size depended on how the compiler fused the multiply-adds."""
+    angle = np.arange(7) * 2.0 * np.pi / 7.0
+    tx, ty = np.r_[0.0, 0.1 * np.cos(angle)], np.r_[0.2, 0.1 * np.sin(angle)]
+    tracks = dict(x=10.0 * tx + np.r_[0.4, np.zeros(7)], y=10.0 * ty, z=np.full(8, 10.0),
+                  tx=tx, ty=ty, wx=np.r_[-1e4, np.full(7, 1e4)], wy=np.full(8, 1e4),
+                  usable=np.ones(8, np.uint8))
+    out = run_fit([0, 8], tracks, [[0.0]], [1])
+    assert out["valid"][0, 0] == 0
+    np.testing.assert_array_equal(out["cov"][0, 0], 0.0)
+
+
 def test_a_track_at_exactly_max_chi2_does_not_enter():
     tracks = with_offset_track(0.03)
     chi2 = (0.0 - 0.03) ** 2 * 1e4  # the fifth track's χ² at the seed (0, 0, 0): 9

@@ -161,15 +161,18 @@ def _seed_term(chi2, negligible):
 def _inverse_sym3(a_xx, a_xy, a_yy, a_xz, a_yz, a_zz):
     """Closed-form (cofactor) inverse of a symmetric 3×3 matrix.
 
-    Returns ``(singular, i_xx, i_xy, i_yy, i_xz, i_yz, i_zz)``; ``singular`` is true when the
-    determinant is at most ``_SINGULAR_DET_FRACTION`` of the diagonal's product (or not finite),
-    and then the inverse is not computed (zeros).
+    Returns ``(singular, i_xx, i_xy, i_yy, i_xz, i_yz, i_zz)``; ``singular`` is true when a
+    diagonal entry is not positive or the determinant is at most ``_SINGULAR_DET_FRACTION`` of
+    the diagonal's product (or not finite), and then the inverse is not computed (zeros).
     """
     c_xx = a_yy * a_zz - a_yz * a_yz
     c_xy = a_xz * a_yz - a_xy * a_zz
     c_xz = a_xy * a_yz - a_yy * a_xz
     det = a_xx * c_xx + a_xy * c_xy + a_xz * c_xz
-    if not (det > _SINGULAR_DET_FRACTION * a_xx * a_yy * a_zz and math.isfinite(det)):
+    # The bound on det holds for positive diagonals only: with one negative (a direct call's
+    # weight W < 0) it let through a rounding residue of an exactly singular matrix.
+    if not (a_xx > 0.0 and a_yy > 0.0 and a_zz > 0.0
+            and det > _SINGULAR_DET_FRACTION * a_xx * a_yy * a_zz and math.isfinite(det)):
         return True, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     inv = 1.0 / det
     return (False, c_xx * inv, c_xy * inv, (a_xx * a_zz - a_xz * a_xz) * inv, c_xz * inv,

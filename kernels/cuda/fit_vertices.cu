@@ -109,7 +109,10 @@ extern "C" __global__ void pvf_fit_vertices(
             const double c_xy = a_xz * a_yz - a_xy * a_zz;
             const double c_xz = a_xy * a_yz - a_yy * a_xz;
             const double det = a_xx * c_xx + a_xy * c_xy + a_xz * c_xz;
-            singular = !(det > PVF_SINGULAR_DET_FRACTION * a_xx * a_yy * a_zz && isfinite(det));
+            // The bound on det holds for positive diagonals only (see the CPU kernel).
+            singular = !(a_xx > 0.0 && a_yy > 0.0 && a_zz > 0.0
+                         && det > PVF_SINGULAR_DET_FRACTION * a_xx * a_yy * a_zz
+                         && isfinite(det));
             if (singular) {
                 for (int j = 0; j < 6; ++j) inv[j] = 0.0;
                 break;
