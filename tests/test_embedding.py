@@ -47,7 +47,8 @@ def test_calls_into_buffers_match_find_vertices(sample, backend_name):
     buffers = finder.output_buffers()
     for batch in batches:
         got = finder(as_buffers(batch, xp), out=buffers)
-        assert_same_vertices(got, find_vertices(batch, backend=backend_name))
+        assert_same_vertices(got, find_vertices(batch, backend=backend_name),
+                             backend=backend_name)
 
 
 def test_result_lives_until_the_buffers_are_used_again(sample):
@@ -175,7 +176,7 @@ def test_one_finder_per_thread(sample, backend_name):
     assert sorted(results) == [0, 1, 2, 3]
     for outputs in results.values():
         for got, want in zip(outputs, expected * 3):
-            assert_same_vertices(got, want)
+            assert_same_vertices(got, want, backend=backend_name)
 
 
 def test_threads_asking_first_for_a_backend_at_once_share_it(monkeypatch):
@@ -297,7 +298,7 @@ def test_a_finder_pickles_and_deep_copies_as_its_config_and_backend(sample, back
         assert copy.config == config
         assert copy.backend.name == finder.backend.name
         assert copy._buffers is not finder._buffers
-        assert_same_vertices(copy(sample.tracks), expected)
+        assert_same_vertices(copy(sample.tracks), expected, backend=backend_name)
     # A backend of its own would come back as the registry's one of that name: refused.
     own = dataclasses.replace(get_backend(backend_name), events_per_chunk=64)
     with pytest.raises(TypeError, match="on a backend of its own"):
