@@ -958,7 +958,10 @@ def _track_partitions(source: TrackSource, step_size: int | str) -> Any:
     if is_url(source.path):  # through fsspec, uproot's default
         files, handler = {source.path: source.tree}, None
     else:  # uproot takes local names as glob patterns: run[1].root would read run1.root
-        files, handler = {glob.escape(source.path): source.tree}, LOCAL_SOURCE
+        # Absolute: a scheduler's workers read a relative name in their own directory, where
+        # a file of that name gave other vertices without a word.
+        where = os.path.abspath(source.path)
+        files, handler = {glob.escape(where): source.tree}, LOCAL_SOURCE
     return uproot.dask(files, filter_name=source.read_branches, step_size=step_size,
                        handler=handler)
 

@@ -196,6 +196,24 @@ def test_a_resumed_job_with_nothing_left_starts_no_finder(tmp_path, files, monke
     assert [result.status for result in results] == ["skipped", "skipped"]
 
 
+def test_workers_in_another_directory_read_a_relative_input_as_named_here(tmp_path, files,
+                                                                          monkeypatch):
+    """A scheduler's workers run in their own directory: a relative input was read there,
+    another file of that name giving other vertices without a word."""
+    pytest.importorskip("distributed")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(files[1], elsewhere / files[0].name)  # same name, other events
+    monkeypatch.chdir(files[0].parent)
+    output = tmp_path / "out.root"
+    with dask_client("local:1") as client:
+        client.run(os.chdir, str(elsewhere))
+        results = reconstruct_files({output: [Path(files[0].name)]}, backend="cpu",
+                                    scheduler=client.scheduler.address)
+    assert [result.status for result in results] == ["done"]
+    assert_same_vertices(read_vertices(output), expected_vertices(files[0]), weights=False)
+
+
 def test_existing_name_with_glob_characters_is_a_file(tmp_path, files):
     literal = tmp_path / "run[0].root"
     literal.write_bytes(files[0].read_bytes())
