@@ -33,7 +33,7 @@ import fsspec
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backends import BackendUnavailableError
+from .backends import BackendUnavailableError, available_backends, get_backend
 from .config import PVFinderConfig
 from .events import VERTEX_FIELDS, VertexBatch
 from .io import (
@@ -44,6 +44,7 @@ from .io import (
     TrackSchema,
     TrackSource,
     VertexWriter,
+    _compression,
     _described,
     _input_name,
     _input_stem,
@@ -370,7 +371,9 @@ def reconstruct_files(
     TypeError
         For a ``plan`` that is not a mapping, or a ``schema`` that is not a TrackSchema.
     BackendUnavailableError
-        When the backend asked for cannot run here (and there is an input to reconstruct).
+        When the backend asked for cannot run here, in this process or on ``local:N``
+        workers (and there is an input to reconstruct); a scheduler's workers report it
+        per input.
     ImportError
         When ``scheduler`` is given, there is an input to reconstruct and Dask is not
         installed (the message says how).
@@ -404,6 +407,7 @@ def reconstruct_files(
                 record(FileResult(path, output, "failed", error=str(error)))
     if not sources:  # all skipped or failed: no finder, and no cluster, to start
         return results
+    _compression(compression)  # before a cluster starts, not when the first output is written
     total = sum(source.n_entries for source in sources.values())
     with _engine(scheduler, config, backend, step_size, with_weights) as engine, \
             tqdm(total=total, unit="evt", disable=not progress) as bar:
@@ -595,6 +599,11 @@ def _engine(scheduler: str | None, config: PVFinderConfig | None, backend: str,
         finally:
             engine.close()
         return
+    # Before the cluster starts: each partition of each input failed with the backend's error.
+    # Local workers run here, so the backend must run here; a scheduler's may hold a GPU
+    # that this machine lacks, so only the name is checked for them.
+    if scheduler.partition(":")[0] == "local" or backend not in available_backends():
+        get_backend(backend)  # an unknown name is a ValueError, an unusable one unavailable
     with dask_client(scheduler) as client:
         yield _DaskEngine(client, config, backend, step_size, with_weights)
 

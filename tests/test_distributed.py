@@ -28,6 +28,7 @@ import uproot
 
 from pvfinder import distributed, find_vertices
 from pvfinder import io as pvfinder_io
+from pvfinder.backends import BackendUnavailableError
 from pvfinder.config import PVFinderConfig
 from pvfinder.distributed import (
     dask_client,
@@ -49,6 +50,7 @@ from pvfinder.io import (
 )
 from pvfinder.pipeline import PVFinder, SeedOverflowWarning
 
+from .conftest import CUDA_REASON
 from .test_io import assert_same_vertices, write_root_lists, write_tree
 
 
@@ -212,6 +214,28 @@ def test_workers_in_another_directory_read_a_relative_input_as_named_here(tmp_pa
                                     scheduler=client.scheduler.address)
     assert [result.status for result in results] == ["done"]
     assert_same_vertices(read_vertices(output), expected_vertices(files[0]), weights=False)
+
+
+@pytest.mark.parametrize(("options", "error", "message"), [
+    ({"backend": "bogus"}, ValueError, "unknown backend 'bogus'"),
+    ({"compression": "bogus"}, ValueError, "unknown compression 'bogus'"),
+    pytest.param({"backend": "cuda"}, BackendUnavailableError, "cupy",
+                 marks=pytest.mark.skipif(CUDA_REASON is None, reason="a GPU is usable here")),
+])
+def test_a_dask_job_refuses_its_options_before_the_cluster_starts(tmp_path, files, monkeypatch,
+                                                                   options, error, message):
+    """Each partition of each input failed, after the cluster had started, as unreadable:
+    "run0.root:tracks: cannot read the entries from 0 on (ValueError: unknown backend ...)"."""
+    def no_cluster(scheduler):
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr(distributed, "dask_client", no_cluster)
+    plan = plan_outputs(files[:2], tmp_path)
+    with pytest.raises(error, match=message):
+        reconstruct_files(plan, scheduler="local:2", **options)
+    if "backend" in options:  # a scheduler's workers may have a GPU: only the name is checked
+        with pytest.raises(AssertionError, match="a cluster was started"):
+            reconstruct_files(plan, scheduler="tcp://127.0.0.1:8786", backend="cuda")
 
 
 def test_existing_name_with_glob_characters_is_a_file(tmp_path, files):
