@@ -778,6 +778,29 @@ class _InProcessClient:
         self.cancelled.extend(future.part for future in futures)
 
 
+def test_dask_engine_builds_an_input_s_graph_when_the_window_reaches_it(files, monkeypatch):
+    # All graphs were built at submit, each holding its file open: 300 inputs ran out of
+    # file descriptors, and the first partition waited for every graph.
+    built = []
+    real = distributed._track_partitions
+    monkeypatch.setattr(distributed, "_track_partitions",
+                        lambda source, step: built.append(source.path) or real(source, step))
+    client = _InProcessClient()
+    engine = distributed._DaskEngine(client, None, "cpu", 15, False)
+    sources = [inspect_tracks(path) for path in files[:4]]  # 4, 3, 5 and 4 partitions
+    engine.submit(sources)
+    assert built == [sources[0].path] and len(client.computed) == 4
+    for source, path in zip(sources, files):
+        found = VertexBatch.concatenate([vertices.copy() for vertices, _, _ in
+                                         engine.pieces(source)])
+        assert_same_vertices(found, expected_vertices(path), weights=False)
+    assert built == [source.path for source in sources] and len(client.computed) == 16
+    engine.submit(sources[2:])  # one dropped before its turn is never built
+    engine.drop(sources[3])
+    list(engine.pieces(sources[2]))
+    assert built[4:] == [sources[2].path] and not engine.running
+
+
 def test_dask_engine_keeps_a_bounded_number_of_partitions_running(files):
     # Every partition of every input was submitted at once: results the client had not yet
     # written piled up on the workers without bound (13 kB an event with weights).
