@@ -973,19 +973,25 @@ def vertex_collection(source: TrackSource, *, config: PVFinderConfig | None = No
 
 
 def _track_partitions(source: TrackSource, step_size: int | str) -> Any:
-    """The input's tracks as a dask-awkward array, with known divisions (entry boundaries)."""
+    """The input's tracks as a dask-awkward array, with known divisions (entry boundaries).
+
+    Its graph names the file and each partition's entries, and each partition opens the
+    file where it runs: a graph that held the file open (uproot's ``open_files=True``) kept
+    it open as long as dask-awkward's cache of graphs kept the graph, one file descriptor an
+    input or more, which a job of a few hundred inputs ran out of.
+    """
     import uproot
 
     _import_dask()
+    steps = source.entry_steps(step_size)
     if is_url(source.path):  # through fsspec, uproot's default
-        files, handler = {source.path: source.tree}, None
+        name, handler = source.path, None
     else:  # uproot takes local names as glob patterns: run[1].root would read run1.root
         # Absolute: a scheduler's workers read a relative name in their own directory, where
         # a file of that name gave other vertices without a word.
-        where = os.path.abspath(source.path)
-        files, handler = {glob.escape(where): source.tree}, LOCAL_SOURCE
-    return uproot.dask(files, filter_name=source.read_branches, step_size=step_size,
-                       handler=handler)
+        name, handler = glob.escape(os.path.abspath(source.path)), LOCAL_SOURCE
+    return uproot.dask({name: {"object_path": source.tree, "steps": steps}},
+                       filter_name=source.read_branches, open_files=False, handler=handler)
 
 
 def _vertices_of(tracks: Any, source: TrackSource, config: PVFinderConfig | None,

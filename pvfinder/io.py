@@ -806,6 +806,17 @@ class TrackSource:
         return ValueError(f"{self.where}: cannot read the entries from {start} on "
                           f"({_described(error)})")
 
+    def entry_steps(self, step_size: int | str = DEFAULT_STEP_SIZE) -> list[tuple[int, int]]:
+        """The ``(start, stop)`` entry ranges :meth:`read_chunks` reads, ``step_size`` entries
+        or bytes of the branches read at a time; one empty range for a tree without entries."""
+        if isinstance(step_size, str):  # entries per step as uproot's iterate counts them
+            with _open(self.path) as file:
+                tree = _tree(file, self.path, self.tree)
+                step_size = tree.num_entries_for(step_size, filter_name=self.read_branches)
+        step = max(int(step_size), 1)
+        return [(start, min(start + step, self.n_entries))
+                for start in range(0, self.n_entries, step)] or [(0, 0)]
+
     def read_chunks(self, step_size: int | str = DEFAULT_STEP_SIZE) -> Iterator[TrackChunk]:
         """Open :attr:`path` again and read it in chunks as it was inspected, without
         checking it or warning of it again."""

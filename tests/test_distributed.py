@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import gc
 import http.server
 import io
 import logging
@@ -776,6 +777,19 @@ class _InProcessClient:
 
     def cancel(self, futures):
         self.cancelled.extend(future.part for future in futures)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+def test_an_input_s_graph_holds_no_file_open(files):
+    """dask-awkward keeps up to 1000 graphs in a cache: graphs that held their file open
+    kept a descriptor an input, which a job of a few hundred inputs ran out of."""
+    pytest.importorskip("dask_awkward")
+    sources = [inspect_tracks(path) for path in files[:4]]
+    before = len(os.listdir("/proc/self/fd"))
+    collections = [vertex_collection(source, step_size=15) for source in sources]
+    gc.collect()  # a file opened for the form and let go closes when collected
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert [c.npartitions for c in collections] == [4, 3, 5, 4]
 
 
 def test_dask_engine_builds_an_input_s_graph_when_the_window_reaches_it(files, monkeypatch):

@@ -972,6 +972,17 @@ def test_files_are_written_on_this_machine_not_to_a_url(tmp_path, small, monkeyp
     assert [path.name for path in tmp_path.iterdir()] == []
 
 
+@pytest.mark.parametrize("step_size", [37, 200, "1 KB", "100 MB"])
+def test_entry_steps_are_the_chunks_read(small_file, step_size):
+    """The Dask partitions (entry_steps) and the chunks of one process (read_chunks) agree."""
+    source = inspect_tracks(small_file)
+    chunks = [(chunk.entry_start, chunk.entry_stop)
+              for chunk in source.read_chunks(parse_step_size(step_size))]
+    assert source.entry_steps(parse_step_size(step_size)) == chunks
+    empty = dataclasses.replace(source, n_entries=0)
+    assert empty.entry_steps(step_size) == [(0, 0)]  # one empty partition, as uproot makes
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 
