@@ -613,9 +613,9 @@ def test_a_fit_matrix_with_a_negative_diagonal_is_singular():
     whose sign and size depended on how the compiler fused the multiply-adds."""
     angle = np.arange(7) * 2.0 * np.pi / 7.0
     tx, ty = np.r_[0.0, 0.1 * np.cos(angle)], np.r_[0.2, 0.1 * np.sin(angle)]
-    tracks = dict(x=10.0 * tx + np.r_[0.4, np.zeros(7)], y=10.0 * ty, z=np.full(8, 10.0),
-                  tx=tx, ty=ty, wx=np.r_[-1e4, np.full(7, 1e4)], wy=np.full(8, 1e4),
-                  usable=np.ones(8, np.uint8))
+    tracks = {"x": 10.0 * tx + np.r_[0.4, np.zeros(7)], "y": 10.0 * ty, "z": np.full(8, 10.0),
+              "tx": tx, "ty": ty, "wx": np.r_[-1e4, np.full(7, 1e4)], "wy": np.full(8, 1e4),
+              "usable": np.ones(8, np.uint8)}
     out = run_fit([0, 8], tracks, [[0.0]], [1])
     assert out["valid"][0, 0] == 0
     np.testing.assert_array_equal(out["cov"][0, 0], 0.0)
