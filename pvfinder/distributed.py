@@ -798,10 +798,9 @@ class _DaskEngine:
         try:
             for index, start in zip(range(len(parts)), starts):
                 key = (source.path, index)
-                future = self.running.pop(key, None)
-                if future is None:  # asked for before its turn (inputs come in order)
-                    self.pending.remove(key)
-                    future = self.client.compute(parts[index])
+                # Running already: the inputs are asked for in order, and the window, at
+                # least 4, holds the partitions in order from the first not yet fetched.
+                future = self.running.pop(key)
                 self._top_up()  # the workers go on while this one is waited for
                 try:
                     records = future.result()
