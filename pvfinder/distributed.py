@@ -966,8 +966,15 @@ def vertex_collection(source: TrackSource, *, config: PVFinderConfig | None = No
     config, backend, step_size, with_weights
         As for :func:`reconstruct_files`, except that ``backend`` defaults to ``"cpu"``
         (Dask workers seldom hold a GPU).
+
+    Raises
+    ------
+    ValueError
+        When ``step_size`` is neither entries nor a size with its unit.
+    ImportError
+        When Dask is not installed (the message says how).
     """
-    tracks = _track_partitions(source, step_size)
+    tracks = _track_partitions(source, parse_step_size(step_size))
     return _vertices_of(tracks, source, config, backend, with_weights)
 
 

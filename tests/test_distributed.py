@@ -852,6 +852,12 @@ def test_dask_engine_cancels_an_input_it_drops(files):
     assert not engine.running and not engine.pending and not engine.parts
 
 
+def test_a_vertex_collection_names_a_bad_step_size(files):
+    # uproot's words, about memory size strings, for what pvfinder calls a step size
+    with pytest.raises(ValueError, match="step size must be a positive number of entries"):
+        vertex_collection(inspect_tracks(files[0]), step_size="1e4")
+
+
 def test_a_vertex_collection_runs_the_finder_with_its_config(files):
     import dask
 
