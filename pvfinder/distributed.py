@@ -736,8 +736,7 @@ class _DaskEngine:
         self.client, self.step_size = client, step_size
         self.options = {"config": config, "backend": backend, "with_weights": with_weights}
         # Inputs whose graphs are still to be built: one at a time, as the window reaches
-        # them (each graph holds its file open: a job of 300 inputs ran out of descriptors,
-        # and building them all first delayed the first partition by 43 ms an input).
+        # them (building them all first delayed the first partition by 43 ms an input).
         self.unbuilt: collections.deque[TrackSource] = collections.deque()
         # Per input: its partitions (delayed) and their first entries.
         self.parts: dict[str, tuple[list[Any], tuple[int, ...]]] = {}
@@ -755,8 +754,12 @@ class _DaskEngine:
         try:
             tracks = _track_partitions(source, self.step_size)
             parts = _vertices_of(tracks, source, **self.options).to_delayed()
-        except (ValueError, OSError) as error:  # kept to be raised for its own input
-            self.errors[source.path] = error
+        except MemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 (uproot's KeyInFileError, a KeyError, too)
+            # Kept to be raised for its own input: this runs while the one before is read.
+            self.errors[source.path] = (error if isinstance(error, (ValueError, OSError))
+                                        else ValueError(f"{source.where}: {_described(error)}"))
             return
         self.parts[source.path] = (parts, tracks.divisions)
         self.pending.extend((source.path, index) for index in range(len(parts)))
@@ -984,7 +987,9 @@ def _track_partitions(source: TrackSource, step_size: int | str) -> Any:
     Its graph names the file and each partition's entries, and each partition opens the
     file where it runs: a graph that held the file open (uproot's ``open_files=True``) kept
     it open as long as dask-awkward's cache of graphs kept the graph, one file descriptor an
-    input or more, which a job of a few hundred inputs ran out of.
+    input or more, which a job of a few hundred inputs ran out of. (uproot still opens the
+    file here to learn its form, and lets it go: it closes when Python's garbage collector
+    runs.)
     """
     import uproot
 

@@ -825,6 +825,21 @@ def test_dask_engine_builds_an_input_s_graph_when_the_window_reaches_it(files, m
     assert built[4:] == [sources[2].path] and not engine.running
 
 
+def test_an_input_whose_graph_cannot_be_built_fails_alone(tmp_path, files):
+    # The next input's graph is built while this one is read: uproot's KeyInFileError (a
+    # KeyError) for a tree gone since inspection stopped the input being read, and the job.
+    first, second = (shutil.copy(files[i], tmp_path / f"in{i}.root") for i in range(2))
+    sources = [inspect_tracks(first), inspect_tracks(second)]
+    write_tree(Path(second), {"x": np.zeros(1, np.float32)}, np.ones(1, np.int64), tree="other")
+    engine = distributed._DaskEngine(_InProcessClient(), None, "cpu", 15, False)
+    engine.submit(sources)
+    found = VertexBatch.concatenate([vertices.copy() for vertices, _, _ in
+                                     engine.pieces(sources[0])])
+    assert_same_vertices(found, expected_vertices(files[0]), weights=False)
+    with pytest.raises(ValueError, match=f"^{re.escape(sources[1].where)}: .*tracks"):
+        next(engine.pieces(sources[1]))
+
+
 def test_dask_engine_keeps_a_bounded_number_of_partitions_running(files):
     # Every partition of every input was submitted at once: results the client had not yet
     # written piled up on the workers without bound (13 kB an event with weights).
