@@ -812,7 +812,9 @@ class TrackSource:
         if isinstance(step_size, str):  # entries per step as uproot's iterate counts them
             with _open(self.path) as file:
                 tree = _tree(file, self.path, self.tree)
-                step_size = tree.num_entries_for(step_size, filter_name=self.read_branches)
+                # The branches as expressions, as iterate takes them (a filter_name would
+                # read "[" or "*" in a branch name as a pattern).
+                step_size = tree.num_entries_for(step_size, self.read_branches)
         step = max(int(step_size), 1)
         return [(start, min(start + step, self.n_entries))
                 for start in range(0, self.n_entries, step)] or [(0, 0)]
