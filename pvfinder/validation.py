@@ -124,8 +124,9 @@ _MAX_CLIP_ITERATIONS = 100
 # two and gave σ = 0.2 µm, which a table would show as a resolution.
 _MIN_CORE_ENTRIES = 10
 _UM_PER_MM = 1000.0
-# truth_fit leaves out a normal matrix whose determinant is at most this fraction of its
-# diagonal's product (Hadamard's bound), the finder's fit's test for a singular vertex.
+# truth_fit leaves out a normal matrix with a diagonal entry that is not positive or whose
+# determinant is at most this fraction of its diagonal's product (Hadamard's bound), the
+# finder's fit's test for a singular vertex.
 _SINGULAR_DET_FRACTION = 1e-12
 
 
@@ -1110,7 +1111,9 @@ def truth_fit(tracks: TrackBatch, truth: MCTruth, *, min_tracks: int = 2) -> Tru
     n_tracks = np.bincount(pv, minlength=n_mc)
     # Parallel lines fix no point: leave out a singular system, as the finder's fit does.
     diagonal = normal[:, 0, 0] * normal[:, 1, 1] * normal[:, 2, 2]
-    fitted = (n_tracks >= min_tracks) & (np.linalg.det(normal) > _SINGULAR_DET_FRACTION * diagonal)
+    positive = np.all(np.diagonal(normal, axis1=1, axis2=2) > 0, axis=1)
+    fitted = ((n_tracks >= min_tracks) & positive
+              & (np.linalg.det(normal) > _SINGULAR_DET_FRACTION * diagonal))
     position = np.full((n_mc, 3), np.nan)
     covariance = np.full((n_mc, 3, 3), np.nan)
     covariance[fitted] = np.linalg.inv(normal[fitted])
