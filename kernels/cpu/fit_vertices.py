@@ -164,6 +164,8 @@ def _inverse_sym3(a_xx, a_xy, a_yy, a_xz, a_yz, a_zz):
     Returns ``(singular, i_xx, i_xy, i_yy, i_xz, i_yz, i_zz)``; ``singular`` is true when a
     diagonal entry is not positive or the determinant is at most ``_SINGULAR_DET_FRACTION`` of
     the diagonal's product (or not finite), and then the inverse is not computed (zeros).
+    With ``a_xy = 0``, as the fit calls it, that is Sylvester's test of a positive-definite
+    matrix, with a margin.
     """
     c_xx = a_yy * a_zz - a_yz * a_yz
     c_xy = a_xz * a_yz - a_xy * a_zz

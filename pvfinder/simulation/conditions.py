@@ -152,7 +152,7 @@ class Conditions:
     # measurement: an effective value for the published impact-parameter resolution of about
     # 12 + 24/pT µm (LHCb-TDR-013; JINST 19 (2024) P05065; the spec's reading, 12 ⊕ 24/pT the
     # other): IP_ms ≈ r_first · this / pT, 24 µm/pT for a first hit 6 mm from the beam. The
-    # sample's first hits lie 6.7 mm out on average: its σ(IPx), 89 / 30 / 14 µm at pT =
+    # sample's first hits lie 6.7 mm out on average: its σ(IPx), 90 / 30 / 15 µm at pT =
     # 0.3 / 1 / 5 GeV, lies between the two readings, within 5 % (tests/test_simulation.py).
     ms_angle_term: float = 0.0039
     # Per-track reconstruction efficiency in acceptance ≈ 99 % (LHCb-TDR-013; arXiv:2412.14966).
@@ -166,8 +166,8 @@ class Conditions:
     # -- displaced decays (charged daughters are VELO tracks with MC label −1) --------------
     # per_pv: decays into charged final states per visible interaction, parent within the
     #   η acceptance above (K0S and Λ on average: a PV's share follows its charged
-    #   multiplicity, see PER_CHARGED_PARTICLE). K0S: 0.06 per charged particle (CMS JHEP 05 (2011) 064) × 25
-    #   tracks = 1.5, × 0.69 (BR to π+π−) ≈ 1.0; Λ+Λ̄: 0.6 of those 1.5 K0S (LHCb JHEP 08
+    #   multiplicity, see PER_CHARGED_PARTICLE). K0S: 0.06 per charged particle (CMS JHEP 05
+    #   (2011) 064) × 25 tracks = 1.5, × 0.69 (BR to π+π−) ≈ 1.0; Λ+Λ̄: 0.6 of those 1.5 K0S (LHCb JHEP 08
     #   (2011) 034 measures Λ̄/K0S ≈ 0.3 per species) × 0.64 (BR to pπ) ≈ 0.58; cc̄ and bb̄:
     #   LHCb σ(cc̄) ≈ 2.4 mb in 2 < y < 4.5 (JHEP 03 (2016) 159, with its errata) and
     #   σ(bb̄) ≈ 0.144 mb in 2 < η < 5 (PRL 118 (2017) 052002), over the 62.2 mb of inelastic
