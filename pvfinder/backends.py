@@ -273,14 +273,22 @@ def get_backend(name: str | Backend = "auto") -> Backend:
     """
     if isinstance(name, Backend):
         return name
+    _check_name(name)
+    if name == "auto":
+        return _backend("cuda" if cuda_unavailable_reason() is None else "cpu")
+    return _backend(name)
+
+
+def _check_name(name: Any) -> None:
+    """Refuse a backend name that is not registered (a Backend passes), without probing any
+    device: a Dask scheduler's workers may run a backend this machine cannot."""
+    if isinstance(name, Backend):
+        return
     if not isinstance(name, str):  # a list was "unhashable type"
         raise TypeError(f"backend must be a name (auto, {', '.join(_FACTORIES)}) or a Backend, "
                         f"got {type(name).__name__}")
-    if name == "auto":
-        return _backend("cuda" if cuda_unavailable_reason() is None else "cpu")
-    if name not in _FACTORIES:
+    if name != "auto" and name not in _FACTORIES:
         raise ValueError(f"unknown backend {name!r}; choose one of auto, {', '.join(_FACTORIES)}")
-    return _backend(name)
 
 
 def available_backends() -> dict[str, str | None]:

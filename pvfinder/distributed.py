@@ -33,7 +33,7 @@ import fsspec
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backends import BackendUnavailableError, available_backends, get_backend
+from .backends import BackendUnavailableError, _check_name, get_backend
 from .config import PVFinderConfig
 from .events import VERTEX_FIELDS, VertexBatch
 from .io import (
@@ -602,8 +602,10 @@ def _engine(scheduler: str | None, config: PVFinderConfig | None, backend: str,
     # Before the cluster starts: each partition of each input failed with the backend's error.
     # Local workers run here, so the backend must run here; a scheduler's may hold a GPU
     # that this machine lacks, so only the name is checked for them.
-    if scheduler.partition(":")[0] == "local" or backend not in available_backends():
+    if scheduler.partition(":")[0] == "local":
         get_backend(backend)  # an unknown name is a ValueError, an unusable one unavailable
+    else:
+        _check_name(backend)
     with dask_client(scheduler) as client:
         yield _DaskEngine(client, config, backend, step_size, with_weights)
 
