@@ -167,10 +167,10 @@ class Conditions:
     # per_pv: decays into charged final states per visible interaction, parent within the
     #   η acceptance above (K0S and Λ on average: a PV's share follows its charged
     #   multiplicity, see PER_CHARGED_PARTICLE). K0S: 0.06 per charged particle (CMS JHEP 05
-    #   (2011) 064) × 25 tracks = 1.5, × 0.69 (BR to π+π−) ≈ 1.0; Λ+Λ̄: 0.6 of those 1.5 K0S (LHCb JHEP 08
-    #   (2011) 034 measures Λ̄/K0S ≈ 0.3 per species) × 0.64 (BR to pπ) ≈ 0.58; cc̄ and bb̄:
-    #   LHCb σ(cc̄) ≈ 2.4 mb in 2 < y < 4.5 (JHEP 03 (2016) 159, with its errata) and
-    #   σ(bb̄) ≈ 0.144 mb in 2 < η < 5 (PRL 118 (2017) 052002), over the 62.2 mb of inelastic
+    #   (2011) 064) × 25 tracks = 1.5, × 0.69 (BR to π+π−) ≈ 1.0; Λ+Λ̄: 0.6 of those 1.5 K0S
+    #   (LHCb JHEP 08 (2011) 034 measures Λ̄/K0S ≈ 0.3 per species) × 0.64 (BR to pπ) ≈ 0.58;
+    #   cc̄ and bb̄: LHCb σ(cc̄) ≈ 2.4 mb in 2 < y < 4.5 (JHEP 03 (2016) 159, with its errata)
+    #   and σ(bb̄) ≈ 0.144 mb in 2 < η < 5 (PRL 118 (2017) 052002), over the 62.2 mb of inelastic
     #   interactions in the acceptance (JHEP 06 (2018) 100), times two hadrons per pair,
     #   spread flat over the 5 units of η of the acceptance (3 forward, 2 backward; charm's
     #   rapidity range taken as one of η): charm 0.038 × 2 × 5/2.5 = 0.15, beauty
